@@ -1,0 +1,232 @@
+"""Adapters that feed DeepCTR-Torch models int64 ids and let us rewrite their embeddings on the way in.
+
+Every DeepCTR-Torch model built on ``BaseModel`` takes all of its field embeddings from one call of
+``input_from_feature_columns`` and its first-order term from ``linear_model``. :class:`CTRBackbone`
+replaces both *on the instance* (no fork of the library): ids are looked up exactly as int64 (the
+library's float32 ``X`` loses ids above 2**24), the (B, F, D) embeddings pass through an optional
+``embedding_transform`` (Bernoulli gates, supernet masks, per-group dimensions), and the result reaches
+every branch of the model (FM, cross network, CIN, attention, DNN).
+
+Tables narrower than ``dim`` (per-field dimensions after the search) are zero-padded to ``dim``: exact for
+FM inner products and for every linear layer, so models that need equal dimensions keep working.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import types
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data.schema import Schema
+
+__all__ = ["BACKBONES", "UNSUPPORTED_BACKBONES", "CTRBackbone", "build_backbone", "feature_columns",
+           "import_deepctr"]
+
+EmbeddingTransform = Callable[[Tensor], Tensor]
+
+
+def import_deepctr() -> types.ModuleType:
+    """Import deepctr_torch without its import-time thread that asks PyPI for a newer version.
+
+    That thread prints to stdout on offline machines and touches the network in every worker process;
+    set ``IHAS_DEEPCTR_VERSION_CHECK=1`` to keep it.
+    """
+    if "deepctr_torch" not in sys.modules and os.environ.get("IHAS_DEEPCTR_VERSION_CHECK") != "1":
+        stub = types.ModuleType("deepctr_torch.utils")
+        stub.check_version = lambda version: None
+        sys.modules["deepctr_torch.utils"] = stub
+    import deepctr_torch
+    import deepctr_torch.models
+
+    return deepctr_torch
+
+
+# Models whose forward reads embeddings only through input_from_feature_columns and linear_model.
+BACKBONES = ("DeepFM", "DCN", "DCNMix", "WDL", "xDeepFM", "AutoInt", "NFM", "PNN", "AFM", "AFN", "IFM", "DIFM",
+             "FiBiNET", "CCPM")
+_SPARSE_ONLY = ("AFM", "CCPM")
+UNSUPPORTED_BACKBONES = {
+    "ONN": "builds its own field-aware embedding tables for every field pair and reads X directly",
+    "DIN": "needs user-behaviour sequence features and reads them from X directly",
+    "DIEN": "needs user-behaviour sequence features and reads them from X directly",
+    "MLR": "takes region/base/bias feature columns, not linear and DNN feature columns",
+}
+
+
+def feature_columns(schema: Schema, vocab_sizes: dict[str, int], dim: int) -> list:
+    """DeepCTR-Torch feature columns for ``schema``: sparse, multi-valued (mean-pooled), then dense."""
+    dc = import_deepctr()
+    missing = [f for f in schema.embedded_fields if f not in vocab_sizes]
+    if missing:
+        raise ValueError(f"vocab_sizes has no entry for fields {missing}")
+    columns: list = [dc.inputs.SparseFeat(name, vocab_sizes[name], embedding_dim=dim, dtype="int64")
+                     for name in schema.sparse]
+    columns += [dc.inputs.VarLenSparseFeat(
+        dc.inputs.SparseFeat(m.name, vocab_sizes[m.name], embedding_dim=dim, dtype="int64"),
+        maxlen=m.max_len, combiner="mean") for m in schema.multivalued]
+    columns += [dc.inputs.DenseFeat(name, 1) for name in schema.dense]
+    return columns
+
+
+def build_backbone(name: str, schema: Schema, vocab_sizes: dict[str, int], dim: int = 16, *,
+                   dnn_hidden_units: Sequence[int] = (256, 128), seed: int = 1024, dnn_dropout: float = 0.0,
+                   l2_reg_embedding: float = 1e-5, options: dict | None = None) -> CTRBackbone:
+    """A DeepCTR-Torch model ``name`` with every field at ``dim``, wrapped as a :class:`CTRBackbone`.
+
+    ``options`` go to the model's constructor (e.g. ``{"cross_num": 3}`` for DCN).
+    """
+    if name in UNSUPPORTED_BACKBONES:
+        raise ValueError(f"backbone '{name}' is not supported: it {UNSUPPORTED_BACKBONES[name]}")
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}")
+    if dim < 1:
+        raise ValueError(f"dim must be >= 1, got {dim}")
+    model_class = getattr(import_deepctr().models, name)
+    columns = feature_columns(schema, vocab_sizes, dim)
+    accepted = inspect.signature(model_class.__init__).parameters
+    kwargs = {"dnn_hidden_units": tuple(dnn_hidden_units), "seed": seed, "dnn_dropout": dnn_dropout,
+              "l2_reg_embedding": l2_reg_embedding, "task": "binary", "device": "cpu", **(options or {})}
+    if name == "CCPM":  # its two default conv kernels (6, 5) need at least 6 fields
+        kwargs.setdefault("conv_kernel_width", tuple(min(w, len(schema.embedded_fields)) for w in (6, 5)))
+    unknown = sorted(set(options or {}) - set(accepted))
+    if unknown:
+        raise ValueError(f"{name} does not take options {unknown}")
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    if "linear_feature_columns" in accepted:
+        # AFM and CCPM take no dense fields in their DNN side; dense fields then enter the linear part only.
+        dnn_columns = [c for c in columns if type(c).__name__ != "DenseFeat"] if name in _SPARSE_ONLY else columns
+        model = model_class(columns, dnn_columns, **kwargs)
+    else:
+        model = model_class(columns, **kwargs)
+    return CTRBackbone(model, schema)
+
+
+class CTRBackbone(nn.Module):
+    """A DeepCTR-Torch model that takes :data:`~ihas_lightning.data.loader.Batch` dicts and returns logits.
+
+    Wrap your own instance with ``CTRBackbone(model, schema)``: its feature-column names must be the
+    schema's fields. Set ``embedding_transform`` to rewrite the (B, F, D) embeddings of every forward.
+
+    Example:
+        >>> backbone = CTRBackbone(DeepFM(cols, cols), schema)
+        >>> logits = backbone(batch)               # (B,)
+    """
+
+    def __init__(self, model: nn.Module, schema: Schema) -> None:
+        super().__init__()
+        dc = import_deepctr()
+        if not isinstance(model, dc.models.basemodel.BaseModel):
+            raise TypeError(f"expected a deepctr_torch BaseModel, got {type(model).__name__}")
+        tables = set(model.embedding_dict.keys())
+        missing = [f for f in schema.embedded_fields if f not in tables]
+        if missing:
+            raise ValueError(f"the model has no embedding tables for schema fields {missing}; it has {sorted(tables)}")
+        self.model = model
+        self.schema = schema
+        self.fields = schema.embedded_fields
+        self.dim = int(max(model.embedding_dict[f].embedding_dim for f in self.fields))
+        self.embedding_transform: EmbeddingTransform | None = None
+        self._multi_slices = _multi_slices(schema)
+        self._batch: dict[str, Tensor] | None = None
+        self.last_embeddings: Tensor | None = None
+        # Logits instead of probabilities (mixed precision, BCE-with-logits); the bias is kept.
+        bias = getattr(model.out, "bias", None)
+        model.out = dc.layers.PredictionLayer(task="regression", use_bias=bias is not None)
+        if bias is not None:
+            model.out.bias = bias
+        model.input_from_feature_columns = self._input_from_feature_columns
+        model.linear_model.forward = self._linear_forward
+
+    @property
+    def embedding_params(self) -> int:
+        """Parameters of the fields' embedding tables (each stored table counted once)."""
+        return int(sum(self.model.embedding_dict[f].weight.numel() for f in self.fields))
+
+    def regularization_loss(self) -> Tensor:
+        """DeepCTR-Torch's L1/L2 terms, which its own ``fit`` adds to the loss."""
+        return self.model.get_regularization_loss()
+
+    def field_embeddings(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, F, D) embeddings of the embedded fields, narrow tables zero-padded to ``dim``."""
+        sparse, multi = batch["sparse"], batch["multi"]
+        out = []
+        for index, name in enumerate(self.schema.sparse):
+            out.append(self._pad(self.model.embedding_dict[name](sparse[:, index])))             # (B, d_f)
+        for name, (start, stop) in self._multi_slices.items():
+            ids = multi[:, start:stop]                                                         # (B, L)
+            present = (ids != 0).unsqueeze(-1).to(self.model.embedding_dict[name].weight.dtype)  # (B, L, 1)
+            summed = (self.model.embedding_dict[name](ids) * present).sum(1)                  # (B, d_f)
+            out.append(self._pad(summed / present.sum(1).clamp_min(1.0)))
+        return torch.stack(out, dim=1)                                                         # (B, F, D)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        self._batch = batch
+        try:
+            logits = self.model(self._deepctr_input(batch))
+        finally:
+            self._batch = None
+        return logits.reshape(-1)                                                              # (B,)
+
+    def _pad(self, embedding: Tensor) -> Tensor:
+        width = embedding.shape[-1]
+        return embedding if width == self.dim else F.pad(embedding, (0, self.dim - width))
+
+    def _deepctr_input(self, batch: dict[str, Tensor]) -> Tensor:
+        """The library's own (B, columns) float input, for code paths that read ``X`` for shapes only."""
+        index = self.model.feature_index
+        X = batch["dense"].new_zeros((batch["label"].shape[0] if "label" in batch else batch["sparse"].shape[0],
+                                      max(stop for _, stop in index.values())))
+        for position, name in enumerate(self.schema.dense):
+            start, _ = index[name]
+            X[:, start] = batch["dense"][:, position]
+        return X
+
+    def _input_from_feature_columns(self, X: Tensor, feature_columns: list, embedding_dict: nn.ModuleDict,
+                                    support_dense: bool = True) -> tuple[list[Tensor], list[Tensor]]:
+        if self._batch is None:
+            raise RuntimeError("CTRBackbone: call the wrapper (backbone(batch)), not the inner model")
+        if embedding_dict is not self.model.embedding_dict:
+            raise RuntimeError("this model looks embeddings up in a table dict of its own; it is not supported")
+        embeddings = self.field_embeddings(self._batch)                                       # (B, F, D)
+        if self.embedding_transform is not None:
+            embeddings = self.embedding_transform(embeddings)
+        self.last_embeddings = embeddings
+        wanted = {getattr(c, "name", None) for c in feature_columns}
+        sparse_list = [embeddings[:, i:i + 1, :] for i, f in enumerate(self.fields) if f in wanted]  # (B, 1, D)
+        dense_names = [c.name for c in feature_columns if type(c).__name__ == "DenseFeat"]
+        if dense_names and not support_dense:
+            raise ValueError("DenseFeat is not supported in dnn_feature_columns")
+        dense_list = [self._batch["dense"][:, self.schema.dense.index(n)].unsqueeze(1) for n in dense_names]
+        return sparse_list, dense_list
+
+    def _linear_forward(self, X: Tensor, sparse_feat_refine_weight: Tensor | None = None) -> Tensor:
+        batch = self._batch
+        linear = self.model.linear_model
+        weights = [linear.embedding_dict[name](batch["sparse"][:, i]) for i, name in enumerate(self.schema.sparse)]
+        for name, (start, stop) in self._multi_slices.items():
+            ids = batch["multi"][:, start:stop]
+            present = (ids != 0).unsqueeze(-1).to(X.dtype)
+            weights.append((linear.embedding_dict[name](ids) * present).sum(1) / present.sum(1).clamp_min(1.0))
+        logit = X.new_zeros((X.shape[0], 1))
+        if weights:
+            stacked = torch.cat(weights, dim=-1)                                              # (B, F)
+            if sparse_feat_refine_weight is not None:
+                stacked = stacked * sparse_feat_refine_weight
+            logit = logit + stacked.sum(-1, keepdim=True)
+        if self.schema.dense and hasattr(linear, "weight"):
+            logit = logit + batch["dense"].matmul(linear.weight)
+        return logit
+
+
+def _multi_slices(schema: Schema) -> dict[str, tuple[int, int]]:
+    slices, start = {}, 0
+    for field in schema.multivalued:
+        slices[field.name] = (start, start + field.max_len)
+        start += field.max_len
+    return slices

@@ -1,0 +1,235 @@
+"""``CTRDataModule``: raw files (or the synthetic generator) -> encoded on-disk cache -> whole-tensor batches.
+
+``prepare_data`` (rank 0 only) reads, splits, fits the encoders on the training split and writes the
+cache; ``setup`` (every rank) opens it. The cache sits under a fingerprint of everything that defines it,
+so a second run with the same options reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+from typing_extensions import override
+
+from .cache import EncodedStore, EncodedWriter, save_encoded
+from .encoders import EncodedColumns, FeatureEncoder
+from .loader import BatchStream
+from .readers import read_data
+from .schema import RawColumns, Schema
+from .synthetic import SyntheticCTR
+
+__all__ = ["CTRDataModule", "split_rows"]
+
+SPLITS = ("train", "val", "test")
+_IN_MEMORY_ROWS = 2_000_000
+
+
+def split_rows(num_rows: int, shares: tuple[float, ...], seed: int) -> list[np.ndarray]:
+    """Seeded random split of ``range(num_rows)`` into parts of the given shares (the rest goes first)."""
+    order = np.random.default_rng(seed).permutation(num_rows)
+    sizes = [int(round(num_rows * s)) for s in shares]
+    first = num_rows - sum(sizes)
+    if first <= 0 or min(sizes, default=1) <= 0:
+        raise ValueError(f"cannot split {num_rows} rows into shares {shares}: a part would be empty")
+    bounds = np.cumsum([first, *sizes])[:-1]
+    return [np.sort(part) for part in np.split(order, bounds)]
+
+
+class CTRDataModule(pl.LightningDataModule):
+    """CTR data for any of our modules.
+
+    Args:
+        data: a data file or folder, or ``"synthetic"`` for the bundled generator.
+        format: reader name (``criteo``, ``criteo-1tb``, ``avazu``, ``movielens-100k``, ``libfm``, ``csv``,
+            ``tsv``, ``parquet``, ``synthetic``); guessed from ``data`` when omitted.
+        schema: schema file (JSON/YAML) for ``csv``/``tsv``/``parquet``.
+        test: a separate test file; the validation split then comes from ``data``.
+        rows: rows of synthetic data (train + val + test).
+        val_share, test_share: shares of ``data`` held out for validation and test.
+        seed: split and shuffle seed.
+        min_count: categories rarer than this in training map to the OOV id.
+        batch_size: training batch size; evaluation uses ``eval_batch_size`` (default 4x).
+        cache_dir: where encoded caches live (default ``~/.cache/ihas_lightning``).
+        in_memory: load the cache into RAM (default: when it has fewer than 2M rows).
+
+    Example:
+        >>> dm = CTRDataModule("../shared/data/criteo/train-10k.txt", format="criteo", batch_size=512)
+        >>> dm.prepare_data(); dm.setup("fit"); dm.vocab_sizes["C1"]
+    """
+
+    def __init__(self, data: str = "synthetic", format: str | None = None, schema: str | None = None,
+                 test: str | None = None, rows: int = 60_000, val_share: float = 0.1, test_share: float = 0.1,
+                 seed: int = 0, min_count: int = 1, batch_size: int = 1024, eval_batch_size: int | None = None,
+                 cache_dir: str | None = None, in_memory: bool | None = None) -> None:
+        super().__init__()
+        self.format = format or _guess_format(data)
+        if self.format != "synthetic" and not Path(data).exists():
+            raise FileNotFoundError(f"data '{data}' does not exist")
+        if not 0 < val_share < 1 or not 0 <= test_share < 1 or val_share + test_share >= 1:
+            raise ValueError(f"val_share={val_share} and test_share={test_share} must be in (0, 1) with sum < 1")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.data, self.schema_path, self.test = data, schema, test
+        self.rows, self.val_share, self.test_share = rows, val_share, test_share
+        self.seed, self.min_count = seed, min_count
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or 4 * batch_size
+        self.cache_root = Path(cache_dir or os.environ.get("IHAS_CACHE", Path.home() / ".cache" / "ihas_lightning"))
+        self.in_memory = in_memory
+        self.encoder: FeatureEncoder | None = None
+        self.splits: dict[str, EncodedColumns | EncodedStore] = {}
+
+    @classmethod
+    def from_encoded(cls, splits: dict[str, EncodedColumns], encoder: FeatureEncoder, batch_size: int = 1024,
+                     seed: int = 0, eval_batch_size: int | None = None) -> CTRDataModule:
+        """A data module over splits already in memory (tests, notebooks)."""
+        module = cls("synthetic", format="synthetic", batch_size=batch_size, seed=seed,
+                     eval_batch_size=eval_batch_size)
+        module.encoder, module.splits = encoder, dict(splits)
+        return module
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.cache_root / self._fingerprint()
+
+    @property
+    def schema(self) -> Schema:
+        self._require_setup()
+        return self.encoder.schema
+
+    @property
+    def vocab_sizes(self) -> dict[str, int]:
+        self._require_setup()
+        return self.encoder.vocab_sizes
+
+    @override
+    def prepare_data(self) -> None:
+        if self.splits or (self.cache_dir / "encoder.json").exists():
+            return
+        target = self.cache_dir.with_name(self.cache_dir.name + f".tmp{os.getpid()}")
+        target.mkdir(parents=True, exist_ok=True)
+        if self.format == "synthetic":
+            encoder = self._write_synthetic(target)
+        else:
+            raw_splits = self._read_splits()
+            encoder = FeatureEncoder(raw_splits["train"].schema, self.min_count).fit(raw_splits["train"])
+            for name, raw in raw_splits.items():
+                save_encoded(target / name, encoder.transform(raw))
+        encoder.save(target / "encoder.json")
+        (target / "options.json").write_text(json.dumps(self._options(), indent=2))
+        os.replace(target, self.cache_dir)  # atomic: a half-written cache is never taken for a whole one
+
+    @override
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        self.encoder = FeatureEncoder.load(self.cache_dir / "encoder.json")
+        for name in SPLITS:
+            store = EncodedStore(self.cache_dir / name)
+            in_memory = self.in_memory if self.in_memory is not None else len(store) <= _IN_MEMORY_ROWS
+            self.splits[name] = store.read_all() if in_memory else store
+
+    def split(self, name: str) -> EncodedColumns | EncodedStore:
+        self._require_setup()
+        return self.splits[name]
+
+    def stream(self, name: str, *, shuffle: bool | None = None, batch_size: int | None = None) -> BatchStream:
+        """Batches of one split; the trainer, when attached, supplies the epoch and the DDP rank."""
+        self._require_setup()
+        is_train = name == "train"
+        return BatchStream(self.splits[name], batch_size or (self.batch_size if is_train else self.eval_batch_size),
+                           shuffle=is_train if shuffle is None else shuffle, seed=self.seed,
+                           epoch_fn=self._epoch, rank_fn=self._rank)
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.stream("train"), batch_size=None)
+
+    @override
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.stream("val"), batch_size=None)
+
+    @override
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.stream("test"), batch_size=None)
+
+    @override
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(self.stream("test"), batch_size=None)
+
+    @override
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "fingerprint": self._fingerprint()}
+
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def _rank(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+
+    def _require_setup(self) -> None:
+        if self.encoder is None:
+            raise RuntimeError("CTRDataModule: call prepare_data() and setup() first (the Trainer does this)")
+
+    def _options(self) -> dict:
+        options = {"data": self.data, "format": self.format, "schema": self.schema_path, "test": self.test,
+                   "val_share": self.val_share, "test_share": self.test_share, "seed": self.seed,
+                   "min_count": self.min_count, "version": 1}
+        if self.format == "synthetic":
+            options["rows"] = self.rows
+        for key in ("data", "test", "schema"):
+            if options[key] and Path(options[key]).exists():
+                path = Path(options[key]).resolve()
+                options[key] = str(path)
+                options[f"{key}_stamp"] = _stamp(path)
+        return options
+
+    def _fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self._options(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def _read_splits(self) -> dict[str, RawColumns]:
+        schema = Schema.load(self.schema_path) if self.schema_path else None
+        raw = read_data(self.data, self.format, schema)
+        if self.test:
+            test = read_data(self.test, self.format, schema)
+            train_rows, val_rows = split_rows(len(raw), (self.val_share,), self.seed)
+            return {"train": raw.take(train_rows), "val": raw.take(val_rows), "test": test}
+        train_rows, val_rows, test_rows = split_rows(len(raw), (self.val_share, self.test_share), self.seed)
+        return {"train": raw.take(train_rows), "val": raw.take(val_rows), "test": raw.take(test_rows)}
+
+    def _write_synthetic(self, target: Path) -> FeatureEncoder:
+        generator = SyntheticCTR(seed=self.seed)
+        sizes = {"val": int(self.rows * self.val_share), "test": int(self.rows * self.test_share)}
+        sizes = {"train": self.rows - sizes["val"] - sizes["test"], **sizes}
+        schema = generator.schema
+        for offset, (name, size) in enumerate(sizes.items()):
+            with EncodedWriter(target / name, size, len(schema.sparse), len(schema.dense)) as writer:
+                for chunk in generator.chunks(size, seed=self.seed * 3 + offset + 1):
+                    writer.write(EncodedColumns(chunk.labels, chunk.sparse + 2, chunk.dense,
+                                                np.zeros((len(chunk.labels), 0), dtype=np.int64)))
+        return FeatureEncoder.for_integer_ids(schema, generator.vocab_sizes)
+
+
+def _stamp(path: Path) -> list:
+    stat = path.stat()
+    return [stat.st_size, int(stat.st_mtime)]
+
+
+def _guess_format(data: str) -> str:
+    if data == "synthetic":
+        return "synthetic"
+    path = Path(data)
+    if path.is_dir() and (path / "u.data").exists():
+        return "movielens-100k"
+    suffix = path.suffix.lower()
+    guesses = {".parquet": "parquet", ".libfm": "libfm", ".svm": "libfm", ".tsv": "tsv", ".csv": "csv"}
+    if suffix in guesses:
+        return guesses[suffix]
+    raise ValueError(f"cannot guess the format of '{data}': pass format= (criteo, criteo-1tb, avazu, "
+                     "movielens-100k, libfm, csv, tsv, parquet, synthetic)")

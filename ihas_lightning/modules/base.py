@@ -1,0 +1,133 @@
+"""What every CTR LightningModule of ours shares: the loss, AUC/logloss per stage, encoders in checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAUROC
+from typing_extensions import override
+
+from ..backbones import CTRBackbone
+from ..data.encoders import FeatureEncoder
+from ..data.loader import Batch, to_batch
+from ..data.schema import RawColumns, Schema
+
+__all__ = ["CTRModule", "NonFiniteLossError"]
+
+_STAGES = ("train", "val", "test")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/inf loss; the message says at which epoch and step."""
+
+
+class CTRModule(pl.LightningModule):
+    """Base class: subclasses build ``self.backbone`` and may add terms in :meth:`extra_loss`.
+
+    The loss is BCE on logits plus DeepCTR-Torch's regularisation loss divided by the batch size (its
+    own ``fit`` sums the BCE over the batch and adds the regulariser once; dividing both by B keeps the
+    same balance with a mean loss).
+    """
+
+    backbone: CTRBackbone
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder: FeatureEncoder | None = None
+        for stage in _STAGES:
+            setattr(self, f"{stage}_auroc", BinaryAUROC())
+            setattr(self, f"{stage}_logloss", MeanMetric())
+
+    @property
+    def schema(self) -> Schema:
+        return self.backbone.schema
+
+    @override
+    def forward(self, batch: Batch) -> Tensor:
+        """Logits, (B,)."""
+        return self.backbone(batch)
+
+    def extra_loss(self, batch: Batch, logits: Tensor) -> Tensor | None:
+        """Further terms of the training loss (gate regularisers, ...); logged by the subclass."""
+        return None
+
+    @override
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.encoder is None and getattr(datamodule, "encoder", None) is not None:
+            self.encoder = datamodule.encoder
+
+    @override
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        logits = self(batch)
+        bce = F.binary_cross_entropy_with_logits(logits, batch["label"])
+        loss = bce + self.backbone.regularization_loss() / logits.shape[0]
+        extra = self.extra_loss(batch, logits)
+        if extra is not None:
+            loss = loss + extra
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite training loss {loss.item()} at epoch {self.current_epoch}, step {self.global_step} "
+                f"(batch {batch_idx}); BCE was {bce.item()}: lower the learning rate or check the dense inputs")
+        self.log("train_loss", bce, prog_bar=True, batch_size=logits.shape[0])
+        return loss
+
+    def _evaluate(self, stage: str, batch: Batch) -> None:
+        logits = self(batch)
+        labels = batch["label"]
+        auroc, logloss = getattr(self, f"{stage}_auroc"), getattr(self, f"{stage}_logloss")
+        auroc.update(logits.detach(), labels.long())
+        logloss.update(F.binary_cross_entropy_with_logits(logits.detach(), labels, reduction="none"))
+        self.log(f"{stage}_auc", auroc, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(labels))
+        self.log(f"{stage}_logloss", logloss, on_step=False, on_epoch=True, batch_size=len(labels))
+
+    @override
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate("val", batch)
+
+    @override
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate("test", batch)
+
+    @override
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        return torch.sigmoid(self(batch))
+
+    @override
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.encoder is not None:
+            checkpoint["ihas_encoder"] = self.encoder.to_dict()
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "ihas_encoder" in checkpoint:
+            self.encoder = FeatureEncoder.from_dict(checkpoint["ihas_encoder"])
+            saved, mine = self.encoder.schema, self.schema
+            if saved.embedded_fields != mine.embedded_fields or saved.dense != mine.dense:
+                raise ValueError(f"checkpoint schema {saved.to_dict()} does not match the module's {mine.to_dict()}")
+
+    @torch.no_grad()
+    def predict_raw(self, raw: RawColumns, batch_size: int = 8192) -> np.ndarray:
+        """Click probabilities for raw rows, encoded with the encoders saved in the checkpoint."""
+        if self.encoder is None:
+            raise RuntimeError("this module has no encoder: train it with a CTRDataModule or load a checkpoint")
+        encoded = self.encoder.transform(raw)
+        was_training = self.training
+        self.eval()
+        out = []
+        for start in range(0, len(encoded), batch_size):
+            batch = to_batch(encoded.take(np.arange(start, min(start + batch_size, len(encoded)))))
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            out.append(torch.sigmoid(self(batch)).cpu())
+        self.train(was_training)
+        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)

@@ -1,0 +1,202 @@
+"""Regularisers and gate statistics for instance-wise embedding-dimension gates (iHAS search stage).
+
+All functions take the gates' open-probabilities ``prob`` (or a mask) of shape ``(B, F, D)``:
+batch, fields, dimensions. ``prob[b, f, k]`` is the probability that dimension ``k`` of field ``f`` is
+*non-zero* for sample ``b`` (``P(z > 0)``), the quantity whose sum is the expected L0 norm of the mask
+(Louizos, Welling & Kingma 2018, "Learning Sparse Neural Networks through L0 Regularization", eq. 12).
+
+The first ``min_dim`` dimensions of every field are forced open (``p = 1``) by the gates; they still
+cost parameters, so :func:`expected_param_share` counts them, but they are no decisions, so
+:func:`polarization` and :func:`decided_share` skip them.
+
+:class:`BudgetController` turns a target parameter share into an adaptive sparsity multiplier by dual
+ascent on the Lagrangian ``task + lambda * (share - budget)``: the prototype (DESIGN.md 2.1) showed that a
+raw multiplier's useful scale depends on the data set, a share of parameters does not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ihas_lightning.gates import GateConfig
+
+POLARIZATION_SETTLED = 0.01  # polarization stops pushing a gate once p is this close to 0 or 1
+
+__all__ = [
+    "POLARIZATION_SETTLED",
+    "expected_param_share",
+    "polarization",
+    "decided_share",
+    "mean_active_dims",
+    "as_field_costs",
+    "BudgetController",
+]
+
+
+def as_field_costs(field_costs: Sequence[float] | Tensor | None, num_fields: int) -> Tensor:
+    """Check per-field costs (e.g. vocabulary sizes) and return them as a float tensor of shape ``(F,)``.
+
+    ``None`` means uniform costs (every field's dimension costs the same).
+    """
+    if field_costs is None:
+        return torch.ones(num_fields)
+    costs = torch.as_tensor(field_costs, dtype=torch.float32).detach().clone().reshape(-1)
+    if costs.numel() != num_fields:
+        raise ValueError(f"field_costs has {costs.numel()} entries, expected one per field ({num_fields})")
+    if not torch.isfinite(costs).all() or (costs <= 0).any():
+        raise ValueError(f"field_costs must be finite and > 0, got {costs.tolist()}")
+    return costs
+
+
+def _check_3d(x: Tensor, name: str) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"{name} must have shape (B, F, D), got {tuple(x.shape)}")
+
+
+def expected_param_share(prob: Tensor, field_costs: Tensor | Sequence[float] | None = None) -> Tensor:
+    """Expected embedding parameters of the masked model as a share of the uniform (all-D) model.
+
+    ``share = sum_f c_f * mean_b sum_k p[b, f, k] / (sum_f c_f * D)``, i.e. the expected L0 norm of the
+    mask (Louizos et al. 2018, eq. 12) with each field's dimensions weighted by what one dimension of
+    that field costs (its vocabulary size when ``weight_by_vocab``). In [0, 1]; differentiable in ``prob``.
+    """
+    _check_3d(prob, "prob")
+    _, num_fields, dim = prob.shape
+    costs = as_field_costs(field_costs, num_fields).to(device=prob.device, dtype=prob.dtype)  # (F,)
+    per_field = prob.sum(dim=2).mean(dim=0)  # (F,) expected open dims per field
+    return (costs * per_field).sum() / (costs.sum() * dim)
+
+
+def polarization(prob: Tensor, min_dim: int = 0, settled: float = POLARIZATION_SETTLED) -> Tensor:
+    """Mean ``p (1 - p)`` over the gates that are decisions (dimensions ``k >= min_dim``).
+
+    Zero exactly when every gate's open-probability is 0 or 1; minimising it makes the deterministic
+    selection ``1[p >= 0.5]`` of the clustering stage agree with what was trained (iHAS's
+    bi-polarisation objective, Yu et al. 2023). Returns 0 when no gate is a decision.
+
+    The value is exact, but a gate with ``p < settled`` or ``p > 1 - settled`` gets no gradient from
+    this term: its gradient ``(1 - 2p) p (1 - p)`` is tiny there yet always pushes outwards, and Adam
+    rescales tiny gradients to full steps, so without the dead zone the gate logits run away until
+    ``sigmoid`` rounds ``p`` to exactly 1 in float32 and no loss can close the gate again (seen on a toy:
+    logits 3 -> 29 in 100 Adam steps, after which a budget multiplier of 10 closed nothing).
+    """
+    _check_3d(prob, "prob")
+    free = prob[..., min_dim:]  # (B, F, D - min_dim)
+    if free.numel() == 0:
+        return prob.new_zeros(())
+    undecided = (free > settled) & (free < 1.0 - settled)  # (B, F, D - min_dim)
+    free = torch.where(undecided, free, free.detach())
+    return (free * (1.0 - free)).mean()
+
+
+@torch.no_grad()
+def decided_share(prob: Tensor, min_dim: int = 0, low: float = 0.1, high: float = 0.9) -> Tensor:
+    """Share of the decision gates (``k >= min_dim``) with ``p < low`` or ``p > high``. A statistic, no grad.
+
+    Returns 1 when no gate is a decision (nothing is undecided).
+    """
+    _check_3d(prob, "prob")
+    free = prob[..., min_dim:]  # (B, F, D - min_dim)
+    if free.numel() == 0:
+        return prob.new_ones(())
+    return ((free < low) | (free > high)).to(prob.dtype).mean()
+
+
+@torch.no_grad()
+def mean_active_dims(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean number of non-zero mask entries per sample: ``(per_field (F,), overall ())``.
+
+    ``overall`` is the mean over fields of ``per_field`` (active dimensions of an average field).
+    """
+    _check_3d(mask, "mask")
+    per_field = (mask > 0).to(torch.float32).sum(dim=2).mean(dim=0)  # (F,)
+    return per_field, per_field.mean()
+
+
+class BudgetController(nn.Module):
+    """Sparsity multiplier ``lambda`` of the gates, adapted towards a target parameter share (budget).
+
+    With ``config.budget`` set, the search solves ``min task`` subject to ``share = budget`` by the
+    augmented-Lagrangian method of multipliers (Hestenes 1969; Powell 1969; the "damped" differential
+    form of Platt & Barr 1987, "Constrained Differential Optimization"):
+
+        sparsity = lambda * share + (budget_penalty / 2) * (share - budget) ** 2
+        lambda  <- lambda + dual_lr * (share - budget)            (once per training step, :meth:`update`)
+
+    so the gradient on the gates is ``(lambda + budget_penalty * (share - budget)) d share``: an integral
+    plus a proportional term, as in PID Lagrangian control (Stooke, Achiam & Abbeel 2020).
+
+    Why not the plain projected ascent ``lambda <- max(0, lambda + dual_lr * (share - budget))``: on the
+    toy of ``tests/test_gates.py`` (16 runs: 2 relaxations x 2 seeds x 2 Adam learning rates x uniform or
+    vocabulary-weighted costs, 400 steps) the integral term lags, the gates overshoot below the budget,
+    ``lambda`` drops to 0 and closed hard-concrete gates (``z == 0`` exactly, so no task gradient) never
+    reopen: 12 of 16 runs ended more than 0.08 below the budget (worst 0.26 for a budget of 0.5). With
+    the damping term and a ``lambda`` allowed to go negative (rewarding open gates when the share is
+    below target, so the budget is a *target*, as DESIGN.md's ``|E - target|`` says) all 16 ended within
+    0.06 of it. ``lambda`` starts at ``config.sparsity_weight``. With ``budget=None`` the term is the
+    plain, fixed L0 penalty ``sparsity_weight * share`` and :meth:`update` does nothing.
+
+    ``lambda`` is a buffer, so it is saved in ``state_dict`` and a resumed run continues exactly.
+
+    Args:
+        config: the gate configuration (budget, budget_penalty, sparsity_weight, dual_lr,
+            polarization_weight, min_dim).
+        field_costs: ``(F,)`` cost of one dimension of each field (already uniform when costs are off).
+        num_fields: number of fields F, used when ``field_costs`` is None.
+
+    Example:
+        >>> ctrl = BudgetController(GateConfig(budget=0.5), None, num_fields=3)
+        >>> terms = ctrl.loss_terms(out.prob)          # add terms["total"] to the task loss
+        >>> ctrl.update(terms["share"])                # once per training step
+    """
+
+    lam: Tensor
+
+    def __init__(self, config: GateConfig, field_costs: Tensor | Sequence[float] | None,
+                 num_fields: int) -> None:
+        super().__init__()
+        self.config = config
+        self.register_buffer("field_costs", as_field_costs(field_costs, num_fields))
+        self.register_buffer("lam", torch.tensor(float(config.sparsity_weight)))
+
+    @property
+    def multiplier(self) -> float:
+        """The current sparsity multiplier ``lambda`` as a float."""
+        return float(self.lam.item())
+
+    def loss_terms(self, prob: Tensor) -> dict[str, Tensor]:
+        """Regularisation terms for gate open-probabilities ``prob`` of shape ``(B, F, D)``.
+
+        Returns ``sparsity`` (``sparsity_weight * share`` without a budget, the augmented Lagrangian above
+        with one), ``polarization = polarization_weight * polarization(p)``, ``share`` (the expected
+        parameter share, with grad) and ``total = sparsity + polarization``.
+        """
+        cfg = self.config
+        share = expected_param_share(prob, self.field_costs)
+        if cfg.budget is None:
+            sparsity = cfg.sparsity_weight * share
+        else:
+            gap = share - cfg.budget
+            sparsity = self.lam.to(prob.dtype) * share + 0.5 * cfg.budget_penalty * gap * gap
+        polar = cfg.polarization_weight * polarization(prob, cfg.min_dim)
+        return {"sparsity": sparsity, "polarization": polar, "share": share, "total": sparsity + polar}
+
+    @torch.no_grad()
+    def update(self, share: float | Tensor) -> float:
+        """One dual-ascent step ``lambda += dual_lr * (share - budget)``; returns the new ``lambda``.
+
+        No-op when ``budget`` is None. ``share`` is the (batch) expected share from :meth:`loss_terms`.
+        """
+        if self.config.budget is None:
+            return self.multiplier
+        share = float(share.detach().item() if isinstance(share, Tensor) else share)
+        if not math.isfinite(share):
+            raise ValueError(f"share must be finite, got {share}")
+        self.lam.add_(self.config.dual_lr * (share - self.config.budget))
+        return self.multiplier
