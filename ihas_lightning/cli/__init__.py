@@ -1,0 +1,36 @@
+"""The ``ihas`` command: one subcommand per stage, each usable on its own."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "build_parser"]
+
+# Each module defines register(subparsers); a stage's module is imported only when the CLI starts.
+_SUBCOMMANDS = ("train", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ihas", description="iHAS embedding-dimension search for DeepCTR-Torch "
+                                     "models in PyTorch Lightning")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in _SUBCOMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"ihas {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

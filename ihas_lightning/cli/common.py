@@ -1,0 +1,159 @@
+"""Pieces every ``ihas`` subcommand shares: data options, the Trainer, metrics files, the summary table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.loggers import TensorBoardLogger
+from typing_extensions import override
+
+from ..data.datamodule import CTRDataModule
+from ..data.readers import FORMATS
+
+__all__ = ["add_data_arguments", "add_trainer_arguments", "datamodule_from_args", "make_trainer", "write_json",
+           "ThroughputMeter", "print_table", "load_callbacks"]
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", default="synthetic",
+                       help="data file or folder, or 'synthetic' for the bundled generator (default)")
+    group.add_argument("--format", choices=[*FORMATS, "synthetic"], default=None,
+                       help="reader; guessed from --data when omitted")
+    group.add_argument("--schema", default=None, help="schema file (JSON/YAML) for csv/tsv/parquet")
+    group.add_argument("--test", default=None, help="separate test file; validation then comes from --data")
+    group.add_argument("--rows", type=int, default=60_000, help="rows of synthetic data (default 60000)")
+    group.add_argument("--min-count", type=int, default=1, help="rarer categories map to the OOV id")
+    group.add_argument("--batch-size", type=int, default=1024)
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--cache-dir", default=None, help="encoded-data cache (default ~/.cache/ihas_lightning)")
+
+
+def add_trainer_arguments(parser: argparse.ArgumentParser, epochs: int = 3) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--backbone", default="DeepFM", help="DeepCTR-Torch model (DeepFM, DCN, xDeepFM, ...)")
+    group.add_argument("--dim", type=int, default=16, help="embedding dimension of every field")
+    group.add_argument("--dnn", default="256,128", help="DNN hidden widths, comma-separated")
+    group.add_argument("--lr", type=float, default=1e-3)
+    group.add_argument("--epochs", type=int, default=epochs)
+    group.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    group.add_argument("--out", default="runs/default", help="run directory")
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise SystemExit(f"--dnn must be comma-separated integers, got '{text}'") from None
+    if not widths or min(widths) < 1:
+        raise SystemExit(f"--dnn needs at least one positive width, got '{text}'")
+    return widths
+
+
+def datamodule_from_args(args: argparse.Namespace) -> CTRDataModule:
+    dm = CTRDataModule(args.data, format=args.format, schema=args.schema, test=args.test, rows=args.rows,
+                       seed=args.seed, min_count=args.min_count, batch_size=args.batch_size, cache_dir=args.cache_dir)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+class ThroughputMeter(Callback):
+    """Training samples per second, over the training batches only (validation excluded)."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.seconds = 0.0
+        self._start = 0.0
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._start = time.perf_counter()
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.seconds += time.perf_counter() - self._start
+        self.samples += int(batch["label"].shape[0])
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds else 0.0
+
+
+def make_trainer(args: argparse.Namespace, stage_dir: Path, callbacks: Sequence[Callback] = (),
+                 monitor: str | None = "val_auc", max_epochs: int | None = None) -> pl.Trainer:
+    """A Trainer that logs to TensorBoard under ``stage_dir`` and checkpoints ``last.ckpt`` (and the best)."""
+    checkpoint = ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True, monitor=monitor, mode="max",
+                                 save_top_k=1 if monitor else 0, filename="best")
+    all_callbacks = [checkpoint, *callbacks]
+    if not args.quiet:
+        all_callbacks.append(TQDMProgressBar(refresh_rate=10))
+    return pl.Trainer(max_epochs=max_epochs or args.epochs, accelerator=args.accelerator, devices=1,
+                      logger=TensorBoardLogger(str(stage_dir), name="tensorboard", version=""),
+                      callbacks=all_callbacks, enable_progress_bar=not args.quiet, enable_model_summary=False,
+                      deterministic=False, log_every_n_steps=10)
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_jsonable))
+    tmp.replace(path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A one-screen summary with rich (plain text when output is not a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in header:
+        table.add_column(column, justify="right" if column != header[0] else "left")
+    for row in rows:
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+                        for v in row))
+    Console().print(table)
+
+
+def load_callbacks(path: str | Path) -> list[Callback]:
+    """Callbacks from a YAML file in Lightning's ``class_path``/``init_args`` form (see ``callbacks/``)."""
+    import importlib
+
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text())
+    entries = data.get("callbacks", data) if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a list of callbacks (or a 'callbacks:' key)")
+    callbacks = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "class_path" not in entry:
+            raise ValueError(f"{path}: callback #{index} needs a 'class_path'")
+        module_name, _, class_name = entry["class_path"].rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(f"{path}: callback #{index}: cannot import '{entry['class_path']}': {error}") from None
+        callbacks.append(cls(**(entry.get("init_args") or {})))
+    return callbacks
