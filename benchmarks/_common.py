@@ -1,0 +1,122 @@
+"""Helpers shared by the benchmark scripts: timing, machine description, JSON and Markdown results."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import io
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+__all__ = ["RESULTS_DIR", "Timer", "best_of", "machine_info", "now_iso", "silenced_stdout", "write_json",
+           "write_markdown_table"]
+
+
+class Timer:
+    """``with Timer() as t: ...``; then ``t.seconds`` (perf_counter wall time)."""
+
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        self.seconds = float("nan")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def best_of(values: Sequence[float]) -> float:
+    """The largest throughput of repeated runs (the least disturbed one on a noisy machine)."""
+    return max(values)
+
+
+@contextlib.contextmanager
+def silenced_stdout() -> Iterator[io.StringIO]:
+    """Swallow what a library prints (DeepCTR-Torch's ``fit`` prints the device and a summary line)."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        yield buffer
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """Where the numbers came from: CPU, cores, memory, library versions, GPU when used."""
+    import numpy as np
+    import torch
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "numpy": np.__version__,
+    }
+    for name in ("pytorch_lightning", "deepctr_torch"):
+        try:
+            module = sys.modules.get(name) or __import__(name)
+            info[name] = getattr(module, "__version__", "unknown")
+        except ImportError:
+            info[name] = None
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def write_markdown_table(path: str | Path, title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]],
+                         notes: Sequence[str] = ()) -> Path:
+    """A Markdown file: ``# title``, a table, then one bullet per note."""
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+        return str(value)
+
+    lines = [f"# {title}", "", "| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    if notes:
+        lines += [""] + [f"- {note}" for note in notes]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
