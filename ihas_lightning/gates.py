@@ -143,7 +143,7 @@ class GateOutput(NamedTuple):
 
 
 def hard_concrete_prob(logits: Tensor, temperature: float | Tensor) -> Tensor:
-    """``P(z > 0) = sigmoid(a - tau * log(-gamma / zeta))`` for a hard-concrete gate (Louizos et al., eq. 12)."""
+    """``P(z > 0) = sigmoid(a - tau * log(-gamma / zeta))`` (Louizos et al. 2018, eq. 12)."""
     return torch.sigmoid(logits - temperature * math.log(-HC_GAMMA / HC_ZETA))
 
 
@@ -292,7 +292,7 @@ class InstanceGates(nn.Module):
 
     # -- regularisers (delegated to the controller, whose lambda is in this module's state_dict) ------
     def loss_terms(self, prob: Tensor) -> dict[str, Tensor]:
-        """``sparsity``, ``polarization``, ``share`` and ``total``; see :meth:`BudgetController.loss_terms`."""
+        """``sparsity``, ``polarization``, ``share``, ``total``: see :meth:`BudgetController.loss_terms`."""
         return self.controller.loss_terms(prob)
 
     def update_budget(self, share: float | Tensor) -> float:

@@ -211,7 +211,8 @@ def _train_gates_only(config: GateConfig, steps: int, costs=None, task: bool = F
 def test_higher_sparsity_weight_closes_more_dims(relaxation: str) -> None:
     active = {}
     for weight in (0.01, 1.0):
-        gates, _ = _train_gates_only(GateConfig(relaxation=relaxation, budget=None, sparsity_weight=weight), 100)
+        cfg = GateConfig(relaxation=relaxation, budget=None, sparsity_weight=weight)
+        gates, _ = _train_gates_only(cfg, 100)
         per_field, overall = mean_active_dims(gates.last_eval.mask)
         active[weight] = overall.item()
     assert active[0.01] > 7.5  # polarisation (0.1) outweighs a weak penalty: gates stay open

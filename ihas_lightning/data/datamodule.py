@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from typing_extensions import override
 from .cache import EncodedStore, EncodedWriter, save_encoded
 from .encoders import EncodedColumns, FeatureEncoder
 from .loader import BatchStream
-from .readers import read_data
+from .readers import FORMATS, read_data
 from .schema import RawColumns, Schema
 from .synthetic import SyntheticCTR
 
@@ -69,6 +70,8 @@ class CTRDataModule(pl.LightningDataModule):
                  cache_dir: str | None = None, in_memory: bool | None = None) -> None:
         super().__init__()
         self.format = format or _guess_format(data)
+        if self.format not in (*FORMATS, "synthetic"):
+            raise ValueError(f"unknown data format {self.format!r}; expected one of {', '.join(FORMATS)}, synthetic")
         if self.format != "synthetic" and not Path(data).exists():
             raise FileNotFoundError(f"data '{data}' does not exist")
         if not 0 < val_share < 1 or not 0 <= test_share < 1 or val_share + test_share >= 1:
@@ -114,15 +117,19 @@ class CTRDataModule(pl.LightningDataModule):
             return
         target = self.cache_dir.with_name(self.cache_dir.name + f".tmp{os.getpid()}")
         target.mkdir(parents=True, exist_ok=True)
-        if self.format == "synthetic":
-            encoder = self._write_synthetic(target)
-        else:
-            raw_splits = self._read_splits()
-            encoder = FeatureEncoder(raw_splits["train"].schema, self.min_count).fit(raw_splits["train"])
-            for name, raw in raw_splits.items():
-                save_encoded(target / name, encoder.transform(raw))
-        encoder.save(target / "encoder.json")
-        (target / "options.json").write_text(json.dumps(self._options(), indent=2))
+        try:
+            if self.format == "synthetic":
+                encoder = self._write_synthetic(target)
+            else:
+                raw_splits = self._read_splits()
+                encoder = FeatureEncoder(raw_splits["train"].schema, self.min_count).fit(raw_splits["train"])
+                for name, raw in raw_splits.items():
+                    save_encoded(target / name, encoder.transform(raw))
+            encoder.save(target / "encoder.json")
+            (target / "options.json").write_text(json.dumps(self._options(), indent=2))
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)  # a failed run leaves no half-written folder behind
+            raise
         os.replace(target, self.cache_dir)  # atomic: a half-written cache is never taken for a whole one
 
     @override

@@ -2,5 +2,7 @@
 
 from .backbone_module import BackboneModule
 from .base import CTRModule, NonFiniteLossError
+from .search_module import SearchModule
+from .supernet_module import SupernetModule
 
-__all__ = ["BackboneModule", "CTRModule", "NonFiniteLossError"]
+__all__ = ["BackboneModule", "CTRModule", "NonFiniteLossError", "SearchModule", "SupernetModule"]

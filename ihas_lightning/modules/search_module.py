@@ -1,0 +1,179 @@
+"""``SearchModule``: the iHAS search stage, a DeepCTR-Torch backbone whose embeddings pass through gates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, fields
+from typing import Any
+
+import torch
+from torch import Tensor
+from typing_extensions import override
+
+from ..backbones import build_backbone
+from ..data.loader import Batch
+from ..data.schema import Schema
+from ..gates import GateConfig, GateOutput, InstanceGates
+from .base import CTRModule
+
+__all__ = ["SearchModule"]
+
+_GATE_KEYS = tuple(f.name for f in fields(GateConfig))
+
+
+class SearchModule(CTRModule):
+    """Backbone + instance-wise Bernoulli gates (iHAS search stage, DESIGN.md section 2.1).
+
+    For ``warmup_epochs`` the plain backbone trains (the prototype lost AUC when the gates started at step
+    0); then every sample's (B, F, D) embeddings are multiplied by its gate mask before any branch of the
+    backbone sees them. The loss adds the gates' sparsity (towards ``budget``) and bi-polarisation terms,
+    scaled by ``regularizer_scale`` (set by :class:`~ihas_lightning.callbacks.RegularizerWarmup`).
+
+    Args:
+        schema, vocab_sizes, backbone, dim, dnn_hidden_units, lr, seed, options: as for ``BackboneModule``.
+        gate_lr: learning rate of the gate network (its own Adam parameter group).
+        warmup_epochs: epochs of the plain backbone before the gates switch on.
+        gate: a :class:`GateConfig` or its dict (budget, relaxation, prefix, min_dim, ...).
+
+    Example:
+        >>> search = SearchModule(dm.schema, dm.vocab_sizes, backbone="DCN", gate={"budget": 0.5})
+        >>> pl.Trainer(max_epochs=6, callbacks=[TemperatureAnnealing(), RegularizerWarmup()]).fit(search, dm)
+    """
+
+    def __init__(self, schema: Schema | dict, vocab_sizes: dict[str, int], backbone: str = "DeepFM", dim: int = 16,
+                 dnn_hidden_units: Sequence[int] = (256, 128), lr: float = 1e-3, gate_lr: float = 1e-3,
+                 warmup_epochs: int = 2, gate: GateConfig | dict | None = None, seed: int = 1024,
+                 options: dict | None = None) -> None:
+        super().__init__()
+        schema = schema if isinstance(schema, Schema) else Schema.from_dict(schema)
+        gate = gate if isinstance(gate, GateConfig) else GateConfig(**(gate or {}))
+        if warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+        if lr <= 0 or gate_lr <= 0:
+            raise ValueError(f"lr and gate_lr must be > 0, got lr={lr}, gate_lr={gate_lr}")
+        self.save_hyperparameters({"schema": schema.to_dict(), "vocab_sizes": dict(vocab_sizes), "backbone": backbone,
+                                   "dim": dim, "dnn_hidden_units": list(dnn_hidden_units), "lr": lr,
+                                   "gate_lr": gate_lr, "warmup_epochs": warmup_epochs, "gate": asdict(gate),
+                                   "seed": seed, "options": options or {}})
+        self.backbone = build_backbone(backbone, schema, vocab_sizes, dim, dnn_hidden_units=dnn_hidden_units,
+                                       seed=seed, options=options)
+        costs = [float(vocab_sizes[f]) for f in schema.embedded_fields]
+        self.gates = InstanceGates(len(schema.embedded_fields), dim, gate, field_costs=costs)
+        self.gate_config = gate
+        self.regularizer_scale = 1.0
+        # The gates' noise has its own generator, checkpointed, so a resumed search draws what an
+        # uninterrupted one would have drawn.
+        self._noise: torch.Generator | None = None
+        self._noise_state: Tensor | None = None
+        self.last_gates: GateOutput | None = None
+        self.backbone.embedding_transform = self._gate_embeddings
+        self._val_masks: set[bytes] = set()
+        self._val_stats: list[dict[str, Tensor]] = []
+        self.last_val_summary: dict[str, Any] | None = None
+        self._step_share: Tensor | None = None
+
+    @property
+    def gates_active(self) -> bool:
+        return self.current_epoch >= self.hparams.warmup_epochs if self._trainer is not None else True
+
+    def _gate_embeddings(self, embeddings: Tensor) -> Tensor:
+        if not self.gates_active:
+            self.last_gates = None
+            return embeddings
+        out = self.gates(embeddings, generator=self._generator(embeddings.device))
+        self.last_gates = out
+        return embeddings * out.mask                                                            # (B, F, D)
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """The noise generator on the embeddings' device, created at first use (seeded) or from a checkpoint."""
+        if self._noise is None or self._noise.device != device:
+            self._noise = torch.Generator(device=device)
+            self._noise.manual_seed(self.hparams.seed)
+            if self._noise_state is not None:
+                self._noise.set_state(self._noise_state)
+        return self._noise
+
+    @override
+    def extra_loss(self, batch: Batch, logits: Tensor) -> Tensor | None:
+        if self.last_gates is None:
+            return None
+        terms = self.gates.loss_terms(self.last_gates.prob)
+        self._step_share = terms["share"].detach()
+        stats = self.gates.stats(self.last_gates)
+        size = logits.shape[0]
+        self.log_dict({"gates/share": stats["share"], "gates/active_dims": stats["active_dims"],
+                       "gates/lambda": stats["lambda"], "gates/temperature": stats["temperature"],
+                       "gates/sparsity_term": terms["sparsity"].detach(),
+                       "gates/polarization_term": terms["polarization"].detach(),
+                       "gates/regularizer_scale": float(self.regularizer_scale)}, batch_size=size)
+        return self.regularizer_scale * terms["total"]
+
+    @override
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        # The dual step changes lambda in place, so it waits until backward has used it.
+        if self._step_share is not None:
+            self.gates.update_budget(self._step_share)
+            self._step_share = None
+
+    @override
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        if self.last_gates is None:
+            return
+        mask = self.last_gates.mask                                                             # (B, F, D)
+        flat = mask.reshape(mask.shape[0], -1).to(torch.uint8)
+        self._val_masks.update(bytes(row) for row in torch.unique(flat, dim=0).cpu().numpy())
+        self._val_stats.append({"prob": self.last_gates.prob.detach(), "mask": mask.detach()})
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_stats:
+            return
+        summary = self.last_val_summary = self.validation_summary()
+        self.log_dict({"val_distinct_masks": float(summary["distinct_masks"]),
+                       "val_decided_share": summary["decided_share"],
+                       "val_expected_param_share": summary["expected_param_share"],
+                       "val_mean_active_dims": summary["mean_active_dims"]})
+        for name, value in summary["mean_active_dims_per_field"].items():
+            self.log(f"val_active_dims/{name}", value)
+        self._val_masks.clear()
+        self._val_stats.clear()
+
+    def validation_summary(self) -> dict[str, Any]:
+        """Gate statistics over the validation batches seen since the last epoch end."""
+        from ..regularizers import decided_share, expected_param_share
+
+        prob = torch.cat([s["prob"] for s in self._val_stats])                                  # (N, F, D)
+        mask = torch.cat([s["mask"] for s in self._val_stats])
+        per_field = mask.sum(-1).mean(0)                                                        # (F,)
+        return {
+            "distinct_masks": len(self._val_masks),
+            "decided_share": float(decided_share(prob, self.gate_config.min_dim)),
+            "expected_param_share": float(expected_param_share(mask, self.gates.controller.field_costs)),
+            "mean_active_dims": float(per_field.mean()),
+            "mean_active_dims_per_field": {f: float(v) for f, v in zip(self.schema.embedded_fields, per_field)},
+            "mean_prob": prob.mean(0),                                                          # (F, D)
+        }
+
+    @override
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam([
+            {"params": self.backbone.parameters(), "lr": self.hparams.lr},
+            {"params": self.gates.parameters(), "lr": self.hparams.gate_lr},
+        ])
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        noise = self._noise.get_state() if self._noise is not None else self._noise_state
+        checkpoint["ihas_search"] = {"noise_state": noise,
+                                     "regularizer_scale": float(self.regularizer_scale)}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("ihas_search")
+        if state is not None:
+            self._noise_state = state["noise_state"]
+            self._noise = None
+            self.regularizer_scale = state["regularizer_scale"]

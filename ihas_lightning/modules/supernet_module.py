@@ -1,0 +1,191 @@
+"""``SupernetModule``: a backbone at the largest dimension with supernet masks, and sub-architecture scoring."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.functional.classification import binary_auroc
+from typing_extensions import override
+
+from ..backbones import build_backbone
+from ..data.loader import Batch
+from ..data.schema import Schema
+from ..supernet import SubArchitecture, SupernetMasks, flops_per_sample
+from .base import CTRModule
+
+__all__ = ["SupernetModule", "SubnetScore"]
+
+
+@dataclass(frozen=True)
+class SubnetScore:
+    """A sub-architecture scored with the supernet's (inherited) weights on validation data."""
+
+    subarch: dict[str, Any]
+    auc: float
+    logloss: float
+    embedding_params: int
+    embedding_share: float  # of the full supernet's embedding parameters
+    flops_per_sample: float | None
+    finetune_steps: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SupernetModule(CTRModule):
+    """The supernet of NASRec-style weight sharing: train it with :class:`~ihas_lightning.callbacks.SupernetSampler`.
+
+    Without the sampler (or with every field at ``dim`` and full widths) it is exactly the plain backbone.
+
+    Args:
+        schema, vocab_sizes, backbone, dnn_hidden_units, lr, dnn_dropout, seed, options: as in
+            :class:`~ihas_lightning.modules.BackboneModule`.
+        dim: the supernet's (largest) embedding dimension.
+        l2_reg_embedding: DeepCTR-Torch's L2 on the embedding tables. 0 by default: the penalty covers whole
+            tables, so it would move the coordinates a step's sub-architecture masks (they should get exactly
+            zero gradient) and shrink the rarely-sampled high coordinates towards 0.
+
+    Example:
+        >>> module = SupernetModule(dm.schema, dm.vocab_sizes, backbone="DeepFM", dim=16)
+        >>> pl.Trainer(max_epochs=3, callbacks=[SupernetSampler()]).fit(module, dm)
+        >>> sub = SubArchitecture.parse("C1=4,C2=2", module.supernet_masks.fields, 16, (256, 128), "0.5")
+        >>> module.evaluate_subnet(sub, dm, finetune_steps=100).auc
+    """
+
+    def __init__(self, schema: Schema | dict, vocab_sizes: dict[str, int], backbone: str = "DeepFM", dim: int = 16,
+                 dnn_hidden_units: Sequence[int] = (256, 128), lr: float = 1e-3, dnn_dropout: float = 0.0,
+                 l2_reg_embedding: float = 0.0, seed: int = 1024, options: dict | None = None) -> None:
+        super().__init__()
+        schema = schema if isinstance(schema, Schema) else Schema.from_dict(schema)
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        self.save_hyperparameters({"schema": schema.to_dict(), "vocab_sizes": dict(vocab_sizes), "backbone": backbone,
+                                   "dim": dim, "dnn_hidden_units": list(dnn_hidden_units), "lr": lr,
+                                   "dnn_dropout": dnn_dropout, "l2_reg_embedding": l2_reg_embedding, "seed": seed,
+                                   "options": options or {}})
+        self.backbone = build_backbone(backbone, schema, vocab_sizes, dim, dnn_hidden_units=dnn_hidden_units,
+                                       seed=seed, dnn_dropout=dnn_dropout, l2_reg_embedding=l2_reg_embedding,
+                                       options=options)
+        self.supernet_masks = SupernetMasks(self.backbone)
+
+    def parse_subarch(self, dims: str, widths: str | None = None) -> SubArchitecture:
+        """A sub-architecture from the CLI's ``FIELD=D,...`` and ``0.5,0.5`` strings."""
+        masks = self.supernet_masks
+        return SubArchitecture.parse(dims, masks.fields, masks.dim, masks.hidden_units, widths)
+
+    def final_layer_parameters(self) -> list[torch.nn.Parameter]:
+        """The last layer (NASRec's post-training fine-tune trains only this): ``dnn_linear`` and the output bias."""
+        model = self.backbone.model
+        if not hasattr(model, "dnn_linear"):
+            raise NotImplementedError(f"{type(model).__name__} has no dnn_linear: no final layer to fine-tune")
+        params = list(model.dnn_linear.parameters())
+        bias = getattr(model.out, "bias", None)
+        return params + ([bias] if isinstance(bias, torch.nn.Parameter) else [])
+
+    @torch.no_grad()
+    def _score(self, batches: Sequence[Batch]) -> tuple[float, float]:
+        logits, labels = [], []
+        for batch in batches:
+            logits.append(self(batch))
+            labels.append(batch["label"])
+        logit, label = torch.cat(logits), torch.cat(labels)                                    # (N,)
+        auc = float(binary_auroc(logit, label.long()))
+        return auc, float(F.binary_cross_entropy_with_logits(logit, label))
+
+    def _finetune(self, batches: Iterable[Batch], steps: int, lr: float) -> None:
+        params = self.final_layer_parameters()
+        flags = {p: p.requires_grad for p in self.parameters()}
+        try:
+            for p in self.parameters():
+                p.requires_grad_(False)
+            for p in params:
+                p.requires_grad_(True)
+            optimizer = torch.optim.Adam(params, lr=lr)
+            for batch in itertools.islice(itertools.cycle(batches), steps):
+                batch = self._to_device(batch)
+                loss = F.binary_cross_entropy_with_logits(self(batch), batch["label"])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        finally:
+            for p, flag in flags.items():
+                p.requires_grad_(flag)
+                p.grad = None
+
+    def _to_device(self, batch: Batch) -> Batch:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def evaluate_subnet(self, subarch: SubArchitecture, data: Any, finetune_steps: int = 0, *,
+                        finetune_data: Iterable[Batch] | None = None, finetune_lr: float = 1e-3) -> SubnetScore:
+        """Score ``subarch`` with inherited weights: validation AUC and logloss, parameters, wall seconds.
+
+        ``data`` is a ``CTRDataModule`` (validation split; fine-tuning on its training split) or an iterable of
+        batches (then ``finetune_data`` supplies the fine-tuning batches). With ``finetune_steps > 0`` the final
+        layer alone is first trained for that many steps under the sub-architecture (NASRec's post-training
+        fine-tune, which improves rank correlation); the weights are restored afterwards, so the supernet is
+        unchanged. The module is in eval mode throughout (no dropout, batch-norm statistics untouched).
+        """
+        if finetune_steps < 0:
+            raise ValueError(f"finetune_steps must be >= 0, got {finetune_steps}")
+        start = time.perf_counter()
+        val_batches, train_batches = self._evaluation_data(data, finetune_data, finetune_steps)
+        masks, was_training, previous = self.supernet_masks, self.training, self.supernet_masks.active
+        saved = [p.detach().clone() for p in self.final_layer_parameters()] if finetune_steps else []
+        self.eval()
+        try:
+            masks.apply(subarch)
+            if finetune_steps:
+                self._finetune(train_batches, finetune_steps, finetune_lr)
+            auc, logloss = self._score(val_batches)
+        finally:
+            with torch.no_grad():
+                for p, value in zip(self.final_layer_parameters(), saved):
+                    p.copy_(value)
+            masks.apply(previous) if previous is not None else masks.clear()
+            self.train(was_training)
+        vocab = {f: self.backbone.model.embedding_dict[f].num_embeddings for f in masks.fields}
+        params = subarch.embedding_params(vocab)
+        try:
+            flops = flops_per_sample(self.backbone, subarch)
+        except NotImplementedError:
+            flops = None
+        return SubnetScore(subarch.to_dict(), auc, logloss, params, params / self.backbone.embedding_params, flops,
+                           finetune_steps, time.perf_counter() - start)
+
+    def evaluate_many(self, subarchs: Sequence[SubArchitecture], data: Any, finetune_steps: int = 0, *,
+                      finetune_data: Iterable[Batch] | None = None, finetune_lr: float = 1e-3) -> list[SubnetScore]:
+        """:meth:`evaluate_subnet` for each sub-architecture, reading the data once."""
+        val_batches, train_batches = self._evaluation_data(data, finetune_data, finetune_steps)
+        return [self.evaluate_subnet(s, val_batches, finetune_steps, finetune_data=train_batches,
+                                     finetune_lr=finetune_lr) for s in subarchs]
+
+    def _evaluation_data(self, data: Any, finetune_data: Iterable[Batch] | None,
+                         finetune_steps: int) -> tuple[list[Batch], list[Batch]]:
+        if hasattr(data, "stream"):
+            val = data.stream("val")
+            if finetune_data is None and finetune_steps:
+                finetune_data = itertools.islice(data.stream("train"), finetune_steps)
+        else:
+            val = data
+        if finetune_steps and finetune_data is None:
+            raise ValueError("finetune_steps > 0 needs training batches: pass a CTRDataModule or finetune_data")
+        val_batches = [self._to_device(b) for b in val]
+        if not val_batches:
+            raise ValueError("no validation batches to score the sub-architecture on")
+        train_batches = [self._to_device(b) for b in itertools.islice(finetune_data, finetune_steps)] \
+            if finetune_steps else []
+        return val_batches, train_batches
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["ihas_supernet"] = {"fields": list(self.supernet_masks.fields), "dim": self.supernet_masks.dim,
+                                       "hidden_units": list(self.supernet_masks.hidden_units)}

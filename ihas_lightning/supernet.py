@@ -1,0 +1,400 @@
+"""Supernet sampling (NASRec-style weight sharing) over per-field embedding dimensions and DNN widths.
+
+NASRec (Zhang et al., WWW 2023, arXiv 2207.07187) trains one supernet and scores any sub-architecture
+with the supernet's weights instead of training it. Here the supernet is the user's DeepCTR-Torch model
+at the largest dimension D, and a sub-architecture is
+
+* a dimension ``d_f`` per field: field f keeps the *prefix* ``e[:, f, :d_f]`` of its embedding (weight
+  sharing by prefix, as NASRec's elastic embeddings and OptEmbed), the other coordinates are zeroed;
+* a width per DNN hidden layer: the layer keeps the prefix of its units (NASRec's elastic linear layers).
+
+Zeroing is exact: a masked coordinate or unit contributes exactly 0 to the output and receives exactly 0
+gradient, so a step that samples a sub-architecture trains only that sub-architecture's weights. With
+no sub-architecture applied, the masks are not in the graph at all and the supernet *is* the backbone.
+
+:class:`SupernetMasks` installs the masks on a :class:`~ihas_lightning.backbones.CTRBackbone` (through its
+``embedding_transform`` and forward hooks on the DNN's activation layers); the training-time sampling
+schedule lives in :class:`~ihas_lightning.callbacks.SupernetSampler`.
+
+Example:
+    >>> masks = SupernetMasks(backbone, SupernetConfig(dim_choices=(2, 4, 8, 16)))
+    >>> sub = masks.sample(torch.Generator().manual_seed(0))
+    >>> masks.apply(sub); logits = backbone(batch); masks.clear()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .backbones import CTRBackbone
+
+__all__ = ["SupernetConfig", "SubArchitecture", "SubArchitectureBatch", "SupernetMasks", "flops_per_sample",
+           "dnn_of"]
+
+
+@dataclass(frozen=True)
+class SupernetConfig:
+    """The search space and the sampling schedule of a supernet.
+
+    Args:
+        dim_choices: candidate embedding dimensions per field, each <= the backbone's dimension; 0 drops the
+            field's embedding (its first-order term stays).
+        width_choices: candidate shares of each DNN hidden layer's units, in (0, 1]; a share w keeps
+            ``max(1, round(w * H))`` of the layer's H units.
+        per_sample: draw one sub-architecture per sample instead of one per batch.
+        warmup_steps: NASRec's warm-up: the full network is sampled with probability ``1 - step / warmup_steps``
+            (linear decay from 1 to 0), afterwards never on purpose. 0 = no warm-up.
+        sample_widths: also sample DNN widths (otherwise every layer stays at full width).
+
+    Example:
+        >>> SupernetConfig(dim_choices=(4, 8, 16), warmup_steps=500).full_probability(250)
+        0.5
+    """
+
+    dim_choices: tuple[int, ...] = (2, 4, 8, 16)
+    width_choices: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    per_sample: bool = False
+    warmup_steps: int = 0
+    sample_widths: bool = True
+
+    def __post_init__(self) -> None:
+        dims = tuple(int(d) for d in self.dim_choices)
+        widths = tuple(float(w) for w in self.width_choices)
+        if not dims or min(dims) < 0 or max(dims) < 1:
+            raise ValueError(f"dim_choices must be non-negative with at least one positive value, got {self.dim_choices}")
+        if not widths or any(not 0.0 < w <= 1.0 for w in widths):
+            raise ValueError(f"width_choices must be shares in (0, 1], got {self.width_choices}")
+        if int(self.warmup_steps) < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        object.__setattr__(self, "dim_choices", tuple(sorted(set(dims))))
+        object.__setattr__(self, "width_choices", tuple(sorted(set(widths))))
+        object.__setattr__(self, "warmup_steps", int(self.warmup_steps))
+
+    def full_probability(self, step: int) -> float:
+        """Probability of sampling the full network at ``step`` (NASRec's linearly decaying warm-up)."""
+        if self.warmup_steps == 0:
+            return 0.0
+        return max(0.0, 1.0 - step / self.warmup_steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dim_choices": list(self.dim_choices), "width_choices": list(self.width_choices),
+                "per_sample": self.per_sample, "warmup_steps": self.warmup_steps, "sample_widths": self.sample_widths}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SupernetConfig:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class SubArchitecture:
+    """One sub-architecture of the supernet: a dimension per field and a width per DNN hidden layer.
+
+    Args:
+        fields: the backbone's embedded fields, in order.
+        dims: kept embedding dimension of each field (0 = embedding dropped).
+        widths: kept units of each DNN hidden layer (empty for a model without a DNN).
+
+    Example:
+        >>> sub = SubArchitecture.parse("C1=4,C2=8", fields=("C1", "C2", "C3"), dim=16, hidden_units=(256, 128),
+        ...                             widths="0.5,0.5")
+        >>> sub.dims, sub.widths
+        ((4, 8, 16), (128, 64))
+    """
+
+    fields: tuple[str, ...]
+    dims: tuple[int, ...]
+    widths: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fields", tuple(str(f) for f in self.fields))
+        object.__setattr__(self, "dims", tuple(int(d) for d in self.dims))
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if len(self.fields) != len(self.dims):
+            raise ValueError(f"{len(self.fields)} fields but {len(self.dims)} dims")
+        if any(d < 0 for d in self.dims):
+            raise ValueError(f"dims must be >= 0, got {self.dims}")
+        if any(w < 1 for w in self.widths):
+            raise ValueError(f"DNN widths must be >= 1, got {self.widths}")
+
+    @classmethod
+    def full(cls, fields: Sequence[str], dim: int, hidden_units: Sequence[int] = ()) -> SubArchitecture:
+        return cls(tuple(fields), (dim,) * len(fields), tuple(hidden_units))
+
+    def embedding_params(self, vocab_sizes: Mapping[str, int]) -> int:
+        """Embedding parameters of this sub-architecture stored at its own widths: sum of vocab_f * d_f."""
+        missing = [f for f in self.fields if f not in vocab_sizes]
+        if missing:
+            raise ValueError(f"vocab_sizes has no entry for fields {missing}")
+        return int(sum(vocab_sizes[f] * d for f, d in zip(self.fields, self.dims)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dims": dict(zip(self.fields, self.dims)), "widths": list(self.widths)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SubArchitecture:
+        dims = data["dims"]
+        return cls(tuple(dims), tuple(dims.values()), tuple(data.get("widths", ())))
+
+    def __str__(self) -> str:
+        text = ",".join(f"{f}={d}" for f, d in zip(self.fields, self.dims))
+        return f"{text} widths={','.join(map(str, self.widths))}" if self.widths else text
+
+    @classmethod
+    def parse(cls, dims: str, fields: Sequence[str], dim: int, hidden_units: Sequence[int] = (),
+              widths: str | None = None) -> SubArchitecture:
+        """From the CLI's ``FIELD=D,...`` (unnamed fields keep ``dim``) and optional widths ``0.5,0.5``.
+
+        Widths with a decimal point are shares of the layer, integers are unit counts; one value applies to
+        every layer.
+        """
+        fields, hidden_units = tuple(fields), tuple(hidden_units)
+        chosen: dict[str, int] = {}
+        for item in (p.strip() for p in dims.split(",")):
+            if not item:
+                continue
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--dims entry '{item}' must look like FIELD=D")
+            if name not in fields:
+                raise ValueError(f"--dims names unknown field '{name}'; fields are {', '.join(fields)}")
+            try:
+                chosen[name] = int(value)
+            except ValueError:
+                raise ValueError(f"--dims entry '{item}': dimension must be an integer, got '{value}'") from None
+            if not 0 <= chosen[name] <= dim:
+                raise ValueError(f"--dims entry '{item}': dimension must be in [0, {dim}], got {chosen[name]}")
+        units = hidden_units
+        if widths:
+            parts = [p.strip() for p in widths.split(",") if p.strip()]
+            if len(parts) == 1:
+                parts = parts * len(hidden_units)
+            if len(parts) != len(hidden_units):
+                raise ValueError(f"--widths has {len(parts)} values but the DNN has {len(hidden_units)} hidden layers "
+                                 f"{list(hidden_units)}")
+            units = tuple(_units(p, h) for p, h in zip(parts, hidden_units))
+        return cls(fields, tuple(chosen.get(f, dim) for f in fields), units)
+
+
+@dataclass(frozen=True)
+class SubArchitectureBatch:
+    """Per-sample sub-architectures (``SupernetConfig.per_sample``): dims (B, F) and widths (B, L), int64."""
+
+    fields: tuple[str, ...]
+    dims: Tensor     # (B, F)
+    widths: Tensor   # (B, L)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dims": self.dims.tolist(), "widths": self.widths.tolist()}
+
+
+def _units(text: str, hidden: int) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--widths value '{text}' is not a number") from None
+    units = max(1, round(value * hidden)) if "." in text else int(value)
+    if not 1 <= units <= hidden:
+        raise ValueError(f"--widths value '{text}' gives {units} units; the layer has {hidden}")
+    return units
+
+
+def dnn_of(backbone: CTRBackbone) -> nn.Module | None:
+    """The DeepCTR-Torch ``DNN`` of ``backbone`` (``model.dnn``), or None for a model without one."""
+    dnn = getattr(backbone.model, "dnn", None)
+    if dnn is None or not hasattr(dnn, "linears") or len(dnn.linears) == 0:
+        return None
+    return dnn
+
+
+class SupernetMasks:
+    """Prefix masks on a backbone's field embeddings and DNN hidden units, switched per step.
+
+    Installing takes the backbone's ``embedding_transform`` and adds a forward hook to each of the DNN's
+    activation layers (after batch norm and activation, so a masked unit is exactly 0 whatever the
+    activation; dropout keeps 0 at 0). With nothing applied both return their input untouched.
+
+    Args:
+        backbone: the supernet, built at the largest dimension.
+        config: the search space used by :meth:`sample` (dims above ``backbone.dim`` are rejected).
+
+    Example:
+        >>> masks = SupernetMasks(module.backbone)
+        >>> masks.apply(SubArchitecture.parse("user_id=4", masks.fields, masks.dim, masks.hidden_units))
+    """
+
+    def __init__(self, backbone: CTRBackbone, config: SupernetConfig | None = None) -> None:
+        if not isinstance(backbone, CTRBackbone):
+            raise TypeError(f"SupernetMasks needs a CTRBackbone, got {type(backbone).__name__}")
+        if backbone.embedding_transform is not None:
+            raise ValueError("the backbone already has an embedding_transform (gates or other masks); "
+                             "a supernet needs it for its own masks")
+        self.backbone = backbone
+        self.fields: tuple[str, ...] = tuple(backbone.fields)
+        self.dim = backbone.dim
+        dnn = dnn_of(backbone)
+        self.hidden_units: tuple[int, ...] = tuple(int(l.out_features) for l in dnn.linears) if dnn is not None else ()
+        if config is None:
+            defaults = SupernetConfig()
+            config = SupernetConfig(dim_choices=tuple(d for d in defaults.dim_choices if d <= self.dim) or (self.dim,))
+        self.check_config(config)
+        self.config = config
+        self._dims: Tensor | None = None            # (F,) or (B, F)
+        self._widths: list[Tensor] | None = None    # per layer: (H,) or (B, H) 0/1 masks
+        self._cache: dict[tuple, Tensor] = {}
+        self.active: SubArchitecture | SubArchitectureBatch | None = None
+        backbone.embedding_transform = self._mask_embeddings
+        self._handles = []
+        if dnn is not None:
+            activations = list(dnn.activation_layers)
+            if len({id(a) for a in activations}) != len(activations):
+                raise ValueError("the DNN shares one activation module between layers; cannot mask layers apart")
+            self._handles = [a.register_forward_hook(self._hook(i)) for i, a in enumerate(activations)]
+
+    def check_config(self, config: SupernetConfig) -> None:
+        """Errors for a search space this backbone cannot hold (checked when the sampler's trainer starts)."""
+        if max(config.dim_choices) > self.dim:
+            raise ValueError(f"dim_choices {list(config.dim_choices)} exceed the supernet's dimension {self.dim}")
+
+    @property
+    def full(self) -> SubArchitecture:
+        return SubArchitecture.full(self.fields, self.dim, self.hidden_units)
+
+    # -- switching ----------------------------------------------------------------------------------
+
+    def apply(self, subarch: SubArchitecture | SubArchitectureBatch) -> None:
+        """Make every following forward use ``subarch`` until :meth:`clear` or the next ``apply``."""
+        if tuple(subarch.fields) != self.fields:
+            raise ValueError(f"sub-architecture fields {list(subarch.fields)} differ from the backbone's "
+                             f"{list(self.fields)}")
+        if isinstance(subarch, SubArchitectureBatch):
+            dims, widths = subarch.dims.long(), subarch.widths.long()
+            if dims.ndim != 2 or widths.ndim != 2 or widths.shape[1] != len(self.hidden_units) \
+                    or widths.shape[0] != dims.shape[0]:
+                raise ValueError(f"per-sample dims must be (B, {len(self.fields)}) and widths (B, "
+                                 f"{len(self.hidden_units)}), got {tuple(dims.shape)} and {tuple(widths.shape)}")
+            self._dims = dims
+            self._widths = [(torch.arange(h) < widths[:, i:i + 1]).float() for i, h in enumerate(self.hidden_units)]
+        else:
+            widths = subarch.widths or self.hidden_units
+            if len(widths) != len(self.hidden_units) or any(w > h for w, h in zip(widths, self.hidden_units)):
+                raise ValueError(f"widths {list(widths)} do not fit the DNN's hidden layers {list(self.hidden_units)}")
+            if max(subarch.dims) > self.dim:
+                raise ValueError(f"dims {list(subarch.dims)} exceed the supernet's dimension {self.dim}")
+            self._dims = torch.tensor(subarch.dims, dtype=torch.long)
+            self._widths = [(torch.arange(h) < w).float() for w, h in zip(widths, self.hidden_units)]
+        self._cache.clear()
+        self.active = subarch
+
+    def clear(self) -> None:
+        """Back to the full network; the masks leave the graph (bit-identical to the plain backbone)."""
+        self._dims, self._widths, self.active = None, None, None
+        self._cache.clear()
+
+    def remove(self) -> None:
+        """Uninstall: the backbone no longer knows about the supernet."""
+        self.clear()
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if self.backbone.embedding_transform == self._mask_embeddings:
+            self.backbone.embedding_transform = None
+
+    # -- sampling -----------------------------------------------------------------------------------
+
+    def sample(self, generator: torch.Generator, step: int = 0, batch_size: int | None = None,
+               config: SupernetConfig | None = None) -> SubArchitecture | SubArchitectureBatch:
+        """Draw a sub-architecture: uniform dims per field, uniform widths per layer, full with warm-up probability.
+
+        The number of draws from ``generator`` does not depend on the outcome, so two generators in the same
+        state (all DDP ranks, a resumed run) give the same sequence. ``batch_size`` is needed with
+        ``config.per_sample``.
+        """
+        config = config or self.config
+        self.check_config(config)
+        n = batch_size if config.per_sample else 1
+        if config.per_sample and (batch_size is None or batch_size < 1):
+            raise ValueError(f"per-sample sampling needs batch_size >= 1, got {batch_size}")
+        dim_choices = torch.tensor(config.dim_choices)
+        full = torch.rand(n, generator=generator) < config.full_probability(step)                  # (n,)
+        dims = dim_choices[torch.randint(len(dim_choices), (n, len(self.fields)), generator=generator)]  # (n, F)
+        shares = torch.tensor(config.width_choices, dtype=torch.float64)
+        picked = shares[torch.randint(len(shares), (n, len(self.hidden_units)), generator=generator)]   # (n, L)
+        hidden = torch.tensor(self.hidden_units, dtype=torch.float64)
+        widths = torch.clamp((picked * hidden).round(), min=1).long() if config.sample_widths \
+            else hidden.long().expand(n, -1)
+        dims = torch.where(full[:, None], torch.full_like(dims, self.dim), dims)
+        widths = torch.where(full[:, None], hidden.long().expand(n, -1), widths)
+        if config.per_sample:
+            return SubArchitectureBatch(self.fields, dims, widths)
+        return SubArchitecture(self.fields, tuple(dims[0].tolist()), tuple(widths[0].tolist()))
+
+    # -- the masks themselves -------------------------------------------------------------------------
+
+    def _mask_embeddings(self, embeddings: Tensor) -> Tensor:  # (B, F, D) -> (B, F, D)
+        if self._dims is None:
+            return embeddings
+        key = ("emb", embeddings.device, embeddings.dtype)
+        mask = self._cache.get(key)
+        if mask is None:
+            dims = self._dims.to(embeddings.device)
+            coords = torch.arange(embeddings.shape[-1], device=embeddings.device)
+            mask = (coords < dims[..., None]).to(embeddings.dtype)       # (F, D) or (B, F, D)
+            self._cache[key] = mask
+        if mask.ndim == 3 and mask.shape[0] != embeddings.shape[0]:
+            raise ValueError(f"per-sample masks were drawn for {mask.shape[0]} samples, the batch has "
+                             f"{embeddings.shape[0]}")
+        return embeddings * mask
+
+    def _hook(self, layer: int):
+        def mask_units(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor | None:  # output (B, H)
+            if self._widths is None:
+                return None
+            key = ("dnn", layer, output.device, output.dtype)
+            mask = self._cache.get(key)
+            if mask is None:
+                mask = self._widths[layer].to(device=output.device, dtype=output.dtype)   # (H,) or (B, H)
+                self._cache[key] = mask
+            return output * mask
+        return mask_units
+
+
+def flops_per_sample(backbone: CTRBackbone, subarch: SubArchitecture | None = None) -> float:
+    """Analytic FLOPs per sample of ``subarch`` run as a compact model (1 multiply-add = 2 FLOPs).
+
+    Embedding pooling, the FM (DeepFM) or vector cross network (DCN), the DNN at the effective widths on the
+    effective input width (sum of d_f plus dense fields) and the output layer, as counted by
+    :meth:`ihas_lightning.pim.config.ModelSpec.flops_breakdown`. Supported: DeepFM, DCN (vector), WDL.
+    """
+    from .pim.config import ModelSpec
+
+    model = backbone.model
+    kind = type(model).__name__
+    subarch = subarch or SubArchitecture.full(backbone.fields, backbone.dim, _hidden(backbone))
+    if kind == "DeepFM":
+        interaction, cross = ("fm" if model.use_fm else "none"), 0
+    elif kind == "DCN":
+        if getattr(model.crossnet, "parameterization", "vector") != "vector":
+            raise NotImplementedError("flops_per_sample counts DCN's vector cross network only")
+        interaction, cross = "cross", int(model.cross_num)
+    elif kind == "WDL":
+        interaction, cross = "none", 0
+    else:
+        raise NotImplementedError(f"flops_per_sample supports DeepFM, DCN and WDL, not {kind}")
+    vocab = [backbone.model.embedding_dict[f].num_embeddings for f in backbone.fields]
+    multi = {m.name: float(m.max_len) for m in backbone.schema.multivalued}
+    spec = ModelSpec(embedding_dims=subarch.dims, vocab_sizes=vocab, dense_dim=len(backbone.schema.dense),
+                     lookups_per_sample=[multi.get(f, 1.0) for f in backbone.fields],
+                     dnn_hidden=subarch.widths if getattr(model, "use_dnn", True) else (),
+                     interaction=interaction, cross_layers=cross if interaction == "cross" else 0,
+                     field_names=backbone.fields)
+    return spec.flops_per_sample()
+
+
+def _hidden(backbone: CTRBackbone) -> tuple[int, ...]:
+    dnn = dnn_of(backbone)
+    return tuple(int(l.out_features) for l in dnn.linears) if dnn is not None else ()
