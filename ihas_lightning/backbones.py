@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .data.schema import Schema
 
-__all__ = ["BACKBONES", "UNSUPPORTED_BACKBONES", "CTRBackbone", "build_backbone", "feature_columns",
+__all__ = ["BACKBONES", "UNSUPPORTED_BACKBONES", "CTRBackbone", "build_backbone", "feature_columns", "narrow_tables",
            "import_deepctr"]
 
 EmbeddingTransform = Callable[[Tensor], Tensor]
@@ -149,8 +149,20 @@ class CTRBackbone(nn.Module):
         return int(sum(self.model.embedding_dict[f].weight.numel() for f in self.fields))
 
     def regularization_loss(self) -> Tensor:
-        """DeepCTR-Torch's L1/L2 terms, which its own ``fit`` adds to the loss."""
-        return self.model.get_regularization_loss()
+        """DeepCTR-Torch's L1/L2 terms, which its own ``fit`` adds to the loss.
+
+        Same sums as ``BaseModel.get_regularization_loss``, which allocates its accumulator on the device
+        named at construction and so fails once the model has moved to a GPU.
+        """
+        total = self.model.out.bias.new_zeros(()) if hasattr(self.model.out, "bias") else torch.zeros(())
+        for params, l1, l2 in self.model.regularization_weight:
+            for entry in params:
+                weight = _parameter(entry)
+                if l1 > 0:
+                    total = total + l1 * weight.abs().sum()
+                if l2 > 0:
+                    total = total + l2 * weight.square().sum()
+        return total
 
     def field_embeddings(self, batch: dict[str, Tensor]) -> Tensor:
         """(B, F, D) embeddings of the embedded fields, narrow tables zero-padded to ``dim``."""
@@ -230,3 +242,30 @@ def _multi_slices(schema: Schema) -> dict[str, tuple[int, int]]:
         slices[field.name] = (start, start + field.max_len)
         start += field.max_len
     return slices
+
+
+def narrow_tables(backbone: CTRBackbone, widths: dict[str, int]) -> None:
+    """Store field ``f``'s table at ``widths[f]`` columns, keeping its first columns (the shared-table layout
+    of the retraining stage: group c uses the first d[c, f] columns, so a table is as wide as its widest group).
+
+    DeepCTR-Torch's regularisation list holds the parameters captured at construction; the new tables
+    replace the old ones in it, so ``get_regularization_loss`` keeps regularising what is trained.
+    """
+    replaced: dict[int, nn.Parameter] = {}
+    for name, width in widths.items():
+        old = backbone.model.embedding_dict[name]
+        if not 0 <= width <= backbone.dim:
+            raise ValueError(f"field '{name}': width must be in [0, {backbone.dim}], got {width}")
+        new = nn.Embedding(old.num_embeddings, width).to(old.weight.device)
+        with torch.no_grad():
+            new.weight.copy_(old.weight[:, :width])
+        backbone.model.embedding_dict[name] = new
+        replaced[id(old.weight)] = new.weight
+    backbone.model.regularization_weight = [
+        ([replaced.get(id(_parameter(w)), _parameter(w)) for w in params], l1, l2)
+        for params, l1, l2 in backbone.model.regularization_weight]
+
+
+def _parameter(entry: Tensor | tuple[str, Tensor]) -> Tensor:
+    """DeepCTR-Torch keeps plain parameters and ``named_parameters`` pairs in one list."""
+    return entry[1] if isinstance(entry, tuple) else entry

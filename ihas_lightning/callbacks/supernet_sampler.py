@@ -94,7 +94,7 @@ class SupernetSampler(Callback):
         self.step += 1
         if self.record:
             self.history.append(subarch)
-        if isinstance(subarch, SubArchitecture):
+        if isinstance(subarch, SubArchitecture) and pl_module._trainer is trainer:
             share = sum(subarch.dims) / (len(subarch.dims) * self.masks.dim)
             pl_module.log("supernet/dim_share", share, on_step=True, on_epoch=False, batch_size=1)
 

@@ -1,0 +1,116 @@
+"""``ihas run`` (search -> cluster -> retrain + baselines), and ``ihas cluster`` / ``ihas retrain`` on a run."""
+
+from __future__ import annotations
+
+import argparse
+
+
+from ..pipeline import RunDirectory, collect_metrics, embedding_rows, stage_baseline, stage_cluster, stage_retrain
+from .common import add_data_arguments, add_trainer_arguments, datamodule_from_args, print_table
+from .search import add_search_arguments, run_search
+
+__all__ = ["register", "run_pipeline", "add_pipeline_arguments"]
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("cluster and retrain")
+    group.add_argument("--k", type=int, default=4, help="number of groups; 0 chooses it on validation data")
+    group.add_argument("--candidate-dims", default="0,2,4,8,16", help="dimensions a group's field may get")
+    group.add_argument("--retrain-epochs", type=int, default=2)
+    group.add_argument("--retrain-lr", type=float, default=5e-4)
+    group.add_argument("--baseline-epochs", type=int, default=None,
+                       help="epochs of the uniform baselines (default: search + retrain epochs)")
+    group.add_argument("--no-matched-baseline", action="store_true",
+                       help="skip the uniform baseline with iHAS's embedding parameters")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    run = subparsers.add_parser("run", help="search -> cluster -> retrain, and the uniform baselines",
+                                description=__doc__)
+    add_data_arguments(run)
+    add_trainer_arguments(run, epochs=5)
+    add_search_arguments(run)
+    add_pipeline_arguments(run)
+    run.set_defaults(handler=run_pipeline)
+    for name, handler, text in (("cluster", _run_cluster, "cluster the searched masks of a run"),
+                                ("retrain", _run_retrain, "retrain a run's groups (optionally on another backbone)")):
+        sub = subparsers.add_parser(name, help=text)
+        sub.add_argument("--run", required=True, help="run directory made by `ihas run`")
+        if name == "retrain":
+            sub.add_argument("--backbone", default=None, help="retrain on another DeepCTR-Torch backbone")
+        sub.set_defaults(handler=handler)
+    register_report(subparsers)
+
+
+def _normalise(args: argparse.Namespace) -> argparse.Namespace:
+    args.k = None if args.k == 0 else args.k
+    if args.baseline_epochs is None:
+        args.baseline_epochs = args.epochs + args.retrain_epochs
+    return args
+
+
+def run_pipeline(args: argparse.Namespace) -> dict:
+    args = _normalise(args)
+    run = RunDirectory(args.out)
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.save_options(args)
+    dm = datamodule_from_args(args)
+    if not run.done("search"):
+        run_search(args)
+    stage_cluster(run, args, dm)
+    retrain = stage_retrain(run, args, dm)
+    stage_baseline(run, args, args.dim, "baseline", dm)
+    if not args.no_matched_baseline:
+        matched = max(1, round(retrain["embedding_params"] / embedding_rows(dm.vocab_sizes)))
+        stage_baseline(run, args, matched, "baseline_matched", dm)
+    metrics = collect_metrics(run, args)
+    _print_summary(metrics, run)
+    return metrics
+
+
+def _run_cluster(args: argparse.Namespace) -> dict:
+    run = RunDirectory(args.run)
+    metrics = stage_cluster(run, run.load_options())
+    print(f"{metrics['k']} groups, sizes {metrics['group_sizes']}; dims: {metrics['dims']}")
+    return metrics
+
+
+def _run_retrain(args: argparse.Namespace) -> dict:
+    run = RunDirectory(args.run)
+    options = run.load_options()
+    stage = "retrain" if args.backbone in (None, options.backbone) else f"retrain_{args.backbone}"
+    metrics = stage_retrain(run, options, backbone=args.backbone, stage=stage)
+    print(f"retrained on {metrics['backbone']}: test AUC {metrics['test_auc']:.4f}, "
+          f"embedding parameters {metrics['embedding_params']:,}")
+    return metrics
+
+
+def _print_summary(metrics: dict, run: RunDirectory) -> None:
+    rows = [["uniform dim " + str(metrics["baseline"]["dim"]), *_row(metrics["baseline"])]]
+    if "baseline_matched" in metrics:
+        rows.append(["uniform dim " + str(metrics["baseline_matched"]["dim"]) + " (matched)",
+                     *_row(metrics["baseline_matched"])])
+    rows.append([f"iHAS ({metrics['ihas']['groups']} groups)", *_row(metrics["ihas"])])
+    print_table(f"ihas run: {metrics['backbone']} on {metrics['dataset']}",
+                ["model", "test AUC", "test logloss", "embedding params", "FLOPs/sample"], rows)
+    print(f"run: {run.root}   metrics: {run.root / 'metrics.json'}   report: ihas report --run {run.root}\n"
+          f"TensorBoard: tensorboard --logdir {run.root}")
+
+
+def _row(entry: dict) -> list:
+    return [entry["test_auc"], entry["test_logloss"], int(entry["embedding_params"]), int(entry["flops_per_sample"])
+            if entry["flops_per_sample"] == entry["flops_per_sample"] else "n/a"]
+
+
+
+
+def register_report(subparsers: argparse._SubParsersAction) -> None:
+    sub = subparsers.add_parser("report", help="write DIR/report.md with plots for a finished run")
+    sub.add_argument("--run", required=True, help="run directory made by `ihas run`")
+    sub.set_defaults(handler=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> None:
+    from ..experiments.report import write_report
+
+    print(f"report: {write_report(args.run)}")

@@ -1,0 +1,92 @@
+"""``ihas search``: the iHAS search stage; writes ``OUT/search/`` (checkpoint, TensorBoard, metrics.json)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+from ..callbacks import GateStatisticsLogger, RegularizerWarmup, TemperatureAnnealing
+from ..modules import SearchModule
+from .common import (add_data_arguments, add_trainer_arguments, datamodule_from_args, load_callbacks, make_trainer,
+                     parse_widths, print_table, write_json)
+
+__all__ = ["register", "add_search_arguments", "run_search", "search_metrics"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("search", help="iHAS search stage: instance-wise gates on a backbone",
+                                   description=__doc__)
+    add_data_arguments(parser)
+    add_trainer_arguments(parser, epochs=5)
+    add_search_arguments(parser)
+    parser.set_defaults(handler=run_search)
+
+
+def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("search")
+    group.add_argument("--budget", type=float, default=0.5,
+                       help="target share of the uniform model's embedding parameters (default 0.5)")
+    group.add_argument("--sparsity-weight", type=float, default=None,
+                       help="a fixed sparsity multiplier instead of a budget")
+    group.add_argument("--relaxation", choices=["hard_concrete", "gaussian"], default="hard_concrete")
+    group.add_argument("--prefix", action="store_true", help="nested gates: a field's mask is a dimension size")
+    group.add_argument("--min-dim", type=int, default=2, help="dimensions every field keeps (0 drops fields)")
+    group.add_argument("--polarization", type=float, default=0.1, help="bi-polarisation weight")
+    group.add_argument("--gate-lr", type=float, default=3e-3)
+    group.add_argument("--warmup-epochs", type=int, default=1, help="plain-backbone epochs before the gates")
+    group.add_argument("--config", default=None,
+                       help="callbacks YAML (see callbacks/search.yaml); default: annealing, warm-up, statistics")
+
+
+def gate_options(args: argparse.Namespace) -> dict:
+    budget = None if args.sparsity_weight is not None else args.budget
+    return {"budget": budget, "sparsity_weight": args.sparsity_weight or 0.0, "relaxation": args.relaxation,
+            "prefix": args.prefix, "min_dim": args.min_dim, "allow_drop_field": args.min_dim == 0,
+            "polarization_weight": args.polarization}
+
+
+def search_metrics(module: SearchModule, trainer: pl.Trainer) -> dict:
+    summary = module.last_val_summary or {}
+    return {
+        "val_auc": float(trainer.callback_metrics.get("val_auc", float("nan"))),
+        "val_logloss": float(trainer.callback_metrics.get("val_logloss", float("nan"))),
+        "mean_active_dims": {"overall": summary.get("mean_active_dims"),
+                             "per_field": summary.get("mean_active_dims_per_field", {})},
+        "distinct_masks": summary.get("distinct_masks"),
+        "decided_share": summary.get("decided_share"),
+        "expected_param_share": summary.get("expected_param_share"),
+        "dim": module.hparams.dim, "backbone": module.hparams.backbone,
+    }
+
+
+def run_search(args: argparse.Namespace) -> dict:
+    start = time.perf_counter()
+    pl.seed_everything(args.seed, workers=True)
+    stage_dir = Path(args.out) / "search"
+    dm = datamodule_from_args(args)
+    module = SearchModule(dm.schema, dm.vocab_sizes, backbone=args.backbone, dim=args.dim,
+                          dnn_hidden_units=parse_widths(args.dnn), lr=args.lr, gate_lr=args.gate_lr,
+                          warmup_epochs=args.warmup_epochs, gate=gate_options(args), seed=args.seed)
+    steps_per_epoch = len(dm.stream("train"))
+    gated_steps = max(1, (args.epochs - args.warmup_epochs) * steps_per_epoch)
+    callbacks = load_callbacks(args.config) if args.config else [
+        TemperatureAnnealing(steps=max(1, int(0.8 * gated_steps))),
+        RegularizerWarmup(steps=max(1, gated_steps // 5)), GateStatisticsLogger()]
+    # The last epoch is the searched one: its gates are what clustering reads, so keep last.ckpt.
+    trainer = make_trainer(args, stage_dir, callbacks=callbacks, monitor=None)
+    last = stage_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(module, dm, ckpt_path=str(last) if last.exists() else None)
+    metrics = {**search_metrics(module, trainer), "seconds": time.perf_counter() - start}
+    write_json(stage_dir / "metrics.json", metrics)
+    per_field = metrics["mean_active_dims"]["per_field"]
+    print_table(f"ihas search: {args.backbone} on {args.data}", ["metric", "value"], [
+        ["val AUC", metrics["val_auc"]], ["mean active dims", metrics["mean_active_dims"]["overall"]],
+        ["expected parameter share", metrics["expected_param_share"]], ["distinct masks", metrics["distinct_masks"]],
+        ["decided share", metrics["decided_share"]],
+        *[[f"  active dims {name}", value] for name, value in per_field.items()],
+    ])
+    print(f"checkpoint: {last}   TensorBoard: tensorboard --logdir {stage_dir}")
+    return metrics

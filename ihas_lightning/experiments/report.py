@@ -1,0 +1,111 @@
+"""``ihas report``: a Markdown report with plots for one run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["write_report"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _dims_heatmap(dims: dict[str, dict[str, int]], path: Path) -> None:
+    plt = _plt()
+    groups = sorted(dims, key=int)
+    fields = list(dims[groups[0]])
+    values = [[dims[g][f] for f in fields] for g in groups]
+    figure, axis = plt.subplots(figsize=(1.5 + 0.45 * len(fields), 1.2 + 0.45 * len(groups)))
+    image = axis.imshow(values, cmap="viridis", aspect="auto")
+    axis.set_xticks(range(len(fields)), fields, rotation=60, fontsize=7)
+    axis.set_yticks(range(len(groups)), [f"group {g}" for g in groups], fontsize=8)
+    for row, line in enumerate(values):
+        for column, value in enumerate(line):
+            axis.text(column, row, str(value), ha="center", va="center", fontsize=6, color="white")
+    axis.set_title("embedding dimension per group and field")
+    figure.colorbar(image, ax=axis)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _group_sizes(sizes: list[int], path: Path) -> None:
+    plt = _plt()
+    figure, axis = plt.subplots(figsize=(4, 3))
+    axis.bar([str(i) for i in range(len(sizes))], sizes, color="tab:blue")
+    axis.set_xlabel("group")
+    axis.set_ylabel("training samples")
+    axis.set_title("group sizes")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _auc_vs_params(metrics: dict, path: Path) -> None:
+    plt = _plt()
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    uniform = [metrics["baseline"]] + ([metrics["baseline_matched"]] if "baseline_matched" in metrics else [])
+    uniform.sort(key=lambda m: m["embedding_params"])
+    axis.plot([m["embedding_params"] for m in uniform], [m["test_auc"] for m in uniform], "o--",
+              color="tab:gray", label="uniform dimension")
+    for m in uniform:
+        axis.annotate(f"d={m['dim']}", (m["embedding_params"], m["test_auc"]), fontsize=7)
+    axis.plot([metrics["ihas"]["embedding_params"]], [metrics["ihas"]["test_auc"]], "*", markersize=12,
+              color="tab:red", label="iHAS")
+    axis.set_xlabel("embedding parameters")
+    axis.set_ylabel("test AUC")
+    axis.legend()
+    axis.set_title(f"{metrics['backbone']} on {Path(str(metrics['dataset'])).name}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``DIR/report.md`` and its PNG plots from ``DIR/metrics.json``; returns the report's path."""
+    root = Path(run_dir)
+    metrics_path = root / "metrics.json"
+    if not metrics_path.exists():
+        raise FileNotFoundError(f"{metrics_path} is missing: finish the run first (`ihas run --out {root}`)")
+    metrics = json.loads(metrics_path.read_text())
+    _dims_heatmap(metrics["ihas"]["dims"], root / "dims_heatmap.png")
+    _group_sizes(metrics["ihas"]["group_sizes"], root / "group_sizes.png")
+    _auc_vs_params(metrics, root / "auc_vs_params.png")
+    rows = [("uniform d=%d" % metrics["baseline"]["dim"], metrics["baseline"])]
+    if "baseline_matched" in metrics:
+        rows.append(("uniform d=%d (parameter-matched)" % metrics["baseline_matched"]["dim"],
+                     metrics["baseline_matched"]))
+    rows.append((f"iHAS, {metrics['ihas']['groups']} groups", metrics["ihas"]))
+    table = "\n".join(f"| {name} | {m['test_auc']:.4f} | {m['test_logloss']:.4f} | {int(m['embedding_params']):,} | "
+                      f"{m['flops_per_sample']:,.0f} |" for name, m in rows)
+    search = metrics["search"]
+    text = f"""# iHAS run: {metrics['backbone']} on {metrics['dataset']}
+
+| model | test AUC | test logloss | embedding params | FLOPs/sample |
+|---|---|---|---|---|
+{table}
+
+Search: validation AUC {search['val_auc']:.4f}, mean active dimensions {search['mean_active_dims']['overall']:.2f},
+{search['distinct_masks']} distinct masks on validation data.
+
+Stage seconds: {', '.join(f'{k} {v:.0f}' for k, v in metrics['seconds'].items() if v is not None)}.
+
+![AUC against embedding parameters](auc_vs_params.png)
+
+![dimensions per group and field](dims_heatmap.png)
+
+![group sizes](group_sizes.png)
+
+FLOPs per sample count each group's compact model (its dimensions at the full DNN widths), weighted by the
+share of test samples routed to it.
+"""
+    report = root / "report.md"
+    report.write_text(text)
+    return report

@@ -1,0 +1,102 @@
+"""``IHASModel``: the routed model a user ships: gates -> nearest centroid -> that group's dimensions.
+
+One ``nn.Module``, one file: it saves its configuration, weights and the encoders together, loads with
+:meth:`IHASModel.load`, and predicts on raw rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .data.encoders import FeatureEncoder
+from .data.loader import Batch, to_batch
+from .data.schema import RawColumns
+from .modules.retrain_module import RetrainModule
+from .supernet import SubArchitecture, flops_per_sample
+
+__all__ = ["IHASModel", "group_flops"]
+
+
+def group_flops(module: RetrainModule) -> list[float]:
+    """FLOPs per sample of each group's compact model (its dimensions, the full DNN widths)."""
+    backbone = module.backbone
+    widths = tuple(int(w) for w in module.hparams.dnn_hidden_units)
+    out = []
+    for dims in module.group_dims.tolist():
+        try:
+            out.append(flops_per_sample(backbone, SubArchitecture(backbone.fields, dims, widths)))
+        except NotImplementedError:
+            out.append(float("nan"))
+    return out
+
+
+class IHASModel(nn.Module):
+    """The retrained groups and their router, with the encoders that turn raw rows into ids.
+
+    Example:
+        >>> model = IHASModel(retrain_module, encoder, group_share=[0.4, 0.6])
+        >>> model.save("ihas.pt"); model = IHASModel.load("ihas.pt")
+        >>> model.predict_raw(rows)                       # click probabilities
+    """
+
+    def __init__(self, module: RetrainModule, encoder: FeatureEncoder | None = None,
+                 group_share: list[float] | None = None) -> None:
+        super().__init__()
+        self.module = module
+        self.encoder = encoder
+        share = group_share or [1.0 / module.num_groups] * module.num_groups
+        if len(share) != module.num_groups:
+            raise ValueError(f"group_share has {len(share)} entries for {module.num_groups} groups")
+        self.group_share = [float(s) for s in share]
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Logits (B,)."""
+        return self.module(batch)
+
+    @torch.no_grad()
+    def predict_groups(self, batch: Batch) -> Tensor:
+        """(B,) group of every sample."""
+        self.module.eval()
+        return self.module.route(self.module.backbone.field_embeddings(batch))
+
+    @property
+    def embedding_params(self) -> int:
+        return self.module.embedding_params
+
+    @property
+    def flops_per_sample(self) -> float:
+        """Expected FLOPs per sample: each group's compact-model FLOPs weighted by its share of samples."""
+        return float(sum(s * f for s, f in zip(self.group_share, group_flops(self.module))))
+
+    @torch.no_grad()
+    def predict_raw(self, raw: RawColumns, batch_size: int = 8192) -> np.ndarray:
+        """Click probabilities for raw rows, encoded by the saved encoders (unseen categories -> OOV)."""
+        if self.encoder is None:
+            raise RuntimeError("this IHASModel was saved without encoders; encode rows yourself and call it")
+        encoded = self.encoder.transform(raw)
+        self.module.eval()
+        device = next(self.module.parameters()).device
+        out = []
+        for start in range(0, len(encoded), batch_size):
+            batch = to_batch(encoded.take(np.arange(start, min(start + batch_size, len(encoded)))))
+            out.append(torch.sigmoid(self.module({k: v.to(device) for k, v in batch.items()})).cpu())
+        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+    def save(self, path: str | Path) -> None:
+        torch.save({"hparams": dict(self.module.hparams), "state_dict": self.module.state_dict(),
+                    "encoder": self.encoder.to_dict() if self.encoder else None,
+                    "group_share": self.group_share, "format": "ihas-model/1"}, str(path))
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> IHASModel:
+        data = torch.load(str(path), map_location=map_location, weights_only=False)
+        if data.get("format") != "ihas-model/1":
+            raise ValueError(f"'{path}' is not an IHASModel file (format {data.get('format')!r})")
+        module = RetrainModule(**data["hparams"])
+        module.load_state_dict(data["state_dict"])
+        encoder = FeatureEncoder.from_dict(data["encoder"]) if data["encoder"] else None
+        return cls(module, encoder, data["group_share"])

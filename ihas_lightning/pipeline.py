@@ -1,0 +1,209 @@
+"""The iHAS pipeline as stages over one run directory: search -> cluster -> retrain, plus the baselines.
+
+Stages hand each other files, never hidden state::
+
+    DIR/run.json              the options of the run (data, backbone, stages)
+    DIR/search/               SearchModule checkpoints, TensorBoard, metrics.json
+    DIR/cluster/clusters.json centroids, per-group dimensions, group sizes
+    DIR/retrain/              RetrainModule checkpoints, TensorBoard, metrics.json, ihas_model.pt
+    DIR/baseline/, DIR/baseline_matched/   uniform-dimension backbones on the same split
+    DIR/metrics.json          everything above in one place
+
+A stage whose ``metrics.json`` exists is done and is not redone; a stage interrupted during training resumes
+from its ``checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from .cli.common import datamodule_from_args, make_trainer, parse_widths, write_json
+from .clustering import ClusterConfig, ClusterResult, cluster
+from .data.datamodule import CTRDataModule
+from .model import IHASModel
+from .modules import BackboneModule, RetrainModule, SearchModule
+
+__all__ = ["RunDirectory", "stage_cluster", "stage_retrain", "stage_baseline", "collect_metrics", "embedding_rows"]
+
+
+class RunDirectory:
+    """Paths and saved options of one run."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def stage(self, name: str) -> Path:
+        return self.root / name
+
+    def done(self, name: str) -> bool:
+        return (self.stage(name) / "metrics.json").exists()
+
+    def metrics(self, name: str) -> dict:
+        return json.loads((self.stage(name) / "metrics.json").read_text())
+
+    def save_options(self, args: argparse.Namespace) -> None:
+        options = {k: v for k, v in vars(args).items() if k != "handler"}
+        write_json(self.root / "run.json", options)
+
+    def load_options(self, **overrides: object) -> argparse.Namespace:
+        path = self.root / "run.json"
+        if not path.exists():
+            raise FileNotFoundError(f"'{self.root}' is not a run directory (no run.json): start it with `ihas run`")
+        options = json.loads(path.read_text())
+        options.update({k: v for k, v in overrides.items() if v is not None})
+        return argparse.Namespace(**options)
+
+    def checkpoint(self, name: str) -> Path:
+        return self.stage(name) / "checkpoints" / "last.ckpt"
+
+    def resume_path(self, name: str) -> str | None:
+        path = self.checkpoint(name)
+        return str(path) if path.exists() else None
+
+
+def embedding_rows(vocab_sizes: dict[str, int]) -> int:
+    return int(sum(vocab_sizes.values()))
+
+
+def _search_module(run: RunDirectory) -> SearchModule:
+    path = run.checkpoint("search")
+    if not path.exists():
+        raise FileNotFoundError(f"no search checkpoint at {path}: run the search stage first")
+    module = SearchModule.load_from_checkpoint(str(path), map_location="cpu")
+    return module.eval()
+
+
+def _mask_stream(module: SearchModule, dm: CTRDataModule, split: str) -> Callable[[], Iterator[torch.Tensor]]:
+    """Deterministic gate masks (B, F, D) of a split, streamed batch by batch."""
+
+    def stream() -> Iterator[torch.Tensor]:
+        with torch.no_grad():
+            for batch in dm.stream(split, shuffle=False):
+                yield module.gates.deterministic_mask(module.backbone.field_embeddings(batch))
+    return stream
+
+
+def stage_cluster(run: RunDirectory, args: argparse.Namespace, dm: CTRDataModule | None = None) -> dict:
+    """Deterministic gates over the training set -> mini-batch k-means -> per-group dimensions."""
+    if run.done("cluster"):
+        return run.metrics("cluster")
+    start = time.perf_counter()
+    dm = dm or datamodule_from_args(args)
+    module = _search_module(run)
+    fields = module.schema.embedded_fields
+    config = ClusterConfig(k=args.k, candidate_dims=tuple(int(d) for d in args.candidate_dims.split(",")),
+                           min_dim=args.min_dim, allow_drop_field=args.min_dim == 0, seed=args.seed)
+    train_masks, val_masks = _mask_stream(module, dm, "train"), _mask_stream(module, dm, "val")
+    result = cluster(lambda: (m.flatten(1) for m in train_masks()), train_masks, len(fields), module.hparams.dim,
+                     config, val_feature_stream=lambda: (m.flatten(1) for m in val_masks()))
+    run.stage("cluster").mkdir(parents=True, exist_ok=True)
+    result.save(run.stage("cluster") / "clusters.json")
+    metrics = {"k": result.k, "group_sizes": result.group_sizes.tolist(),
+               "dims": {str(c): dict(zip(fields, map(int, row))) for c, row in enumerate(result.dims.tolist())},
+               "selection": result.selection, "seconds": time.perf_counter() - start}
+    write_json(run.stage("cluster") / "metrics.json", metrics)
+    return metrics
+
+
+def stage_retrain(run: RunDirectory, args: argparse.Namespace, dm: CTRDataModule | None = None,
+                  backbone: str | None = None, stage: str = "retrain") -> dict:
+    """Shared tables at each group's dimensions, warm-started from the search, fine-tuned on all data."""
+    if run.done(stage):
+        return run.metrics(stage)
+    start = time.perf_counter()
+    pl.seed_everything(args.seed, workers=True)
+    dm = dm or datamodule_from_args(args)
+    search = _search_module(run)
+    clusters = ClusterResult.load(run.stage("cluster") / "clusters.json")
+    backbone = backbone or args.backbone
+    module = RetrainModule(dm.schema, dm.vocab_sizes, group_dims=clusters.dims.tolist(),
+                           centroids=clusters.centroids.tolist(), gate=dict(search.hparams.gate), backbone=backbone,
+                           dim=search.hparams.dim, dnn_hidden_units=parse_widths(args.dnn), lr=args.retrain_lr,
+                           seed=args.seed)
+    if backbone == search.hparams.backbone:
+        module.warm_start(search.state_dict())
+    else:  # another backbone (transfer): fresh weights, but the router is the searched one
+        module.gates.load_state_dict(search.gates.state_dict())
+    from .cli.train import fit_and_test
+
+    trainer = make_trainer(args, run.stage(stage), max_epochs=args.retrain_epochs)
+    scores = fit_and_test(module, dm, trainer, ckpt_path=run.resume_path(stage))
+    share = _group_share(module, dm)
+    model = IHASModel(module, dm.encoder, group_share=share)
+    model.save(run.stage(stage) / "ihas_model.pt")
+    fields = dm.schema.embedded_fields
+    metrics = {"test_auc": scores["test_auc"], "test_logloss": scores["test_logloss"],
+               "val_auc": scores.get("val_auc"), "embedding_params": model.embedding_params,
+               "flops_per_sample": model.flops_per_sample, "groups": module.num_groups,
+               "group_sizes": clusters.group_sizes.tolist(), "group_share_test": share, "backbone": backbone,
+               "dims": {str(c): dict(zip(fields, row)) for c, row in enumerate(module.group_dims.tolist())},
+               "table_widths": module.table_widths, "seconds": time.perf_counter() - start}
+    write_json(run.stage(stage) / "metrics.json", metrics)
+    return metrics
+
+
+@torch.no_grad()
+def _group_share(module: RetrainModule, dm: CTRDataModule) -> list[float]:
+    """Share of test samples routed to each group (weights the expected FLOPs per sample)."""
+    module.eval()
+    counts = torch.zeros(module.num_groups)
+    for batch in dm.stream("test", shuffle=False):
+        counts += torch.bincount(module.route(module.backbone.field_embeddings(batch)),
+                                 minlength=module.num_groups).float()
+    return (counts / counts.sum().clamp_min(1)).tolist()
+
+
+def stage_baseline(run: RunDirectory, args: argparse.Namespace, dim: int, stage: str = "baseline",
+                   dm: CTRDataModule | None = None, backbone: str | None = None) -> dict:
+    """The same backbone at a uniform dimension on the same split."""
+    if run.done(stage):
+        return run.metrics(stage)
+    from .cli.train import fit_and_test
+    from .supernet import SubArchitecture, flops_per_sample
+
+    start = time.perf_counter()
+    pl.seed_everything(args.seed, workers=True)
+    dm = dm or datamodule_from_args(args)
+    module = BackboneModule(dm.schema, dm.vocab_sizes, backbone=backbone or args.backbone, dim=dim,
+                            dnn_hidden_units=parse_widths(args.dnn), lr=args.lr, seed=args.seed)
+    trainer = make_trainer(args, run.stage(stage), max_epochs=args.baseline_epochs)
+    scores = fit_and_test(module, dm, trainer, ckpt_path=run.resume_path(stage))
+    fields = module.backbone.fields
+    try:
+        flops = flops_per_sample(module.backbone, SubArchitecture(fields, (dim,) * len(fields),
+                                                                  parse_widths(args.dnn)))
+    except NotImplementedError:
+        flops = float("nan")
+    metrics = {"test_auc": scores["test_auc"], "test_logloss": scores["test_logloss"],
+               "val_auc": scores.get("val_auc"), "embedding_params": module.backbone.embedding_params,
+               "flops_per_sample": flops, "dim": dim, "backbone": backbone or args.backbone,
+               "seconds": time.perf_counter() - start}
+    write_json(run.stage(stage) / "metrics.json", metrics)
+    return metrics
+
+
+def collect_metrics(run: RunDirectory, args: argparse.Namespace) -> dict:
+    """``DIR/metrics.json`` from the stages' own metrics files."""
+    search, retrain = run.metrics("search"), run.metrics("retrain")
+    keep = ("test_auc", "test_logloss", "embedding_params", "flops_per_sample")
+    metrics = {
+        "dataset": args.data, "format": args.format, "backbone": args.backbone,
+        "baseline": {k: run.metrics("baseline")[k] for k in (*keep, "dim")},
+        "ihas": {**{k: retrain[k] for k in keep}, "groups": retrain["groups"], "group_sizes": retrain["group_sizes"],
+                 "dims": retrain["dims"]},
+        "search": {"val_auc": search["val_auc"], "mean_active_dims": search["mean_active_dims"],
+                   "distinct_masks": search["distinct_masks"]},
+        "seconds": {name: run.metrics(name).get("seconds") for name in ("search", "cluster", "retrain", "baseline")},
+    }
+    if run.done("baseline_matched"):
+        metrics["baseline_matched"] = {k: run.metrics("baseline_matched")[k] for k in (*keep, "dim")}
+        metrics["seconds"]["baseline_matched"] = run.metrics("baseline_matched").get("seconds")
+    write_json(run.root / "metrics.json", metrics)
+    return metrics
