@@ -122,10 +122,6 @@ def run_ours(name: str, splits, encoder, hidden: tuple[int, ...], device: str) -
             stamps["end"] = time.perf_counter()
 
     module = BackboneModule(encoder.schema, encoder.vocab_sizes, backbone=name, dim=16, **model_kwargs(hidden))
-    if device.startswith("cuda"):
-        # build_backbone makes the DeepCTR model with device="cpu"; its regulariser allocates its
-        # accumulator on model.device, so point that at the GPU the Trainer moves the weights to.
-        module.backbone.model.device = device
     datamodule = CTRDataModule.from_encoded(splits, encoder, batch_size=BATCH_SIZE)
     trainer = pl.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_epochs=1,
                          limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False, logger=False,

@@ -160,8 +160,8 @@ class CTRBackbone(nn.Module):
                 weight = _parameter(entry)
                 if l1 > 0:
                     total = total + l1 * weight.abs().sum()
-                if l2 > 0:
-                    total = total + l2 * weight.square().sum()
+                if l2 > 0:  # ||w||^2 as a reduction: no full-size temporaries, one scaled copy backward
+                    total = total + l2 * torch.linalg.vector_norm(weight).square()
         return total
 
     def field_embeddings(self, batch: dict[str, Tensor]) -> Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import pytorch_lightning as pl
 import torch
 
 from .cli.common import datamodule_from_args, make_trainer, parse_widths, write_json
-from .clustering import ClusterConfig, ClusterResult, cluster
+from .clustering import ClusterConfig, ClusterResult, active_count_histogram, cluster, fit_dims_to_budget
 from .data.datamodule import CTRDataModule
 from .model import IHASModel
 from .modules import BackboneModule, RetrainModule, SearchModule
@@ -101,12 +102,21 @@ def stage_cluster(run: RunDirectory, args: argparse.Namespace, dm: CTRDataModule
     config = ClusterConfig(k=args.k, candidate_dims=tuple(int(d) for d in args.candidate_dims.split(",")),
                            min_dim=args.min_dim, allow_drop_field=args.min_dim == 0, seed=args.seed)
     train_masks, val_masks = _mask_stream(module, dm, "train"), _mask_stream(module, dm, "val")
-    result = cluster(lambda: (m.flatten(1) for m in train_masks()), train_masks, len(fields), module.hparams.dim,
+    dim = module.hparams.dim
+    result = cluster(lambda: (m.flatten(1) for m in train_masks()), train_masks, len(fields), dim,
                      config, val_feature_stream=lambda: (m.flatten(1) for m in val_masks()))
+    searched_dims = result.dims
+    budget = module.hparams.gate.get("budget")
+    if budget is not None:
+        hist = sum(active_count_histogram(m, result.predict(m.flatten(1)), result.k) for m in train_masks())
+        costs = [float(dm.vocab_sizes[f]) for f in fields]
+        result = replace(result, dims=fit_dims_to_budget(result.dims, hist, costs, dim, budget,
+                                                         config.dims_for(dim), config.min_dim))
     run.stage("cluster").mkdir(parents=True, exist_ok=True)
     result.save(run.stage("cluster") / "clusters.json")
     metrics = {"k": result.k, "group_sizes": result.group_sizes.tolist(),
                "dims": {str(c): dict(zip(fields, map(int, row))) for c, row in enumerate(result.dims.tolist())},
+               "dims_before_budget": searched_dims.tolist(), "budget": budget,
                "selection": result.selection, "seconds": time.perf_counter() - start}
     write_json(run.stage("cluster") / "metrics.json", metrics)
     return metrics

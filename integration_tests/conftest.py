@@ -19,3 +19,14 @@ def data_dir() -> Path:
             pytest.fail(f"shared data folder {path} is missing (set IHAS_DATA_DIR)")
         pytest.skip(f"shared data folder {path} is missing")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is as fast, and immune to a busy second core (2-thread matmuls stall)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

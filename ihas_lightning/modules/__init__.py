@@ -2,7 +2,8 @@
 
 from .backbone_module import BackboneModule
 from .base import CTRModule, NonFiniteLossError
+from .retrain_module import RetrainModule
 from .search_module import SearchModule
 from .supernet_module import SupernetModule
 
-__all__ = ["BackboneModule", "CTRModule", "NonFiniteLossError", "SearchModule", "SupernetModule"]
+__all__ = ["BackboneModule", "CTRModule", "NonFiniteLossError", "RetrainModule", "SearchModule", "SupernetModule"]

@@ -101,7 +101,9 @@ class CTRModule(pl.LightningModule):
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        # fused: one kernel per step instead of ~10 passes over every (dense-gradient) embedding table
+        fused = all(p.device.type in ("cpu", "cuda") for p in self.parameters())
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=fused)
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

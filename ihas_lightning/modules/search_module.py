@@ -109,8 +109,10 @@ class SearchModule(CTRModule):
         return self.regularizer_scale * terms["total"]
 
     @override
-    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
-        # The dual step changes lambda in place, so it waits until backward has used it.
+    def on_after_backward(self) -> None:
+        # The dual step changes lambda in place, so it waits until backward has used it. It must not wait
+        # for on_train_batch_end: Lightning calls the callbacks' hook (ModelCheckpoint's every_n_train_steps
+        # save) before the module's, so a checkpoint taken there would miss this step's update.
         if self._step_share is not None:
             self.gates.update_budget(self._step_share)
             self._step_share = None
