@@ -1,18 +1,26 @@
-"""``ihas demo``: the README's first command, on the bundled synthetic data."""
+"""``ihas demo``: the README's first command: ``ihas run`` end to end on the bundled synthetic data.
+
+The synthetic generator plants two user segments: one whose clicks depend on fields C1 and C2 through a
+rank-8 interaction, one that depends on C3 only. The search should give them different dimensions.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from .common import add_data_arguments, add_trainer_arguments
-from .train import run_train
+from .pipeline import add_pipeline_arguments, run_pipeline
+from .search import add_search_arguments
 
 __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="train on the bundled synthetic data and print a summary",
+    parser = subparsers.add_parser("demo", help="search -> cluster -> retrain on the bundled synthetic data",
                                    description=__doc__)
     add_data_arguments(parser)
-    add_trainer_arguments(parser, epochs=3)
-    parser.set_defaults(handler=run_train, out="runs/demo")
+    add_trainer_arguments(parser, epochs=4)
+    add_search_arguments(parser)
+    add_pipeline_arguments(parser)
+    parser.set_defaults(handler=run_pipeline, out="runs/demo", rows=300_000, batch_size=2048, lr=3e-3,
+                        retrain_lr=1e-3, quiet=False)

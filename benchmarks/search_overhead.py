@@ -1,0 +1,167 @@
+"""Search-stage overhead: training throughput of ``SearchModule`` (gates on) vs the plain ``BackboneModule``.
+
+Both sides train the same DeepCTR-Torch model (DeepFM, DCN) with the same feature columns, DNN widths,
+initialisation seed, Adam learning rate and batch size, in the same ``Trainer`` settings, on the same
+synthetic Criteo-shaped rows (``benchmarks/throughput.py``'s ``make_data``: 26 sparse fields with
+Criteo-like cardinalities capped at 200k rows, 13 dense fields). The search side has its gates on from the
+first step (``warmup_epochs=0``) with the stage's callbacks (``TemperatureAnnealing``,
+``RegularizerWarmup``): gate network, relaxed Bernoulli sampling, masking, sparsity/budget and
+bi-polarisation terms, the dual step, and the per-step gate logging. Only training is timed, from
+``on_train_epoch_start`` to ``on_train_epoch_end`` (no validation: ``limit_val_batches=0``). Runs
+alternate between the sides, ``--repeats`` times each; the best run of each side counts (the least
+disturbed one on a shared machine). ``ratio = search / plain``; the target is >= 0.7.
+
+Usage:
+    python benchmarks/search_overhead.py                         # 200k rows, CPU, all usable cores
+    python benchmarks/search_overhead.py --rows 50000 --threads 1 --json /tmp/s.json
+    python benchmarks/search_overhead.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS_DIR, best_of, machine_info, now_iso, write_json, write_markdown_table  # noqa: E402
+from throughput import BATCH_SIZE, MODELS, SEED, VOCAB_CAP, make_data  # noqa: E402
+
+TARGET_RATIO = 0.7
+DIM = 16
+
+
+def run(side: str, name: str, splits, encoder, hidden: tuple[int, ...], device: str) -> dict:
+    """One fit of one epoch; returns the timed training epoch's samples/s."""
+    import pytorch_lightning as pl
+
+    from ihas_lightning.callbacks import RegularizerWarmup, TemperatureAnnealing
+    from ihas_lightning.data.datamodule import CTRDataModule
+    from ihas_lightning.modules import BackboneModule, SearchModule
+
+    stamps: dict[str, float] = {}
+
+    class EpochClock(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            _sync(device)
+            stamps["start"] = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            _sync(device)
+            stamps["end"] = time.perf_counter()
+
+    common = {"backbone": name, "dim": DIM, "dnn_hidden_units": hidden, "lr": 1e-3, "seed": SEED}
+    callbacks: list[pl.Callback] = [EpochClock()]
+    if side == "search":
+        module = SearchModule(encoder.schema, encoder.vocab_sizes, warmup_epochs=0, gate_lr=3e-3,
+                              gate={"budget": 0.5}, **common)
+        steps = -(-len(splits["train"]) // BATCH_SIZE)
+        callbacks += [TemperatureAnnealing(steps=max(1, int(0.8 * steps))), RegularizerWarmup(steps=max(1, steps // 5))]
+    else:
+        module = BackboneModule(encoder.schema, encoder.vocab_sizes, **common)
+    if device.startswith("cuda"):
+        module.backbone.model.device = device  # DeepCTR's regulariser allocates on model.device
+    datamodule = CTRDataModule.from_encoded(splits, encoder, batch_size=BATCH_SIZE)
+    trainer = pl.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_epochs=1,
+                         limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, callbacks=callbacks)
+    trainer.fit(module, datamodule)
+    seconds = stamps["end"] - stamps["start"]
+    rows = len(splits["train"])
+    del module, trainer, datamodule
+    gc.collect()
+    return {"seconds": seconds, "samples_per_s": rows / seconds}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=200_000, help="training rows (default 200,000)")
+    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "search_overhead.json",
+                        help="result file; a Markdown table goes next to it with the suffix .md")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all usable cores)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per side, alternating; the best counts")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[400, 400], help="DNN widths (both sides)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:0]")
+    args = parser.parse_args(argv)
+
+    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    torch.set_num_threads(threads)
+    device = "cuda:0" if args.device == "cuda" else args.device
+    hidden = tuple(args.hidden)
+    for message in (".*does not have many workers.*", ".*IterableDataset.*__len__.*", ".*LeafSpec.*"):
+        warnings.filterwarnings("ignore", message=message)
+    for logger_name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(logger_name).setLevel(logging.WARNING)
+
+    t0 = time.perf_counter()
+    splits, encoder = make_data(args.rows)
+    print(f"data: {args.rows:,} rows, {len(encoder.schema.sparse)} sparse + {len(encoder.schema.dense)} dense "
+          f"fields ({time.perf_counter() - t0:.1f}s)", flush=True)
+
+    results: dict[str, dict] = {}
+    for name in args.models:
+        runs: dict[str, list[dict]] = {"search": [], "plain": []}
+        for repeat in range(args.repeats):
+            order = ("plain", "search") if repeat % 2 == 0 else ("search", "plain")
+            for side in order:
+                record = run(side, name, splits, encoder, hidden, device)
+                runs[side].append(record)
+                print(f"{name:7s} {side:7s} run {repeat + 1}: {record['samples_per_s']:10,.0f} samples/s "
+                      f"({record['seconds']:.1f}s)", flush=True)
+        search = best_of([r["samples_per_s"] for r in runs["search"]])
+        plain = best_of([r["samples_per_s"] for r in runs["plain"]])
+        results[name] = {"search": round(search, 1), "plain": round(plain, 1), "ratio": round(search / plain, 3),
+                         "runs": runs}
+        print(f"{name}: search {search:,.0f} vs plain {plain:,.0f} samples/s -> ratio {search / plain:.2f}",
+              flush=True)
+
+    payload = {
+        "models": results,
+        "target_ratio": TARGET_RATIO,
+        "rows": args.rows,
+        "batch_size": BATCH_SIZE,
+        "threads": threads,
+        "repeats": args.repeats,
+        "device": "cuda" if device.startswith("cuda") else device,
+        "dnn_hidden_units": list(hidden),
+        "embedding_dim": DIM,
+        "vocab_cap": VOCAB_CAP,
+        "gates": {"relaxation": "hard_concrete", "hidden": 64, "budget": 0.5, "warmup_epochs": 0},
+        "machine": machine_info(device),
+        "date": now_iso(),
+        "command": "python benchmarks/search_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
+    json_path = write_json(args.json, payload)
+    md_path = write_markdown_table(
+        json_path.with_suffix(".md"), "Search-stage overhead: SearchModule (gates on) vs plain BackboneModule",
+        ["model", "search (samples/s)", "plain (samples/s)", "ratio", f">= {TARGET_RATIO}"],
+        [[n, r["search"], r["plain"], f"{r['ratio']:.2f}", "yes" if r["ratio"] >= TARGET_RATIO else "NO"]
+         for n, r in results.items()],
+        notes=[f"{args.rows:,} synthetic Criteo-shaped rows (26 sparse fields, cardinalities capped at "
+               f"{VOCAB_CAP:,}; 13 dense), embedding dim {DIM}, DNN {list(hidden)}, batch {BATCH_SIZE}, Adam 1e-3",
+               "search: hard-concrete gates (gate MLP 416-64-416), budget 0.5, warmup_epochs=0, "
+               "TemperatureAnnealing + RegularizerWarmup; plain: BackboneModule; same Trainer settings, "
+               "no validation, no logger",
+               f"device {payload['device']}, {threads} torch threads, {payload['machine']['cpu']}",
+               f"best of {args.repeats} alternating runs per side; one training epoch timed from epoch start to "
+               "epoch end (data generation and setup excluded)",
+               f"command: `{payload['command']}`; {payload['date']}"])
+    print(f"wrote {json_path} and {md_path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
