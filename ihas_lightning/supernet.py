@@ -66,7 +66,7 @@ class SupernetConfig:
         dims = tuple(int(d) for d in self.dim_choices)
         widths = tuple(float(w) for w in self.width_choices)
         if not dims or min(dims) < 0 or max(dims) < 1:
-            raise ValueError(f"dim_choices must be non-negative with at least one positive value, got {self.dim_choices}")
+            raise ValueError(f"dim_choices must be >= 0 with at least one positive value, got {self.dim_choices}")
         if not widths or any(not 0.0 < w <= 1.0 for w in widths):
             raise ValueError(f"width_choices must be shares in (0, 1], got {self.width_choices}")
         if int(self.warmup_steps) < 0:
