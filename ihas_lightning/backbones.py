@@ -133,6 +133,8 @@ class CTRBackbone(nn.Module):
         self.dim = int(max(model.embedding_dict[f].embedding_dim for f in self.fields))
         self.embedding_transform: EmbeddingTransform | None = None
         self._multi_slices = _multi_slices(schema)
+        # What an id outside [0, vocabulary size) does: "error" (default) or "oov" (mapped to the OOV id 1).
+        self.out_of_range = "error"
         self._batch: dict[str, Tensor] | None = None
         self.last_embeddings: Tensor | None = None
         # Logits instead of probabilities (mixed precision, BCE-with-logits); the bias is kept.
@@ -177,7 +179,62 @@ class CTRBackbone(nn.Module):
             out.append(self._pad(summed / present.sum(1).clamp_min(1.0)))
         return torch.stack(out, dim=1)                                                         # (B, F, D)
 
+    def check_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The batch, checked against the schema and the tables; errors name the column, value and limit.
+
+        Without this an id past a table's end fails deep inside ``F.embedding`` (an index error on CPU, a
+        device-side assert on GPU) and a NaN dense value silently poisons every weight it touches. With
+        ``out_of_range = "oov"`` ids outside ``[0, V)`` are mapped to the OOV id (1) instead of failing.
+        """
+        sparse, dense, multi = batch["sparse"], batch["dense"], batch.get("multi")
+        expected = {"sparse": len(self.schema.sparse), "dense": len(self.schema.dense),
+                    "multi": sum(m.max_len for m in self.schema.multivalued)}
+        names = {"sparse": list(self.schema.sparse), "dense": list(self.schema.dense),
+                 "multi": [m.name for m in self.schema.multivalued]}
+        for kind, tensor in (("sparse", sparse), ("dense", dense), ("multi", multi)):
+            if tensor is None and expected[kind] == 0:
+                continue
+            if tensor is None or tensor.dim() != 2 or tensor.shape[1] != expected[kind]:
+                got = "none" if tensor is None else tuple(tensor.shape)
+                raise ValueError(f"batch['{kind}'] must be (B, {expected[kind]}) for columns {names[kind]}, "
+                                 f"got shape {got}: a column is missing or extra")
+        if dense.numel() and not torch.isfinite(dense).all():
+            row, col = (~torch.isfinite(dense)).nonzero()[0].tolist()
+            raise ValueError(f"column '{self.schema.dense[col]}': value {dense[row, col].item()} in batch row {row} "
+                             f"is not finite (the encoder maps missing dense values to 0)")
+        checked = dict(batch)
+        checked["sparse"] = self._check_ids(sparse, list(self.schema.sparse), [1] * len(self.schema.sparse))
+        if multi is not None and multi.shape[1]:
+            checked["multi"] = self._check_ids(multi, [m.name for m in self.schema.multivalued],
+                                               [m.max_len for m in self.schema.multivalued])
+        return checked
+
+    def _check_ids(self, ids: Tensor, fields: list[str], widths: list[int]) -> Tensor:
+        columns = [f for f, w in zip(fields, widths) for _ in range(w)]
+        if ids.is_floating_point() or ids.dtype == torch.bool:
+            bad = ~torch.isfinite(ids) | (ids != ids.round()) if ids.is_floating_point() else ids
+            row, col = (bad.nonzero()[0].tolist() if bad.any() else (0, 0))
+            raise TypeError(f"column '{columns[col]}': ids must be an integer tensor (int64), got {ids.dtype} "
+                            f"(value {ids[row, col].item()} in batch row {row})")
+        if not ids.numel():
+            return ids
+        limits = ids.new_tensor([self.model.embedding_dict[f].num_embeddings for f in columns])      # (C,)
+        bad = (ids < 0) | (ids >= limits)                                                          # (B, C)
+        if not bad.any():
+            return ids
+        if self.out_of_range == "oov":
+            return torch.where(bad, torch.ones_like(ids), ids)
+        row, col = bad.nonzero()[0].tolist()
+        value, limit = ids[row, col].item(), limits[col].item()
+        reason = f"id {value} is negative" if value < 0 else f"id {value} >= vocabulary size {limit}"
+        raise IndexError(f"column '{columns[col]}': {reason} (batch row {row}); ids are 0 = missing, 1 = OOV, "
+                         f"2..{limit - 1} = known: encode the data with the run's encoder, or set "
+                         f"backbone.out_of_range = 'oov'")
+
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        if self.out_of_range not in ("error", "oov"):
+            raise ValueError(f"out_of_range must be 'error' or 'oov', got {self.out_of_range!r}")
+        batch = self.check_batch(batch)
         self._batch = batch
         try:
             logits = self.model(self._deepctr_input(batch))

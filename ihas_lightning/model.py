@@ -6,6 +6,7 @@ One ``nn.Module``, one file: it saves its configuration, weights and the encoder
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -93,9 +94,13 @@ class IHASModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> IHASModel:
-        data = torch.load(str(path), map_location=map_location, weights_only=False)
-        if data.get("format") != "ihas-model/1":
-            raise ValueError(f"'{path}' is not an IHASModel file (format {data.get('format')!r})")
+        try:
+            data = torch.load(str(path), map_location=map_location, weights_only=False)
+        except (pickle.UnpicklingError, EOFError) as error:
+            raise ValueError(f"'{path}' is not an IHASModel file (not a torch file: {error})") from None
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        if found != "ihas-model/1":
+            raise ValueError(f"'{path}' is not an IHASModel file (format {found!r}); save one with IHASModel.save")
         module = RetrainModule(**data["hparams"])
         module.load_state_dict(data["state_dict"])
         encoder = FeatureEncoder.from_dict(data["encoder"]) if data["encoder"] else None

@@ -6,6 +6,7 @@ Stages hand each other files, never hidden state::
     DIR/search/               SearchModule checkpoints, TensorBoard, metrics.json
     DIR/cluster/clusters.json centroids, per-group dimensions, group sizes
     DIR/retrain/              RetrainModule checkpoints, TensorBoard, metrics.json, ihas_model.pt
+    DIR/separate/             the separate-models variant: one model per group, trained on its own samples
     DIR/baseline/, DIR/baseline_matched/   uniform-dimension backbones on the same split
     DIR/metrics.json          everything above in one place
 
@@ -23,7 +24,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytorch_lightning as pl
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .cli.common import datamodule_from_args, make_trainer, parse_widths, write_json
 from .clustering import ClusterConfig, ClusterResult, active_count_histogram, cluster, fit_dims_to_budget
@@ -31,7 +34,8 @@ from .data.datamodule import CTRDataModule
 from .model import IHASModel
 from .modules import BackboneModule, RetrainModule, SearchModule
 
-__all__ = ["RunDirectory", "stage_cluster", "stage_retrain", "stage_baseline", "collect_metrics", "embedding_rows"]
+__all__ = ["RunDirectory", "stage_cluster", "stage_retrain", "stage_separate", "stage_baseline", "collect_metrics",
+           "embedding_rows"]
 
 
 class RunDirectory:
@@ -170,6 +174,101 @@ def _group_share(module: RetrainModule, dm: CTRDataModule) -> list[float]:
     return (counts / counts.sum().clamp_min(1)).tolist()
 
 
+@torch.no_grad()
+def _searched_routes(search: SearchModule, centroids: torch.Tensor, dm: CTRDataModule, split: str) -> np.ndarray:
+    """(N,) group of every row of a split, routed as ``RetrainModule.route`` does, on the searched tables."""
+    groups = []
+    for batch in dm.stream(split, shuffle=False):
+        masks = search.gates.deterministic_mask(search.backbone.field_embeddings(batch)).flatten(1)  # (B, F*D)
+        groups.append(torch.cdist(masks, centroids).argmin(dim=1))                                   # (B,)
+    return torch.cat(groups).numpy()
+
+
+@torch.no_grad()
+def _logits(module: RetrainModule, dm: CTRDataModule, split: str) -> torch.Tensor:
+    module.eval()
+    return torch.cat([module(batch) for batch in dm.stream(split, shuffle=False)]) if len(dm.split(split)) \
+        else torch.zeros(0)
+
+
+def stage_separate(run: RunDirectory, args: argparse.Namespace, dm: CTRDataModule | None = None) -> dict:
+    """The literal reading of the paper: K separate models, each trained from scratch on its own group only.
+
+    Every train/val/test row is routed once by the searched model (its gates on its own tables, the
+    clustering's centroids). Group c's model is a fresh one-group ``RetrainModule`` at ``d[c, :]`` (K=1,
+    full-vocabulary tables), trained for ``--baseline-epochs`` at ``--lr`` (the uniform baselines' budget,
+    since it starts from scratch) on the group's training rows, its best epoch chosen on the group's
+    validation rows. Test AUC/logloss are over the whole test set, from the union of the groups'
+    predictions; embedding parameters are the sum over the K models; FLOPs per sample are weighted by the
+    groups' shares of the test set. DESIGN.md 2.3: the prototype found this 0.005-0.025 AUC below
+    uniform-16 at K times the parameters; it is the comparison point for the shared-table default.
+    """
+    if run.done("separate"):
+        return run.metrics("separate")
+    from .cli.train import fit_and_test
+    from .model import group_flops
+
+    start = time.perf_counter()
+    dm = dm or datamodule_from_args(args)
+    search = _search_module(run)
+    clusters = ClusterResult.load(run.stage("cluster") / "clusters.json")
+    centroids = clusters.centroids.float()
+    routes = {split: _searched_routes(search, centroids, dm, split) for split in ("train", "val", "test")}
+    labels = {split: torch.as_tensor(dm.split(split).labels, dtype=torch.float32) for split in ("val", "test")}
+    logits = {split: torch.zeros(len(routes[split])) for split in ("val", "test")}
+    groups, params, flops, shares = [], 0, 0.0, []
+    fallback = int(np.bincount(routes["train"], minlength=clusters.k).argmax())  # for groups without rows
+    trained: dict[int, RetrainModule] = {}
+    for c in range(clusters.k):
+        index = {split: np.flatnonzero(routes[split] == c) for split in routes}
+        share = len(index["test"]) / max(1, len(routes["test"]))
+        shares.append(share)
+        if len(index["train"]) == 0 or len(index["val"]) == 0:
+            groups.append({"group": c, "train_rows": int(len(index["train"])), "skipped": "no train/val rows"})
+            continue
+        pl.seed_everything(args.seed + c, workers=True)
+        sub = CTRDataModule.from_encoded({split: dm.split(split).take(index[split]) for split in routes},
+                                         dm.encoder, batch_size=args.batch_size, seed=args.seed)
+        module = RetrainModule(dm.schema, dm.vocab_sizes, group_dims=clusters.dims[c:c + 1].tolist(),
+                               centroids=centroids[c:c + 1].tolist(), gate=dict(search.hparams.gate),
+                               backbone=args.backbone, dim=search.hparams.dim,
+                               dnn_hidden_units=parse_widths(args.dnn), lr=args.lr, seed=args.seed + c)
+        stage = run.stage("separate") / f"group{c}"
+        trainer = make_trainer(args, stage, max_epochs=args.baseline_epochs)
+        resume = stage / "checkpoints" / "last.ckpt"
+        scores = fit_and_test(module, sub, trainer, ckpt_path=str(resume) if resume.exists() else None)
+        trained[c] = module  # holds the best checkpoint's weights: trainer.test loaded them
+        for split in ("val", "test"):
+            if len(index[split]):
+                logits[split][torch.as_tensor(index[split])] = _logits(module, sub, split)
+        params += module.embedding_params
+        flops += share * group_flops(module)[0]
+        groups.append({"group": c, "train_rows": int(len(index["train"])), "val_rows": int(len(index["val"])),
+                       "test_rows": int(len(index["test"])), "val_auc": scores.get("val_auc"),
+                       "test_auc_within_group": scores["test_auc"], "embedding_params": module.embedding_params})
+    for c in range(clusters.k):  # a group without training rows: its test rows go to the largest group's model
+        if c not in trained and fallback in trained:
+            for split in ("val", "test"):
+                index = np.flatnonzero(routes[split] == c)
+                if len(index):
+                    sub = CTRDataModule.from_encoded({split: dm.split(split).take(index)}, dm.encoder,
+                                                     batch_size=args.batch_size)
+                    logits[split][torch.as_tensor(index)] = _logits(trained[fallback], sub, split)
+    from torchmetrics.functional.classification import binary_auroc
+
+    scores = {f"{split}_auc": float(binary_auroc(logits[split], labels[split].long())) for split in ("val", "test")}
+    scores.update({f"{split}_logloss": float(F.binary_cross_entropy_with_logits(logits[split], labels[split]))
+                   for split in ("val", "test")})
+    fields = dm.schema.embedded_fields
+    metrics = {**scores, "embedding_params": int(params), "flops_per_sample": float(flops), "groups": clusters.k,
+               "group_share_test": shares, "per_group": groups, "backbone": args.backbone,
+               "epochs": args.baseline_epochs, "lr": args.lr,
+               "dims": {str(c): dict(zip(fields, map(int, row))) for c, row in enumerate(clusters.dims.tolist())},
+               "seconds": time.perf_counter() - start}
+    write_json(run.stage("separate") / "metrics.json", metrics)
+    return metrics
+
+
 def stage_baseline(run: RunDirectory, args: argparse.Namespace, dim: int, stage: str = "baseline",
                    dm: CTRDataModule | None = None, backbone: str | None = None) -> dict:
     """The same backbone at a uniform dimension on the same split."""
@@ -212,6 +311,9 @@ def collect_metrics(run: RunDirectory, args: argparse.Namespace) -> dict:
                    "distinct_masks": search["distinct_masks"]},
         "seconds": {name: run.metrics(name).get("seconds") for name in ("search", "cluster", "retrain", "baseline")},
     }
+    if run.done("separate"):
+        metrics["ihas_separate"] = {k: run.metrics("separate")[k] for k in (*keep, "groups")}
+        metrics["seconds"]["separate"] = run.metrics("separate").get("seconds")
     if run.done("baseline_matched"):
         metrics["baseline_matched"] = {k: run.metrics("baseline_matched")[k] for k in (*keep, "dim")}
         metrics["seconds"]["baseline_matched"] = run.metrics("baseline_matched").get("seconds")

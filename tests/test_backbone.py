@@ -87,10 +87,12 @@ def small_datamodule(columns: EncodedColumns, batch_size: int = 64, seed: int = 
 
 
 class RecordingEmbedding(nn.Embedding):
-    """A 20-row table that records the ids it is asked for (and reads row ``id % 20``)."""
+    """A 20-row table that records the ids it is asked for (and reads row ``id % 20``, a hashed table: it
+    declares a logical vocabulary of 2**41 ids, which is what ``CTRBackbone.check_batch`` checks against)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__(20, dim)
+        self.num_embeddings = 2**41
         self.seen: list[torch.Tensor] = []
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

@@ -294,13 +294,13 @@ def mid_epoch(tmp_path_factory, cache_dir) -> dict:
         trainer.fit(crashed, _dm(cache_dir))
     last = root / "crash" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)
-    pl.seed_everything(0)
+    pl.seed_everything(123)
     resumed = _search(_dm(cache_dir))
     callbacks = _schedules()
     recorder = _BatchRecorder()
-    second = _trainer(root / "rest", [*callbacks, recorder], max_epochs=3)
-    with pytest.warns(UserWarning, match="not resumable"):
-        second.fit(resumed, _dm(cache_dir), ckpt_path=str(last))
+    second = _trainer(root / "rest", [*callbacks, recorder, ModelCheckpoint(dirpath=root / "crash", save_last=True,
+                                                                             every_n_train_steps=4)], max_epochs=3)
+    second.fit(resumed, _dm(cache_dir), ckpt_path=str(last))
     return {"whole": whole, "whole_trainer": whole_trainer, "whole_callbacks": whole_callbacks,
             "whole_seen": whole_seen.seen, "crash": crash, "crashed_callbacks": crashed_callbacks,
             "checkpoint": checkpoint, "resumed": resumed, "second": second, "callbacks": callbacks,
@@ -310,7 +310,9 @@ def mid_epoch(tmp_path_factory, cache_dir) -> dict:
 def test_mid_epoch_checkpoint_holds_the_state_of_that_step(mid_epoch) -> None:
     """A checkpoint written by ``ModelCheckpoint(every_n_train_steps=4)`` at step 20 holds exactly what
     was in memory after step 20: weights, lambda (the dual step runs in ``on_after_backward``, before the
-    callbacks' ``on_train_batch_end`` where ModelCheckpoint saves), temperature, noise and schedules."""
+    callbacks' ``on_train_batch_end`` where ModelCheckpoint saves; it used to run in the module's
+    ``on_train_batch_end``, after the save, so the checkpoint's lambda lagged one step), temperature,
+    gate noise and schedule counters."""
     checkpoint, crash = mid_epoch["checkpoint"], mid_epoch["crash"]
     assert checkpoint["global_step"] == 20
     state = checkpoint["state_dict"]
@@ -321,33 +323,19 @@ def test_mid_epoch_checkpoint_holds_the_state_of_that_step(mid_epoch) -> None:
         assert checkpoint["callbacks"][callback.state_key] == callback.state_dict() == {"step": 20 - STEPS_PER_EPOCH}
 
 
-def test_mid_epoch_resume_replays_the_epoch_from_its_first_batch(mid_epoch) -> None:
-    """Documented limitation. Lightning restores step counters, callbacks, optimiser and module exactly,
-    but ``CTRDataModule``'s loaders are plain ``DataLoader``s over an ``IterableDataset`` (``BatchStream``)
-    without ``state_dict``/``load_state_dict``, so Lightning warns "not resumable" and restarts the
-    interrupted epoch's iterator: batch_idx 7.. of epoch 1 receive that epoch's batches 0.., and the
-    epoch ends after 13 batches in all, so batches 7..12 of the uninterrupted order are never seen.
-    Schedules, counters and the next epochs' order still match; the weights do not (see the xfail below).
-    Resume from end-of-epoch checkpoints (``ihas search`` writes ``last.ckpt`` per epoch) for exactness."""
-    whole_seen, seen = mid_epoch["whole_seen"], mid_epoch["seen"]
-    resumed_epoch = [s for s in seen if s[0] == 1]
-    original_epoch = [s for s in whole_seen if s[0] == 1]
-    assert [s[1] for s in resumed_epoch] == list(range(7, STEPS_PER_EPOCH))
-    assert [s[2] for s in resumed_epoch] == [s[2] for s in original_epoch[:len(resumed_epoch)]]
-    assert [s for s in seen if s[0] == 2] == [s for s in whole_seen if s[0] == 2]
-    assert mid_epoch["second"].global_step == mid_epoch["whole_trainer"].global_step == 3 * STEPS_PER_EPOCH
-    whole, resumed = mid_epoch["whole"], mid_epoch["resumed"]
-    assert torch.equal(whole.gates.temperature, resumed.gates.temperature)
-    assert whole.regularizer_scale == resumed.regularizer_scale
-    for mine, theirs in zip(mid_epoch["callbacks"], mid_epoch["whole_callbacks"]):
-        assert mine.state_dict() == theirs.state_dict()
-
-
-@pytest.mark.xfail(strict=True, reason="BatchStream is not a resumable (stateful) loader: a mid-epoch resume "
-                   "replays the epoch's first batches, so the weights differ from an uninterrupted run")
 def test_mid_epoch_resume_equals_an_uninterrupted_run(mid_epoch) -> None:
+    """Resumed from step 20 (mid-epoch), the run reads batches 7..12 of epoch 1 in the uninterrupted
+    order (``CTRDataModule``'s ``StreamLoader`` is resumable: Lightning saves and restores its
+    ``state_dict``) and ends bit-identical to the uninterrupted run: weights, gates, lambda, temperature,
+    noise, Adam moments, schedule counters."""
+    whole_seen, seen = mid_epoch["whole_seen"], mid_epoch["seen"]
+    assert seen[0][:2] == (1, 7)
+    assert seen == whole_seen[20:]
+    assert mid_epoch["second"].global_step == 3 * STEPS_PER_EPOCH
     _assert_same_search_state(mid_epoch["whole"], mid_epoch["resumed"], mid_epoch["whole_trainer"],
                               mid_epoch["second"])
+    for mine, theirs in zip(mid_epoch["callbacks"], mid_epoch["whole_callbacks"]):
+        assert mine.state_dict() == theirs.state_dict()
 
 
 # -- callbacks ---------------------------------------------------------------------------------------

@@ -1,8 +1,12 @@
 """Lightning callbacks: gate schedules, gate statistics, supernet sampling; one public callback per file."""
 
 from .gate_statistics import GateStatisticsLogger
+from .optuna_pruning import OptunaPruning
 from .regularizer_warmup import RegularizerWarmup
+from .stateful import MissingCallbackStateError, StatefulCallback
 from .supernet_sampler import SupernetSampler
 from .temperature_annealing import TemperatureAnnealing
 
-__all__ = ["GateStatisticsLogger", "RegularizerWarmup", "SupernetSampler", "TemperatureAnnealing"]
+__all__ = ["GateStatisticsLogger", "MissingCallbackStateError", "RegularizerWarmup", "StatefulCallback",
+           "SupernetSampler", "TemperatureAnnealing"]
+__all__ += ["OptunaPruning"]

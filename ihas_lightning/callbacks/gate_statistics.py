@@ -6,14 +6,15 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
 from typing_extensions import override
+
+from .stateful import StatefulCallback
 
 __all__ = ["GateStatisticsLogger"]
 
 
-class GateStatisticsLogger(Callback):
+class GateStatisticsLogger(StatefulCallback):
     """After each validation, logs the mean open-probability of every (field, dimension) as a heatmap
     image and a histogram, and the active dimensions per field as a histogram.
 

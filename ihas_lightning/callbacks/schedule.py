@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
+
+from .stateful import StatefulCallback
 
 __all__ = ["GatedStepSchedule"]
 
 
-class GatedStepSchedule(Callback):
+class GatedStepSchedule(StatefulCallback):
     """Counts training steps taken with the gates on; subclasses turn the count into a value.
 
     The counter (not the value) is the state: a resumed run recomputes the same value at the same step.

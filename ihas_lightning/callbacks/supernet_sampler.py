@@ -7,16 +7,16 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
 from ..backbones import CTRBackbone
 from ..supernet import SubArchitecture, SubArchitectureBatch, SupernetConfig, SupernetMasks
+from .stateful import StatefulCallback
 
 __all__ = ["SupernetSampler"]
 
 
-class SupernetSampler(Callback):
+class SupernetSampler(StatefulCallback):
     """Before every training batch, draw a sub-architecture and apply it; evaluation sees the full network.
 
     The masks are the module's ``supernet_masks`` (:class:`~ihas_lightning.modules.SupernetModule`), or, for

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 __all__ = ["main", "build_parser"]
 
 # Each module defines register(subparsers); a stage's module is imported only when the CLI starts.
-_SUBCOMMANDS = ("train", "search", "pipeline", "supernet", "demo")
+_SUBCOMMANDS = ("train", "search", "pipeline", "supernet", "demo", "transfer", "pim")
 
 
 def build_parser() -> argparse.ArgumentParser:

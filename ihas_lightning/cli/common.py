@@ -15,6 +15,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressB
 from pytorch_lightning.loggers import TensorBoardLogger
 from typing_extensions import override
 
+from ..checkpoint_io import AtomicCheckpointIO
 from ..data.datamodule import CTRDataModule
 from ..data.readers import FORMATS
 
@@ -111,7 +112,7 @@ def make_trainer(args: argparse.Namespace, stage_dir: Path, callbacks: Sequence[
     return pl.Trainer(max_epochs=max_epochs or args.epochs, accelerator=args.accelerator, devices=1,
                       logger=TensorBoardLogger(str(stage_dir), name="tensorboard", version=""),
                       callbacks=all_callbacks, enable_progress_bar=not args.quiet, enable_model_summary=False,
-                      deterministic=False, log_every_n_steps=10)
+                      deterministic=False, log_every_n_steps=10, plugins=[AtomicCheckpointIO()])
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 
-from ..pipeline import RunDirectory, collect_metrics, embedding_rows, stage_baseline, stage_cluster, stage_retrain
+from ..pipeline import (RunDirectory, collect_metrics, embedding_rows, stage_baseline, stage_cluster, stage_retrain,
+                        stage_separate)
 from .common import add_data_arguments, add_trainer_arguments, datamodule_from_args, print_table
 from .search import add_search_arguments, run_search
 
@@ -22,6 +23,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                        help="epochs of the uniform baselines (default: search + retrain epochs)")
     group.add_argument("--no-matched-baseline", action="store_true",
                        help="skip the uniform baseline with iHAS's embedding parameters")
+    group.add_argument("--separate", action="store_true",
+                       help="also train the separate-models variant: one model per group from scratch on its own "
+                            "samples (DIR/separate/)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,6 +63,8 @@ def run_pipeline(args: argparse.Namespace) -> dict:
         run_search(args)
     stage_cluster(run, args, dm)
     retrain = stage_retrain(run, args, dm)
+    if getattr(args, "separate", False):
+        stage_separate(run, args, dm)
     stage_baseline(run, args, args.dim, "baseline", dm)
     if not args.no_matched_baseline:
         matched = max(1, round(retrain["embedding_params"] / embedding_rows(dm.vocab_sizes)))
@@ -91,6 +97,8 @@ def _print_summary(metrics: dict, run: RunDirectory) -> None:
         rows.append(["uniform dim " + str(metrics["baseline_matched"]["dim"]) + " (matched)",
                      *_row(metrics["baseline_matched"])])
     rows.append([f"iHAS ({metrics['ihas']['groups']} groups)", *_row(metrics["ihas"])])
+    if "ihas_separate" in metrics:
+        rows.append([f"iHAS separate ({metrics['ihas_separate']['groups']} models)", *_row(metrics["ihas_separate"])])
     print_table(f"ihas run: {metrics['backbone']} on {metrics['dataset']}",
                 ["model", "test AUC", "test logloss", "embedding params", "FLOPs/sample"], rows)
     print(f"run: {run.root}   metrics: {run.root / 'metrics.json'}   report: ihas report --run {run.root}\n"

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,8 @@ from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from .cache import EncodedStore, EncodedWriter, save_encoded
-from .encoders import EncodedColumns, FeatureEncoder
-from .loader import BatchStream
+from .encoders import EncodedColumns, FeatureEncoder, FieldVocabulary
+from .loader import BatchStream, StreamLoader
 from .readers import FORMATS, read_data
 from .schema import RawColumns, Schema
 from .synthetic import SyntheticCTR
@@ -156,19 +157,19 @@ class CTRDataModule(pl.LightningDataModule):
 
     @override
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.stream("train"), batch_size=None)
+        return StreamLoader(self.stream("train"))
 
     @override
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.stream("val"), batch_size=None)
+        return StreamLoader(self.stream("val"))
 
     @override
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.stream("test"), batch_size=None)
+        return StreamLoader(self.stream("test"))
 
     @override
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(self.stream("test"), batch_size=None)
+        return StreamLoader(self.stream("test"))
 
     @override
     def state_dict(self) -> dict:
@@ -190,6 +191,7 @@ class CTRDataModule(pl.LightningDataModule):
                    "min_count": self.min_count, "version": 1}
         if self.format == "synthetic":
             options["rows"] = self.rows
+            options["synthetic_encoder"] = "tokens"  # caches written before the token encoder are not reused
         for key in ("data", "test", "schema"):
             if options[key] and Path(options[key]).exists():
                 path = Path(options[key]).resolve()
@@ -220,7 +222,13 @@ class CTRDataModule(pl.LightningDataModule):
                 for chunk in generator.chunks(size, seed=self.seed * 3 + offset + 1):
                     writer.write(EncodedColumns(chunk.labels, chunk.sparse + 2, chunk.dense,
                                                 np.zeros((len(chunk.labels), 0), dtype=np.int64)))
-        return FeatureEncoder.for_integer_ids(schema, generator.vocab_sizes)
+        # The encoder must turn the generator's raw rows (``SyntheticCTR.raw``: hex tokens, counts) into
+        # exactly what the cache holds (ids + 2, raw counts with missing -> 0), or ``predict_raw`` on them
+        # sees every category as OOV and log-counts the model never trained on.
+        encoder = FeatureEncoder(replace(schema, log_dense=()))
+        encoder.vocabularies = {name: FieldVocabulary([str(t) for t in generator._tokens(f)])
+                                for f, name in enumerate(schema.sparse)}
+        return encoder
 
 
 def _stamp(path: Path) -> list:

@@ -9,15 +9,16 @@ chunk this is an ordinary full shuffle.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset
+from torch.utils.data import DataLoader, IterableDataset
 
 from .cache import EncodedStore
 from .encoders import EncodedColumns
 
-__all__ = ["Batch", "BatchStream", "to_batch"]
+__all__ = ["Batch", "BatchStream", "StreamLoader", "to_batch"]
 
 Batch = dict[str, torch.Tensor]
 """``sparse`` (B, F_sparse) int64, ``dense`` (B, F_dense) float32, ``multi`` (B, L) int64, ``label`` (B,)."""
@@ -43,6 +44,12 @@ class BatchStream(IterableDataset):
         chunk_batches: batches read per contiguous chunk of the cache.
         epoch_fn: returns the current epoch (the trainer's), so a resumed run shuffles as an unbroken one.
         rank_fn: returns ``(rank, world_size)``.
+
+    Mid-epoch resume: :meth:`state_dict` records the epoch being read and how many batches this rank has
+    yielded in it; after :meth:`load_state_dict`, the next pass over the same epoch skips those batches
+    (advancing the shuffle generator exactly as a full pass would, without reading skipped chunks), so a
+    resumed epoch yields what an uninterrupted one would have yielded next. Lightning saves and restores
+    this through :class:`StreamLoader` (it asks the *loader*, not the dataset, for ``state_dict``).
     """
 
     def __init__(self, source: EncodedColumns | EncodedStore, batch_size: int, *, shuffle: bool = False,
@@ -60,6 +67,20 @@ class BatchStream(IterableDataset):
         self.chunk_rows = batch_size * chunk_batches
         self.epoch_fn = epoch_fn or (lambda: 0)
         self.rank_fn = rank_fn or (lambda: (0, 1))
+        self._epoch: int | None = None      # epoch of the pass in progress
+        self._yielded = 0                   # batches this rank yielded in it
+        self._resume: tuple[int, int] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values: ``{"epoch": e, "yielded": n}`` of the pass in progress (``epoch`` None before any)."""
+        return {"epoch": self._epoch, "yielded": int(self._yielded)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The next pass over ``state_dict["epoch"]`` skips its first ``yielded`` batches (once)."""
+        epoch, yielded = state_dict.get("epoch"), int(state_dict.get("yielded", 0))
+        if yielded < 0:
+            raise ValueError(f"BatchStream state: yielded must be >= 0, got {yielded}")
+        self._resume = (int(epoch), yielded) if epoch is not None and yielded else None
 
     @property
     def num_rows(self) -> int:
@@ -78,31 +99,85 @@ class BatchStream(IterableDataset):
         return self.source.take(rows) if isinstance(rows, np.ndarray) else EncodedColumns(
             self.source.labels[rows], self.source.sparse[rows], self.source.dense[rows], self.source.multi[rows])
 
-    def _batches(self, rng: np.random.Generator | None) -> Iterator[EncodedColumns]:
+    def _batches(self, rng: np.random.Generator | None, skip: int = 0) -> Iterator[EncodedColumns | None]:
+        """Global batches in order; the first ``skip`` come as ``None`` (chunks wholly skipped are not read,
+        but their row permutation is still drawn so that the generator stays in step)."""
         starts = np.arange(0, self.num_rows, self.chunk_rows)
         if rng is not None:
             starts = rng.permutation(starts)
+        index = 0
         for start in starts:
             stop = min(start + self.chunk_rows, self.num_rows)
+            size = int(stop - start)
+            in_chunk = -(-size // self.batch_size)
+            if index + in_chunk <= skip:
+                if rng is not None:
+                    rng.permutation(size)
+                index += in_chunk
+                yield from (None for _ in range(in_chunk))
+                continue
             chunk = self._read(slice(int(start), int(stop)))
             if rng is not None:
-                chunk = chunk.take(rng.permutation(len(chunk)))
-            for begin in range(0, len(chunk), self.batch_size):
-                yield chunk.take(np.arange(begin, min(begin + self.batch_size, len(chunk))))
+                chunk = chunk.take(rng.permutation(size))
+            for begin in range(0, size, self.batch_size):
+                yield None if index < skip else chunk.take(np.arange(begin, min(begin + self.batch_size, size)))
+                index += 1
 
     def __iter__(self) -> Iterator[Batch]:
         rank, world = self.rank_fn()
-        rng = np.random.default_rng([self.seed, self.epoch_fn()]) if self.shuffle else None
+        epoch = int(self.epoch_fn())
+        rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
         wanted = len(self)
+        skip_local = 0
+        if self._resume is not None and self._resume[0] == epoch:
+            skip_local = min(self._resume[1], wanted)
+        self._resume = None
+        self._epoch, self._yielded = epoch, skip_local
+        # Global batch g goes to rank g % world: this rank's n-th batch is global batch n * world + rank.
+        skip_global = skip_local * world
         yielded = 0
         first: EncodedColumns | None = None
-        for index, batch in enumerate(self._batches(rng)):
+        for index, batch in enumerate(self._batches(rng, skip_global)):
             if index % world != rank:
                 continue
+            if batch is None:  # consumed before the checkpoint this pass resumes from
+                yielded += 1
+                continue
             first = first if first is not None else batch
+            self._yielded = yielded + 1
             yield to_batch(batch)
             yielded += 1
         # DDP needs equal step counts: a rank short of one batch repeats its first one.
-        while yielded < wanted and first is not None:
+        while yielded < wanted:
+            if first is None:  # resumed past every real batch of this rank: repeat its first batch of the pass
+                first = next(b for i, b in enumerate(self._batches(rng=self._rng(epoch))) if i % world == rank)
+            self._yielded = yielded + 1
             yield to_batch(first)
             yielded += 1
+
+    def _rng(self, epoch: int) -> np.random.Generator | None:
+        return np.random.default_rng([self.seed, epoch]) if self.shuffle else None
+
+
+class StreamLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`BatchStream` (whole batches, ``batch_size=None``) that Lightning can
+    checkpoint: Lightning 2.x stores ``state_dict()`` of every train loader that has one (``_Stateful`` in
+    ``utilities/combined_loader.py``) and restores it before the resumed epoch's iterator is created.
+
+    Example:
+        >>> loader = StreamLoader(BatchStream(columns, 1024, shuffle=True))
+    """
+
+    def __init__(self, dataset: BatchStream, *args: Any, **kwargs: Any) -> None:
+        # DataLoader's own signature: Lightning re-instantiates loaders from their arguments (predict mode)
+        if not isinstance(dataset, BatchStream):
+            raise TypeError(f"StreamLoader needs a BatchStream, got {type(dataset).__name__}")
+        if not args:
+            kwargs.setdefault("batch_size", None)
+        super().__init__(dataset, *args, **kwargs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.dataset.load_state_dict(state_dict)

@@ -154,6 +154,12 @@ class RawColumns:
         missing += [m.name for m in self.schema.multivalued if m.name not in self.multivalued]
         if missing:
             raise DataFormatError(f"columns {missing} of the schema are missing", source=self.source)
+        extra = [c for c in self.sparse if c not in self.schema.sparse]
+        extra += [c for c in self.dense if c not in self.schema.dense]
+        extra += [c for c in self.multivalued if c not in {m.name for m in self.schema.multivalued}]
+        if extra:
+            raise DataFormatError(f"columns {extra} are not in the schema (it has {list(self.schema.sparse)} sparse, "
+                                  f"{list(self.schema.dense)} dense)", source=self.source)
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,15 @@ from ..data.schema import RawColumns, Schema
 __all__ = ["CTRModule", "NonFiniteLossError"]
 
 _STAGES = ("train", "val", "test")
+log = logging.getLogger(__name__)
+
+
+def check_labels(labels: Tensor, stage: str) -> None:
+    """Labels must be 0 or 1: BCE would quietly train on 2 or NaN (or fail inside torch on GPU)."""
+    bad = (labels != 0) & (labels != 1)                                                      # NaN is bad too
+    if bad.any():
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(f"column 'label': label must be 0 or 1, got {labels[row].item()} ({stage} batch row {row})")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -40,6 +50,7 @@ class CTRModule(pl.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         self.encoder: FeatureEncoder | None = None
+        self.last_oov_rate: float | None = None
         for stage in _STAGES:
             setattr(self, f"{stage}_auroc", BinaryAUROC())
             setattr(self, f"{stage}_logloss", MeanMetric())
@@ -65,6 +76,7 @@ class CTRModule(pl.LightningModule):
 
     @override
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        check_labels(batch["label"], "training")
         logits = self(batch)
         bce = F.binary_cross_entropy_with_logits(logits, batch["label"])
         loss = bce + self.backbone.regularization_loss() / logits.shape[0]
@@ -79,8 +91,9 @@ class CTRModule(pl.LightningModule):
         return loss
 
     def _evaluate(self, stage: str, batch: Batch) -> None:
-        logits = self(batch)
         labels = batch["label"]
+        check_labels(labels, stage)
+        logits = self(batch)
         auroc, logloss = getattr(self, f"{stage}_auroc"), getattr(self, f"{stage}_logloss")
         auroc.update(logits.detach(), labels.long())
         logloss.update(F.binary_cross_entropy_with_logits(logits.detach(), labels, reduction="none"))
@@ -113,10 +126,9 @@ class CTRModule(pl.LightningModule):
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "ihas_encoder" in checkpoint:
-            self.encoder = FeatureEncoder.from_dict(checkpoint["ihas_encoder"])
-            saved, mine = self.encoder.schema, self.schema
-            if saved.embedded_fields != mine.embedded_fields or saved.dense != mine.dense:
-                raise ValueError(f"checkpoint schema {saved.to_dict()} does not match the module's {mine.to_dict()}")
+            encoder = FeatureEncoder.from_dict(checkpoint["ihas_encoder"])
+            check_same_schema(encoder, self)
+            self.encoder = encoder
 
     @torch.no_grad()
     def predict_raw(self, raw: RawColumns, batch_size: int = 8192) -> np.ndarray:
@@ -124,6 +136,9 @@ class CTRModule(pl.LightningModule):
         if self.encoder is None:
             raise RuntimeError("this module has no encoder: train it with a CTRDataModule or load a checkpoint")
         encoded = self.encoder.transform(raw)
+        self.last_oov_rate = self.encoder.oov_rate(encoded)
+        log.info("predict_raw: %d rows, OOV rate %.4f (categories unseen in training map to the OOV id)",
+                 len(encoded), self.last_oov_rate)
         was_training = self.training
         self.eval()
         out = []
@@ -133,3 +148,21 @@ class CTRModule(pl.LightningModule):
             out.append(torch.sigmoid(self(batch)).cpu())
         self.train(was_training)
         return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def check_same_schema(encoder: FeatureEncoder, module: CTRModule) -> None:
+    """A checkpoint's encoder must describe the module's columns and tables; the error names what differs."""
+    saved, mine = encoder.schema, module.schema
+    saved_cols = [*saved.embedded_fields, *saved.dense]
+    my_cols = [*mine.embedded_fields, *mine.dense]
+    only_saved = [c for c in saved_cols if c not in my_cols]
+    only_mine = [c for c in my_cols if c not in saved_cols]
+    if only_saved or only_mine or saved.embedded_fields != mine.embedded_fields or saved.dense != mine.dense:
+        raise ValueError(f"checkpoint schema (columns only in the checkpoint: {only_saved}, only in this module: "
+                         f"{only_mine}) does not match the module's; checkpoint columns {saved_cols}, module "
+                         f"columns {my_cols}")
+    tables = module.backbone.model.embedding_dict
+    for name, size in encoder.vocab_sizes.items():
+        if tables[name].num_embeddings != size:
+            raise ValueError(f"column '{name}': the checkpoint's vocabulary size is {size}, this module's table "
+                             f"has {tables[name].num_embeddings} rows (built from other data)")

@@ -99,14 +99,22 @@ class SearchModule(CTRModule):
             return None
         terms = self.gates.loss_terms(self.last_gates.prob)
         self._step_share = terms["share"].detach()
-        stats = self.gates.stats(self.last_gates)
-        size = logits.shape[0]
-        self.log_dict({"gates/share": stats["share"], "gates/active_dims": stats["active_dims"],
-                       "gates/lambda": stats["lambda"], "gates/temperature": stats["temperature"],
-                       "gates/sparsity_term": terms["sparsity"].detach(),
-                       "gates/polarization_term": terms["polarization"].detach(),
-                       "gates/regularizer_scale": float(self.regularizer_scale)}, batch_size=size)
+        if self._logs_this_step():
+            # The statistics pass over the whole (B, F, D) mask: only on the steps the logger writes.
+            stats = self.gates.stats(self.last_gates)
+            self.log_dict({"gates/share": stats["share"], "gates/active_dims": stats["active_dims"],
+                           "gates/lambda": stats["lambda"], "gates/temperature": stats["temperature"],
+                           "gates/sparsity_term": terms["sparsity"].detach(),
+                           "gates/polarization_term": terms["polarization"].detach(),
+                           "gates/regularizer_scale": float(self.regularizer_scale)}, batch_size=logits.shape[0])
         return self.regularizer_scale * terms["total"]
+
+    def _logs_this_step(self) -> bool:
+        """Whether the loggers write this training step (``log_every_n_steps``); True outside a Trainer."""
+        if self._trainer is None:
+            return True
+        connector = getattr(self.trainer, "_logger_connector", None)
+        return bool(getattr(connector, "should_update_logs", True))
 
     @override
     def on_after_backward(self) -> None:
@@ -159,10 +167,12 @@ class SearchModule(CTRModule):
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        # fused as in CTRModule: one kernel per step instead of ~10 passes over every embedding table
+        fused = all(p.device.type in ("cpu", "cuda") for p in self.parameters())
         return torch.optim.Adam([
             {"params": self.backbone.parameters(), "lr": self.hparams.lr},
             {"params": self.gates.parameters(), "lr": self.hparams.gate_lr},
-        ])
+        ], fused=fused)
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

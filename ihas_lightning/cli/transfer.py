@@ -1,0 +1,45 @@
+"""``ihas transfer``: retrain a run's searched groups on other backbones, against their uniform baselines."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import print_table
+
+__all__ = ["register", "run_transfer_command"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("transfer", help="the groups and dimensions of a run on other backbones",
+                                   description=__doc__)
+    parser.add_argument("--run", required=True, help="run directory made by `ihas run`")
+    parser.add_argument("--backbones", required=True,
+                        help="comma-separated targets, e.g. DCN,DeepFM,xDeepFM,AutoInt,WDL,NFM,PNN")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="model seeds 0..N-1 (initialisation, batch order); the split stays the run's")
+    parser.add_argument("--uniform-dim", type=int, default=16, help="dimension of the uniform baseline")
+    parser.add_argument("--baselines-from", default=None,
+                        help="another run on the same split whose finished uniform baselines are reused")
+    parser.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
+    parser.set_defaults(handler=run_transfer_command)
+
+
+def run_transfer_command(args: argparse.Namespace) -> dict:
+    from ..experiments.transfer import TransferConfig, run_transfer
+
+    config = TransferConfig(backbones=tuple(b.strip() for b in args.backbones.split(",") if b.strip()),
+                            seeds=args.seeds, uniform_dim=args.uniform_dim)
+    result = run_transfer(args.run, config, quiet=args.quiet, baselines_from=args.baselines_from)
+    rows = []
+    for row in result["rows"]:
+        for variant in ("ihas", "uniform", "matched"):
+            entry = row[variant]
+            std = entry["test_auc"]["std"]
+            rows.append([row["backbone"], variant if entry["dim"] is None else f"{variant} (d={entry['dim']})",
+                         f"{entry['test_auc']['mean']:.4f}" + (f" ± {std:.4f}" if std is not None else ""),
+                         entry["test_logloss"]["mean"], entry["embedding_params"]])
+    print_table(f"ihas transfer: searched on {result['source_backbone']}, {len(result['model_seeds'])} seed(s)",
+                ["backbone", "variant", "test AUC", "test logloss", "embedding params"], rows)
+    out = f"{result['run']}/transfer"
+    print(f"table: {out}/transfer.md   plot: {out}/transfer.png   TensorBoard: tensorboard --logdir {out}")
+    return result

@@ -1,0 +1,313 @@
+"""Optuna multi-objective co-design study: supernet sub-architecture x PIM configuration.
+
+Each trial picks a candidate from :mod:`~ihas_lightning.pim.search_space`, scores its accuracy with the
+trained supernet's inherited weights (validation AUC; the validation batches are read once per process, so
+a trial costs well under a second on CTR data of this size) and its cost with the analytic
+:func:`~ihas_lightning.pim.estimate` against the baseline: the full supernet (every field at the full
+dimension, full DNN widths) served host-only in fp32 at the same batch size. Objectives: maximise AUC,
+minimise ``latency_ratio``, minimise ``energy_ratio``; ``flops_ratio`` is recorded too.
+
+Constraints (``trial.set_constraint``, Optuna 5; a trial is feasible when every value is <= 0):
+``capacity`` (> 0 when the cost model finds the configuration infeasible: a table or unit over capacity, a
+precision the device cannot compute in, interaction in memory with tables on the host) and ``auc_drop``
+(validation AUC drop against the full supernet minus ``max_auc_drop``; never binding without it).
+
+Storage: SQLite ``DIR/pim/study.db`` by default, any SQLAlchemy URL (``postgresql://...``) or a journal
+file (``journal:PATH`` or a path ending in .log/.journal) for workers on several machines. RDB storages get
+a heartbeat, and a trial whose worker died is failed and re-queued with the same parameters
+(:class:`optuna.storages.RetryHeartbeatStaleTrialCallback`). ``workers=K`` runs K processes on the one
+storage, sharing the trials. Running again continues the same study (``load_if_exists``). A trial that
+raises is recorded as FAIL with its error in ``user_attrs["error"]``, and the study goes on.
+
+Precision is part of the accuracy too: fp16 and int8 (symmetric, per-row scale) trials are scored with the
+embedding tables rounded to that precision (:func:`quantized_tables`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import math
+import multiprocessing
+import sqlite3
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from .config import get_preset
+from .cost_model import estimate
+from .search_space import Candidate, SearchSpace, model_spec, suggest
+
+__all__ = ["StudySettings", "PIMObjective", "load_supernet", "make_storage", "make_sampler", "run_study",
+           "quantized_tables", "candidate_of", "DIRECTIONS", "METRIC_NAMES"]
+
+DIRECTIONS = ("maximize", "minimize", "minimize")
+METRIC_NAMES = ("auc", "latency_ratio", "energy_ratio")
+SAMPLERS = ("tpe", "nsga2", "gp")
+JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """One ``ihas pim`` invocation. ``trials`` are added to what the study already holds."""
+
+    run_dir: str
+    trials: int = 100
+    storage: str | None = None
+    sampler: str = "tpe"
+    workers: int = 1
+    max_auc_drop: float | None = None
+    seed: int = 0
+    study_name: str = "pim"
+    mode: str = "per_field"
+    heartbeat_s: int = 30
+
+    def __post_init__(self) -> None:
+        if self.trials < 0 or self.workers < 1:
+            raise ValueError(f"trials must be >= 0 and workers >= 1, got {self.trials} and {self.workers}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.max_auc_drop is not None and self.max_auc_drop < 0:
+            raise ValueError(f"max_auc_drop must be >= 0, got {self.max_auc_drop}")
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{Path(self.run_dir).resolve() / 'pim' / 'study.db'}"
+
+
+_SUPERNETS: dict[str, tuple[Any, Any]] = {}
+
+
+def load_supernet(run_dir: str | Path) -> tuple[Any, Any]:
+    """The trained supernet of ``ihas supernet --out run_dir`` and its data module (cached per process)."""
+    from ..cli.common import datamodule_from_args
+    from ..modules.supernet_module import SupernetModule
+
+    stage = Path(run_dir) / "supernet"
+    key = str(stage.resolve())
+    if key not in _SUPERNETS:
+        options, checkpoint = stage / "data.json", stage / "checkpoints" / "last.ckpt"
+        if not options.exists() or not checkpoint.exists():
+            raise FileNotFoundError(f"no trained supernet in {stage} (need data.json and checkpoints/last.ckpt): "
+                                    f"run `ihas supernet --out {run_dir}` first")
+        dm = datamodule_from_args(argparse.Namespace(**json.loads(options.read_text())))
+        module = SupernetModule.load_from_checkpoint(str(checkpoint), map_location="cpu").eval()
+        _SUPERNETS[key] = (module, dm)
+    return _SUPERNETS[key]
+
+
+@contextlib.contextmanager
+def quantized_tables(module: Any, precision: str) -> Iterator[None]:
+    """Round every embedding table to ``precision`` for the duration (fp32: untouched), then restore it."""
+    if precision == "fp32":
+        yield
+        return
+    tables = [t.weight for t in module.backbone.model.embedding_dict.values()]
+    saved = [w.detach().clone() for w in tables]
+    try:
+        with torch.no_grad():
+            for w in tables:                                                                     # (V, D)
+                if precision == "fp16":
+                    w.copy_(w.half().float())
+                elif precision == "int8":
+                    scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0             # (V, 1)
+                    w.copy_(torch.round(w / scale).clamp(-127, 127) * scale)
+                else:
+                    raise ValueError(f"unknown precision {precision!r}")
+        yield
+    finally:
+        with torch.no_grad():
+            for w, value in zip(tables, saved):
+                w.copy_(value)
+
+
+def candidate_of(space: SearchSpace, params: dict[str, Any]) -> Candidate:
+    """Rebuild a trial's candidate from its stored parameters."""
+    return suggest(optuna.trial.FixedTrial(params), space)
+
+
+class PIMObjective:
+    """Scores candidates; ``__call__`` is the Optuna objective (values in :data:`METRIC_NAMES` order).
+
+    Args:
+        module: a trained :class:`~ihas_lightning.modules.SupernetModule`.
+        space: the search space (:meth:`SearchSpace.from_module`).
+        batches: the evaluation batches (validation; kept in memory).
+        max_auc_drop: optional largest validation AUC drop against the full supernet.
+    """
+
+    def __init__(self, module: Any, space: SearchSpace, batches: Sequence[dict], max_auc_drop: float | None = None):
+        self.module, self.space, self.batches = module, space, list(batches)
+        self.max_auc_drop = max_auc_drop
+        self.baseline_auc = self.accuracy(space.full, "fp32")
+
+    def accuracy(self, subarch: Any, precision: str, batches: Sequence[dict] | None = None) -> float:
+        with quantized_tables(self.module, precision):
+            return self.module.evaluate_subnet(subarch, batches or self.batches).auc
+
+    def evaluate(self, candidate: Candidate, batches: Sequence[dict] | None = None) -> dict[str, Any]:
+        """AUC, cost ratios against the baseline, feasibility and the raw costs of one candidate."""
+        space, config = self.space, candidate.config
+        reasons: list[str] = []
+        cost_config = config
+        if config.pooling_in_memory and config.precision not in get_preset(config.device).compute_precisions:
+            reasons.append(f"{config.device} computes in {'/'.join(get_preset(config.device).compute_precisions)} "
+                           f"only; in-memory pooling cannot use {config.precision}")
+            cost_config = replace(config, pooling_in_memory=False, interaction_in_memory=False)
+        cost = estimate(model_spec(space, candidate.subarch), cost_config)
+        base = estimate(model_spec(space, space.full), space.baseline_config(config.batch_size))
+        reasons += list(cost.reasons)
+        auc = self.accuracy(candidate.subarch, config.precision, batches)
+        return {"auc": auc, "latency_ratio": cost.latency_s_per_batch / base.latency_s_per_batch,
+                "energy_ratio": cost.energy_j_per_sample / base.energy_j_per_sample,
+                "flops_ratio": cost.flops_per_sample / base.flops_per_sample, "feasible": not reasons,
+                "reasons": reasons, "latency_s_per_batch": cost.latency_s_per_batch,
+                "energy_j_per_sample": cost.energy_j_per_sample, "memory_bytes_per_unit": cost.memory_bytes_per_unit,
+                "auc_drop": self.baseline_auc - auc}
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
+        start = time.perf_counter()
+        try:
+            candidate = suggest(trial, self.space)
+            result = self.evaluate(candidate)
+        except Exception as error:  # recorded on the trial; optimize(catch=...) marks it FAIL and goes on
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
+            raise
+        trial.set_constraint("capacity", 0.0 if result["feasible"] else float(len(result["reasons"])))
+        limit = 1.0 if self.max_auc_drop is None else self.max_auc_drop
+        trial.set_constraint("auc_drop", result["auc_drop"] - limit)
+        # Few attributes: every one is a storage write (a commit on an RDB).
+        trial.set_user_attr("flops_ratio", result["flops_ratio"])
+        trial.set_user_attr("arch", {"dims": list(candidate.subarch.dims), "widths": list(candidate.subarch.widths),
+                                     "num_units": candidate.config.num_units})
+        trial.set_user_attr("cost", {k: result[k] for k in ("feasible", "reasons", "latency_s_per_batch",
+                                                            "energy_j_per_sample", "memory_bytes_per_unit", "auc_drop")}
+                            | {"seconds": time.perf_counter() - start})
+        return result["auc"], result["latency_ratio"], result["energy_ratio"]
+
+
+def make_storage(url: str, heartbeat_s: int | None = 30) -> optuna.storages.BaseStorage:
+    """A storage from a URL: RDB (sqlite/postgresql/mysql, with heartbeat and retry) or a journal file."""
+    if url.startswith("journal:") or ("://" not in url and url.endswith(JOURNAL_SUFFIXES)):
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    if "://" not in url:
+        raise ValueError(f"storage {url!r} is neither a database URL (sqlite:///..., postgresql://...) nor a journal "
+                         f"file (journal:PATH or a path ending in {'/'.join(JOURNAL_SUFFIXES)})")
+    engine: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = {"creator": functools.partial(_sqlite_connection, str(path))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine, heartbeat_interval=heartbeat_s or None,
+            grace_period=2 * heartbeat_s if heartbeat_s else None,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
+            if heartbeat_s else None)
+
+
+def _sqlite_connection(path: str) -> sqlite3.Connection:
+    """SQLite in WAL mode with synchronous=NORMAL: several local worker processes read while one writes, and a
+    commit does not wait for an fsync (about 3x faster trials here; safe against a crashed process, only a
+    power cut can lose the last commits). The 60 s timeout rides out other workers' write locks."""
+    connection = sqlite3.connect(path, timeout=60, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    return connection
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """tpe (multivariate, constant liar for parallel workers), nsga2, or gp (Optuna 5's GPSampler handles
+    several objectives and ``set_constraint`` constraints: logCEHVI)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+    raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
+
+
+def _study(settings: StudySettings, seed: int) -> optuna.Study:
+    storage = make_storage(settings.storage_url, settings.heartbeat_s)
+    study = optuna.create_study(storage=storage, study_name=settings.study_name, directions=list(DIRECTIONS),
+                                sampler=make_sampler(settings.sampler, seed), load_if_exists=True)
+    if tuple(d.name.lower() for d in study.directions) != DIRECTIONS:
+        raise ValueError(f"study {settings.study_name!r} in {settings.storage_url} has directions "
+                         f"{[d.name for d in study.directions]}, not {list(DIRECTIONS)}")
+    return study
+
+
+def _objective(settings: StudySettings) -> PIMObjective:
+    module, dm = load_supernet(settings.run_dir)
+    key = ("val", id(module))
+    if key not in _BATCHES:
+        _BATCHES[key] = [dict(b) for b in dm.stream("val")]
+    space = SearchSpace.from_module(module, dm, dim_choices=_dim_choices(settings.run_dir, module),
+                                    mode=settings.mode)
+    return PIMObjective(module, space, _BATCHES[key], settings.max_auc_drop)
+
+
+_BATCHES: dict[tuple, list] = {}
+
+
+def _dim_choices(run_dir: str, module: Any) -> tuple[int, ...]:
+    meta = Path(run_dir) / "supernet" / "supernet.json"
+    dims = json.loads(meta.read_text())["sampler"]["dim_choices"] if meta.exists() else (module.supernet_masks.dim,)
+    return tuple(sorted({int(d) for d in dims} | {module.supernet_masks.dim}))
+
+
+def _optimize(settings: StudySettings, n_trials: int, worker: int, objective: PIMObjective | None = None) -> None:
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    objective = objective or _objective(settings)
+    probe = _study(settings, settings.seed)
+    # A fresh seed per worker and per continuation, so a resumed study does not replay its random start-up.
+    seed = settings.seed + 1000 * worker + len(probe.get_trials(deepcopy=False))
+    study = _study(settings, seed)
+    study.set_metric_names(list(METRIC_NAMES))
+    study.set_user_attr("baseline_auc", objective.baseline_auc)
+    study.set_user_attr("search_space", objective.space.to_dict())
+    study.optimize(objective, n_trials=n_trials, catch=(Exception,), gc_after_trial=False)
+
+
+def _worker(settings: StudySettings, n_trials: int, worker: int) -> None:
+    _optimize(settings, n_trials, worker)
+
+
+def run_study(settings: StudySettings, objective: PIMObjective | None = None) -> optuna.Study:
+    """Add ``settings.trials`` trials to the study (in ``settings.workers`` processes) and return it."""
+    if settings.workers == 1 or settings.trials <= 1:
+        _optimize(settings, settings.trials, 0, objective)
+    else:
+        _study(settings, settings.seed)  # create it once, before the workers race to
+        shares = [settings.trials // settings.workers + (i < settings.trials % settings.workers)
+                  for i in range(settings.workers)]
+        context = multiprocessing.get_context("spawn")
+        processes = [context.Process(target=_worker, args=(settings, n, i), name=f"ihas-pim-worker-{i}")
+                     for i, n in enumerate(shares) if n]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join()
+        failed = [p.name for p in processes if p.exitcode != 0]
+        if failed:
+            raise RuntimeError(f"PIM study workers {failed} exited with an error (see their output above)")
+    return _study(settings, settings.seed)
+
+
+def finite(value: float) -> float | None:
+    return value if value is not None and math.isfinite(value) else None

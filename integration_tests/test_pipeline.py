@@ -1,0 +1,261 @@
+"""``ihas run`` end to end on tiny synthetic data: the run directory's files, the report, no redone stages,
+resume after a crash in each stage, and retraining the groups on another backbone.
+
+Tiny settings (3200 training rows, batches of 256: 13 steps per epoch), one torch thread, fixed seeds.
+Crashes are simulated by wrapping the Trainer factory the stages use (``make_trainer``): the wrapper adds a
+callback that records the step each fit starts from and, in the stage to kill, one that writes the stage's
+``checkpoints/last.ckpt`` after a chosen step (as ``ModelCheckpoint(every_n_train_steps=...)`` would) and
+then raises, i.e. the process dies during the next step. (The stages' own checkpoints are per epoch, and
+the retrain and baseline stages here last one epoch.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from pytorch_lightning.callbacks import Callback
+
+import ihas_lightning.cli.search as search_cli
+import ihas_lightning.pipeline as pipeline
+from ihas_lightning.cli import main
+from ihas_lightning.model import IHASModel
+
+ROWS, BATCH = 4000, 256
+STEPS_PER_EPOCH = math.ceil(int(ROWS * 0.8) / BATCH)  # 13
+STAGES = ("search", "cluster", "retrain", "baseline", "baseline_matched")
+FIELDS = [f"C{i}" for i in range(1, 9)]
+
+
+def _tiny(out: Path, cache: Path) -> list[str]:
+    return ["run", "--rows", str(ROWS), "--epochs", "2", "--warmup-epochs", "1", "--retrain-epochs", "1",
+            "--baseline-epochs", "1", "--dnn", "32,16", "--dim", "8", "--batch-size", str(BATCH), "--quiet",
+            "--cache-dir", str(cache), "--candidate-dims", "0,2,4,8", "--seed", "0", "--out", str(out)]
+
+
+class Crash(RuntimeError):
+    """The simulated kill."""
+
+
+class _CrashAfter(Callback):
+    """Checkpoints ``last.ckpt`` after step ``step`` (mid-epoch), then dies."""
+
+    def __init__(self, step: int, last: Path) -> None:
+        self.step, self.last = step, last
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.last)
+            raise Crash(f"killed after step {self.step}")
+
+
+class _StartRecorder(Callback):
+    def __init__(self, starts: list, stage: str) -> None:
+        self.starts, self.stage = starts, stage
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.starts.append((self.stage, trainer.global_step))
+
+
+class Harness:
+    """Wraps ``make_trainer``: records (stage, start step) of every fit; crashes ``crash_stage`` once."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.starts: list[tuple[str, int]] = []
+        self.crash_stage: str | None = None
+        self.crash_step = 0
+        original = pipeline.make_trainer
+
+        def make_trainer(args, stage_dir, callbacks=(), **kwargs):
+            stage = Path(stage_dir).name
+            extra: list[Callback] = [_StartRecorder(self.starts, stage)]
+            if stage == self.crash_stage:
+                extra.append(_CrashAfter(self.crash_step, Path(stage_dir) / "checkpoints" / "last.ckpt"))
+                self.crash_stage = None
+            return original(args, stage_dir, [*callbacks, *extra], **kwargs)
+
+        monkeypatch.setattr(pipeline, "make_trainer", make_trainer)
+        monkeypatch.setattr(search_cli, "make_trainer", make_trainer)
+
+    def crash(self, stage: str, step: int) -> None:
+        self.crash_stage, self.crash_step = stage, step
+
+
+def _global_step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+
+
+def _stamps(run: Path) -> dict[str, int]:
+    """mtime (ns) of every stage's metrics and checkpoints."""
+    files = [p for s in STAGES for p in (run / s).rglob("*") if p.suffix in (".json", ".ckpt", ".pt")]
+    return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in files}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, cache) -> tuple[Path, float]:
+    """One complete tiny run (shared by the tests that only read it or copy it)."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    assert main(_tiny(run, cache)) == 0
+    return run, time.perf_counter() - start
+
+
+def _copy_until(finished: Path, tmp_path: Path, first_redone: str) -> Path:
+    """A copy of the finished run without ``first_redone`` and the stages after it."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    for stage in STAGES[STAGES.index(first_redone):]:
+        shutil.rmtree(run / stage)
+    (run / "metrics.json").unlink()
+    return run
+
+
+# -- end to end -------------------------------------------------------------------------------------------
+
+def test_run_writes_metrics_and_report(finished) -> None:
+    run, _ = finished
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"dataset", "backbone", "baseline", "ihas", "search", "seconds"} <= metrics.keys()
+    assert metrics["dataset"] == "synthetic" and metrics["backbone"] == "DeepFM"
+    uniform = {"test_auc", "test_logloss", "embedding_params", "flops_per_sample"}
+    assert uniform <= metrics["baseline"].keys()
+    assert uniform | {"groups", "group_sizes", "dims"} <= metrics["ihas"].keys()
+    assert {"val_auc", "mean_active_dims", "distinct_masks"} <= metrics["search"].keys()
+    assert {"search", "cluster", "retrain", "baseline"} <= metrics["seconds"].keys()
+    assert all(metrics["seconds"][s] > 0 for s in ("search", "cluster", "retrain", "baseline"))
+
+    baseline, ihas = metrics["baseline"], metrics["ihas"]
+    assert baseline["embedding_params"] == 8 * (1002 + 502 + 202 + 102 + 52 + 22 + 12 + 7) == 15208
+    assert ihas["groups"] == 4 and len(ihas["group_sizes"]) == 4 and sum(ihas["group_sizes"]) == 3200
+    assert sorted(ihas["dims"]) == ["0", "1", "2", "3"]
+    for group in ihas["dims"].values():
+        assert list(group) == FIELDS and set(group.values()) <= {2, 4, 8}     # --min-dim 2: no field dropped
+    vocab = [1002, 502, 202, 102, 52, 22, 12, 7]
+    widths = [max(ihas["dims"][g][f] for g in ihas["dims"]) for f in FIELDS]
+    assert ihas["embedding_params"] == sum(v * w for v, w in zip(vocab, widths))   # shared tables, stored once
+    assert ihas["embedding_params"] <= 0.5 * baseline["embedding_params"]         # --budget 0.5 (default)
+    for entry in (baseline, ihas):
+        assert 0.3 < entry["test_auc"] < 0.8 and 0.2 < entry["test_logloss"] < 1.0
+        assert entry["flops_per_sample"] > 0
+    assert ihas["flops_per_sample"] < baseline["flops_per_sample"]                # narrower inputs to the DNN
+    assert metrics["baseline_matched"]["dim"] == round(ihas["embedding_params"] / 1901)
+    assert metrics["search"]["distinct_masks"] >= 1
+    assert 2 <= metrics["search"]["mean_active_dims"]["overall"] <= 8
+    model = IHASModel.load(run / "retrain" / "ihas_model.pt")
+    assert model.embedding_params == ihas["embedding_params"]
+    assert model.flops_per_sample == pytest.approx(ihas["flops_per_sample"])
+
+    assert main(["report", "--run", str(run)]) == 0
+    report = (run / "report.md").read_text()
+    for png in ("auc_vs_params.png", "dims_heatmap.png", "group_sizes.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png})" in report
+    assert f"{ihas['test_auc']:.4f}" in report and f"{ihas['embedding_params']:,}" in report
+
+
+def test_a_finished_run_is_not_redone(finished, cache, tmp_path, monkeypatch) -> None:
+    source, first_seconds = finished
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    harness = Harness(monkeypatch)
+    before, metrics = _stamps(run), json.loads((run / "metrics.json").read_text())
+    start = time.perf_counter()
+    assert main(_tiny(run, cache)) == 0
+    seconds = time.perf_counter() - start
+    assert harness.starts == []                                   # no stage built a Trainer
+    assert _stamps(run) == before and len(before) == 14            # 5 stages: metrics, checkpoints, model
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    assert seconds < 0.3 * first_seconds, (seconds, first_seconds)
+
+
+def test_retrain_on_another_backbone(finished, tmp_path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished[0], run)
+    before = _stamps(run)
+    assert main(["retrain", "--run", str(run), "--backbone", "DCN"]) == 0
+    assert _stamps(run) == before                                  # the DeepFM stages are untouched
+    dcn = json.loads((run / "retrain_DCN" / "metrics.json").read_text())
+    deepfm = json.loads((run / "retrain" / "metrics.json").read_text())
+    assert dcn["backbone"] == "DCN" and dcn["dims"] == deepfm["dims"] and dcn["groups"] == deepfm["groups"]
+    assert dcn["embedding_params"] == deepfm["embedding_params"]     # same groups, same table widths
+    assert dcn["flops_per_sample"] != deepfm["flops_per_sample"]
+    assert 0.3 < dcn["test_auc"] < 0.8
+    model = IHASModel.load(run / "retrain_DCN" / "ihas_model.pt")
+    assert model.module.hparams.backbone == "DCN"
+    assert type(model.module.backbone.model).__name__ == "DCN"
+    assert (run / "retrain_DCN" / "checkpoints" / "last.ckpt").exists()
+    assert main(["retrain", "--run", str(tmp_path / "missing")]) == 2             # not a run directory
+
+
+# -- resume after a kill in each stage ----------------------------------------------------------------------
+
+def test_resume_after_a_kill_in_search(cache, tmp_path, monkeypatch) -> None:
+    run = tmp_path / "run"
+    harness = Harness(monkeypatch)
+    harness.crash("search", STEPS_PER_EPOCH + 5)                   # after step 18, in the gated epoch
+    with pytest.raises(Crash):
+        main(_tiny(run, cache))
+    last = run / "search" / "checkpoints" / "last.ckpt"
+    assert _global_step(last) == 18
+    assert not (run / "search" / "metrics.json").exists() and not (run / "cluster").exists()
+    harness.starts.clear()
+    assert main(_tiny(run, cache)) == 0
+    assert harness.starts == [("search", 18), ("retrain", 0), ("baseline", 0), ("baseline_matched", 0)]
+    assert _global_step(last) == 2 * STEPS_PER_EPOCH == 26
+    assert (run / "metrics.json").exists()
+
+
+def test_resume_after_a_kill_in_cluster(finished, cache, tmp_path, monkeypatch) -> None:
+    run = _copy_until(finished[0], tmp_path, "cluster")
+    search = _stamps(run)
+    harness = Harness(monkeypatch)
+    calls = []
+    original = pipeline.cluster
+
+    def cluster_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise Crash("killed in k-means")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "cluster", cluster_once)
+    with pytest.raises(Crash):
+        main(_tiny(run, cache))
+    assert not (run / "cluster" / "metrics.json").exists()
+    assert main(["cluster", "--run", str(run)]) == 0                   # `ihas cluster --run` finishes the stage
+    assert main(_tiny(run, cache)) == 0
+    assert len(calls) == 2 and harness.starts == [("retrain", 0), ("baseline", 0), ("baseline_matched", 0)]
+    assert {k: v for k, v in _stamps(run).items() if k.startswith("search")} == search   # search not redone
+    expected = json.loads((finished[0] / "cluster" / "metrics.json").read_text())
+    got = json.loads((run / "cluster" / "metrics.json").read_text())
+    assert got["dims"] == expected["dims"] and got["group_sizes"] == expected["group_sizes"]  # deterministic
+
+
+@pytest.mark.parametrize("stage", ["retrain", "baseline"])
+def test_resume_after_a_kill_in_training(stage, finished, cache, tmp_path, monkeypatch) -> None:
+    run = _copy_until(finished[0], tmp_path, stage)
+    kept = _stamps(run)
+    harness = Harness(monkeypatch)
+    harness.crash(stage, 7)
+    with pytest.raises(Crash):
+        main(_tiny(run, cache))
+    last = run / stage / "checkpoints" / "last.ckpt"
+    assert _global_step(last) == 7 and not (run / stage / "metrics.json").exists()
+    harness.starts.clear()
+    assert main(_tiny(run, cache)) == 0
+    redone = STAGES[STAGES.index(stage):]
+    assert harness.starts == [(stage, 7), *((s, 0) for s in redone[1:])]      # resumed, not restarted
+    assert _global_step(last) == STEPS_PER_EPOCH
+    assert {k: v for k, v in _stamps(run).items() if k.split("/")[0] not in redone} == kept
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.3 < metrics["ihas"]["test_auc"] < 0.8 and 0.3 < metrics["baseline"]["test_auc"] < 0.8
