@@ -3,10 +3,10 @@ resume after a crash in each stage, and retraining the groups on another backbon
 
 Tiny settings (3200 training rows, batches of 256: 13 steps per epoch), one torch thread, fixed seeds.
 Crashes are simulated by wrapping the Trainer factory the stages use (``make_trainer``): the wrapper adds a
-callback that records the step each fit starts from and, in the stage to kill, one that writes the stage's
-``checkpoints/last.ckpt`` after a chosen step (as ``ModelCheckpoint(every_n_train_steps=...)`` would) and
-then raises, i.e. the process dies during the next step. (The stages' own checkpoints are per epoch, and
-the retrain and baseline stages here last one epoch.)
+callback that records the step each fit starts from and, in the stage to kill, one that raises after a
+chosen step, i.e. the process dies during the next one. The stages checkpoint ``last.ckpt`` at every epoch
+end; the retrain and baseline stages here last one epoch, so their killer first writes ``last.ckpt`` itself
+(as a ``ModelCheckpoint(every_n_train_steps=...)`` would).
 """
 
 from __future__ import annotations
@@ -43,14 +43,15 @@ class Crash(RuntimeError):
 
 
 class _CrashAfter(Callback):
-    """Checkpoints ``last.ckpt`` after step ``step`` (mid-epoch), then dies."""
+    """Dies after step ``step``; with ``last``, checkpoints there first (a mid-epoch checkpoint)."""
 
-    def __init__(self, step: int, last: Path) -> None:
+    def __init__(self, step: int, last: Path | None) -> None:
         self.step, self.last = step, last
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
-            trainer.save_checkpoint(self.last)
+            if self.last is not None:
+                trainer.save_checkpoint(self.last)
             raise Crash(f"killed after step {self.step}")
 
 
@@ -69,21 +70,23 @@ class Harness:
         self.starts: list[tuple[str, int]] = []
         self.crash_stage: str | None = None
         self.crash_step = 0
+        self.crash_saves = False
         original = pipeline.make_trainer
 
         def make_trainer(args, stage_dir, callbacks=(), **kwargs):
             stage = Path(stage_dir).name
             extra: list[Callback] = [_StartRecorder(self.starts, stage)]
             if stage == self.crash_stage:
-                extra.append(_CrashAfter(self.crash_step, Path(stage_dir) / "checkpoints" / "last.ckpt"))
+                last = Path(stage_dir) / "checkpoints" / "last.ckpt"
+                extra.append(_CrashAfter(self.crash_step, last if self.crash_saves else None))
                 self.crash_stage = None
             return original(args, stage_dir, [*callbacks, *extra], **kwargs)
 
         monkeypatch.setattr(pipeline, "make_trainer", make_trainer)
         monkeypatch.setattr(search_cli, "make_trainer", make_trainer)
 
-    def crash(self, stage: str, step: int) -> None:
-        self.crash_stage, self.crash_step = stage, step
+    def crash(self, stage: str, step: int, checkpoint_first: bool = False) -> None:
+        self.crash_stage, self.crash_step, self.crash_saves = stage, step, checkpoint_first
 
 
 def _global_step(path: Path) -> int:
@@ -206,11 +209,11 @@ def test_resume_after_a_kill_in_search(cache, tmp_path, monkeypatch) -> None:
     with pytest.raises(Crash):
         main(_tiny(run, cache))
     last = run / "search" / "checkpoints" / "last.ckpt"
-    assert _global_step(last) == 18
+    assert _global_step(last) == STEPS_PER_EPOCH                   # the stage's own end-of-epoch checkpoint
     assert not (run / "search" / "metrics.json").exists() and not (run / "cluster").exists()
     harness.starts.clear()
     assert main(_tiny(run, cache)) == 0
-    assert harness.starts == [("search", 18), ("retrain", 0), ("baseline", 0), ("baseline_matched", 0)]
+    assert harness.starts == [("search", 13), ("retrain", 0), ("baseline", 0), ("baseline_matched", 0)]
     assert _global_step(last) == 2 * STEPS_PER_EPOCH == 26
     assert (run / "metrics.json").exists()
 
@@ -246,7 +249,7 @@ def test_resume_after_a_kill_in_training(stage, finished, cache, tmp_path, monke
     run = _copy_until(finished[0], tmp_path, stage)
     kept = _stamps(run)
     harness = Harness(monkeypatch)
-    harness.crash(stage, 7)
+    harness.crash(stage, 7, checkpoint_first=True)                 # mid-epoch: the stage has one epoch
     with pytest.raises(Crash):
         main(_tiny(run, cache))
     last = run / stage / "checkpoints" / "last.ckpt"

@@ -120,8 +120,10 @@ def test_candidates_round_trip_and_budget_allocation(objective):
     candidate = suggest(trial, space)
     assert candidate_of(space, trial.params) == candidate
     full = sum(space.vocab_sizes) * space.dim
+    floor = min(d for d in space.dim_choices if d > 0)
+    assert allocate_budget(space, 0.01) == (floor,) * len(space.fields)  # below the floor: the floor
     previous = 0
-    for share in (0.2, 0.5, 1.0):
+    for share in (0.3, 0.5, 0.8, 1.0):
         dims = allocate_budget(space, share)
         used = sum(v * d for v, d in zip(space.vocab_sizes, dims))
         assert used <= share * full and used >= previous
@@ -168,14 +170,14 @@ def _fit(trial: optuna.Trial, score: float) -> float:
     return score
 
 
-@pytest.mark.parametrize("score,state", [(0.4, "PRUNED"), (0.8, "COMPLETE")])
+@pytest.mark.parametrize("score,state", [(0.25, "PRUNED"), (0.75, "COMPLETE")])
 def test_pruning_callback_with_a_threshold_pruner(tmp_path, score, state):
     study = optuna.create_study(direction="maximize", storage=f"sqlite:///{tmp_path / 'p.db'}",
                                 pruner=optuna.pruners.ThresholdPruner(lower=0.5))
     study.optimize(lambda t: _fit(t, score), n_trials=1)
     trial = study.trials[0]
     assert trial.state.name == state
-    assert trial.intermediate_values == ({0: 0.4} if state == "PRUNED" else {0: 0.8, 1: 0.8, 2: 0.8})
+    assert trial.intermediate_values == ({0: 0.25} if state == "PRUNED" else {0: 0.75, 1: 0.75, 2: 0.75})
 
 
 def test_pruning_callback_refuses_multi_objective_and_bad_arguments():

@@ -104,9 +104,15 @@ class ThroughputMeter(Callback):
 def make_trainer(args: argparse.Namespace, stage_dir: Path, callbacks: Sequence[Callback] = (),
                  monitor: str | None = "val_auc", max_epochs: int | None = None) -> pl.Trainer:
     """A Trainer that logs to TensorBoard under ``stage_dir`` and checkpoints ``last.ckpt`` (and the best)."""
-    checkpoint = ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True, monitor=monitor, mode="max",
-                                 save_top_k=1 if monitor else 0, filename="best")
-    all_callbacks = [checkpoint, *callbacks]
+    # Not save_last=True: Lightning 2.6 writes last.ckpt only in an epoch that also wrote a top-k checkpoint
+    # (never with save_top_k=0, so the search kept no checkpoint until it finished, and a stage whose val_auc
+    # stopped improving kept a stale one). Its own callback writes last.ckpt at every epoch end instead; the
+    # best-by-val_auc one comes first, as the trainer's ``checkpoint_callback`` (``fit_and_test`` tests it).
+    last = ModelCheckpoint(dirpath=stage_dir / "checkpoints", filename="last", monitor=None, mode="max",
+                           save_top_k=1, enable_version_counter=False)
+    best = [ModelCheckpoint(dirpath=stage_dir / "checkpoints", monitor=monitor, mode="max", save_top_k=1,
+                            filename="best")] if monitor else []
+    all_callbacks = [*best, last, *callbacks]
     if not args.quiet:
         all_callbacks.append(TQDMProgressBar(refresh_rate=10))
     return pl.Trainer(max_epochs=max_epochs or args.epochs, accelerator=args.accelerator, devices=1,

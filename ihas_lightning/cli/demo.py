@@ -2,6 +2,12 @@
 
 The synthetic generator plants two user segments: one whose clicks depend on fields C1 and C2 through a
 rank-8 interaction, one that depends on C3 only. The search should give them different dimensions.
+
+Its defaults were chosen on validation AUC (synthetic, DeepFM, seed 0; benchmarks/quality.py): nested gates
+(retraining gives each group the *first* d[c, f] columns; independent gates had learned other columns, and
+the retrained model's validation AUC was 0.7205 vs 0.7299 nested), 4 retraining epochs at lr 3e-3 (0.7326),
+and a search budget of 0.6 (0.7397; the stored tables still land at 47% of the uniform model's parameters,
+because ``fit_dims_to_budget`` caps the stored share at the budget).
 """
 
 from __future__ import annotations
@@ -23,4 +29,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_search_arguments(parser)
     add_pipeline_arguments(parser)
     parser.set_defaults(handler=run_pipeline, out="runs/demo", rows=300_000, batch_size=2048, lr=3e-3,
-                        retrain_lr=1e-3, quiet=False)
+                        prefix=True, budget=0.6, retrain_epochs=4, retrain_lr=3e-3, quiet=False)

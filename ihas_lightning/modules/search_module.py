@@ -106,15 +106,15 @@ class SearchModule(CTRModule):
                            "gates/lambda": stats["lambda"], "gates/temperature": stats["temperature"],
                            "gates/sparsity_term": terms["sparsity"].detach(),
                            "gates/polarization_term": terms["polarization"].detach(),
-                           "gates/regularizer_scale": float(self.regularizer_scale)}, batch_size=logits.shape[0])
+                           "gates/regularizer_scale": float(self.regularizer_scale)},
+                          batch_size=logits.shape[0])
         return self.regularizer_scale * terms["total"]
 
     def _logs_this_step(self) -> bool:
         """Whether the loggers write this training step (``log_every_n_steps``); True outside a Trainer."""
         if self._trainer is None:
             return True
-        connector = getattr(self.trainer, "_logger_connector", None)
-        return bool(getattr(connector, "should_update_logs", True))
+        return (self.trainer.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0
 
     @override
     def on_after_backward(self) -> None:

@@ -131,8 +131,9 @@ class Candidate:
 
 def allocate_budget(space: SearchSpace, share: float) -> tuple[int, ...]:
     """Dims within ``share`` of the full embedding parameters: every field starts at the smallest positive
-    candidate, then fields are raised to the next candidate, cheapest table first (vocab x extra dims), while
-    the budget allows. Small-vocabulary fields reach full width at almost no memory cost."""
+    candidate (the floor: a share below it returns the floor), then fields are raised to the next candidate,
+    cheapest table first (vocab x extra dims), while the budget allows. Small-vocabulary fields reach full
+    width at almost no memory cost."""
     if not 0 < share <= 1:
         raise ValueError(f"budget share must be in (0, 1], got {share}")
     choices = sorted(d for d in space.dim_choices if d > 0)

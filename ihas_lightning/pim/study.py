@@ -284,8 +284,8 @@ def _optimize(settings: StudySettings, n_trials: int, worker: int, objective: PI
     study.optimize(objective, n_trials=n_trials, catch=(Exception,), gc_after_trial=False)
 
 
-def _worker(settings: StudySettings, n_trials: int, worker: int) -> None:
-    _optimize(settings, n_trials, worker)
+def _worker(settings: StudySettings, n_trials: int, worker: int, objective: PIMObjective | None) -> None:
+    _optimize(settings, n_trials, worker, objective)
 
 
 def run_study(settings: StudySettings, objective: PIMObjective | None = None) -> optuna.Study:
@@ -293,11 +293,16 @@ def run_study(settings: StudySettings, objective: PIMObjective | None = None) ->
     if settings.workers == 1 or settings.trials <= 1:
         _optimize(settings, settings.trials, 0, objective)
     else:
-        _study(settings, settings.seed)  # create it once, before the workers race to
+        study = _study(settings, settings.seed)  # create it once, before the workers race to
+        _close(study)
+        # fork (Linux): the workers inherit the loaded supernet and the cached validation batches instead of
+        # re-importing torch and reloading both; the parent holds no open storage connection at the fork.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        inherited = (objective or _objective(settings)) if method == "fork" else None
         shares = [settings.trials // settings.workers + (i < settings.trials % settings.workers)
                   for i in range(settings.workers)]
-        context = multiprocessing.get_context("spawn")
-        processes = [context.Process(target=_worker, args=(settings, n, i), name=f"ihas-pim-worker-{i}")
+        context = multiprocessing.get_context(method)
+        processes = [context.Process(target=_worker, args=(settings, n, i, inherited), name=f"ihas-pim-worker-{i}")
                      for i, n in enumerate(shares) if n]
         for process in processes:
             process.start()
@@ -307,6 +312,12 @@ def run_study(settings: StudySettings, objective: PIMObjective | None = None) ->
         if failed:
             raise RuntimeError(f"PIM study workers {failed} exited with an error (see their output above)")
     return _study(settings, settings.seed)
+
+
+def _close(study: optuna.Study) -> None:
+    engine = getattr(study._storage, "engine", None) or getattr(getattr(study._storage, "_backend", None), "engine", None)
+    if engine is not None:
+        engine.dispose()
 
 
 def finite(value: float) -> float | None:
