@@ -100,6 +100,7 @@ def write_markdown(path: Path, payload: dict) -> None:
         if b:
             pim = b["pim"]
             lines.append(f"| {r['dataset']} | {r['trials']} | {r['front_size']} | {r['baseline_test_auc']:.4f} | yes | "
+                         
                          f"{b['test_auc']:.4f} ({b['test_auc_delta']:+.4f}) | {b['latency_ratio']:.3f} | "
                          f"{b['energy_ratio']:.3f} | {b['flops_ratio']:.3f} | {','.join(map(str, b['dims']))} | "
                          f"{','.join(map(str, b['widths']))} | {pim['device']} x{pim['num_units']} "
@@ -108,7 +109,8 @@ def write_markdown(path: Path, payload: dict) -> None:
             lines.append(f"| {r['dataset']} | {r['trials']} | {r['front_size']} | {r['baseline_test_auc']:.4f} | no | "
                          "- | - | - | - | - | - | - |")
     for r in payload["results"]:
-        lines += ["", f"## {r['dataset']}: front points by test AUC (first 15 of {r['front_size']})", "",
+        shown = min(15, r["front_size"])
+        lines += ["", f"## {r['dataset']}: front points by test AUC ({shown} of {r['front_size']})", "",
                   "| trial | val AUC | test AUC | delta vs baseline | latency | energy | FLOPs | dims | widths |",
                   "|" + "---|" * 9]
         for p in r["front"][:15]:
@@ -118,7 +120,8 @@ def write_markdown(path: Path, payload: dict) -> None:
         lines += ["", f"- supernet: DeepFM dim 16, DNN {r['dnn']}, {r['epochs']} epochs, {r['rows_train']} train rows; "
                   f"{r['seconds_supernet']:.0f} s; study {r['seconds_study']:.0f} s "
                   f"({r['seconds_per_trial']:.2f} s/trial, {r['sampler']}); trial states {r['trial_states']}"]
-    lines += ["", "- costs are ratios under the analytic model of `ihas_lightning/pim/cost_model.py` (not a simulator);",
+    lines += ["", "- costs are ratios under the analytic model of `ihas_lightning/pim/cost_model.py` "
+              "(not a simulator);",
               "  latency is compared at the candidate's own batch size.",
               f"- machine: {payload['machine']['cpu']}, {payload['machine']['torch_threads']} torch thread(s); "
               f"command: {payload['command']}"]

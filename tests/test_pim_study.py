@@ -52,7 +52,8 @@ def test_cli_runs_trials_and_writes_the_front(run_dir):
         assert set(point) >= {"number", "auc", "latency_ratio", "energy_ratio", "flops_ratio", "dims", "widths",
                               "pim", "params"}
         assert set(point["dims"]) == {f"C{i}" for i in range(1, 9)} and len(point["widths"]) == 2
-        assert {"device", "num_units", "table_placement", "precision", "partitioning", "batch_size"} <= set(point["pim"])
+        pim_keys = {"device", "num_units", "table_placement", "precision", "partitioning", "batch_size"}
+        assert pim_keys <= set(point["pim"])
         assert 0.0 <= point["auc"] <= 1.0 and point["flops_ratio"] > 0
     assert "| AUC |" in (out / "pareto.md").read_text()
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))

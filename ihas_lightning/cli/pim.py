@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_pim(args: argparse.Namespace) -> dict:
     import torch
 
-    from ..pim.pareto import write_outputs
+    from ..pim.pareto import dashboard_command, write_outputs
     from ..pim.study import StudySettings, _objective, run_study
 
     torch.set_num_threads(1)
@@ -56,5 +56,5 @@ def run_pim(args: argparse.Namespace) -> dict:
     print_table(f"ihas pim: Pareto front ({len(report['points'])} points; trials {report['trials']})",
                 ["trial", "val AUC", "latency ratio", "energy ratio", "FLOPs ratio"], rows)
     print(f"baseline val AUC {report['baseline_auc']:.4f}; results in {Path(args.run) / 'pim'}; "
-          f"dashboard: optuna-dashboard {settings.storage_url}")
+          f"dashboard: {dashboard_command(settings.storage_url)}")
     return report

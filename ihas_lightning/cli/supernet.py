@@ -77,10 +77,10 @@ def run_supernet(args: argparse.Namespace) -> dict:
     trainer = make_trainer(args, stage, callbacks=[sampler])
     last = stage / "checkpoints" / "last.ckpt"
     trainer.fit(module, dm, ckpt_path=str(last) if last.exists() else None)
+    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
     test = trainer.test(module, dm, verbose=False)[0]  # the supernet as trained (last weights), full network
     metrics = {
-        "val_auc": float(trainer.callback_metrics.get("val_auc", float("nan"))),
-        "val_logloss": float(trainer.callback_metrics.get("val_logloss", float("nan"))),
+        "val_auc": val.get("val_auc", float("nan")), "val_logloss": val.get("val_logloss", float("nan")),
         "test_auc": float(test["test_auc"]), "test_logloss": float(test["test_logloss"]),
         "embedding_params": module.backbone.embedding_params, "sampled_steps": sampler.step,
         "backbone": args.backbone, "dim": args.dim, "dnn": list(hidden), "supernet": sampler.config.to_dict(),

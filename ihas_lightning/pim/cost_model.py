@@ -113,9 +113,13 @@ def estimate(spec: ModelSpec, config: PIMConfig) -> CostReport:
     int8 = config.precision == "int8"
     pim_rate = dev.int8_ops_per_unit if int8 else dev.flops_per_unit
     eff_bw = dev.bandwidth_bps_per_unit * dev.random_access_efficiency
+    if pim_f and config.pooling_in_memory and pim_rate <= 0:
+        reasons.append(f"{config.device} cannot pool in memory at {config.precision} (no compute at that precision)")
 
     def unit_time(lk: float, by: float, fp: float) -> float:
         mem = B * (lk * dev.per_access_overhead_s + by / eff_bw)
+        if config.pooling_in_memory and fp > 0 and pim_rate <= 0:
+            return math.inf  # the device cannot compute at this precision (e.g. HBM-PIM has no int8 units)
         comp = B * fp / pim_rate if (config.pooling_in_memory and fp > 0) else 0.0
         return max(mem, comp)
 

@@ -19,7 +19,12 @@ import optuna
 from .search_space import SearchSpace, describe
 from .study import candidate_of
 
-__all__ = ["pareto_points", "write_outputs", "write_markdown", "plot_front"]
+__all__ = ["pareto_points", "write_outputs", "write_markdown", "plot_front", "dashboard_command"]
+
+
+def dashboard_command(storage_url: str) -> str:
+    """How to open the study in optuna-dashboard (it takes an RDB URL, or a journal file's path)."""
+    return f"optuna-dashboard {storage_url.removeprefix('journal:')}"
 
 
 def pareto_points(study: optuna.Study, space: SearchSpace | None = None) -> list[dict[str, Any]]:
@@ -109,7 +114,7 @@ def write_outputs(study: optuna.Study, out: str | Path, space: SearchSpace | Non
     notes = [f"trials: {dict(states)}; baseline (full supernet, uniform dims, full widths, host-only fp32) "
              f"validation AUC {baseline_auc:.4f}" if baseline_auc is not None else f"trials: {dict(states)}",
              "ratios are candidate / baseline under the analytic cost model (a model, not a simulator)",
-             f"dashboard: optuna-dashboard {storage_url}" if storage_url else "dashboard: optuna-dashboard <storage>"]
+             f"dashboard: {dashboard_command(storage_url or '<storage>')}"]
     write_markdown(out / "pareto.md", points, f"PIM co-design Pareto front ({study.study_name})", notes)
     plot_front(out / "pareto.png", study, points, baseline_auc)
     if tensorboard and points:

@@ -278,7 +278,9 @@ def _optimize(settings: StudySettings, n_trials: int, worker: int, objective: PI
     # A fresh seed per worker and per continuation, so a resumed study does not replay its random start-up.
     seed = settings.seed + 1000 * worker + len(probe.get_trials(deepcopy=False))
     study = _study(settings, seed)
-    study.set_metric_names(list(METRIC_NAMES))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(METRIC_NAMES))
     study.set_user_attr("baseline_auc", objective.baseline_auc)
     study.set_user_attr("search_space", objective.space.to_dict())
     study.optimize(objective, n_trials=n_trials, catch=(Exception,), gc_after_trial=False)
@@ -315,7 +317,8 @@ def run_study(settings: StudySettings, objective: PIMObjective | None = None) ->
 
 
 def _close(study: optuna.Study) -> None:
-    engine = getattr(study._storage, "engine", None) or getattr(getattr(study._storage, "_backend", None), "engine", None)
+    storage = getattr(study._storage, "_backend", study._storage)  # RDB storages come wrapped in a cache
+    engine = getattr(storage, "engine", None)
     if engine is not None:
         engine.dispose()
 
