@@ -71,7 +71,8 @@ SETTINGS: dict[str, dict] = {
 NOTES = [
     "All runs use nested (prefix) gates: the retraining stage gives each group the first d[c, f] columns, so the "
     "search must learn prefixes (see COMMON). On synthetic/DeepFM seed 0, validation AUC of the retrained model: "
-    "independent gates 0.7205, nested 0.7299; 4 retraining epochs instead of 2: 0.7322 (lr 1e-3), 0.7326 (3e-3); search budget 0.6 instead of 0.5 (same 47% stored share): 0.7397. "
+    "independent gates 0.7205, nested 0.7299; 4 retraining epochs instead of 2: 0.7322 (lr 1e-3), 0.7326 "
+    "(3e-3); search budget 0.6 instead of 0.5 (same 47% stored share): 0.7397. "
     "These settings were validated on synthetic/DeepFM only and applied to every data set.",
     "(d) routes every row once with the searched model; its embedding parameters are the K models' tables only "
     "(the router's tables, the search model's, are not counted), its models train for --baseline-epochs at --lr.",

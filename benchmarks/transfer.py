@@ -102,8 +102,10 @@ def main() -> None:
     for name in args.datasets.split(","):
         relative, options = DATASETS[name]
         data = shared_data_dir() / relative
-        first: Path | None = None
         for source in args.sources.split(","):
+            # The first source's run (possibly made by an earlier invocation) lends its uniform baselines.
+            first = Path(args.work_dir) / f"{name}_{SOURCES[0]}"
+            first = first if source != SOURCES[0] and (first / "run.json").exists() else None
             out = Path(args.work_dir) / f"{name}_{source}"
             clock = time.perf_counter()
             code = _quietly(ihas, ["run", "--data", str(data), *options, *COMMON, "--backbone", source,
@@ -111,11 +113,14 @@ def main() -> None:
             if code:
                 raise SystemExit(f"ihas run failed for {name} on {source} (exit {code})")
             result = _quietly(run_transfer, out, config, baselines_from=first)
-            first = first or out
             for row in result["rows"]:
                 row["verdict"] = verdicts(row)
+                # Diagnostic: share of test samples the router sends to its most used group (model seed 0);
+                # the search's own clustering is the reference (a share near 1 = routing collapsed).
+                share = json.loads((out / config.stage(row["backbone"], 0, "ihas") / "metrics.json").read_text())
+                row["verdict"]["top_group_share_test"] = max(share["group_share_test"])
             result["seconds"] = {"this_invocation": time.perf_counter() - clock, "stages": compute_seconds(out)}
-            results.append({"dataset": name, "source": source, **result})
+            results.append({**result, "dataset": name, "data": result["dataset"], "source": source})
             reached = sum(r["verdict"]["reach"] for r in result["rows"])
             beat = sum(r["verdict"]["beats_matched"] for r in result["rows"])
             print(f"{name} from {source}: reach {reached}/{len(result['rows'])}, beats matched {beat}/"
@@ -123,7 +128,7 @@ def main() -> None:
             for row in result["rows"]:
                 v, i, u, m = row["verdict"], row["ihas"], row["uniform"], row["matched"]
                 rows.append([name, source, row["backbone"], _pm(i["test_auc"]), _pm(u["test_auc"]),
-                             f"{_pm(m['test_auc'])} (d={m['dim']})",
+                             f"{_pm(m['test_auc'])} (d={m['dim']})", f"{v['top_group_share_test']:.2f}",
                              f"{v['param_share_vs_uniform16']:.2f}", "yes" if v["reach"] else "**no**",
                              "yes" if v["beats_matched"] else "**no**"])
     summary = []
@@ -148,11 +153,13 @@ def main() -> None:
               f"{config.seeds} model seeds (init + batch order), one split (seed 0); settings: {' '.join(COMMON)}",
               "transferred targets other than the source start from fresh weights with the baselines' schedule; "
               "the searched router and the per-group dimensions are kept",
+              "top group share: share of test samples routed to the most used group (seed 0); the router reads the "
+              "target's own tables, and on freshly initialised targets it sends nearly all samples to one group",
               f"machine: {payload['machine']['cpu']}, 1 torch thread; {payload['stage_seconds'] / 60:.1f} min of stage "
               "training (sum of the stages' own seconds; the benchmark resumes finished stages); "
               f"command: {payload['command']}"]
     write_markdown_table(path.with_suffix(".md"), "Transferability of searched dimensions (test AUC, mean ± std)",
-                         ["data", "searched on", "target", "iHAS", "uniform 16", "matched uniform",
+                         ["data", "searched on", "target", "iHAS", "uniform 16", "matched uniform", "top group share",
                           "iHAS params / uniform-16", "reach", "beats matched"], rows, notes)
     print(f"wrote {path} and {path.with_suffix('.md')}")
 

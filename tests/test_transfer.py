@@ -15,7 +15,7 @@ import pytest
 from ihas_lightning.backbones import UNSUPPORTED_BACKBONES
 from ihas_lightning.cli import main
 from ihas_lightning.cli.common import datamodule_from_args
-from ihas_lightning.experiments.transfer import TransferConfig
+from ihas_lightning.experiments.transfer import TransferConfig, matched_dim
 from ihas_lightning.pipeline import RunDirectory, stage_baseline
 
 TINY = ["--data", "synthetic", "--rows", "3000", "--epochs", "2", "--warmup-epochs", "1", "--retrain-epochs", "1",
@@ -43,7 +43,8 @@ def test_transfer_json_structure(transferred: Path) -> None:
         ihas, uniform, matched = row["ihas"], row["uniform"], row["matched"]
         assert uniform["dim"] == 16 and ihas["dim"] is None
         # matched: iHAS's embedding parameters at one uniform dimension
-        assert matched["dim"] == max(1, round(ihas["embedding_params"] / result["embedding_rows"]))
+        assert matched["dim"] == matched_dim(ihas["embedding_params"], result["embedding_rows"], row["backbone"])
+        assert abs(matched["dim"] - ihas["embedding_params"] / result["embedding_rows"]) <= 0.5
         assert uniform["embedding_params"] == 16 * result["embedding_rows"]
         assert ihas["embedding_params"] < uniform["embedding_params"]
         # DeepFM and DCN are counted by flops_per_sample
@@ -130,3 +131,14 @@ def test_unknown_backbone_and_bad_seeds() -> None:
         TransferConfig(backbones=("DeepFMM",))
     with pytest.raises(ValueError, match="seeds must be >= 1, got 0"):
         TransferConfig(backbones=("DCN",), seeds=0)
+
+
+@pytest.mark.parametrize(("params", "rows", "backbone", "expected"), [
+    (28776, 3910, "DCN", 7),      # 7.36 -> 7
+    (28776, 3910, "AutoInt", 8),  # AutoInt's two attention heads need an even dimension: 8 is nearer than 6
+    (100, 1000, "DCN", 1),        # never below 1
+    (100, 1000, "AutoInt", 2),
+])
+def test_matched_dim_is_the_nearest_dimension_the_backbone_accepts(params: int, rows: int, backbone: str,
+                                                                  expected: int) -> None:
+    assert matched_dim(params, rows, backbone) == expected

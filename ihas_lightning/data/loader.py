@@ -148,9 +148,9 @@ class BatchStream(IterableDataset):
             yield to_batch(batch)
             yielded += 1
         # DDP needs equal step counts: a rank short of one batch repeats its first one.
-        while yielded < wanted:
-            if first is None:  # resumed past every real batch of this rank: repeat its first batch of the pass
-                first = next(b for i, b in enumerate(self._batches(rng=self._rng(epoch))) if i % world == rank)
+        if first is None and yielded:  # resumed past every real batch of this rank: its first batch of the pass
+            first = next((b for i, b in enumerate(self._batches(self._rng(epoch))) if i % world == rank), None)
+        while yielded < wanted and first is not None:
             self._yielded = yielded + 1
             yield to_batch(first)
             yielded += 1

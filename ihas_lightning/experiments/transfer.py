@@ -79,6 +79,19 @@ class TransferConfig:
         return f"transfer/{backbone}/seed{seed}/{name}"
 
 
+# Uniform dimensions a backbone accepts besides "any positive integer": AutoInt's attention splits the embedding
+# into att_head_num (2 by default) heads.
+_DIM_MULTIPLE = {"AutoInt": 2}
+
+
+def matched_dim(params: int, rows: int, backbone: str) -> int:
+    """The uniform dimension whose embedding parameters are nearest iHAS's, among those ``backbone`` accepts."""
+    step = _DIM_MULTIPLE.get(backbone, 1)
+    exact = params / rows
+    candidates = range(step, step * (int(exact // step) + 2) + 1, step)
+    return min(candidates, key=lambda d: (abs(d - exact), d))
+
+
 def _seeded(options: argparse.Namespace, dm: CTRDataModule, model_seed: int, backbone: str
             ) -> tuple[argparse.Namespace, CTRDataModule]:
     """The run's options and split with ``model_seed`` for initialisation and batch order only."""
@@ -164,7 +177,7 @@ def run_transfer(run_dir: str | Path, config: TransferConfig, quiet: bool | None
             if own:
                 _reuse(run, config.stage(backbone, seed, "ihas"), run, "retrain", None)
             ihas = stage_retrain(run, args, seeded, backbone=backbone, stage=config.stage(backbone, seed, "ihas"))
-            dims["matched"] = max(1, round(ihas["embedding_params"] / rows_total))
+            dims["matched"] = matched_dim(ihas["embedding_params"], rows_total, backbone)
             found = {"ihas": ihas}
             for variant in ("uniform", "matched"):
                 if own:
