@@ -141,10 +141,8 @@ def stage_retrain(run: RunDirectory, args: argparse.Namespace, dm: CTRDataModule
                            centroids=clusters.centroids.tolist(), gate=dict(search.hparams.gate), backbone=backbone,
                            dim=search.hparams.dim, dnn_hidden_units=parse_widths(args.dnn), lr=args.retrain_lr,
                            seed=args.seed)
-    if backbone == search.hparams.backbone:
-        module.warm_start(search.state_dict())
-    else:  # another backbone (transfer): fresh weights, but the router is the searched one
-        module.gates.load_state_dict(search.gates.state_dict())
+    # Another backbone (transfer): fresh dense layers; the searched tables and router, so that routing holds.
+    module.warm_start(search.state_dict(), tables_only=backbone != search.hparams.backbone)
     from .cli.train import fit_and_test
 
     trainer = make_trainer(args, run.stage(stage), max_epochs=args.retrain_epochs)

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -191,7 +190,7 @@ class CTRDataModule(pl.LightningDataModule):
                    "min_count": self.min_count, "version": 1}
         if self.format == "synthetic":
             options["rows"] = self.rows
-            options["synthetic_encoder"] = "tokens"  # caches written before the token encoder are not reused
+            options["synthetic_encoder"] = "tokens-logstd"  # caches written before the token encoder are not reused
         for key in ("data", "test", "schema"):
             if options[key] and Path(options[key]).exists():
                 path = Path(options[key]).resolve()
@@ -217,17 +216,25 @@ class CTRDataModule(pl.LightningDataModule):
         sizes = {"val": int(self.rows * self.val_share), "test": int(self.rows * self.test_share)}
         sizes = {"train": self.rows - sizes["val"] - sizes["test"], **sizes}
         schema = generator.schema
+        # The encoder turns the generator's raw rows (``SyntheticCTR.raw``: hex tokens, counts) into exactly
+        # what the cache holds, so ``predict_raw`` on them sees what training saw: ids + 2, and dense counts
+        # log1p-ed and standardised with statistics of the first training chunk (raw counts in the hundreds
+        # make DCN's cross network overflow).
+        encoder = FeatureEncoder(schema)
+        encoder.vocabularies = {name: FieldVocabulary([str(t) for t in generator._tokens(f)])
+                                for f, name in enumerate(schema.sparse)}
+        first = next(iter(generator.chunks(min(sizes["train"], 200_000), seed=self.seed * 3 + 1)))
+        logged = np.where(first.dense_missing, np.nan, np.log1p(np.maximum(first.dense, 0.0)))
+        encoder.dense_mean = np.nan_to_num(np.nanmean(logged, axis=0))
+        std = np.nanstd(logged, axis=0)
+        encoder.dense_std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
         for offset, (name, size) in enumerate(sizes.items()):
             with EncodedWriter(target / name, size, len(schema.sparse), len(schema.dense)) as writer:
                 for chunk in generator.chunks(size, seed=self.seed * 3 + offset + 1):
-                    writer.write(EncodedColumns(chunk.labels, chunk.sparse + 2, chunk.dense,
+                    dense = (np.log1p(np.maximum(chunk.dense, 0.0)) - encoder.dense_mean) / encoder.dense_std
+                    dense = np.where(chunk.dense_missing, 0.0, dense).astype(np.float32)
+                    writer.write(EncodedColumns(chunk.labels, chunk.sparse + 2, dense,
                                                 np.zeros((len(chunk.labels), 0), dtype=np.int64)))
-        # The encoder must turn the generator's raw rows (``SyntheticCTR.raw``: hex tokens, counts) into
-        # exactly what the cache holds (ids + 2, raw counts with missing -> 0), or ``predict_raw`` on them
-        # sees every category as OOV and log-counts the model never trained on.
-        encoder = FeatureEncoder(replace(schema, log_dense=()))
-        encoder.vocabularies = {name: FieldVocabulary([str(t) for t in generator._tokens(f)])
-                                for f, name in enumerate(schema.sparse)}
         return encoder
 
 
