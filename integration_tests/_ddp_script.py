@@ -71,12 +71,14 @@ def main() -> None:
     dense[:, 3] = np.arange(len(train), dtype=np.float32)                           # the row index
     splits = {"train": EncodedColumns(train.labels, train.sparse, dense, train.multi),
               "val": base.split("val"), "test": base.split("test")}
-    dm = CTRDataModule.from_encoded(splits, base.encoder, batch_size=base.batch_size)
+    dm = CTRDataModule.from_encoded(splits, base.encoder, batch_size=base.batch_size, eval_batch_size=100)
     module, callbacks = STAGES[stage](dm)
     audit = Audit(stage)
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="{step}", every_n_train_steps=4,
                                  save_top_k=-1)
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
+    # the search's gate network takes no part in the loss during its warm-up epoch: DDP must be told
+    strategy = "ddp_find_unused_parameters_true" if stage == "search" else "ddp"
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_epochs=2, logger=False,
                          callbacks=[*callbacks, audit, checkpoint], enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, deterministic=True)
     trainer.fit(module, dm, ckpt_path=resume)
