@@ -221,7 +221,7 @@ class CTRDataModule(pl.LightningDataModule):
         # log1p-ed and standardised with statistics of the first training chunk (raw counts in the hundreds
         # make DCN's cross network overflow).
         encoder = FeatureEncoder(schema)
-        encoder.vocabularies = {name: FieldVocabulary([str(t) for t in generator._tokens(f)])
+        encoder.vocabularies = {name: FieldVocabulary([str(t) for t in generator.tokens(f)])
                                 for f, name in enumerate(schema.sparse)}
         first = next(iter(generator.chunks(min(sizes["train"], 200_000), seed=self.seed * 3 + 1)))
         logged = np.where(first.dense_missing, np.nan, np.log1p(np.maximum(first.dense, 0.0)))
