@@ -35,7 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_trainer_arguments(run, epochs=5)
     add_search_arguments(run)
     add_pipeline_arguments(run)
-    run.set_defaults(handler=run_pipeline)
+    # Retraining keeps each table's first d[c, f] columns, so the search should learn prefixes: with
+    # independent gates, cutting the searched network to its groups' first columns dropped validation AUC
+    # from 0.7286 to 0.7038 (synthetic, DeepFM); with nested gates the retrained model reached 0.7299.
+    run.set_defaults(handler=run_pipeline, prefix=True)
     for name, handler, text in (("cluster", _run_cluster, "cluster the searched masks of a run"),
                                 ("retrain", _run_retrain, "retrain a run's groups (optionally on another backbone)")):
         sub = subparsers.add_parser(name, help=text)

@@ -32,7 +32,9 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sparsity-weight", type=float, default=None,
                        help="a fixed sparsity multiplier instead of a budget")
     group.add_argument("--relaxation", choices=["hard_concrete", "gaussian"], default="hard_concrete")
-    group.add_argument("--prefix", action="store_true", help="nested gates: a field's mask is a dimension size")
+    group.add_argument("--prefix", action=argparse.BooleanOptionalAction, default=False,
+                       help="nested gates: a field's mask is a dimension size (default for `ihas run`, whose "
+                            "groups keep each table's first columns)")
     group.add_argument("--min-dim", type=int, default=2, help="dimensions every field keeps (0 drops fields)")
     group.add_argument("--polarization", type=float, default=0.1, help="bi-polarisation weight")
     group.add_argument("--gate-lr", type=float, default=3e-3)
