@@ -17,7 +17,7 @@ from ihas_lightning.data.loader import to_batch
 from ihas_lightning.data.schema import DataFormatError, RawColumns, Schema
 from ihas_lightning.modules import NonFiniteLossError, SearchModule
 
-from _tiny import BATCH, STAGES, tiny_dm, trainer
+from _tiny import STAGES, tiny_dm, trainer
 
 
 @pytest.fixture(scope="module")

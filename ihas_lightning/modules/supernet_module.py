@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc
 from typing_extensions import override
 

@@ -1,0 +1,130 @@
+"""Per-group, per-field dimensions from members' active gates, and their fit to a parameter budget."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+# ----------------------------------------------------------------------------------------------------------
+# per-group dimensions
+
+
+def active_count_histogram(masks: Tensor, labels: Tensor, k: int) -> Tensor:
+    """``(K, F, D+1)`` int64: ``h[c, f, j]`` = members of group c whose field f has exactly j open gates.
+
+    Args:
+        masks: ``(B, F, D)`` 0/1 deterministic masks.
+        labels: ``(B,)`` group of each sample.
+        k: number of groups.
+    """
+    b, f, d = masks.shape
+    active = (masks > 0.5).sum(-1)  # (B, F) open gates per field
+    flat = (labels.to(active.device)[:, None] * f + torch.arange(f, device=active.device)) * (d + 1) + active
+    hist = torch.bincount(flat.reshape(-1), minlength=k * f * (d + 1))
+    return hist.view(k, f, d + 1)
+
+
+def assign_dims(
+    count_hist: Tensor,
+    candidate_dims: Sequence[int],
+    *,
+    min_dim: int = 2,
+    allow_drop_field: bool = False,
+    quantile: float = 0.5,
+) -> Tensor:
+    """Per-group, per-field dimensions ``(K, F)`` int64 from the members' active-gate counts.
+
+    The statistic is the ``quantile`` of the members' counts (inverted-CDF definition, Hyndman & Fan 1996
+    type 1: the ``ceil(q * n)``-th smallest; for q = 0.5 the median, the lower one for even n). It is
+    snapped *up* to the nearest candidate so that the typical member keeps every dimension it used, and
+    raised to ``min_dim`` first unless ``allow_drop_field`` and the statistic is 0 (then the field is
+    dropped for the group: dimension 0, or the smallest candidate if 0 is not one). Snapping to
+    candidates keeps the number of distinct table widths small (DESIGN.md 2.2).
+
+    A group without members (possible when K exceeds the distinct samples) takes the statistic of all
+    samples, so the router can still send a new sample there.
+
+    Args:
+        count_hist: ``(K, F, D+1)`` counts from :func:`active_count_histogram`, summed over the data.
+        candidate_dims: allowed dimensions; values above ``D`` are ignored, ``D`` is always allowed.
+        min_dim: floor of a kept field's dimension.
+        allow_drop_field: permit dimension 0 when the statistic is 0.
+        quantile: in [0, 1].
+    """
+    if count_hist.dim() != 3:
+        raise ValueError(f"count_hist must have shape (K, F, D+1), got {tuple(count_hist.shape)}")
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1], got {quantile!r}")
+    dim = count_hist.shape[-1] - 1
+    if not 0 <= min_dim <= dim:
+        raise ValueError(f"min_dim={min_dim} must be in [0, {dim}] (the embedding dimension)")
+    usable = sorted({int(c) for c in candidate_dims if 0 <= int(c) <= dim} | {dim})
+    cands = torch.tensor(usable, dtype=torch.long, device=count_hist.device)
+    hist = count_hist.long()
+    n = hist.sum(-1)  # (K, F)
+    if int(n.sum()) == 0:
+        raise ValueError("count_hist is empty: no sample was counted")
+    empty = n.sum(1) == 0  # (K,) groups without members
+    hist = torch.where(empty[:, None, None], hist.sum(0, keepdim=True), hist)
+    n = hist.sum(-1)
+    rank = torch.ceil(quantile * n.double()).long().clamp_min(1)  # (K, F) 1-based rank of the statistic
+    stat = (hist.cumsum(-1) < rank[..., None]).sum(-1)  # (K, F) smallest j with cdf(j) >= rank
+    target = stat.clamp_min(min_dim)
+    if allow_drop_field:
+        target = torch.where(stat == 0, torch.zeros_like(stat), target)
+    idx = torch.searchsorted(cands, target.contiguous())  # first candidate >= target; D is always there
+    return cands[idx]
+
+
+
+def stored_param_share(dims: Tensor, field_costs: Sequence[float], dim: int) -> float:
+    """Embedding parameters of shared tables (field f stored at ``max_c dims[c, f]``) over uniform ``dim``."""
+    widths = dims.max(dim=0).values.double()                                                  # (F,)
+    costs = torch.as_tensor(field_costs, dtype=torch.float64)
+    return float((costs * widths).sum() / (costs.sum() * dim))
+
+
+def fit_dims_to_budget(dims: Tensor, count_hist: Tensor, field_costs: Sequence[float], dim: int, budget: float,
+                       candidate_dims: Sequence[int], min_dim: int = 2) -> Tensor:
+    """Narrow the widest groups' dimensions until the shared tables hold at most ``budget`` of the uniform
+    model's embedding parameters.
+
+    With shared tables a field costs ``V_f * max_c d[c, f]``: one small group asking for 16 dimensions keeps
+    the whole table at 16, and the search's budget (an *expected* share per sample) says nothing about that
+    maximum. Greedily, the field whose next narrower width saves the most parameters per dimension taken
+    from members is narrowed (damage = members' open gates above the new width, from ``count_hist``), until
+    the stored share meets the budget or every field is at ``min_dim``.
+
+    Args:
+        dims: (K, F) dimensions from :func:`assign_dims`.
+        count_hist: (K, F, D+1) active-gate counts per group and field.
+        field_costs: (F,) parameters of one dimension of each field (its vocabulary size).
+        dim: D.
+        budget: target stored share in (0, 1].
+        candidate_dims: allowed widths.
+        min_dim: no field narrower than this.
+    """
+    dims = dims.clone()
+    allowed = sorted({int(c) for c in candidate_dims if min_dim <= c <= dim} | {max(min_dim, 0)})
+    costs = torch.as_tensor(field_costs, dtype=torch.float64)
+    counts = torch.arange(count_hist.shape[-1], dtype=torch.float64)                           # (D+1,)
+    while stored_param_share(dims, field_costs, dim) > budget + 1e-12:
+        widths = dims.max(dim=0).values                                                        # (F,)
+        best, best_score = None, -1.0
+        for field in range(dims.shape[1]):
+            lower = [a for a in allowed if a < int(widths[field])]
+            if not lower:
+                continue
+            new = lower[-1]
+            saved = float(costs[field] * (int(widths[field]) - new))
+            lost = float((count_hist[:, field].double() * (counts - new).clamp_min(0)).sum())
+            score = saved / (1.0 + lost)
+            if score > best_score:
+                best, best_score = (field, new), score
+        if best is None:
+            break
+        field, new = best
+        dims[:, field] = dims[:, field].clamp_max(new)
+    return dims
