@@ -46,6 +46,9 @@ def add_trainer_arguments(parser: argparse.ArgumentParser, epochs: int = 3) -> N
     group.add_argument("--lr", type=float, default=1e-3)
     group.add_argument("--epochs", type=int, default=epochs)
     group.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    group.add_argument("--devices", type=int, default=1, help="devices per machine (more than 1: DDP)")
+    group.add_argument("--num-nodes", type=int, default=1, help="machines (Lightning's launchers: torchrun, SLURM)")
+    group.add_argument("--strategy", default="auto", help="Lightning strategy (default: DDP when --devices > 1)")
     group.add_argument("--out", default="runs/default", help="run directory")
     group.add_argument("--quiet", action="store_true", help="no progress bar")
     group.add_argument("--threads", type=int, default=1,
@@ -115,7 +118,13 @@ def make_trainer(args: argparse.Namespace, stage_dir: Path, callbacks: Sequence[
     all_callbacks = [*best, last, *callbacks]
     if not args.quiet:
         all_callbacks.append(TQDMProgressBar(refresh_rate=10))
-    return pl.Trainer(max_epochs=max_epochs or args.epochs, accelerator=args.accelerator, devices=1,
+    devices = getattr(args, "devices", 1)
+    strategy = getattr(args, "strategy", "auto")
+    if devices != 1 and strategy == "auto":
+        # The search's gates take no part in its warm-up epochs: DDP must allow unused parameters.
+        strategy = "ddp_find_unused_parameters_true"
+    return pl.Trainer(max_epochs=max_epochs or args.epochs, accelerator=args.accelerator, devices=devices,
+                      strategy=strategy, num_nodes=getattr(args, "num_nodes", 1),
                       logger=TensorBoardLogger(str(stage_dir), name="tensorboard", version=""),
                       callbacks=all_callbacks, enable_progress_bar=not args.quiet, enable_model_summary=False,
                       deterministic=False, log_every_n_steps=10, plugins=[AtomicCheckpointIO()])
