@@ -30,7 +30,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, machine_info, now_iso, write_json  # noqa: E402
 
-os.environ.setdefault("IHAS_QUIET_DEEPCTR", "1")
 from ihas_lightning.cli import build_parser  # noqa: E402
 from ihas_lightning.cli.supernet import run_supernet  # noqa: E402
 from ihas_lightning.paths import shared_data_dir  # noqa: E402

@@ -32,15 +32,6 @@ DATA_SEED = 101
 FAST = dict(batch_size=1024, iterations=40)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """The toys are tiny; one thread is several times faster than the default pool and deterministic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _mixture(
     planted: list[list[int]] = PLANTED,
     props: list[float] = PROPS,

@@ -27,15 +27,6 @@ RELAXATIONS = ["hard_concrete", "gaussian"]
 B, F, D = 64, 3, 8
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """The toys are tiny; one thread is several times faster than the default pool and deterministic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _gates(relaxation: str = "hard_concrete", **kwargs) -> InstanceGates:
     torch.manual_seed(0)
     return InstanceGates(F, D, GateConfig(relaxation=relaxation, **kwargs))

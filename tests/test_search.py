@@ -32,14 +32,6 @@ TINY_BATCH = 256
 STEPS_PER_EPOCH = math.ceil(int(TINY_ROWS * 0.8) / TINY_BATCH)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("ihas_cache")

@@ -27,14 +27,6 @@ DIM = 8
 HIDDEN = (16, 8)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _columns(n: int, seed: int) -> EncodedColumns:
     """3 fields of vocabulary 10 (ids 2..11), one dense field; the click depends on A x B and on C."""
     rng = np.random.default_rng(seed)

@@ -13,11 +13,10 @@ import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc
 from typing_extensions import override
 
-from ..backbones import build_backbone
 from ..data.loader import Batch
 from ..data.schema import Schema
 from ..supernet import SubArchitecture, SupernetMasks, flops_per_sample
-from .base import CTRModule
+from .backbone_module import BackboneModule
 
 __all__ = ["SupernetModule", "SubnetScore"]
 
@@ -39,7 +38,7 @@ class SubnetScore:
         return asdict(self)
 
 
-class SupernetModule(CTRModule):
+class SupernetModule(BackboneModule):
     """The supernet of NASRec-style weight sharing: train it with :class:`~ihas_lightning.callbacks.SupernetSampler`.
 
     Without the sampler (or with every field at ``dim`` and full widths) it is exactly the plain backbone.
@@ -62,17 +61,8 @@ class SupernetModule(CTRModule):
     def __init__(self, schema: Schema | dict, vocab_sizes: dict[str, int], backbone: str = "DeepFM", dim: int = 16,
                  dnn_hidden_units: Sequence[int] = (256, 128), lr: float = 1e-3, dnn_dropout: float = 0.0,
                  l2_reg_embedding: float = 0.0, seed: int = 1024, options: dict | None = None) -> None:
-        super().__init__()
-        schema = schema if isinstance(schema, Schema) else Schema.from_dict(schema)
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        self.save_hyperparameters({"schema": schema.to_dict(), "vocab_sizes": dict(vocab_sizes), "backbone": backbone,
-                                   "dim": dim, "dnn_hidden_units": list(dnn_hidden_units), "lr": lr,
-                                   "dnn_dropout": dnn_dropout, "l2_reg_embedding": l2_reg_embedding, "seed": seed,
-                                   "options": options or {}})
-        self.backbone = build_backbone(backbone, schema, vocab_sizes, dim, dnn_hidden_units=dnn_hidden_units,
-                                       seed=seed, dnn_dropout=dnn_dropout, l2_reg_embedding=l2_reg_embedding,
-                                       options=options)
+        super().__init__(schema, vocab_sizes, backbone=backbone, dim=dim, dnn_hidden_units=dnn_hidden_units, lr=lr,
+                         dnn_dropout=dnn_dropout, l2_reg_embedding=l2_reg_embedding, seed=seed, options=options)
         self.supernet_masks = SupernetMasks(self.backbone)
 
     def parse_subarch(self, dims: str, widths: str | None = None) -> SubArchitecture:

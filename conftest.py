@@ -1,3 +1,5 @@
+"""Shared by tests/ and integration_tests/: the real-data fixture and one torch thread."""
+
 from __future__ import annotations
 
 import os
@@ -7,7 +9,13 @@ import pytest
 
 from ihas_lightning.paths import shared_data_dir
 
-os.environ.setdefault("IHAS_QUIET_DEEPCTR", "1")
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tiny models: one thread is as fast, deterministic, and immune to a busy second core (two threads on
+    a loaded 2-core machine made small matmuls stall, 6-10x slower)."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -19,14 +27,3 @@ def data_dir() -> Path:
             pytest.fail(f"shared data folder {path} is missing (set IHAS_DATA_DIR)")
         pytest.skip(f"shared data folder {path} is missing")
     return path
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is as fast, and immune to a busy second core (2-thread matmuls stall)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
