@@ -130,7 +130,13 @@ class CTRDataModule(pl.LightningDataModule):
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)  # a failed run leaves no half-written folder behind
             raise
-        os.replace(target, self.cache_dir)  # atomic: a half-written cache is never taken for a whole one
+        try:
+            os.replace(target, self.cache_dir)  # atomic: a half-written cache is never taken for a whole one
+        except OSError:
+            shutil.rmtree(target, ignore_errors=True)
+            if not (self.cache_dir / "encoder.json").exists():
+                raise
+            # Another process wrote the same cache (same fingerprint, so the same content) first: use it.
 
     @override
     def setup(self, stage: str | None = None) -> None:
