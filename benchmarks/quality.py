@@ -149,7 +149,16 @@ def markdown(results: dict) -> str:
              f"{'' if results.get('complete', True) else ' (INCOMPLETE: cells show the seeds finished so far)'}.", "",
              "Requirement (column `req.`): iHAS (c) mean test AUC >= uniform-16 mean - one std of uniform-16, "
              "at <= 60% of its embedding parameters, and >= the parameter-matched uniform model (b). "
-             "Settings were chosen on validation AUC only.", ""]
+             "Settings were chosen on validation AUC only.", "",
+             "| data / backbone | seeds | (c) iHAS | (a) uniform 16 | (b) matched uniform | iHAS params / (a) | req. |",
+             "|---|---|---|---|---|---|---|"]
+    for cell in results["cells"]:
+        s = cell["summary"]
+        auc = {name: f"{s[name]['test_auc']['mean']:.4f} ± {s[name]['test_auc']['std']:.4f}"
+               for name in ("ihas", "uniform16", "matched")}
+        lines.append(f"| {cell['dataset']} / {cell['backbone']} | {len(cell['seeds_done'])} | {auc['ihas']} "
+                     f"| {auc['uniform16']} | {auc['matched']} | {s['ihas_param_share']:.0%} | {s['requirement']} |")
+    lines.append("")
     for cell in results["cells"]:
         s = cell["summary"]
         lines += [f"## {cell['dataset']} / {cell['backbone']}", "",
