@@ -39,6 +39,8 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--polarization", type=float, default=0.1, help="bi-polarisation weight")
     group.add_argument("--gate-lr", type=float, default=3e-3)
     group.add_argument("--warmup-epochs", type=int, default=1, help="plain-backbone epochs before the gates")
+    group.add_argument("--init-from", default=None,
+                       help="start the backbone from a checkpoint, e.g. a trained supernet's last.ckpt")
     group.add_argument("--config", default=None,
                        help="callbacks YAML (see callbacks/search.yaml); default: annealing, warm-up, statistics")
 
@@ -72,6 +74,8 @@ def run_search(args: argparse.Namespace) -> dict:
     module = SearchModule(dm.schema, dm.vocab_sizes, backbone=args.backbone, dim=args.dim,
                           dnn_hidden_units=parse_widths(args.dnn), lr=args.lr, gate_lr=args.gate_lr,
                           warmup_epochs=args.warmup_epochs, gate=gate_options(args), seed=args.seed)
+    if getattr(args, "init_from", None) and not (stage_dir / "checkpoints" / "last.ckpt").exists():
+        module.init_backbone_from(args.init_from)
     steps_per_epoch = len(dm.stream("train"))
     gated_steps = max(1, (args.epochs - args.warmup_epochs) * steps_per_epoch)
     callbacks = load_callbacks(args.config) if args.config else [

@@ -130,6 +130,20 @@ class CTRModule(pl.LightningModule):
             check_same_schema(encoder, self)
             self.encoder = encoder
 
+    def init_backbone_from(self, checkpoint_path: str) -> int:
+        """Copy the backbone's weights from another module's checkpoint (a trained supernet, a plain backbone)
+        of the same backbone, schema and dimension; returns the number of tensors copied."""
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)["state_dict"]
+        own = self.state_dict()
+        wanted = {k: v for k, v in state.items() if k.startswith("backbone.") and k in own}
+        mismatched = [k for k, v in wanted.items() if own[k].shape != v.shape]
+        if not wanted or mismatched:
+            raise ValueError(f"checkpoint '{checkpoint_path}' does not hold this backbone's weights "
+                             f"(shape mismatch in {mismatched[:3]})" if mismatched else
+                             f"checkpoint '{checkpoint_path}' holds no backbone weights")
+        self.load_state_dict(wanted, strict=False)
+        return len(wanted)
+
     @torch.no_grad()
     def predict_raw(self, raw: RawColumns, batch_size: int = 8192) -> np.ndarray:
         """Click probabilities for raw rows, encoded with the encoders saved in the checkpoint."""
