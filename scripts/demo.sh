@@ -2,9 +2,5 @@
 # Install (pinned CPU torch first) and run the demo on the bundled synthetic data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv
-. .venv/bin/activate
-python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-python -m pip install -q torch==2.13.0
-python -m pip install -q -e .
-ihas demo "$@"
+bash scripts/install.sh
+.venv/bin/ihas demo "$@"
