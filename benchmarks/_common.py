@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as _dt
 import io
 import json
+import logging
 import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -120,3 +125,33 @@ def write_markdown_table(path: str | Path, title: str, headers: Sequence[str], r
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser, *, rows: int, json_name: str,
+                        models: Sequence[str]) -> None:
+    """The options every side-by-side speed benchmark takes (throughput, search overhead)."""
+    parser.add_argument("--rows", type=int, default=rows, help=f"training rows (default {rows:,})")
+    parser.add_argument("--json", type=Path, default=RESULTS_DIR / json_name,
+                        help="result file; a Markdown table goes next to it with the suffix .md")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all usable cores)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per side, alternating; the best counts")
+    parser.add_argument("--models", nargs="+", default=list(models), choices=models)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[400, 400], help="DNN widths (both sides)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:0]")
+
+
+def setup_speed_run(args: argparse.Namespace) -> tuple[int, str]:
+    """Threads and device for a speed benchmark, with Lightning's per-run chatter silenced."""
+    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    torch.set_num_threads(threads)
+    for message in (".*does not have many workers.*", ".*IterableDataset.*__len__.*", ".*LeafSpec.*"):
+        warnings.filterwarnings("ignore", message=message)
+    for logger_name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(logger_name).setLevel(logging.WARNING)
+    return threads, "cuda:0" if args.device == "cuda" else args.device
+
+
+def sync(device: str) -> None:
+    """Wait for queued GPU work before reading the clock."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()

@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import argparse
 import gc
-import logging
-import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, best_of, machine_info, now_iso, write_json, write_markdown_table  # noqa: E402
+from _common import (  # noqa: E402
+    add_speed_arguments, best_of, machine_info, now_iso, setup_speed_run, sync, write_json,
+    write_markdown_table,
+)
 from throughput import BATCH_SIZE, MODELS, SEED, VOCAB_CAP, make_data  # noqa: E402
 
 TARGET_RATIO = 0.7
@@ -50,11 +49,11 @@ def run(side: str, name: str, splits, encoder, hidden: tuple[int, ...], device: 
 
     class EpochClock(pl.Callback):
         def on_train_epoch_start(self, trainer, pl_module):
-            _sync(device)
+            sync(device)
             stamps["start"] = time.perf_counter()
 
         def on_train_epoch_end(self, trainer, pl_module):
-            _sync(device)
+            sync(device)
             stamps["end"] = time.perf_counter()
 
     common = {"backbone": name, "dim": DIM, "dnn_hidden_units": hidden, "lr": 1e-3, "seed": SEED}
@@ -80,31 +79,13 @@ def run(side: str, name: str, splits, encoder, hidden: tuple[int, ...], device: 
     return {"seconds": seconds, "samples_per_s": rows / seconds}
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=200_000, help="training rows (default 200,000)")
-    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "search_overhead.json",
-                        help="result file; a Markdown table goes next to it with the suffix .md")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all usable cores)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per side, alternating; the best counts")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[400, 400], help="DNN widths (both sides)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:0]")
+    add_speed_arguments(parser, rows=200_000, json_name="search_overhead.json", models=MODELS)
     args = parser.parse_args(argv)
 
-    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    torch.set_num_threads(threads)
-    device = "cuda:0" if args.device == "cuda" else args.device
+    threads, device = setup_speed_run(args)
     hidden = tuple(args.hidden)
-    for message in (".*does not have many workers.*", ".*IterableDataset.*__len__.*", ".*LeafSpec.*"):
-        warnings.filterwarnings("ignore", message=message)
-    for logger_name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(logger_name).setLevel(logging.WARNING)
 
     t0 = time.perf_counter()
     splits, encoder = make_data(args.rows)

@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, best_of, machine_info, now_iso, silenced_stdout, write_json, write_markdown_table  # noqa: E402
+from _common import (  # noqa: E402
+    add_speed_arguments, best_of, machine_info, now_iso, setup_speed_run, silenced_stdout, sync,
+    write_json, write_markdown_table,
+)
 
 # Kaggle Criteo (Display Advertising Challenge) cardinalities of C1..C26, capped so that the tables,
 # their gradients and two Adam moments of two models stay well inside a laptop's memory.
@@ -83,11 +83,11 @@ def run_deepctr(name: str, splits, encoder, hidden: tuple[int, ...], device: str
 
     class EpochClock(dc.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            _sync(device)
+            sync(device)
             stamps["start"] = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
-            _sync(device)
+            sync(device)
             stamps["end"] = time.perf_counter()
 
     begin = time.perf_counter()
@@ -114,11 +114,11 @@ def run_ours(name: str, splits, encoder, hidden: tuple[int, ...], device: str) -
 
     class EpochClock(pl.Callback):
         def on_train_epoch_start(self, trainer, pl_module):
-            _sync(device)
+            sync(device)
             stamps["start"] = time.perf_counter()
 
         def on_train_epoch_end(self, trainer, pl_module):
-            _sync(device)
+            sync(device)
             stamps["end"] = time.perf_counter()
 
     module = BackboneModule(encoder.schema, encoder.vocab_sizes, backbone=name, dim=16, **model_kwargs(hidden))
@@ -136,36 +136,17 @@ def run_ours(name: str, splits, encoder, hidden: tuple[int, ...], device: str) -
     return {"seconds": seconds, "fit_seconds": fit_seconds, "samples_per_s": rows / seconds}
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 # ----------------------------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000, help="training rows (default 1,000,000)")
-    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "throughput.json",
-                        help="result file; a Markdown table goes next to it with the suffix .md")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all usable cores)")
+    add_speed_arguments(parser, rows=1_000_000, json_name="throughput.json", models=MODELS)
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs per run (each is one fit call)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per side, alternating; the best counts")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[400, 400], help="DNN widths (both sides)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:0]")
     args = parser.parse_args(argv)
 
-    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    torch.set_num_threads(threads)
-    device = "cuda:0" if args.device == "cuda" else args.device
+    threads, device = setup_speed_run(args)
     hidden = tuple(args.hidden)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
-    import logging
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
     t0 = time.perf_counter()
     splits, encoder = make_data(args.rows)
