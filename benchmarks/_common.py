@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -155,3 +156,23 @@ def sync(device: str) -> None:
     """Wait for queued GPU work before reading the clock."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+class LightningEpochClock(pl.Callback):
+    """Times one training epoch of a Lightning fit, from epoch start to epoch end (setup excluded)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.start = self.end = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        sync(self.device)
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        sync(self.device)
+        self.end = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    add_speed_arguments, best_of, machine_info, now_iso, setup_speed_run, sync, write_json,
+    LightningEpochClock, add_speed_arguments, best_of, machine_info, now_iso, setup_speed_run, write_json,
     write_markdown_table,
 )
 from throughput import BATCH_SIZE, MODELS, SEED, VOCAB_CAP, make_data  # noqa: E402
@@ -45,19 +45,10 @@ def run(side: str, name: str, splits, encoder, hidden: tuple[int, ...], device: 
     from ihas_lightning.data.datamodule import CTRDataModule
     from ihas_lightning.modules import BackboneModule, SearchModule
 
-    stamps: dict[str, float] = {}
-
-    class EpochClock(pl.Callback):
-        def on_train_epoch_start(self, trainer, pl_module):
-            sync(device)
-            stamps["start"] = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            sync(device)
-            stamps["end"] = time.perf_counter()
+    clock = LightningEpochClock(device)
 
     common = {"backbone": name, "dim": DIM, "dnn_hidden_units": hidden, "lr": 1e-3, "seed": SEED}
-    callbacks: list[pl.Callback] = [EpochClock()]
+    callbacks: list[pl.Callback] = [clock]
     if side == "search":
         module = SearchModule(encoder.schema, encoder.vocab_sizes, warmup_epochs=0, gate_lr=3e-3,
                               gate={"budget": 0.5}, **common)
@@ -72,7 +63,7 @@ def run(side: str, name: str, splits, encoder, hidden: tuple[int, ...], device: 
                          limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False, logger=False,
                          enable_checkpointing=False, enable_model_summary=False, callbacks=callbacks)
     trainer.fit(module, datamodule)
-    seconds = stamps["end"] - stamps["start"]
+    seconds = clock.seconds
     rows = len(splits["train"])
     del module, trainer, datamodule
     gc.collect()

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    add_speed_arguments, best_of, machine_info, now_iso, setup_speed_run, silenced_stdout, sync,
+    LightningEpochClock, add_speed_arguments, best_of, machine_info, now_iso, setup_speed_run, silenced_stdout, sync,
     write_json, write_markdown_table,
 )
 
@@ -110,26 +110,17 @@ def run_ours(name: str, splits, encoder, hidden: tuple[int, ...], device: str) -
     from ihas_lightning.data.datamodule import CTRDataModule
     from ihas_lightning.modules import BackboneModule
 
-    stamps: dict[str, float] = {}
-
-    class EpochClock(pl.Callback):
-        def on_train_epoch_start(self, trainer, pl_module):
-            sync(device)
-            stamps["start"] = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            sync(device)
-            stamps["end"] = time.perf_counter()
+    clock = LightningEpochClock(device)
 
     module = BackboneModule(encoder.schema, encoder.vocab_sizes, backbone=name, dim=16, **model_kwargs(hidden))
     datamodule = CTRDataModule.from_encoded(splits, encoder, batch_size=BATCH_SIZE)
     trainer = pl.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_epochs=1,
                          limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False, logger=False,
-                         enable_checkpointing=False, enable_model_summary=False, callbacks=[EpochClock()])
+                         enable_checkpointing=False, enable_model_summary=False, callbacks=[clock])
     begin = time.perf_counter()
     trainer.fit(module, datamodule)
     fit_seconds = time.perf_counter() - begin
-    seconds = stamps["end"] - stamps["start"]
+    seconds = clock.seconds
     rows = len(splits["train"])
     del module, trainer, datamodule
     gc.collect()
