@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_data_arguments, add_trainer_arguments
-from .pipeline import add_pipeline_arguments, run_pipeline
-from .search import add_search_arguments
+from .pipeline import add_run_arguments, run_pipeline
 
 __all__ = ["register"]
 
@@ -24,9 +22,6 @@ __all__ = ["register"]
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="search -> cluster -> retrain on the bundled synthetic data",
                                    description=__doc__)
-    add_data_arguments(parser)
-    add_trainer_arguments(parser, epochs=4)
-    add_search_arguments(parser)
-    add_pipeline_arguments(parser)
+    add_run_arguments(parser, epochs=4)
     parser.set_defaults(handler=run_pipeline, out="runs/demo", rows=300_000, batch_size=2048, lr=3e-3,
                         prefix=True, budget=0.6, retrain_epochs=4, retrain_lr=3e-3, quiet=False)
