@@ -1,5 +1,6 @@
 """iHAS search stage in Lightning: exact removal in real backbones, instance-wise selection on planted
-data, what the regularisers do, exact resume, the schedule/statistics callbacks and ``ihas search``.
+data, what the regularisers do, exact resume and ``ihas search``. The callbacks are in
+``test_search_callbacks.py``.
 
 Every run here is on CPU with one torch thread (several times faster than the default pool on a small
 shared machine, and bit-reproducible) and fixed seeds; the numbers in the comments are what these exact
@@ -9,7 +10,6 @@ settings gave.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -18,54 +18,15 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from ihas_lightning.callbacks import GateStatisticsLogger, RegularizerWarmup, SupernetSampler, TemperatureAnnealing
+from ihas_lightning.callbacks import RegularizerWarmup, TemperatureAnnealing
 from ihas_lightning.cli import main
-from ihas_lightning.cli.common import load_callbacks
-from ihas_lightning.data.datamodule import CTRDataModule
 from ihas_lightning.data.loader import to_batch
 from ihas_lightning.data.synthetic import SyntheticCTR
 from ihas_lightning.modules import SearchModule
+from _search_fixtures import (  # noqa: E402  (tests/ is on sys.path: pytest's rootdir-relative import)
+    STEPS_PER_EPOCH, _dm, _schedules, _search, _trainer, _weights,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_ROWS = 4000          # 3200 training rows: 13 batches of 256 per epoch
-TINY_BATCH = 256
-STEPS_PER_EPOCH = math.ceil(int(TINY_ROWS * 0.8) / TINY_BATCH)
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("ihas_cache")
-
-
-def _dm(cache_dir: Path, rows: int = TINY_ROWS, batch_size: int = TINY_BATCH) -> CTRDataModule:
-    """A fresh data module (one per Trainer) over a cache shared by the whole session."""
-    dm = CTRDataModule("synthetic", rows=rows, batch_size=batch_size, seed=0, cache_dir=str(cache_dir))
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
-
-
-def _search(dm: CTRDataModule, backbone: str = "DeepFM", dim: int = 8, hidden=(16,), warmup_epochs: int = 1,
-            gate: dict | None = None, gate_lr: float = 1e-2, lr: float = 1e-3, seed: int = 3) -> SearchModule:
-    return SearchModule(dm.schema, dm.vocab_sizes, backbone=backbone, dim=dim, dnn_hidden_units=hidden,
-                        warmup_epochs=warmup_epochs, gate=gate if gate is not None else {"budget": 0.5},
-                        gate_lr=gate_lr, lr=lr, seed=seed)
-
-
-def _trainer(root: Path, callbacks=(), max_epochs: int = 2, **kwargs) -> pl.Trainer:
-    kwargs.setdefault("logger", False)
-    kwargs.setdefault("enable_checkpointing", any(isinstance(c, ModelCheckpoint) for c in callbacks))
-    return pl.Trainer(max_epochs=max_epochs, callbacks=list(callbacks), enable_progress_bar=False,
-                      enable_model_summary=False, default_root_dir=str(root), accelerator="cpu", devices=1,
-                      **kwargs)
-
-
-def _weights(module: SearchModule) -> dict[str, torch.Tensor]:
-    """Parameters and buffers (gates, BatchNorm statistics, lambda, temperature), without the metrics."""
-    return {k: v for k, v in module.state_dict().items() if "auroc" not in k and "logloss" not in k}
-
-
-# -- a closed gate removes its dimension exactly, in real DeepCTR-Torch backbones ----------------------
 
 @pytest.mark.parametrize("backbone", ["DeepFM", "DCN"])
 def test_closed_gate_removes_the_dimension_in_the_backbone(cache_dir, backbone: str) -> None:
@@ -179,10 +140,6 @@ def test_polarization_raises_the_decided_share(cache_dir) -> None:
 
 
 # -- resume --------------------------------------------------------------------------------------------
-
-def _schedules() -> list[Callback]:
-    return [TemperatureAnnealing(steps=30), RegularizerWarmup(steps=10)]
-
 
 class _BatchRecorder(Callback):
     """(epoch, batch_idx, a fingerprint of the batch's rows) for every training batch."""
@@ -332,185 +289,6 @@ def test_mid_epoch_resume_equals_an_uninterrupted_run(mid_epoch) -> None:
 
 
 # -- callbacks ---------------------------------------------------------------------------------------
-
-EXPECTED_YAML = {
-    "search.yaml": [(TemperatureAnnealing, {"start": 0.6667, "end": 0.1, "steps": 600}),
-                    (RegularizerWarmup, {"steps": 100, "start": 0.0}),
-                    (GateStatisticsLogger, {"every_n_epochs": 1})],
-    "search_fast_anneal.yaml": [(TemperatureAnnealing, {"start": 0.6667, "end": 0.2, "steps": 150}),
-                                (RegularizerWarmup, {"steps": 30, "start": 0.0}),
-                                (GateStatisticsLogger, {"every_n_epochs": 1})],
-}
-
-
-def test_every_callbacks_yaml_loads_with_the_right_classes_and_args() -> None:
-    files = {p.name: p for p in (REPO / "callbacks").glob("*.yaml")}
-    assert set(EXPECTED_YAML) | {"supernet.yaml"} == set(files), "a new YAML needs its expectations here"
-    for name, expected in EXPECTED_YAML.items():
-        callbacks = load_callbacks(files[name])
-        assert [type(c) for c in callbacks] == [cls for cls, _ in expected], name
-        for callback, (_, args) in zip(callbacks, expected):
-            for key, value in args.items():
-                assert getattr(callback, key) == pytest.approx(value), (name, key)
-    (sampler,) = load_callbacks(files["supernet.yaml"])
-    assert isinstance(sampler, SupernetSampler)
-    assert sampler.config.dim_choices == (2, 4, 8, 16) and sampler.config.warmup_steps == 500
-    assert sampler.config.width_choices == (0.25, 0.5, 0.75, 1.0) and sampler.seed == 0
-    assert sampler.config.per_sample is False and sampler.config.sample_widths is True
-
-
-def test_load_callbacks_reports_bad_files(tmp_path) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("callbacks:\n  - class_path: ihas_lightning.callbacks.NoSuchCallback\n")
-    with pytest.raises(ValueError, match="NoSuchCallback"):
-        load_callbacks(bad)
-    bad.write_text("callbacks:\n  - init_args: {steps: 3}\n")
-    with pytest.raises(ValueError, match="class_path"):
-        load_callbacks(bad)
-    bad.write_text("callbacks:\n  - class_path: ihas_lightning.callbacks.TemperatureAnnealing\n"
-                   "    init_args: {steps: -7}\n")
-    with pytest.raises(ValueError, match="-7"):
-        load_callbacks(bad)
-
-
-def test_callback_state_keys_differ_with_their_args() -> None:
-    assert TemperatureAnnealing(steps=100).state_key != TemperatureAnnealing(steps=200).state_key
-    assert TemperatureAnnealing(end=0.1).state_key != TemperatureAnnealing(end=0.2).state_key
-    assert TemperatureAnnealing(steps=100).state_key == TemperatureAnnealing(steps=100).state_key
-    assert RegularizerWarmup(steps=10).state_key != RegularizerWarmup(steps=20).state_key
-    assert RegularizerWarmup(start=0.0).state_key != RegularizerWarmup(start=0.5).state_key
-    assert GateStatisticsLogger(every_n_epochs=1).state_key != GateStatisticsLogger(every_n_epochs=2).state_key
-    # TemperatureAnnealing(steps=100) and RegularizerWarmup(steps=100) must not collide either
-    assert TemperatureAnnealing(steps=100).state_key != RegularizerWarmup(steps=100).state_key
-
-
-@pytest.mark.parametrize(("make", "bad"), [
-    (lambda: TemperatureAnnealing(start=-0.5), "-0.5"),
-    (lambda: TemperatureAnnealing(end=0.0), "end=0.0"),
-    (lambda: TemperatureAnnealing(start=float("nan")), "nan"),
-    (lambda: TemperatureAnnealing(steps=0), "got 0"),
-    (lambda: RegularizerWarmup(steps=-3), "-3"),
-    (lambda: RegularizerWarmup(start=1.5), "1.5"),
-    (lambda: GateStatisticsLogger(every_n_epochs=0), "got 0"),
-])
-def test_callback_validation_errors_show_the_bad_value(make, bad: str) -> None:
-    with pytest.raises(ValueError, match=bad.replace(".", r"\.")):
-        make()
-
-
-def test_schedule_values_at_given_steps() -> None:
-    anneal = TemperatureAnnealing(start=2 / 3, end=0.1, steps=100)
-    assert anneal.value(0) == pytest.approx(2 / 3)
-    assert anneal.value(50) == pytest.approx(math.sqrt(2 / 3 * 0.1))        # geometric mean halfway: 0.2582
-    assert anneal.value(25) == pytest.approx((2 / 3) * (0.15 ** 0.25))      # 0.4148
-    assert anneal.value(100) == pytest.approx(0.1)
-    assert anneal.value(10_000) == pytest.approx(0.1)
-    warm = RegularizerWarmup(steps=10, start=0.2)
-    assert [round(warm.value(s), 6) for s in (0, 5, 10, 50)] == [0.2, 0.6, 1.0, 1.0]
-
-
-def test_schedules_count_gated_steps_only_and_drive_the_module(tmp_path, cache_dir) -> None:
-    """One warm-up epoch (13 steps) leaves temperature and scale alone; after 13 gated steps each counter
-    is 13 and the module holds ``value(12)`` (the value applied before the last step)."""
-    pl.seed_everything(0)
-    anneal, warm = TemperatureAnnealing(start=0.5, end=0.05, steps=20), RegularizerWarmup(steps=10, start=0.1)
-    module = _search(_dm(cache_dir), gate={"budget": 0.5, "temperature": 0.5})
-
-    class Watch(Callback):
-        def __init__(self) -> None:
-            self.values: list[tuple[float, float]] = []
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            self.values.append((float(pl_module.gates.temperature), pl_module.regularizer_scale))
-
-    watch = Watch()
-    _trainer(tmp_path, [anneal, warm, watch], max_epochs=2, limit_val_batches=0).fit(module, _dm(cache_dir))
-    assert anneal.step == warm.step == STEPS_PER_EPOCH
-    assert watch.values[:STEPS_PER_EPOCH] == [(0.5, 1.0)] * STEPS_PER_EPOCH
-    gated = watch.values[STEPS_PER_EPOCH:]
-    assert [t for t, _ in gated] == pytest.approx([anneal.value(s) for s in range(STEPS_PER_EPOCH)], rel=1e-6)
-    assert [s for _, s in gated] == pytest.approx([warm.value(s) for s in range(STEPS_PER_EPOCH)])
-    assert float(module.gates.temperature) == pytest.approx(anneal.value(STEPS_PER_EPOCH - 1), rel=1e-6)
-
-
-def test_schedules_refuse_a_module_without_gates(tmp_path, cache_dir) -> None:
-    from ihas_lightning.modules import BackboneModule
-
-    dm = _dm(cache_dir)
-    module = BackboneModule(dm.schema, dm.vocab_sizes, dim=8, dnn_hidden_units=(16,))
-    with pytest.raises(TypeError, match="BackboneModule"):
-        _trainer(tmp_path, [TemperatureAnnealing()], max_epochs=1, limit_val_batches=0).fit(module, dm)
-
-
-def test_callback_state_round_trips_through_state_dict_and_a_weights_only_checkpoint(tmp_path, cache_dir) -> None:
-    anneal = TemperatureAnnealing(start=0.6, end=0.2, steps=7)
-    anneal.step = 17
-    copy = TemperatureAnnealing(start=0.6, end=0.2, steps=7)
-    copy.load_state_dict(anneal.state_dict())
-    assert copy.step == 17 and copy.value(copy.step) == anneal.value(17)
-    stats = GateStatisticsLogger()
-    stats.logged = 4
-    other = GateStatisticsLogger()
-    other.load_state_dict(stats.state_dict())
-    assert other.logged == 4
-
-    pl.seed_everything(0)
-    callbacks = [TemperatureAnnealing(steps=9), RegularizerWarmup(steps=5), GateStatisticsLogger()]
-    checkpointer = ModelCheckpoint(dirpath=tmp_path, save_last=True)
-    module = _search(_dm(cache_dir))
-    _trainer(tmp_path, [*callbacks, checkpointer], max_epochs=2).fit(module, _dm(cache_dir))
-    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)    # plain tensors and containers only
-    for callback in callbacks:
-        assert checkpoint["callbacks"][callback.state_key] == callback.state_dict()
-    assert checkpoint["callbacks"][callbacks[0].state_key] == {"step": STEPS_PER_EPOCH}
-    assert checkpoint["callbacks"][callbacks[2].state_key] == {"logged": 0}   # no TensorBoard logger here
-    fresh = [TemperatureAnnealing(steps=9), RegularizerWarmup(steps=5), GateStatisticsLogger()]
-    for callback in fresh:
-        callback.load_state_dict(checkpoint["callbacks"][callback.state_key])
-    assert [c.state_dict() for c in fresh] == [c.state_dict() for c in callbacks]
-    assert isinstance(checkpoint["ihas_search"]["noise_state"], torch.Tensor)
-    assert torch.equal(checkpoint["state_dict"]["gates.controller.lam"], module.gates.controller.lam)
-    # the module comes back from the checkpoint with its gates
-    loaded = SearchModule.load_from_checkpoint(tmp_path / "last.ckpt", weights_only=True)
-    assert torch.equal(loaded.gates.out.weight, module.gates.out.weight)
-    assert loaded.gate_config == module.gate_config
-
-
-def test_gate_statistics_logger_writes_heatmap_and_histograms(tmp_path, cache_dir) -> None:
-    from pytorch_lightning.loggers import TensorBoardLogger
-    from tensorboard.backend.event_processing.event_accumulator import (
-        HISTOGRAMS,
-        IMAGES,
-        SCALARS,
-        EventAccumulator,
-    )
-
-    pl.seed_everything(0)
-    stats = GateStatisticsLogger()
-    module = _search(_dm(cache_dir))
-    logger = TensorBoardLogger(str(tmp_path), name="tb", version="")
-    _trainer(tmp_path, [stats], max_epochs=3, logger=logger, log_every_n_steps=5).fit(module, _dm(cache_dir))
-    assert stats.logged == 2                       # epochs 1 and 2 (epoch 0 is warm-up: no gate statistics)
-    logger.experiment.flush()
-    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={IMAGES: 0, HISTOGRAMS: 0, SCALARS: 0})
-    events.Reload()
-    tags = events.Tags()
-    assert "gates/open_probability" in tags["images"]
-    assert {"gates/mean_prob", "gates/active_dims_per_field"} <= set(tags["histograms"])
-    images = events.Images("gates/open_probability")
-    assert len(images) == 2 and images[0].width > 100 and images[0].height > 50
-    assert images[0].encoded_image_string.startswith(b"\x89PNG")
-    (first, _) = events.Histograms("gates/mean_prob")
-    fields, dim = len(module.schema.embedded_fields), 8
-    assert first.histogram_value.num == fields * dim
-    assert 0.0 <= first.histogram_value.min <= first.histogram_value.max <= 1.0
-    active = events.Histograms("gates/active_dims_per_field")[-1].histogram_value
-    assert active.num == fields and 2.0 <= active.min <= active.max <= dim
-    # the module's own scalars are there too
-    assert {"val_decided_share", "val_mean_active_dims", "gates/lambda"} <= set(tags["scalars"])
-
-
-# -- CLI ---------------------------------------------------------------------------------------------
 
 def test_cli_search_writes_metrics_and_checkpoint(tmp_path, capsys) -> None:
     code = main(["search", "--rows", "4000", "--epochs", "2", "--warmup-epochs", "1", "--out", str(tmp_path),
