@@ -78,7 +78,9 @@ def embedding_rows(vocab_sizes: dict[str, int]) -> int:
 
 
 def _search_module(run: RunDirectory) -> SearchModule:
-    path = run.checkpoint("search")
+    from .cli.search import searched_checkpoint
+
+    path = searched_checkpoint(run.stage("search"))
     if not path.exists():
         raise FileNotFoundError(f"no search checkpoint at {path}: run the search stage first")
     module = SearchModule.load_from_checkpoint(str(path), map_location="cpu")

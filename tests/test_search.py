@@ -308,6 +308,9 @@ def test_cli_search_writes_metrics_and_checkpoint(tmp_path, capsys) -> None:
     assert 0.0 <= metrics["decided_share"] <= 1.0
     assert 0.25 <= metrics["expected_param_share"] <= 1.0                  # min_dim 2 of 8
     assert metrics["dim"] == 8 and metrics["backbone"] == "DeepFM"
+    assert metrics["checkpoint"] == "best.ckpt" and metrics["epoch"] == 1        # the one gated epoch
+    best = torch.load(stage / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["epoch"] == 1
     checkpoint = torch.load(stage / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 2 * 4                   # 3200 training rows, batches of 1024
     assert "gates.out.weight" in checkpoint["state_dict"] and "ihas_search" in checkpoint

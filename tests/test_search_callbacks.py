@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -14,7 +15,7 @@ from ihas_lightning.callbacks import GateStatisticsLogger, RegularizerWarmup, Su
 from ihas_lightning.cli.common import load_callbacks
 from ihas_lightning.modules import SearchModule
 from _search_fixtures import (  # noqa: E402  (tests/ is on sys.path: pytest's rootdir-relative import)
-    REPO, STEPS_PER_EPOCH, _dm, _search, _trainer,
+    REPO, STEPS_PER_EPOCH, _dm, _schedules, _search, _trainer,
 )
 
 
@@ -197,3 +198,31 @@ def test_gate_statistics_logger_writes_heatmap_and_histograms(tmp_path, cache_di
 
 # -- CLI ---------------------------------------------------------------------------------------------
 
+
+
+class _ValAucPerEpoch(Callback):
+    def __init__(self) -> None:
+        self.auc: list[float] = []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.auc.append(float(trainer.callback_metrics["val_auc"]))
+
+
+def test_best_searched_checkpoint_keeps_the_best_gated_epoch(tmp_path, cache_dir) -> None:
+    """Among the gated epochs (never a warm-up epoch, whose gates are untrained) the kept one has the best
+    validation AUC; a warm-up epoch with a higher AUC does not count."""
+    from ihas_lightning.callbacks import BestSearchedCheckpoint
+
+    dm = _dm(cache_dir)
+    module = _search(dm, warmup_epochs=2, lr=3e-2)             # a large lr: AUC moves from epoch to epoch
+    record, best = _ValAucPerEpoch(), BestSearchedCheckpoint(tmp_path)
+    _trainer(tmp_path, [best, record, *_schedules()], max_epochs=5).fit(module, dm)
+    assert len(record.auc) == 5
+    gated = record.auc[2:]
+    kept = torch.load(tmp_path / "best.ckpt", weights_only=True)
+    assert kept["epoch"] == 2 + int(np.argmax(gated))
+    assert float(best.best_model_score) == pytest.approx(max(gated))
+    assert kept["epoch"] >= 2
+    with pytest.raises(ValueError, match="monitor"):
+        BestSearchedCheckpoint(tmp_path, monitor="")

@@ -3,10 +3,11 @@
 from .gate_statistics import GateStatisticsLogger
 from .optuna_pruning import OptunaPruning
 from .regularizer_warmup import RegularizerWarmup
+from .searched_checkpoint import BestSearchedCheckpoint
 from .stateful import MissingCallbackStateError, StatefulCallback
 from .supernet_sampler import SupernetSampler
 from .temperature_annealing import TemperatureAnnealing
 
-__all__ = ["GateStatisticsLogger", "MissingCallbackStateError", "RegularizerWarmup", "StatefulCallback",
+__all__ = ["BestSearchedCheckpoint", "GateStatisticsLogger", "MissingCallbackStateError", "RegularizerWarmup", "StatefulCallback",
            "SupernetSampler", "TemperatureAnnealing"]
 __all__ += ["OptunaPruning"]

@@ -7,13 +7,14 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 
-from ..callbacks import GateStatisticsLogger, RegularizerWarmup, TemperatureAnnealing
+from ..callbacks import BestSearchedCheckpoint, GateStatisticsLogger, RegularizerWarmup, TemperatureAnnealing
 from ..modules import SearchModule
 from .common import (add_data_arguments, add_trainer_arguments, datamodule_from_args, load_callbacks, make_trainer,
                      parse_widths, print_table, write_json)
 
-__all__ = ["register", "add_search_arguments", "run_search", "search_metrics"]
+__all__ = ["register", "add_search_arguments", "run_search", "search_metrics", "searched_checkpoint"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +42,9 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--warmup-epochs", type=int, default=1, help="plain-backbone epochs before the gates")
     group.add_argument("--init-from", default=None,
                        help="start the backbone from a checkpoint, e.g. a trained supernet's last.ckpt")
+    group.add_argument("--search-checkpoint", choices=["best", "last"], default="best",
+                       help="which searched epoch the later stages read: 'best' validation AUC among the gated "
+                            "epochs (default; CTR models overfit after an epoch or two) or the 'last'")
     group.add_argument("--config", default=None,
                        help="callbacks YAML (see callbacks/search.yaml); default: annealing, warm-up, statistics")
 
@@ -66,6 +70,13 @@ def search_metrics(module: SearchModule, trainer: pl.Trainer) -> dict:
     }
 
 
+def searched_checkpoint(stage_dir: str | Path) -> Path:
+    """The search checkpoint the later stages read: ``best.ckpt`` when the search kept one, else ``last.ckpt``."""
+    checkpoints = Path(stage_dir) / "checkpoints"
+    best = checkpoints / "best.ckpt"
+    return best if best.exists() else checkpoints / "last.ckpt"
+
+
 def run_search(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     pl.seed_everything(args.seed, workers=True)
@@ -81,11 +92,19 @@ def run_search(args: argparse.Namespace) -> dict:
     callbacks = load_callbacks(args.config) if args.config else [
         TemperatureAnnealing(steps=max(1, int(0.8 * gated_steps))),
         RegularizerWarmup(steps=max(1, gated_steps // 5)), GateStatisticsLogger()]
-    # The last epoch is the searched one: its gates are what clustering reads, so keep last.ckpt.
+    keep_best = getattr(args, "search_checkpoint", "last") == "best"
+    if keep_best:
+        callbacks = [BestSearchedCheckpoint(stage_dir / "checkpoints"), *callbacks]
     trainer = make_trainer(args, stage_dir, callbacks=callbacks, monitor=None)
     last = stage_dir / "checkpoints" / "last.ckpt"
     trainer.fit(module, dm, ckpt_path=str(last) if last.exists() else None)
-    metrics = {**search_metrics(module, trainer), "seconds": time.perf_counter() - start}
+    kept = searched_checkpoint(stage_dir)
+    if kept != last:
+        # The metrics (and the gate statistics) describe the kept epoch, the one the later stages read.
+        trainer.validate(module, dm, ckpt_path=str(kept), verbose=False)
+    metrics = {**search_metrics(module, trainer), "checkpoint": kept.name,
+               "epoch": int(torch.load(kept, map_location="cpu", weights_only=False)["epoch"]),
+               "seconds": time.perf_counter() - start}
     write_json(stage_dir / "metrics.json", metrics)
     per_field = metrics["mean_active_dims"]["per_field"]
     print_table(f"ihas search: {args.backbone} on {args.data}", ["metric", "value"], [
@@ -94,5 +113,5 @@ def run_search(args: argparse.Namespace) -> dict:
         ["decided share", metrics["decided_share"]],
         *[[f"  active dims {name}", value] for name, value in per_field.items()],
     ])
-    print(f"checkpoint: {last}   TensorBoard: tensorboard --logdir {stage_dir}")
+    print(f"checkpoint: {kept}   TensorBoard: tensorboard --logdir {stage_dir}")
     return metrics
