@@ -150,16 +150,17 @@ class CTRBackbone(nn.Module):
         """Parameters of the fields' embedding tables (each stored table counted once)."""
         return int(sum(self.model.embedding_dict[f].weight.numel() for f in self.fields))
 
-    def regularization_loss(self) -> Tensor:
+    def regularization_loss(self, replace: Callable[[Tensor], Sequence[Tensor]] | None = None) -> Tensor:
         """DeepCTR-Torch's L1/L2 terms, which its own ``fit`` adds to the loss.
 
         Same sums as ``BaseModel.get_regularization_loss``, which allocates its accumulator on the device
-        named at construction and so fails once the model has moved to a GPU.
+        named at construction and so fails once the model has moved to a GPU. ``replace`` maps a regularised
+        parameter to the tensors regularised in its place (per-group copies of the dense layers trained
+        instead of it); by default each parameter stands for itself.
         """
         total = self.model.out.bias.new_zeros(()) if hasattr(self.model.out, "bias") else torch.zeros(())
         for params, l1, l2 in self.model.regularization_weight:
-            for entry in params:
-                weight = _parameter(entry)
+            for weight in (w for entry in params for w in (replace or _itself)(_parameter(entry))):
                 if l1 > 0:
                     total = total + l1 * weight.abs().sum()
                 if l2 > 0:  # ||w||^2 as a reduction: no full-size temporaries, one scaled copy backward
@@ -321,6 +322,10 @@ def narrow_tables(backbone: CTRBackbone, widths: dict[str, int]) -> None:
     backbone.model.regularization_weight = [
         ([replaced.get(id(_parameter(w)), _parameter(w)) for w in params], l1, l2)
         for params, l1, l2 in backbone.model.regularization_weight]
+
+
+def _itself(weight: Tensor) -> tuple[Tensor]:
+    return (weight,)
 
 
 def _parameter(entry: Tensor | tuple[str, Tensor]) -> Tensor:

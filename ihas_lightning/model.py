@@ -69,6 +69,11 @@ class IHASModel(nn.Module):
         return self.module.embedding_params
 
     @property
+    def dense_params(self) -> int:
+        """Non-embedding parameters: K copies when the groups have their own dense layers."""
+        return self.module.dense_params
+
+    @property
     def flops_per_sample(self) -> float:
         """Expected FLOPs per sample: each group's compact-model FLOPs weighted by its share of samples."""
         return float(sum(s * f for s, f in zip(self.group_share, group_flops(self.module))))

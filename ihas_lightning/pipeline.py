@@ -142,7 +142,7 @@ def stage_retrain(run: RunDirectory, args: argparse.Namespace, dm: CTRDataModule
     module = RetrainModule(dm.schema, dm.vocab_sizes, group_dims=clusters.dims.tolist(),
                            centroids=clusters.centroids.tolist(), gate=dict(search.hparams.gate), backbone=backbone,
                            dim=search.hparams.dim, dnn_hidden_units=parse_widths(args.dnn), lr=args.retrain_lr,
-                           seed=args.seed)
+                           seed=args.seed, group_dense=getattr(args, "group_dense", False))
     # Another backbone (transfer): fresh dense layers; the searched tables and router, so that routing holds.
     module.warm_start(search.state_dict(), tables_only=backbone != search.hparams.backbone)
     from .cli.train import fit_and_test

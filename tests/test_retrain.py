@@ -111,6 +111,22 @@ def test_batch_groups_route_like_the_router(dm) -> None:
         batched(batch)
 
 
+def test_training_routes_like_inference(dm) -> None:
+    """The router reads its searched statistics in any mode: Lightning keeps a module's train/eval modes at fit
+    start, so a fresh module trains with its gates in train mode (batch statistics routed 27% of this batch
+    elsewhere)."""
+    module = _module(dm)
+    fresh = RetrainModule(**module.hparams)                      # as Lightning gets it: never train()/eval()
+    fresh.load_state_dict(module.state_dict())
+    assert fresh.training and fresh.gates.training
+    batch = _batch(dm)
+    with torch.no_grad():
+        routed = fresh.route(fresh.backbone.field_embeddings(batch))
+        assert torch.equal(routed, module.route(module.backbone.field_embeddings(batch)))
+        assert torch.equal(module.train().route(module.backbone.field_embeddings(batch)), routed)
+    assert fresh.gates.training                                  # route() leaves the mode as it found it
+
+
 # -- layout ----------------------------------------------------------------------------------------------
 
 def test_prefix_masks_keep_the_first_columns() -> None:

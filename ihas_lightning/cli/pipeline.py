@@ -13,6 +13,12 @@ from .search import add_search_arguments, run_search
 __all__ = ["register", "run_pipeline", "add_pipeline_arguments", "add_run_arguments"]
 
 
+GROUP_DENSE_HELP = ("retrain with group-specific dense layers: every group gets its own copy of the DNN, cross, "
+                    "output and other non-embedding layers (started from the searched ones; the embedding tables "
+                    "stay shared), so groups whose samples differ can fit their own feature interactions; costs "
+                    "K times the dense parameters")
+
+
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cluster and retrain")
     group.add_argument("--k", type=int, default=4, help="number of groups; 0 chooses it on validation data")
@@ -23,6 +29,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                        help="epochs of the uniform baselines (default: search + retrain epochs)")
     group.add_argument("--no-matched-baseline", action="store_true",
                        help="skip the uniform baseline with iHAS's embedding parameters")
+    group.add_argument("--group-dense", action="store_true", help=GROUP_DENSE_HELP)
     group.add_argument("--separate", action="store_true",
                        help="also train the separate-models variant: one model per group from scratch on its own "
                             "samples (DIR/separate/)")
@@ -50,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("--run", required=True, help="run directory made by `ihas run`")
         if name == "retrain":
             sub.add_argument("--backbone", default=None, help="retrain on another DeepCTR-Torch backbone")
+            sub.add_argument("--group-dense", action="store_true", default=None,
+                             help=GROUP_DENSE_HELP + " (default: as the run was started)")
         sub.set_defaults(handler=handler)
     register_report(subparsers)
 
@@ -93,6 +102,9 @@ def _run_retrain(args: argparse.Namespace) -> dict:
     run = RunDirectory(args.run)
     options = run.load_options()
     stage = "retrain" if args.backbone in (None, options.backbone) else f"retrain_{args.backbone}"
+    if args.group_dense and not getattr(options, "group_dense", False):
+        options.group_dense = True                    # a stage of its own beside the run's shared-dense one
+        stage += "_group_dense"
     metrics = stage_retrain(run, options, backbone=args.backbone, stage=stage)
     print(f"retrained on {metrics['backbone']}: test AUC {metrics['test_auc']:.4f}, "
           f"embedding parameters {metrics['embedding_params']:,}")

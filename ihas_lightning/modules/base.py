@@ -68,6 +68,10 @@ class CTRModule(pl.LightningModule):
         """Further terms of the training loss (gate regularisers, ...); logged by the subclass."""
         return None
 
+    def regularization_loss(self) -> Tensor:
+        """DeepCTR-Torch's L1/L2 terms on the weights the last forward used (the backbone's own by default)."""
+        return self.backbone.regularization_loss()
+
     @override
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -79,7 +83,7 @@ class CTRModule(pl.LightningModule):
         check_labels(batch["label"], "training")
         logits = self(batch)
         bce = F.binary_cross_entropy_with_logits(logits, batch["label"])
-        loss = bce + self.backbone.regularization_loss() / logits.shape[0]
+        loss = bce + self.regularization_loss() / logits.shape[0]
         extra = self.extra_loss(batch, logits)
         if extra is not None:
             loss = loss + extra

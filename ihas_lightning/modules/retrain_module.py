@@ -8,20 +8,25 @@ own groups lost 0.005-0.025 AUC (that literal reading is ``groups_from="batch"``
 
 Routing: the searched gate network (frozen) gives each sample its deterministic mask, the nearest
 centroid its group. It reads the module's own tables, so training and inference route alike.
+
+``group_dense=True`` also gives every group its own copy of the dense layers (``group_dense.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
+
 import torch
 from torch import Tensor
+from torch.func import functional_call
 
 from ..backbones import build_backbone, narrow_tables
 from ..data.loader import Batch
 from ..data.schema import Schema
 from ..gates import GateConfig, InstanceGates
 from .base import CTRModule
+from .group_dense import GroupDense, dense_parameter_names
 
 __all__ = ["RetrainModule", "prefix_masks"]
 
@@ -42,13 +47,17 @@ class RetrainModule(CTRModule):
         gate: the search's gate configuration (the router's gate network is rebuilt from it).
         groups_from: ``"router"`` (default) routes every sample; ``"batch"`` reads ``batch["group"]``
             (precomputed assignments, for the separate-models variant).
+        group_dense: give every group its own copy of the backbone's non-embedding parameters (DNN, cross
+            layers, output layer, the linear part's dense weights), started from the shared ones; the tables
+            stay shared. The backbone's own dense parameters are then frozen and unused. K times the dense
+            parameters; under DDP it needs ``find_unused_parameters`` (a batch may miss a group).
     """
 
     def __init__(self, schema: Schema | dict, vocab_sizes: dict[str, int], group_dims: Sequence[Sequence[int]],
                  centroids: Sequence[Sequence[float]], gate: GateConfig | dict | None = None,
                  backbone: str = "DeepFM", dim: int = 16, dnn_hidden_units: Sequence[int] = (256, 128),
                  lr: float = 1e-3, seed: int = 1024, options: dict | None = None,
-                 groups_from: str = "router") -> None:
+                 groups_from: str = "router", group_dense: bool = False) -> None:
         super().__init__()
         schema = schema if isinstance(schema, Schema) else Schema.from_dict(schema)
         gate = gate if isinstance(gate, GateConfig) else GateConfig(**(gate or {}))
@@ -64,7 +73,8 @@ class RetrainModule(CTRModule):
                                    "group_dims": dims.tolist(), "centroids": [list(map(float, c)) for c in centroids],
                                    "gate": asdict(gate), "backbone": backbone, "dim": dim,
                                    "dnn_hidden_units": list(dnn_hidden_units), "lr": lr, "seed": seed,
-                                   "options": options or {}, "groups_from": groups_from})
+                                   "options": options or {}, "groups_from": groups_from,
+                                   "group_dense": bool(group_dense)})
         self.backbone = build_backbone(backbone, schema, vocab_sizes, dim, dnn_hidden_units=dnn_hidden_units,
                                        seed=seed, options=options)
         self.gates = InstanceGates(len(fields), dim, gate, field_costs=[float(vocab_sizes[f]) for f in fields])
@@ -76,7 +86,15 @@ class RetrainModule(CTRModule):
         narrow_tables(self.backbone, self.table_widths)
         self.last_groups: Tensor | None = None
         self._batch_groups: Tensor | None = None
+        self._fixed_groups: Tensor | None = None                  # one group's rows under group_dense
+        self._used_groups: list[int] = []
         self.backbone.embedding_transform = self._group_embeddings
+        self.group_params: GroupDense | None = None
+        if group_dense:
+            self.group_params = GroupDense(self.backbone, len(dims))
+            shared = dict(self.backbone.named_parameters())
+            for name in self.group_params.names:                  # the copies are the trained ones
+                shared[name].requires_grad_(False)
 
     @property
     def num_groups(self) -> int:
@@ -104,15 +122,28 @@ class RetrainModule(CTRModule):
         if missing:
             raise ValueError(f"the search state has no router weights {missing[:3]}...")
         self.load_state_dict(loaded, strict=False)
+        if self.group_params is not None and not any(k.startswith("group_params.") for k in loaded):
+            self.group_params.copy_from(self.backbone)            # every group starts from the searched layers
 
     @torch.no_grad()
     def route(self, embeddings: Tensor) -> Tensor:
-        """(B, F, D) embeddings -> (B,) group ids: deterministic gates, then the nearest centroid."""
-        masks = self.gates.deterministic_mask(embeddings).flatten(1)                            # (B, F*D)
+        """(B, F, D) embeddings -> (B,) group ids: deterministic gates, then the nearest centroid.
+
+        Always on the searched BatchNorm statistics, in any mode: Lightning keeps the modes a module comes
+        with, so a fresh module trains with its gates in train mode (batch statistics: other routes).
+        """
+        was_training = self.gates.training
+        self.gates.eval()
+        try:
+            masks = self.gates.deterministic_mask(embeddings).flatten(1)                        # (B, F*D)
+        finally:
+            self.gates.train(was_training)
         return torch.cdist(masks, self.centroids).argmin(dim=1)                                 # (B,)
 
     def _group_embeddings(self, embeddings: Tensor) -> Tensor:
-        if self.hparams.groups_from == "batch":
+        if self._fixed_groups is not None:
+            groups = self._fixed_groups
+        elif self.hparams.groups_from == "batch":
             if self._batch_groups is None:
                 raise KeyError("groups_from='batch' needs batch['group']")
             groups = self._batch_groups
@@ -122,11 +153,55 @@ class RetrainModule(CTRModule):
         return embeddings * self.group_masks[groups]                                            # (B, F, D)
 
     def forward(self, batch: Batch) -> Tensor:
+        if self.group_params is not None:
+            return self._forward_by_group(batch)
         self._batch_groups = batch.get("group")
         try:
             return self.backbone(batch)
         finally:
             self._batch_groups = None
+
+    def _forward_by_group(self, batch: Batch) -> Tensor:
+        """``group_dense``: route every sample first, then run each present group's rows with its own dense
+        copies (one ``functional_call`` per group) and put the logits back in the batch's order."""
+        batch = self.backbone.check_batch(batch)
+        if self.hparams.groups_from == "batch":
+            if batch.get("group") is None:
+                raise KeyError("groups_from='batch' needs batch['group']")
+            groups = batch["group"].long()
+        else:
+            with torch.no_grad():
+                groups = self.route(self.backbone.field_embeddings(batch))                      # (B,)
+        order = torch.argsort(groups, stable=True)                                              # (B,)
+        counts = torch.bincount(groups, minlength=self.num_groups).tolist()
+        used = [g for g, n in enumerate(counts) if n] or [0]          # an empty batch still runs one group
+        parts = []
+        for group, rows in zip(range(self.num_groups), order.split(counts)):
+            if group not in used:
+                continue
+            self._fixed_groups = groups[rows]
+            try:
+                sub = {k: v[rows] for k, v in batch.items()}
+                parts.append(functional_call(self.backbone, self.group_params.overrides(group), (sub,)))
+            finally:
+                self._fixed_groups = None
+        logits = torch.cat(parts)                                                               # (B,), grouped
+        self.last_groups, self._used_groups = groups, used
+        return logits.new_empty(logits.shape).index_put((order,), logits)                      # batch order
+
+    def regularization_loss(self) -> Tensor:
+        """Under ``group_dense`` the dense terms fall on the copies of the groups the last batch used."""
+        if self.group_params is None:
+            return super().regularization_loss()
+        return self.backbone.regularization_loss(self.group_params.substitute(self.backbone, self._used_groups))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.group_params is None:
+            return super().configure_optimizers()
+        # the backbone's own dense layers are frozen (the group copies stand in for them): leave them out
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        fused = all(p.device.type in ("cpu", "cuda") for p in trainable)
+        return torch.optim.Adam(trainable, lr=self.hparams.lr, fused=fused)
 
     def train(self, mode: bool = True) -> RetrainModule:
         super().train(mode)
@@ -141,3 +216,11 @@ class RetrainModule(CTRModule):
     def embedding_params(self) -> int:
         """Each shared table counted once, at its stored width."""
         return self.backbone.embedding_params
+
+    @property
+    def dense_params(self) -> int:
+        """Non-embedding parameters the model predicts with: K copies under ``group_dense``, else one set."""
+        if self.group_params is not None:
+            return self.group_params.num_params
+        shared = dict(self.backbone.named_parameters())
+        return int(sum(shared[name].numel() for name in dense_parameter_names(self.backbone)))
