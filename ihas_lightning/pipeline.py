@@ -130,7 +130,8 @@ def stage_cluster(run: RunDirectory, args: argparse.Namespace, dm: CTRDataModule
 
 def stage_retrain(run: RunDirectory, args: argparse.Namespace, dm: CTRDataModule | None = None,
                   backbone: str | None = None, stage: str = "retrain") -> dict:
-    """Shared tables at each group's dimensions, warm-started from the search, fine-tuned on all data."""
+    """Shared tables at each group's dimensions, warm-started from the search (or, with ``retrain_init_from``,
+    from a trained supernet of the run's backbone), fine-tuned on all data."""
     if run.done(stage):
         return run.metrics(stage)
     start = time.perf_counter()
@@ -144,7 +145,10 @@ def stage_retrain(run: RunDirectory, args: argparse.Namespace, dm: CTRDataModule
                            dim=search.hparams.dim, dnn_hidden_units=parse_widths(args.dnn), lr=args.retrain_lr,
                            seed=args.seed, group_dense=getattr(args, "group_dense", False))
     # Another backbone (transfer): fresh dense layers; the searched tables and router, so that routing holds.
-    module.warm_start(search.state_dict(), tables_only=backbone != search.hparams.backbone)
+    same_backbone = backbone == search.hparams.backbone
+    init_from = getattr(args, "retrain_init_from", None) if same_backbone else None
+    backbone_state = torch.load(init_from, map_location="cpu", weights_only=False)["state_dict"] if init_from else None
+    module.warm_start(search.state_dict(), tables_only=not same_backbone, backbone_state=backbone_state)
     from .cli.train import fit_and_test
 
     trainer = make_trainer(args, run.stage(stage), max_epochs=args.retrain_epochs)

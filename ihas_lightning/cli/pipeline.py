@@ -30,6 +30,10 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-matched-baseline", action="store_true",
                        help="skip the uniform baseline with iHAS's embedding parameters")
     group.add_argument("--group-dense", action="store_true", help=GROUP_DENSE_HELP)
+    group.add_argument("--retrain-init-from", default=None, metavar="CKPT",
+                       help="start the retraining's tables and dense layers from this checkpoint of the run's "
+                            "backbone (a trained supernet: DIR/supernet/checkpoints/last.ckpt) instead of the "
+                            "search; the router stays the search's (see the README for when it helps)")
     group.add_argument("--separate", action="store_true",
                        help="also train the separate-models variant: one model per group from scratch on its own "
                             "samples (DIR/separate/)")

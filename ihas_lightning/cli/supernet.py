@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -57,6 +58,7 @@ def _floats(text: str, option: str) -> tuple[float, ...]:
 
 
 def run_supernet(args: argparse.Namespace) -> dict:
+    start = time.perf_counter()
     pl.seed_everything(args.seed, workers=True)
     stage = Path(args.out) / "supernet"
     dm = datamodule_from_args(args)
@@ -85,7 +87,7 @@ def run_supernet(args: argparse.Namespace) -> dict:
         "embedding_params": module.backbone.embedding_params, "sampled_steps": sampler.step,
         "backbone": args.backbone, "dim": args.dim, "dnn": list(hidden), "supernet": sampler.config.to_dict(),
         "epochs": args.epochs, "seed": args.seed, "rows_train": len(dm.split("train")), "data": args.data,
-        "format": dm.format, "checkpoint": str(last),
+        "format": dm.format, "checkpoint": str(last), "seconds": time.perf_counter() - start,
     }
     write_json(stage / "metrics.json", metrics)
     print_table(f"ihas supernet: {args.backbone} dim {args.dim} on {args.data}", ["metric", "value"], [

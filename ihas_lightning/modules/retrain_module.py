@@ -100,12 +100,15 @@ class RetrainModule(CTRModule):
     def num_groups(self) -> int:
         return int(self.group_dims.shape[0])
 
-    def warm_start(self, search_state: dict[str, Tensor], tables_only: bool = False) -> None:
+    def warm_start(self, search_state: dict[str, Tensor], tables_only: bool = False,
+                   backbone_state: dict[str, Tensor] | None = None) -> None:
         """Start from a search checkpoint's weights: backbone (tables cut to their widths) and gates.
 
         ``tables_only`` (another backbone than the searched one) takes the embedding and first-order tables
         and the router only: the router reads this module's tables, and on fresh random tables the searched
         gate network sends nearly every sample to one group (measured: 92-100% on MovieLens-100K).
+        ``backbone_state`` (a trained supernet's ``state_dict``, same backbone and dimension) supplies the
+        backbone instead, tables and dense layers; the router's gate network still comes from the search.
         """
         own = self.state_dict()
         loaded = {}
@@ -115,12 +118,18 @@ class RetrainModule(CTRModule):
                 continue
             if tables_only and not key.startswith(shared):
                 continue
-            target = own[key]
-            loaded[key] = value[:, :target.shape[1]] if value.ndim == 2 and value.shape[1] > target.shape[1] \
-                and key.startswith("backbone.model.embedding_dict.") else value
+            loaded[key] = _cut_table(key, value, own[key])
         missing = [k for k in own if k.startswith("gates.") and k not in loaded]
         if missing:
             raise ValueError(f"the search state has no router weights {missing[:3]}...")
+        if backbone_state is not None:
+            from_backbone = {k: _cut_table(k, v, own[k]) for k, v in backbone_state.items()
+                             if k.startswith("backbone.") and k in own}
+            wrong = [k for k, v in from_backbone.items() if v.shape != own[k].shape]
+            if not from_backbone or wrong:
+                raise ValueError(f"the warm-start state does not hold this backbone's weights (shape mismatch in "
+                                 f"{wrong[:3]})" if wrong else "the warm-start state holds no backbone weights")
+            loaded = {k: v for k, v in loaded.items() if not k.startswith("backbone.")} | from_backbone
         self.load_state_dict(loaded, strict=False)
         if self.group_params is not None and not any(k.startswith("group_params.") for k in loaded):
             self.group_params.copy_from(self.backbone)            # every group starts from the searched layers
@@ -224,3 +233,10 @@ class RetrainModule(CTRModule):
             return self.group_params.num_params
         shared = dict(self.backbone.named_parameters())
         return int(sum(shared[name].numel() for name in dense_parameter_names(self.backbone)))
+
+
+def _cut_table(key: str, value: Tensor, target: Tensor) -> Tensor:
+    """A full-width embedding table cut to the first columns this module stores."""
+    if key.startswith("backbone.model.embedding_dict.") and value.ndim == 2 and value.shape[1] > target.shape[1]:
+        return value[:, :target.shape[1]]
+    return value
