@@ -176,7 +176,7 @@ def test_a_finished_run_is_not_redone(finished, cache, tmp_path, monkeypatch) ->
     assert main(_tiny(run, cache)) == 0
     seconds = time.perf_counter() - start
     assert harness.starts == []                                   # no stage built a Trainer
-    assert _stamps(run) == before and len(before) == 14            # 5 stages: metrics, checkpoints, model
+    assert _stamps(run) == before and len(before) == 15    # 5 stages: metrics, checkpoints (search: best, last), model
     assert json.loads((run / "metrics.json").read_text()) == metrics
     assert seconds < 0.3 * first_seconds, (seconds, first_seconds)
 
