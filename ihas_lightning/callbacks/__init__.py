@@ -8,6 +8,5 @@ from .stateful import MissingCallbackStateError, StatefulCallback
 from .supernet_sampler import SupernetSampler
 from .temperature_annealing import TemperatureAnnealing
 
-__all__ = ["BestSearchedCheckpoint", "GateStatisticsLogger", "MissingCallbackStateError", "RegularizerWarmup", "StatefulCallback",
-           "SupernetSampler", "TemperatureAnnealing"]
-__all__ += ["OptunaPruning"]
+__all__ = ["BestSearchedCheckpoint", "GateStatisticsLogger", "MissingCallbackStateError", "OptunaPruning",
+           "RegularizerWarmup", "StatefulCallback", "SupernetSampler", "TemperatureAnnealing"]
