@@ -249,7 +249,7 @@ def stage_separate(run: RunDirectory, args: argparse.Namespace, dm: CTRDataModul
         flops += share * group_flops(module)[0]
         groups.append({"group": c, "train_rows": int(len(index["train"])), "val_rows": int(len(index["val"])),
                        "test_rows": int(len(index["test"])), "val_auc": scores.get("val_auc"),
-                       "test_auc_within_group": scores["test_auc"], "embedding_params": module.embedding_params})
+                       "test_auc_within_group": scores.get("test_auc"), "embedding_params": module.embedding_params})
     for c in range(clusters.k):  # a group without training rows: its test rows go to the largest group's model
         if c not in trained and fallback in trained:
             for split in ("val", "test"):

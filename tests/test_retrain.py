@@ -299,3 +299,23 @@ def test_ihas_model_refuses_other_files(dm, tmp_path: Path) -> None:
         IHASModel(_module(dm), group_share=[0.5, 0.5])
     with pytest.raises(RuntimeError, match="saved without encoders"):
         IHASModel(_module(dm)).predict_raw(SyntheticCTR(seed=0).raw(5))
+
+
+def test_fit_and_test_with_an_empty_test_split_keeps_the_best_weights(dm, tmp_path: Path) -> None:
+    """A small group of the separate-models variant may have no test rows (Criteo 10k: 11 training rows):
+    no test figures then, but the model still ends with its best validation epoch's weights."""
+    import argparse
+
+    from ihas_lightning.cli.common import make_trainer
+    from ihas_lightning.cli.train import fit_and_test
+
+    splits = {"train": dm.split("train").take(np.arange(600)), "val": dm.split("val").take(np.arange(150)),
+              "test": dm.split("test").take(np.arange(0))}
+    sub = CTRDataModule.from_encoded(splits, dm.encoder, batch_size=128)
+    module = _module(dm, group_dims=GROUP_DIMS[:1]).train()
+    args = argparse.Namespace(quiet=True, epochs=3, accelerator="cpu")
+    trainer = make_trainer(args, tmp_path, max_epochs=3)
+    scores = fit_and_test(module, sub, trainer)
+    assert "test_auc" not in scores and 0.0 < scores["val_auc"] < 1.0
+    best = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False)["state_dict"]
+    assert all(torch.equal(v, best[k]) for k, v in module.state_dict().items())
