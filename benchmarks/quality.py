@@ -80,8 +80,9 @@ NOTES = [
     "(the router's tables, the search model's, are not counted), its models train for --baseline-epochs at --lr.",
     "Uniform baselines train for search + retraining epochs and are tested at their best validation epoch; "
     "the search keeps its gated epoch with the best validation AUC (`--search-checkpoint best`, the default) and "
-    "the retraining is tested at its best validation epoch. Before that choice (last search epoch), Criteo 10k "
-    "overfitted after its second epoch and iHAS lost 0.03-0.04 test AUC there (DeepFM 0.7014, DCN 0.7104).",
+    "the retraining is tested at its best validation epoch. Before that choice (the last search epoch was read, "
+    "and the retraining routed on batch statistics while training), Criteo 10k overfitted after its second epoch "
+    "and iHAS lost 0.03-0.04 test AUC there (DeepFM 0.7014, DCN 0.7104).",
     "(e) retrains the same groups with group-specific dense layers (K copies of the DNN and output layers); its "
     "embedding parameters and FLOPs per sample equal (c)'s, its dense parameters are K times theirs.",
 ]
@@ -154,11 +155,22 @@ def summarise(runs: list[dict]) -> dict:
     return summary
 
 
+def stage_seconds(results: dict) -> float:
+    """Seconds of every stage of every run, as the stages recorded them (also those an earlier call ran)."""
+    total = 0.0
+    for cell in results["cells"]:
+        for run in cell["runs"]:
+            total += sum(v for v in run.get("seconds", {}).values() if isinstance(v, (int, float)))
+            total += float(run.get("ihas_group_dense", {}).get("seconds") or 0.0)
+    return total
+
+
 def markdown(results: dict) -> str:
     lines = ["# Quality: iHAS vs uniform embedding dimensions", "",
              f"{results['created']}; {results['seeds']} seeds per cell (the seed also draws the split); "
              f"mean ± std (ddof=1) over seeds; CPU, 1 thread per run, {results['jobs']} runs in parallel; "
-             f"total {results['seconds'] / 60:.1f} min"
+             f"this invocation {results['seconds'] / 60:.1f} min (stages finished by an earlier one with the same "
+             f"--keep-runs are reused), stage training {stage_seconds(results) / 60:.1f} min in all"
              f"{'' if results.get('complete', True) else ' (INCOMPLETE: cells show the seeds finished so far)'}.", "",
              "Requirement (column `req.`): iHAS (c) mean test AUC >= uniform-16 mean - one std of uniform-16, "
              "at <= 60% of its embedding parameters, and >= the parameter-matched uniform model (b). "
