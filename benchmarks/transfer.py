@@ -151,10 +151,11 @@ def main() -> None:
     notes += ["reach: mean iHAS test AUC >= mean uniform-16 AUC - its sample std over seeds, at <= 60% of its "
               "embedding parameters; beat: mean iHAS AUC > mean parameter-matched uniform AUC (needed on >= 2/3)",
               f"{config.seeds} model seeds (init + batch order), one split (seed 0); settings: {' '.join(COMMON)}",
-              "transferred targets other than the source start from fresh weights with the baselines' schedule; "
-              "the searched router and the per-group dimensions are kept",
+              "targets other than the source take the searched tables, router and per-group dimensions, with fresh "
+              "dense layers and the baselines' schedule; the source backbone itself is warm-started from the search "
+              "and fine-tuned (--retrain-epochs), as in `ihas run`",
               "top group share: share of test samples routed to the most used group (seed 0); the router reads the "
-              "target's own tables, and on freshly initialised targets it sends nearly all samples to one group",
+              "target's own tables",
               f"machine: {payload['machine']['cpu']}, 1 torch thread; {payload['stage_seconds'] / 60:.1f} min of stage "
               "training (sum of the stages' own seconds; the benchmark resumes finished stages); "
               f"command: {payload['command']}"]
