@@ -262,3 +262,36 @@ def test_resume_after_a_kill_in_training(stage, finished, cache, tmp_path, monke
     assert {k: v for k, v in _stamps(run).items() if k.split("/")[0] not in redone} == kept
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.3 < metrics["ihas"]["test_auc"] < 0.8 and 0.3 < metrics["baseline"]["test_auc"] < 0.8
+
+
+def test_retraining_from_a_supernet(finished, cache, tmp_path, monkeypatch) -> None:
+    """``--retrain-init-from``: the retraining starts from the supernet's backbone (its tables cut to their
+    widths), the router from the search; the search and clustering stay as they were."""
+    from ihas_lightning.modules import RetrainModule
+
+    supernet_dir = tmp_path / "supernet"
+    assert main(["supernet", "--rows", str(ROWS), "--epochs", "1", "--dnn", "32,16", "--dim", "8",
+                 "--dim-choices", "2,4,8", "--batch-size", str(BATCH), "--quiet", "--cache-dir", str(cache),
+                 "--seed", "0", "--out", str(supernet_dir)]) == 0
+    checkpoint = supernet_dir / "supernet" / "checkpoints" / "last.ckpt"
+    supernet = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    run = _copy_until(finished[0], tmp_path, "retrain")
+    seen = {}
+    original = RetrainModule.warm_start
+
+    def warm_start(self, search_state, tables_only=False, backbone_state=None):
+        original(self, search_state, tables_only=tables_only, backbone_state=backbone_state)
+        seen["state"] = {k: v.clone() for k, v in self.state_dict().items()}
+
+    monkeypatch.setattr(RetrainModule, "warm_start", warm_start)
+    stamps = _stamps(run)
+    assert main(_tiny(run, cache) + ["--retrain-init-from", str(checkpoint)]) == 0
+    state = seen["state"]
+    for key in ("backbone.model.dnn.linears.0.weight", "backbone.model.dnn_linear.weight"):
+        assert torch.equal(state[key], supernet[key]), key
+    table = "backbone.model.embedding_dict.C1.weight"
+    assert torch.equal(state[table], supernet[table][:, :state[table].shape[1]])
+    search = torch.load(run / "search" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert torch.equal(state["gates.out.weight"], search["state_dict"]["gates.out.weight"])
+    assert all(stamps[k] == v for k, v in _stamps(run).items() if k.startswith(("search/", "cluster/")))
+    assert json.loads((run / "run.json").read_text())["retrain_init_from"] == str(checkpoint)
