@@ -215,6 +215,9 @@ def test_resume_after_a_kill_in_search(cache, tmp_path, monkeypatch) -> None:
     assert main(_tiny(run, cache)) == 0
     assert harness.starts == [("search", 13), ("retrain", 0), ("baseline", 0), ("baseline_matched", 0)]
     assert _global_step(last) == 2 * STEPS_PER_EPOCH == 26
+    best = torch.load(run / "search" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert best["epoch"] == 1                                      # the one gated epoch, written after the resume
+    assert json.loads((run / "search" / "metrics.json").read_text())["checkpoint"] == "best.ckpt"
     assert (run / "metrics.json").exists()
 
 
