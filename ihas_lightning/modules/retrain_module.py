@@ -212,11 +212,6 @@ class RetrainModule(CTRModule):
         fused = all(p.device.type in ("cpu", "cuda") for p in trainable)
         return torch.optim.Adam(trainable, lr=self.hparams.lr, fused=fused)
 
-    def train(self, mode: bool = True) -> RetrainModule:
-        super().train(mode)
-        self.gates.eval()  # the router is frozen: BatchNorm keeps its searched statistics
-        return self
-
     def group_share(self, groups: Tensor) -> Tensor:
         """(K,) share of samples per group."""
         return torch.bincount(groups, minlength=self.num_groups).float() / max(1, groups.numel())
