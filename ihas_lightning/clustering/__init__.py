@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +49,16 @@ __all__ = [
 ]
 
 _FORMAT_VERSION = 1
+
+def _increasing_ints(name: str, values: Sequence[int], minimum: int) -> tuple[int, ...]:
+    """``values`` as a tuple, checked: non-empty, ints >= ``minimum``, strictly increasing."""
+    checked = tuple(values)
+    if not checked or not all(_is_int(v) and v >= minimum for v in checked):
+        raise ValueError(f"{name} must be a non-empty tuple of ints >= {minimum}, got {values!r}")
+    if any(a >= b for a, b in zip(checked, checked[1:])):
+        raise ValueError(f"{name} must be strictly increasing, got {values!r}")
+    return checked
+
 
 @dataclass(frozen=True)
 class ClusterConfig:
@@ -89,18 +99,8 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         if self.k is not None and (not _is_int(self.k) or self.k < 1):
             raise ValueError(f"k must be an int >= 1 or None (choose automatically), got {self.k!r}")
-        cands = tuple(self.k_candidates)
-        if not cands or not all(_is_int(c) and c >= 2 for c in cands):
-            raise ValueError(f"k_candidates must be a non-empty tuple of ints >= 2, got {self.k_candidates!r}")
-        if any(a >= b for a, b in zip(cands, cands[1:])):
-            raise ValueError(f"k_candidates must be strictly increasing, got {self.k_candidates!r}")
-        object.__setattr__(self, "k_candidates", cands)
-        dims = tuple(self.candidate_dims)
-        if not dims or not all(_is_int(c) and c >= 0 for c in dims):
-            raise ValueError(f"candidate_dims must be a non-empty tuple of ints >= 0, got {self.candidate_dims!r}")
-        if any(a >= b for a, b in zip(dims, dims[1:])):
-            raise ValueError(f"candidate_dims must be strictly increasing, got {self.candidate_dims!r}")
-        object.__setattr__(self, "candidate_dims", dims)
+        object.__setattr__(self, "k_candidates", _increasing_ints("k_candidates", self.k_candidates, 2))
+        object.__setattr__(self, "candidate_dims", _increasing_ints("candidate_dims", self.candidate_dims, 0))
         if not _is_int(self.min_dim) or self.min_dim < 0:
             raise ValueError(f"min_dim must be an int >= 0, got {self.min_dim!r}")
         if self.min_dim == 0 and not self.allow_drop_field:
