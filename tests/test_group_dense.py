@@ -7,69 +7,33 @@ and the copies survive state_dict, Lightning checkpoints and ``IHASModel`` files
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 
 from ihas_lightning.cli import build_parser
 from ihas_lightning.data.datamodule import CTRDataModule
-from ihas_lightning.data.loader import Batch, to_batch
 from ihas_lightning.model import IHASModel
 from ihas_lightning.modules import RetrainModule
 from ihas_lightning.modules.group_dense import dense_parameter_names
+from _retrain_fixtures import (  # noqa: E402  (tests/ is on sys.path: pytest's rootdir-relative import)
+    _batch, _retrain_dm, _routed_module, _take,
+)
 
-D = 8
-HIDDEN = (16,)
-GROUP_DIMS = [
-    [8, 4, 4, 2, 8, 2, 4, 2],
-    [2, 8, 0, 4, 2, 8, 2, 2],
-    [4, 2, 8, 8, 4, 4, 8, 2],
-]
 BACKBONES = ["DeepFM", "DCN"]
 
 
 @pytest.fixture(scope="module")
-def dm(tmp_path_factory) -> CTRDataModule:
-    dm = CTRDataModule("synthetic", rows=2000, batch_size=256, seed=0,
-                       cache_dir=str(tmp_path_factory.mktemp("group_dense_cache")))
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
-
-
-def _batch(dm: CTRDataModule, split: str = "val", n: int = 200) -> Batch:
-    return to_batch(dm.split(split).take(np.arange(n)))
-
-
-def _take(batch: Batch, index: torch.Tensor) -> Batch:
-    return {k: v[index] for k, v in batch.items()}
+def dm(cache_dir) -> CTRDataModule:
+    return _retrain_dm(cache_dir)
 
 
 def _shared(dm: CTRDataModule, backbone: str, seed: int = 7, **kwargs) -> RetrainModule:
-    """A shared-dense RetrainModule whose router splits samples across all groups (as in test_retrain.py:
-    tables at std 0.3, gate logits spread around p = 0.5, centroids = the masks of the first val rows)."""
-    torch.manual_seed(seed)
-    module = RetrainModule(dm.schema, dm.vocab_sizes, group_dims=GROUP_DIMS,
-                           centroids=torch.zeros(len(GROUP_DIMS), len(GROUP_DIMS[0]) * D), gate={"budget": 0.5},
-                           backbone=backbone, dim=D, dnn_hidden_units=HIDDEN, seed=seed, **kwargs)
-    gates = module.gates
-    with torch.no_grad():
-        for table in module.backbone.model.embedding_dict.values():
-            torch.nn.init.normal_(table.weight, std=0.3)
-        for name in dense_parameter_names(module.backbone):      # DeepCTR starts the DNN at std 1e-4
-            param = dict(module.backbone.named_parameters())[name]
-            param.add_(0.2 * torch.randn_like(param))
-        gates.norm.running_var.fill_(0.09)
-        torch.nn.init.normal_(gates.out.weight, std=0.5)
-        gates.out.bias.fill_(float(gates.temperature) * math.log(0.1 / 1.1))
-        masks = gates.deterministic_mask(module.backbone.field_embeddings(_batch(dm, n=len(GROUP_DIMS))))
-        module.centroids.copy_(masks.flatten(1))
-    module.hparams.centroids = module.centroids.tolist()
-    return module.eval()
+    """A shared-dense RetrainModule whose router splits samples across all groups, its dense layers perturbed
+    (at DeepCTR's std 1e-4 the groups' copies would barely differ)."""
+    return _routed_module(dm, backbone=backbone, seed=seed, dense_std=0.2, **kwargs)
 
 
 def _grouped(shared: RetrainModule) -> RetrainModule:

@@ -8,7 +8,6 @@ identities of the routed model (group masks, table layout, warm start, save/load
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
 import numpy as np
@@ -17,73 +16,27 @@ import torch
 
 from ihas_lightning.clustering import fit_dims_to_budget, stored_param_share
 from ihas_lightning.data.datamodule import CTRDataModule
-from ihas_lightning.data.loader import Batch, to_batch
 from ihas_lightning.data.synthetic import SyntheticCTR
 from ihas_lightning.model import IHASModel
 from ihas_lightning.modules import RetrainModule, SearchModule
 from ihas_lightning.modules.retrain_module import prefix_masks
+from _retrain_fixtures import (  # noqa: E402  (tests/ is on sys.path: pytest's rootdir-relative import)
+    D, GATE, GROUP_DIMS, HIDDEN, _batch, _retrain_dm, _routed_module, _take,
+)
 
-D = 8
-HIDDEN = (16,)
-# (K, F) per-group dimensions of the 8 synthetic fields. Field C3 is dropped by group 1 only; C8 is 2 wide
-# everywhere, so its table is stored at 2 columns; C1's widest group is group 0 (8).
-GROUP_DIMS = [
-    [8, 4, 4, 2, 8, 2, 4, 2],
-    [2, 8, 0, 4, 2, 8, 2, 2],
-    [4, 2, 8, 8, 4, 4, 8, 2],
-]
-WIDTHS = [8, 8, 8, 8, 8, 8, 8, 2]
-GATE = {"budget": 0.5}
+WIDTHS = [8, 8, 8, 8, 8, 8, 8, 2]          # stored table widths: the widest group's dimension per field
 
 
 @pytest.fixture(scope="module")
-def dm(tmp_path_factory) -> CTRDataModule:
-    dm = CTRDataModule("synthetic", rows=2000, batch_size=256, seed=0,
-                       cache_dir=str(tmp_path_factory.mktemp("retrain_cache")))
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
-
-
-def _module(dm: CTRDataModule, group_dims=GROUP_DIMS, seed: int = 7, groups_from: str = "router") -> RetrainModule:
-    """A RetrainModule whose router splits samples across all groups.
-
-    A fresh gate network opens every gate (bias +3, tiny embeddings); here the tables get std 0.3 (so that
-    dimensions matter to the output) and the gate logits are spread around p = 0.5 (bias at
-    ``tau * log(-gamma / zeta)``, unit-variance inputs, random output weights) so that each sample has a
-    mask of its own; the centroids are the masks of the first validation rows.
-    """
-    torch.manual_seed(seed)
-    k, fields = len(group_dims), len(dm.schema.embedded_fields)
-    module = RetrainModule(dm.schema, dm.vocab_sizes, group_dims=group_dims, centroids=torch.zeros(k, fields * D),
-                           gate=GATE, backbone="DeepFM", dim=D, dnn_hidden_units=HIDDEN, seed=seed,
-                           groups_from=groups_from)
-    gates = module.gates
-    with torch.no_grad():
-        for table in module.backbone.model.embedding_dict.values():  # DeepCTR starts them at std 1e-4
-            torch.nn.init.normal_(table.weight, std=0.3)
-        gates.norm.running_var.fill_(0.09)
-        torch.nn.init.normal_(gates.out.weight, std=0.5)
-        gates.out.bias.fill_(float(gates.temperature) * math.log(0.1 / 1.1))
-        masks = gates.deterministic_mask(module.backbone.field_embeddings(_batch(dm, n=k)))  # (K, F, D)
-        module.centroids.copy_(masks.flatten(1))
-    module.hparams.centroids = module.centroids.tolist()
-    return module.eval()
-
-
-def _batch(dm: CTRDataModule, split: str = "val", n: int = 200) -> Batch:
-    return to_batch(dm.split(split).take(np.arange(n)))
-
-
-def _take(batch: Batch, index: torch.Tensor) -> Batch:
-    return {k: v[index] for k, v in batch.items()}
+def dm(cache_dir) -> CTRDataModule:
+    return _retrain_dm(cache_dir)
 
 
 # -- routing ---------------------------------------------------------------------------------------------
 
 @torch.no_grad()
 def test_routed_model_equals_each_group_model_on_its_own_samples(dm) -> None:
-    module = _module(dm)
+    module = _routed_module(dm)
     batch = _batch(dm)
     logits = module(batch)                                                                  # (B,)
     groups = module.last_groups
@@ -103,7 +56,7 @@ def test_routed_model_equals_each_group_model_on_its_own_samples(dm) -> None:
 @torch.no_grad()
 def test_batch_groups_route_like_the_router(dm) -> None:
     """``groups_from="batch"`` with the router's own assignment gives the routed logits exactly."""
-    routed, batched = _module(dm), _module(dm, groups_from="batch")
+    routed, batched = _routed_module(dm), _routed_module(dm, groups_from="batch")
     batch = _batch(dm)
     logits = routed(batch)
     torch.testing.assert_close(batched({**batch, "group": routed.last_groups}), logits, rtol=0, atol=0)
@@ -115,7 +68,7 @@ def test_training_routes_like_inference(dm) -> None:
     """The router reads its searched statistics in any mode: Lightning keeps a module's train/eval modes at fit
     start, so a fresh module trains with its gates in train mode (batch statistics routed 27% of this batch
     elsewhere)."""
-    module = _module(dm)
+    module = _routed_module(dm)
     fresh = RetrainModule(**module.hparams)                      # as Lightning gets it: never train()/eval()
     fresh.load_state_dict(module.state_dict())
     assert fresh.training and fresh.gates.training
@@ -140,7 +93,7 @@ def test_prefix_masks_keep_the_first_columns() -> None:
 
 
 def test_tables_are_narrowed_to_the_widest_group(dm) -> None:
-    module = _module(dm)
+    module = _routed_module(dm)
     fields = dm.schema.embedded_fields
     vocab = [dm.vocab_sizes[f] for f in fields]
     assert vocab == [1002, 502, 202, 102, 52, 22, 12, 7]
@@ -159,7 +112,7 @@ def test_tables_are_narrowed_to_the_widest_group(dm) -> None:
 @torch.no_grad()
 def test_a_dropped_field_contributes_nothing_to_its_group(dm) -> None:
     """Group 1 gives C3 zero dimensions: any C3 embedding leaves group 1's outputs as they are."""
-    module = _module(dm, groups_from="batch")
+    module = _routed_module(dm, groups_from="batch")
     batch = _batch(dm, "train", n=240)
     batch["group"] = torch.arange(240) % 3
     before = module(batch)
@@ -174,7 +127,7 @@ def test_a_dropped_field_contributes_nothing_to_its_group(dm) -> None:
 def test_warm_start_copies_the_first_columns_and_the_router(dm) -> None:
     search = SearchModule(dm.schema, dm.vocab_sizes, backbone="DeepFM", dim=D, dnn_hidden_units=HIDDEN,
                           gate=GATE, seed=123)
-    module = _module(dm)
+    module = _routed_module(dm)
     state = search.state_dict()
     assert not torch.equal(module.gates.hidden.weight, search.gates.hidden.weight)
     module.warm_start(state)
@@ -187,11 +140,11 @@ def test_warm_start_copies_the_first_columns_and_the_router(dm) -> None:
         assert torch.equal(own[key], state[key]), key
     assert torch.equal(module.group_dims, torch.tensor(GROUP_DIMS))          # its own layout is kept
     with pytest.raises(ValueError, match="no router weights"):
-        _module(dm).warm_start({k: v for k, v in state.items() if not k.startswith("gates.")})
+        _routed_module(dm).warm_start({k: v for k, v in state.items() if not k.startswith("gates.")})
 
 
 def test_regularisation_reaches_the_narrowed_tables(dm) -> None:
-    module = _module(dm)
+    module = _routed_module(dm)
     regularised = {id(p[1] if isinstance(p, tuple) else p)
                    for params, _, _ in module.backbone.model.regularization_weight for p in params}
     tables = [module.backbone.model.embedding_dict[f].weight for f in dm.schema.embedded_fields]
@@ -257,7 +210,7 @@ def test_fit_dims_to_budget_never_goes_below_min_dim(min_dim: int) -> None:
 
 @torch.no_grad()
 def test_ihas_model_round_trip(dm, tmp_path: Path) -> None:
-    module = _module(dm)
+    module = _routed_module(dm)
     model = IHASModel(module, dm.encoder, group_share=[0.5, 0.3, 0.2])
     path = tmp_path / "ihas.pt"
     model.save(path)
@@ -296,9 +249,9 @@ def test_ihas_model_refuses_other_files(dm, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="is not an IHASModel file .not a torch file"):
         IHASModel.load(tmp_path / "text.pt")
     with pytest.raises(ValueError, match="group_share has 2 entries for 3 groups"):
-        IHASModel(_module(dm), group_share=[0.5, 0.5])
+        IHASModel(_routed_module(dm), group_share=[0.5, 0.5])
     with pytest.raises(RuntimeError, match="saved without encoders"):
-        IHASModel(_module(dm)).predict_raw(SyntheticCTR(seed=0).raw(5))
+        IHASModel(_routed_module(dm)).predict_raw(SyntheticCTR(seed=0).raw(5))
 
 
 def test_fit_and_test_with_an_empty_test_split_keeps_the_best_weights(dm, tmp_path: Path) -> None:
@@ -312,7 +265,7 @@ def test_fit_and_test_with_an_empty_test_split_keeps_the_best_weights(dm, tmp_pa
     splits = {"train": dm.split("train").take(np.arange(600)), "val": dm.split("val").take(np.arange(150)),
               "test": dm.split("test").take(np.arange(0))}
     sub = CTRDataModule.from_encoded(splits, dm.encoder, batch_size=128)
-    module = _module(dm, group_dims=GROUP_DIMS[:1]).train()
+    module = _routed_module(dm, group_dims=GROUP_DIMS[:1]).train()
     args = argparse.Namespace(quiet=True, epochs=3, accelerator="cpu")
     trainer = make_trainer(args, tmp_path, max_epochs=3)
     scores = fit_and_test(module, sub, trainer)
