@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import gc
 import io
 import json
 import logging
@@ -22,7 +23,8 @@ import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-__all__ = ["RESULTS_DIR", "Timer", "best_of", "machine_info", "now_iso", "silenced_stdout", "write_json",
+__all__ = ["RESULTS_DIR", "LightningEpochClock", "Timer", "add_speed_arguments", "best_of", "machine_info", "now_iso",
+           "setup_speed_run", "silenced_stdout", "speed_notes", "sync", "time_one_epoch", "write_json",
            "write_markdown_table"]
 
 
@@ -176,3 +178,30 @@ class LightningEpochClock(pl.Callback):
     @property
     def seconds(self) -> float:
         return self.end - self.start
+
+
+def time_one_epoch(module: pl.LightningModule, splits: dict, encoder: Any, batch_size: int, device: str,
+                   callbacks: Sequence[pl.Callback] = ()) -> dict[str, float]:
+    """Fit ``module`` for one epoch on encoded ``splits`` (no validation, logger, checkpoints or progress bar):
+    the training epoch's seconds (``LightningEpochClock``), the whole ``fit`` call's, and samples/s."""
+    from ihas_lightning.data.datamodule import CTRDataModule
+
+    gc.collect()  # the previous run's module <-> trainer cycle goes before this run's clock starts
+    clock = LightningEpochClock(device)
+    datamodule = CTRDataModule.from_encoded(splits, encoder, batch_size=batch_size)
+    trainer = pl.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_epochs=1,
+                         limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, callbacks=[clock, *callbacks])
+    begin = time.perf_counter()
+    trainer.fit(module, datamodule)
+    fit_seconds = time.perf_counter() - begin
+    return {"seconds": clock.seconds, "fit_seconds": fit_seconds,
+            "samples_per_s": len(splits["train"]) / clock.seconds}
+
+
+def speed_notes(payload: dict[str, Any], repeats: int) -> list[str]:
+    """The notes every side-by-side speed result ends with: where it ran, how it was timed, the command."""
+    return [f"device {payload['device']}, {payload['threads']} torch threads, {payload['machine']['cpu']}",
+            f"best of {repeats} alternating runs per side; one training epoch timed from epoch start to "
+            "epoch end (data generation and setup excluded)",
+            f"command: `{payload['command']}`; {payload['date']}"]

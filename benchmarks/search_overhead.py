@@ -20,7 +20,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    LightningEpochClock, add_speed_arguments, best_of, machine_info, now_iso, setup_speed_run, write_json,
+    add_speed_arguments, best_of, machine_info, now_iso, setup_speed_run, speed_notes, time_one_epoch, write_json,
     write_markdown_table,
 )
 from throughput import BATCH_SIZE, MODELS, SEED, VOCAB_CAP, make_data  # noqa: E402
@@ -39,35 +38,21 @@ DIM = 16
 
 def run(side: str, name: str, splits, encoder, hidden: tuple[int, ...], device: str) -> dict:
     """One fit of one epoch; returns the timed training epoch's samples/s."""
-    import pytorch_lightning as pl
-
     from ihas_lightning.callbacks import RegularizerWarmup, TemperatureAnnealing
-    from ihas_lightning.data.datamodule import CTRDataModule
     from ihas_lightning.modules import BackboneModule, SearchModule
 
-    clock = LightningEpochClock(device)
-
     common = {"backbone": name, "dim": DIM, "dnn_hidden_units": hidden, "lr": 1e-3, "seed": SEED}
-    callbacks: list[pl.Callback] = [clock]
+    callbacks = []
     if side == "search":
         module = SearchModule(encoder.schema, encoder.vocab_sizes, warmup_epochs=0, gate_lr=3e-3,
                               gate={"budget": 0.5}, **common)
         steps = -(-len(splits["train"]) // BATCH_SIZE)
-        callbacks += [TemperatureAnnealing(steps=max(1, int(0.8 * steps))), RegularizerWarmup(steps=max(1, steps // 5))]
+        callbacks = [TemperatureAnnealing(steps=max(1, int(0.8 * steps))), RegularizerWarmup(steps=max(1, steps // 5))]
     else:
         module = BackboneModule(encoder.schema, encoder.vocab_sizes, **common)
     if device.startswith("cuda"):
         module.backbone.model.device = device  # DeepCTR's regulariser allocates on model.device
-    datamodule = CTRDataModule.from_encoded(splits, encoder, batch_size=BATCH_SIZE)
-    trainer = pl.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_epochs=1,
-                         limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False, logger=False,
-                         enable_checkpointing=False, enable_model_summary=False, callbacks=callbacks)
-    trainer.fit(module, datamodule)
-    seconds = clock.seconds
-    rows = len(splits["train"])
-    del module, trainer, datamodule
-    gc.collect()
-    return {"seconds": seconds, "samples_per_s": rows / seconds}
+    return time_one_epoch(module, splits, encoder, BATCH_SIZE, device, callbacks)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -127,10 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
                "search: hard-concrete gates (gate MLP 416-64-416), budget 0.5, warmup_epochs=0, "
                "TemperatureAnnealing + RegularizerWarmup; plain: BackboneModule; same Trainer settings, "
                "no validation, no logger",
-               f"device {payload['device']}, {threads} torch threads, {payload['machine']['cpu']}",
-               f"best of {args.repeats} alternating runs per side; one training epoch timed from epoch start to "
-               "epoch end (data generation and setup excluded)",
-               f"command: `{payload['command']}`; {payload['date']}"])
+               *speed_notes(payload, args.repeats)])
     print(f"wrote {json_path} and {md_path}")
     return payload
 

@@ -27,8 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    LightningEpochClock, add_speed_arguments, best_of, machine_info, now_iso, setup_speed_run, silenced_stdout, sync,
-    write_json, write_markdown_table,
+    add_speed_arguments, best_of, machine_info, now_iso, setup_speed_run, silenced_stdout, speed_notes, sync,
+    time_one_epoch, write_json, write_markdown_table,
 )
 
 # Kaggle Criteo (Display Advertising Challenge) cardinalities of C1..C26, capped so that the tables,
@@ -105,26 +105,10 @@ def run_deepctr(name: str, splits, encoder, hidden: tuple[int, ...], device: str
 
 
 def run_ours(name: str, splits, encoder, hidden: tuple[int, ...], device: str) -> dict:
-    import pytorch_lightning as pl
-
-    from ihas_lightning.data.datamodule import CTRDataModule
     from ihas_lightning.modules import BackboneModule
 
-    clock = LightningEpochClock(device)
-
     module = BackboneModule(encoder.schema, encoder.vocab_sizes, backbone=name, dim=16, **model_kwargs(hidden))
-    datamodule = CTRDataModule.from_encoded(splits, encoder, batch_size=BATCH_SIZE)
-    trainer = pl.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_epochs=1,
-                         limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False, logger=False,
-                         enable_checkpointing=False, enable_model_summary=False, callbacks=[clock])
-    begin = time.perf_counter()
-    trainer.fit(module, datamodule)
-    fit_seconds = time.perf_counter() - begin
-    seconds = clock.seconds
-    rows = len(splits["train"])
-    del module, trainer, datamodule
-    gc.collect()
-    return {"seconds": seconds, "fit_seconds": fit_seconds, "samples_per_s": rows / seconds}
+    return time_one_epoch(module, splits, encoder, BATCH_SIZE, device)
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -189,10 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         notes=[f"{args.rows:,} synthetic Criteo-shaped rows (26 sparse fields, cardinalities capped at "
                f"{VOCAB_CAP:,}; 13 dense), embedding dim 16, DNN {list(hidden)}, batch {BATCH_SIZE}, Adam 1e-3, "
                f"L2 1e-5 on embeddings in both",
-               f"device {payload['device']}, {threads} torch threads, {payload['machine']['cpu']}",
-               f"best of {args.repeats} alternating runs per side; one training epoch timed from epoch start to "
-               "epoch end (data generation and setup excluded)",
-               f"command: `{payload['command']}`; {payload['date']}"])
+               *speed_notes(payload, args.repeats)])
     print(f"wrote {json_path} and {md_path}")
     return payload
 
