@@ -152,7 +152,7 @@ def stage_retrain(run: RunDirectory, args: argparse.Namespace, dm: CTRDataModule
     from .cli.train import fit_and_test
 
     trainer = make_trainer(args, run.stage(stage), max_epochs=args.retrain_epochs)
-    scores = fit_and_test(module, dm, trainer, ckpt_path=run.resume_path(stage))
+    scores = fit_and_test(module, dm, trainer, ckpt_path=run.resume_path(stage), start_competes=True)
     share = _group_share(module, dm)
     model = IHASModel(module, dm.encoder, group_share=share)
     model.save(run.stage(stage) / "ihas_model.pt")

@@ -127,7 +127,10 @@ def make_trainer(args: argparse.Namespace, stage_dir: Path, callbacks: Sequence[
                       strategy=strategy, num_nodes=getattr(args, "num_nodes", 1),
                       logger=TensorBoardLogger(str(stage_dir), name="tensorboard", version=""),
                       callbacks=all_callbacks, enable_progress_bar=not args.quiet, enable_model_summary=False,
-                      deterministic=False, log_every_n_steps=10, plugins=[AtomicCheckpointIO()])
+                      deterministic=False, log_every_n_steps=10, plugins=[AtomicCheckpointIO()],
+                      # no_grad, not inference mode, outside fit: tensors made by ``checkpoint_start``'s validate
+                      # (the metrics' states) are updated in place again during the fit that follows
+                      inference_mode=False)
 
 
 def write_json(path: Path, data: dict) -> None:
