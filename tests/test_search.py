@@ -20,6 +20,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from ihas_lightning.callbacks import RegularizerWarmup, TemperatureAnnealing
 from ihas_lightning.cli import main
+from ihas_lightning.cli.search import unsettled_gates
 from ihas_lightning.data.loader import to_batch
 from ihas_lightning.data.synthetic import SyntheticCTR
 from ihas_lightning.modules import SearchModule
@@ -291,8 +292,11 @@ def test_mid_epoch_resume_equals_an_uninterrupted_run(mid_epoch) -> None:
 # -- callbacks ---------------------------------------------------------------------------------------
 
 def test_cli_search_writes_metrics_and_checkpoint(tmp_path, capsys) -> None:
-    code = main(["search", "--rows", "4000", "--epochs", "2", "--warmup-epochs", "1", "--out", str(tmp_path),
-                 "--cache-dir", str(tmp_path / "cache"), "--quiet", "--dnn", "32,16", "--dim", "8"])
+    # One gated epoch of 4 steps: the gates are still all open, so the search says they have not settled.
+    with pytest.warns(UserWarning, match="kept epoch 1, where its expected parameter share is 1.00 against a "
+                                         "budget of 0.50"):
+        code = main(["search", "--rows", "4000", "--epochs", "2", "--warmup-epochs", "1", "--out", str(tmp_path),
+                     "--cache-dir", str(tmp_path / "cache"), "--quiet", "--dnn", "32,16", "--dim", "8"])
     assert code == 0
     stage = tmp_path / "search"
     metrics = json.loads((stage / "metrics.json").read_text())
@@ -309,6 +313,7 @@ def test_cli_search_writes_metrics_and_checkpoint(tmp_path, capsys) -> None:
     assert 0.25 <= metrics["expected_param_share"] <= 1.0                  # min_dim 2 of 8
     assert metrics["dim"] == 8 and metrics["backbone"] == "DeepFM"
     assert metrics["checkpoint"] == "best.ckpt" and metrics["epoch"] == 1        # the one gated epoch
+    assert metrics["gates_settled"] is False and metrics["expected_param_share"] == pytest.approx(1.0, abs=1e-3)
     best = torch.load(stage / "checkpoints" / "best.ckpt", weights_only=True)
     assert best["epoch"] == 1
     checkpoint = torch.load(stage / "checkpoints" / "last.ckpt", weights_only=True)
@@ -317,3 +322,16 @@ def test_cli_search_writes_metrics_and_checkpoint(tmp_path, capsys) -> None:
     assert checkpoint["hyper_parameters"]["dnn_hidden_units"] == [32, 16]
     assert any((stage / "tensorboard").rglob("events.out.tfevents*"))
     assert "ihas search" in capsys.readouterr().out
+
+
+def test_unsettled_gates_names_what_is_unsettled() -> None:
+    settled = {"epoch": 3, "decided_share": 0.92, "expected_param_share": 0.61}
+    assert unsettled_gates(settled, budget=0.6) is None                     # within the 0.1 slack
+    undecided = unsettled_gates({**settled, "decided_share": 0.29}, budget=0.6)
+    assert undecided.startswith("the search kept epoch 3, where only 29% of its gates are decided")
+    assert "parameter share" not in undecided
+    both = unsettled_gates({"epoch": 1, "decided_share": 0.3, "expected_param_share": 1.0}, budget=0.6)
+    assert "only 30% of its gates are decided (near 0 or 1) and its expected parameter share is 1.00 " \
+           "against a budget of 0.60" in both
+    # a fixed sparsity weight has no budget: only the decided share counts
+    assert unsettled_gates({"epoch": 1, "decided_share": 0.9, "expected_param_share": 1.0}, budget=None) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -14,7 +15,8 @@ from ..modules import SearchModule
 from .common import (add_data_arguments, add_trainer_arguments, datamodule_from_args, load_callbacks, make_trainer,
                      parse_widths, print_table, write_json)
 
-__all__ = ["register", "add_search_arguments", "run_search", "search_metrics", "searched_checkpoint"]
+__all__ = ["register", "add_search_arguments", "run_search", "search_metrics", "searched_checkpoint",
+           "unsettled_gates"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -70,6 +72,29 @@ def search_metrics(module: SearchModule, trainer: pl.Trainer) -> dict:
     }
 
 
+def unsettled_gates(metrics: dict, budget: float | None, min_decided: float = 0.5,
+                    budget_slack: float = 0.1) -> str | None:
+    """Why the kept search epoch's gates tell little about the samples, or None when they settled.
+
+    On small data the best validation epoch can come before the gates have learned anything: on Criteo 10k
+    (8,000 training rows, 31 steps an epoch) every kept epoch had fewer than a third of its gates decided and
+    an expected parameter share of 1.0 at a budget of 0.6, so the clustering fitted the budget from nearly
+    uniform gates (one group held 94-100% of the rows).
+    """
+    decided, share = metrics.get("decided_share"), metrics.get("expected_param_share")
+    reasons = []
+    if decided is not None and decided < min_decided:
+        reasons.append(f"only {decided:.0%} of its gates are decided (near 0 or 1)")
+    if budget is not None and share is not None and share > budget + budget_slack:
+        reasons.append(f"its expected parameter share is {share:.2f} against a budget of {budget:.2f}")
+    if not reasons:
+        return None
+    return (f"the search kept epoch {metrics.get('epoch')}, where {' and '.join(reasons)}: the clustering will "
+            "fit the budget from gates that barely differ between samples. More gated steps (--epochs, a smaller "
+            "--batch-size), a larger --gate-lr, or --search-checkpoint last let the gates settle; compare the "
+            "retrained validation AUC, since on small data settled gates can score lower.")
+
+
 def searched_checkpoint(stage_dir: str | Path) -> Path:
     """The search checkpoint the later stages read: ``best.ckpt`` when the search kept one, else ``last.ckpt``."""
     checkpoints = Path(stage_dir) / "checkpoints"
@@ -105,7 +130,11 @@ def run_search(args: argparse.Namespace) -> dict:
     metrics = {**search_metrics(module, trainer), "checkpoint": kept.name,
                "epoch": int(torch.load(kept, map_location="cpu", weights_only=False)["epoch"]),
                "seconds": time.perf_counter() - start}
+    unsettled = unsettled_gates(metrics, gate_options(args)["budget"])
+    metrics["gates_settled"] = unsettled is None
     write_json(stage_dir / "metrics.json", metrics)
+    if unsettled:
+        warnings.warn(unsettled, stacklevel=1)
     per_field = metrics["mean_active_dims"]["per_field"]
     print_table(f"ihas search: {args.backbone} on {args.data}", ["metric", "value"], [
         ["val AUC", metrics["val_auc"]], ["mean active dims", metrics["mean_active_dims"]["overall"]],
