@@ -91,9 +91,9 @@ NOTES = [
     "On Criteo 10k (31 steps an epoch) the search's best validation epoch is always its first gated one, where "
     "the gates are still open (expected parameter share 1.0 at budget 0.6, under a third decided): the groups "
     "are degenerate (one holds 94-100% of the rows) and the dimensions come from fitting the budget to nearly "
-    "uniform gates; `ihas search` warns about it. Letting the gates settle (--gate-lr 3e-2: 73-97% decided, the largest "
-    "group 37-80% of the rows) lowered the retrained validation AUC on all 10 Criteo runs (mean -0.0055); "
-    "--gate-lr 1e-2 left it level (-0.0002); so 3e-3 stayed.",
+    "uniform gates; `ihas search` warns about it. Letting the gates settle (--gate-lr 3e-2: 73-97% decided, "
+    "the largest group 37-80% of the rows) lowered the retrained validation AUC on all 10 Criteo runs (mean "
+    "-0.0055); --gate-lr 1e-2 left it level (-0.0002); so 3e-3 stayed.",
     "(e) retrains the same groups with group-specific dense layers (K copies of the DNN and output layers); its "
     "embedding parameters and FLOPs per sample equal (c)'s, its dense parameters are K times theirs.",
 ]
