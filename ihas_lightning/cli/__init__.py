@@ -24,8 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .quiet import quiet_output
+
     try:
-        args.handler(args)
+        with quiet_output(getattr(args, "quiet", False)):
+            args.handler(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"ihas {args.command}: error: {error}", file=sys.stderr)
         return 2
