@@ -17,7 +17,7 @@ BENIGN_WARNINGS = (
     r".*`IterableDataset` has `__len__` defined",
 )
 # Loggers whose INFO lines (accelerator banner, seeds, tips, "Restoring states ...") --quiet hides.
-CHATTY_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
+CHATTY_LOGGERS = ("pytorch_lightning", "lightning_fabric")
 
 
 @contextlib.contextmanager
