@@ -17,7 +17,8 @@ Schedule. Except on the searched backbone itself (where the groups warm-start fr
 starting point competes with the fine-tuning's epochs, as in ``ihas run``), the retrained groups start from
 fresh weights, so they get the uniform baselines' schedule (``baseline_epochs`` at ``lr``) rather than the
 short fine-tuning schedule of ``ihas run``: all three variants of a target then train equally long from
-scratch, and differ only in their dimensions. """
+scratch, and differ only in their dimensions.
+"""
 
 from __future__ import annotations
 
