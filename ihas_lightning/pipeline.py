@@ -153,6 +153,7 @@ def stage_retrain(run: RunDirectory, args: argparse.Namespace, dm: CTRDataModule
 
     trainer = make_trainer(args, run.stage(stage), max_epochs=args.retrain_epochs)
     scores = fit_and_test(module, dm, trainer, ckpt_path=run.resume_path(stage), start_competes=True)
+    kept = torch.load(trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=False, mmap=True)
     share = _group_share(module, dm)
     model = IHASModel(module, dm.encoder, group_share=share)
     model.save(run.stage(stage) / "ihas_model.pt")
@@ -162,7 +163,10 @@ def stage_retrain(run: RunDirectory, args: argparse.Namespace, dm: CTRDataModule
                "flops_per_sample": model.flops_per_sample, "groups": module.num_groups,
                "group_sizes": clusters.group_sizes.tolist(), "group_share_test": share, "backbone": backbone,
                "dims": {str(c): dict(zip(fields, row)) for c, row in enumerate(module.group_dims.tolist())},
-               "table_widths": module.table_widths, "seconds": time.perf_counter() - start}
+               "table_widths": module.table_widths,
+               # the tested weights: the starting point (no epoch beat it) or the epoch that did
+               "kept": "start" if kept["global_step"] == 0 else f"epoch {kept['epoch']}",
+               "seconds": time.perf_counter() - start}
     write_json(run.stage(stage) / "metrics.json", metrics)
     return metrics
 

@@ -158,6 +158,11 @@ def test_run_writes_metrics_and_report(finished) -> None:
     model = IHASModel.load(run / "retrain" / "ihas_model.pt")
     assert model.embedding_params == ihas["embedding_params"]
     assert model.flops_per_sample == pytest.approx(ihas["flops_per_sample"])
+    # the retraining says which weights it tested: its starting point, or the epoch that beat it
+    retrain = json.loads((run / "retrain" / "metrics.json").read_text())
+    best = torch.load(run / "retrain" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert retrain["kept"] == ("start" if best["global_step"] == 0 else f"epoch {best['epoch']}")
+    assert best["global_step"] == 0 or best["epoch"] == 0                          # --retrain-epochs 1
 
     assert main(["report", "--run", str(run)]) == 0
     report = (run / "report.md").read_text()
