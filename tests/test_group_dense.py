@@ -209,3 +209,33 @@ def test_cli_flag() -> None:
     assert parser.parse_args(["run", *common]).group_dense is False
     assert parser.parse_args(["retrain", "--run", "x"]).group_dense is None    # as the run was started
     assert parser.parse_args(["retrain", "--run", "x", "--group-dense"]).group_dense is True
+
+
+def test_batchnorm_statistics_are_kept_per_group(dm) -> None:
+    """AFN's BatchNorm statistics: a training pass over group 0's rows moves group 0's copies only, and the
+    other groups still predict as before."""
+    grouped = _grouped(_shared(dm, "AFN"))
+    names = grouped.group_params.buffer_names
+    assert any(name.endswith("running_mean") for name in names)
+    batch = _batch(dm)
+    with torch.no_grad():
+        before_logits = grouped(batch)
+    groups = grouped.last_groups.clone()
+    assert sorted(groups.unique().tolist()) == [0, 1, 2]
+    before = {k: v.clone() for k, v in grouped.state_dict().items()}
+    grouped.train()
+    with torch.no_grad():
+        grouped(_take(batch, (groups == 0).nonzero().squeeze(1)))                # BN in training mode
+    grouped.eval()
+    after = grouped.state_dict()
+    for name in names:
+        key = name.replace(".", "__")
+        assert not torch.equal(after[f"group_params.0.{key}"], before[f"group_params.0.{key}"]), name
+        for g in (1, 2):
+            assert torch.equal(after[f"group_params.{g}.{key}"], before[f"group_params.{g}.{key}"]), name
+        assert torch.equal(after[f"backbone.{name}"], before[f"backbone.{name}"]), name   # frozen, unused
+    with torch.no_grad():
+        logits = grouped(batch)
+    others = groups != 0
+    torch.testing.assert_close(logits[others], before_logits[others], rtol=0, atol=0)
+    assert not torch.allclose(logits[~others], before_logits[~others])
