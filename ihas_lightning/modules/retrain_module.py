@@ -48,8 +48,8 @@ class RetrainModule(CTRModule):
         groups_from: ``"router"`` (default) routes every sample; ``"batch"`` reads ``batch["group"]``
             (precomputed assignments, for the separate-models variant).
         group_dense: give every group its own copy of the backbone's non-embedding parameters (DNN, cross
-            layers, output layer, the linear part's dense weights), started from the shared ones; the tables
-            stay shared. The backbone's own dense parameters are then frozen and unused. K times the dense
+            layers, output layer, the linear part's dense weights) and buffers (BatchNorm statistics),
+            started from the shared ones; the tables stay shared. The backbone's own dense parameters are then frozen and unused. K times the dense
             parameters; under DDP it needs ``find_unused_parameters`` (a batch may miss a group).
     """
 
