@@ -147,9 +147,11 @@ def setup_speed_run(args: argparse.Namespace) -> tuple[int, str]:
     """Threads and device for a speed benchmark, with Lightning's per-run chatter silenced."""
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     torch.set_num_threads(threads)
-    for message in (".*does not have many workers.*", ".*IterableDataset.*__len__.*", ".*LeafSpec.*"):
+    from ihas_lightning.cli.quiet import BENIGN_WARNINGS, CHATTY_LOGGERS
+
+    for message in (".*does not have many workers.*", *BENIGN_WARNINGS):
         warnings.filterwarnings("ignore", message=message)
-    for logger_name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+    for logger_name in CHATTY_LOGGERS:
         logging.getLogger(logger_name).setLevel(logging.WARNING)
     return threads, "cuda:0" if args.device == "cuda" else args.device
 
