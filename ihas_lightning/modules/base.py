@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from ..data.encoders import FeatureEncoder
 from ..data.loader import Batch, to_batch
 from ..data.schema import RawColumns, Schema
 
-__all__ = ["CTRModule", "NonFiniteLossError"]
+__all__ = ["CTRModule", "NonFiniteLossError", "backbone_weights"]
 
 _STAGES = ("train", "val", "test")
 log = logging.getLogger(__name__)
@@ -119,8 +120,10 @@ class CTRModule(pl.LightningModule):
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # fused: one kernel per step instead of ~10 passes over every (dense-gradient) embedding table
-        fused = all(p.device.type in ("cpu", "cuda") for p in self.parameters())
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=fused)
+        # Frozen parameters (a retraining's router, the dense layers its groups' copies replace) stay out.
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        fused = all(p.device.type in ("cpu", "cuda") for p in trainable)
+        return torch.optim.Adam(trainable, lr=self.hparams.lr, fused=fused)
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -138,13 +141,7 @@ class CTRModule(pl.LightningModule):
         """Copy the backbone's weights from another module's checkpoint (a trained supernet, a plain backbone)
         of the same backbone, schema and dimension; returns the number of tensors copied."""
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)["state_dict"]
-        own = self.state_dict()
-        wanted = {k: v for k, v in state.items() if k.startswith("backbone.") and k in own}
-        mismatched = [k for k, v in wanted.items() if own[k].shape != v.shape]
-        if not wanted or mismatched:
-            raise ValueError(f"checkpoint '{checkpoint_path}' does not hold this backbone's weights "
-                             f"(shape mismatch in {mismatched[:3]})" if mismatched else
-                             f"checkpoint '{checkpoint_path}' holds no backbone weights")
+        wanted = backbone_weights(state, self.state_dict(), f"checkpoint '{checkpoint_path}'")
         self.load_state_dict(wanted, strict=False)
         return len(wanted)
 
@@ -184,3 +181,17 @@ def check_same_schema(encoder: FeatureEncoder, module: CTRModule) -> None:
         if tables[name].num_embeddings != size:
             raise ValueError(f"column '{name}': the checkpoint's vocabulary size is {size}, this module's table "
                              f"has {tables[name].num_embeddings} rows (built from other data)")
+
+
+def backbone_weights(state: dict[str, Tensor], own: dict[str, Tensor], source: str,
+                     adapt: Callable[[str, Tensor, Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+    """The ``backbone.*`` tensors of ``state`` that ``own`` (a module's state_dict) holds, passed through
+    ``adapt(key, value, own_value)`` (e.g. tables cut to their stored width); an error naming ``source`` when
+    there are none or their shapes differ from ``own``'s."""
+    wanted = {k: adapt(k, v, own[k]) if adapt else v for k, v in state.items()
+              if k.startswith("backbone.") and k in own}
+    mismatched = [k for k, v in wanted.items() if own[k].shape != v.shape]
+    if not wanted or mismatched:
+        raise ValueError(f"{source} does not hold this backbone's weights (shape mismatch in {mismatched[:3]})"
+                         if mismatched else f"{source} holds no backbone weights")
+    return wanted

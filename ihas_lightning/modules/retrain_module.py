@@ -25,7 +25,7 @@ from ..backbones import build_backbone, narrow_tables
 from ..data.loader import Batch
 from ..data.schema import Schema
 from ..gates import GateConfig, InstanceGates
-from .base import CTRModule
+from .base import CTRModule, backbone_weights
 from .group_dense import GroupDense, dense_parameter_names
 
 __all__ = ["RetrainModule", "prefix_masks"]
@@ -49,8 +49,9 @@ class RetrainModule(CTRModule):
             (precomputed assignments, for the separate-models variant).
         group_dense: give every group its own copy of the backbone's non-embedding parameters (DNN, cross
             layers, output layer, the linear part's dense weights) and buffers (BatchNorm statistics),
-            started from the shared ones; the tables stay shared. The backbone's own dense parameters are then frozen and unused. K times the dense
-            parameters; under DDP it needs ``find_unused_parameters`` (a batch may miss a group).
+            started from the shared ones; the tables stay shared. The backbone's own dense parameters are
+            then frozen and unused. K times the dense parameters; under DDP it needs
+            ``find_unused_parameters`` (a batch may miss a group).
     """
 
     def __init__(self, schema: Schema | dict, vocab_sizes: dict[str, int], group_dims: Sequence[Sequence[int]],
@@ -123,12 +124,7 @@ class RetrainModule(CTRModule):
         if missing:
             raise ValueError(f"the search state has no router weights {missing[:3]}...")
         if backbone_state is not None:
-            from_backbone = {k: _cut_table(k, v, own[k]) for k, v in backbone_state.items()
-                             if k.startswith("backbone.") and k in own}
-            wrong = [k for k, v in from_backbone.items() if v.shape != own[k].shape]
-            if not from_backbone or wrong:
-                raise ValueError(f"the warm-start state does not hold this backbone's weights (shape mismatch in "
-                                 f"{wrong[:3]})" if wrong else "the warm-start state holds no backbone weights")
+            from_backbone = backbone_weights(backbone_state, own, "the warm-start state", adapt=_cut_table)
             loaded = {k: v for k, v in loaded.items() if not k.startswith("backbone.")} | from_backbone
         self.load_state_dict(loaded, strict=False)
         if self.group_params is not None and not any(k.startswith("group_params.") for k in loaded):
@@ -203,14 +199,6 @@ class RetrainModule(CTRModule):
         if self.group_params is None:
             return super().regularization_loss()
         return self.backbone.regularization_loss(self.group_params.substitute(self.backbone, self._used_groups))
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        if self.group_params is None:
-            return super().configure_optimizers()
-        # the backbone's own dense layers are frozen (the group copies stand in for them): leave them out
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        fused = all(p.device.type in ("cpu", "cuda") for p in trainable)
-        return torch.optim.Adam(trainable, lr=self.hparams.lr, fused=fused)
 
     def group_share(self, groups: Tensor) -> Tensor:
         """(K,) share of samples per group."""
