@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import warnings
 from pathlib import Path
 
 import pytest
 
-from ihas_lightning.cli import main
+from ihas_lightning.cli import _quiet, build_parser, main
 from ihas_lightning.cli.quiet import CHATTY_LOGGERS, quiet_output
+from ihas_lightning.pipeline import RunDirectory
 
 
 def _train(tmp_path: Path, *extra: str) -> int:
@@ -52,3 +54,17 @@ def test_benign_warnings_are_dropped_inside_only() -> None:
             warnings.warn(message, UserWarning)
         warnings.warn(message + " (outside)", UserWarning)
     assert [str(w.message) for w in seen] == [message + " (outside)"]
+
+
+@pytest.mark.parametrize("command", ["cluster", "retrain", "transfer"])
+def test_commands_on_a_run_are_as_quiet_as_the_run(tmp_path: Path, command: str) -> None:
+    extra = ["--backbones", "DCN"] if command == "transfer" else []
+    for run_quiet in (True, False):
+        run = RunDirectory(tmp_path / str(run_quiet))
+        run.root.mkdir()
+        run.save_options(argparse.Namespace(quiet=run_quiet, backbone="DeepFM"))
+        args = build_parser().parse_args([command, "--run", str(run.root), *extra])
+        assert _quiet(args) is run_quiet                                  # no flag: as the run was started
+        assert _quiet(build_parser().parse_args([command, "--run", str(run.root), "--quiet", *extra])) is True
+    missing = build_parser().parse_args([command, "--run", str(tmp_path / "missing"), *extra])
+    assert _quiet(missing) is False                     # the command itself then reports the missing run

@@ -27,12 +27,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .quiet import quiet_output
 
     try:
-        with quiet_output(getattr(args, "quiet", False)):
+        with quiet_output(_quiet(args)):
             args.handler(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"ihas {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _quiet(args: argparse.Namespace) -> bool:
+    """``--quiet``; for a command on an existing run without the flag (``None``), as the run was started."""
+    quiet = getattr(args, "quiet", False)
+    if quiet is None:
+        from ..pipeline import RunDirectory
+
+        try:
+            quiet = getattr(RunDirectory(args.run).load_options(), "quiet", False)
+        except FileNotFoundError:
+            quiet = False                                   # the command itself reports the missing run
+    return bool(quiet)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 ("retrain", _run_retrain, "retrain a run's groups (optionally on another backbone)")):
         sub = subparsers.add_parser(name, help=text)
         sub.add_argument("--run", required=True, help="run directory made by `ihas run`")
+        sub.add_argument("--quiet", action="store_true", default=None,
+                         help="no progress bar or Lightning banners (default: as the run was started)")
         if name == "retrain":
             sub.add_argument("--backbone", default=None, help="retrain on another DeepCTR-Torch backbone")
             sub.add_argument("--group-dense", action="store_true", default=None,
@@ -97,14 +99,14 @@ def run_pipeline(args: argparse.Namespace) -> dict:
 
 def _run_cluster(args: argparse.Namespace) -> dict:
     run = RunDirectory(args.run)
-    metrics = stage_cluster(run, run.load_options())
+    metrics = stage_cluster(run, run.load_options(quiet=args.quiet))
     print(f"{metrics['k']} groups, sizes {metrics['group_sizes']}; dims: {metrics['dims']}")
     return metrics
 
 
 def _run_retrain(args: argparse.Namespace) -> dict:
     run = RunDirectory(args.run)
-    options = run.load_options()
+    options = run.load_options(quiet=args.quiet)
     stage = "retrain" if args.backbone in (None, options.backbone) else f"retrain_{args.backbone}"
     if args.group_dense and not getattr(options, "group_dense", False):
         options.group_dense = True                    # a stage of its own beside the run's shared-dense one

@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--uniform-dim", type=int, default=16, help="dimension of the uniform baseline")
     parser.add_argument("--baselines-from", default=None,
                         help="another run on the same split whose finished uniform baselines are reused")
-    parser.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", default=None,
+                        help="no progress bars or Lightning banners (default: as the run was started)")
     parser.set_defaults(handler=run_transfer_command)
 
 
