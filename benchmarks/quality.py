@@ -17,6 +17,7 @@ once, at the end of each stage.
 
 Usage:
     python benchmarks/quality.py                                       # everything, 3 seeds (~30-40 min)
+    python benchmarks/quality.py --seeds 10 --json benchmarks/results/quality_10seeds.json  # README (~80 min)
     python benchmarks/quality.py --datasets synthetic --backbones DeepFM --seeds 1 --json /tmp/q.json
 """
 
@@ -170,9 +171,18 @@ def summarise(runs: list[dict]) -> dict:
     summary["ihas_minus_matched"] = _mean_std([r["ihas"]["test_auc"] - r["baseline_matched"]["test_auc"]
                                                for r in runs])
     summary["ihas_wins_matched"] = sum(d > 0 for d in summary["ihas_minus_matched"]["values"])
+    # The same on validation, and how far the searched model (the retraining's start) is from uniform-16 there.
+    summary["val_ihas_minus_matched"] = _mean_std([r["val_auc"]["ihas"] - r["val_auc"]["matched"] for r in runs])
+    summary["val_search_minus_uniform16"] = _mean_std([r["val_auc"]["search"] - r["val_auc"]["uniform16"]
+                                                       for r in runs])
     summary["checks"] = checks
     summary["requirement"] = "PASS" if all(checks.values()) else "MISS"
     return summary
+
+
+def _paired(diff: dict) -> str:
+    return (f"{diff['mean']:+.4f} ± {diff['std']:.4f} "
+            f"(positive on {sum(d > 0 for d in diff['values'])} of {len(diff['values'])} seeds)")
 
 
 def stage_seconds(results: dict) -> float:
@@ -219,6 +229,8 @@ def markdown(results: dict) -> str:
                   f"`ihas {' '.join(cell['command'])}` (paths and seed per run). "
                   f"Matched uniform dims per seed: {s['matched_dim']}; iHAS parameter share "
                   f"{s['ihas_param_share']:.1%}.", "",
+                  f"Validation AUC, per-seed (c) - (b): {_paired(s['val_ihas_minus_matched'])}; the search's kept "
+                  f"(gated) model - (a): {_paired(s['val_search_minus_uniform16'])}.", "",
                   "| model | test AUC | test logloss | val AUC | emb. params | FLOPs/sample | req. |",
                   "|---|---|---|---|---|---|---|"]
         for name, _, label in VARIANTS:
