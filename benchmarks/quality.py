@@ -171,7 +171,7 @@ def summarise(runs: list[dict]) -> dict:
     summary["ihas_minus_matched"] = _mean_std([r["ihas"]["test_auc"] - r["baseline_matched"]["test_auc"]
                                                for r in runs])
     summary["ihas_wins_matched"] = sum(d > 0 for d in summary["ihas_minus_matched"]["values"])
-    # The same on validation, and how far the searched model (the retraining's start) is from uniform-16 there.
+    # The same on validation, and how far the search's kept (gated) model is from uniform-16 there.
     summary["val_ihas_minus_matched"] = _mean_std([r["val_auc"]["ihas"] - r["val_auc"]["matched"] for r in runs])
     summary["val_search_minus_uniform16"] = _mean_std([r["val_auc"]["search"] - r["val_auc"]["uniform16"]
                                                        for r in runs])
