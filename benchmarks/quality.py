@@ -170,7 +170,6 @@ def summarise(runs: list[dict]) -> dict:
     # check is from the seed-to-seed noise of that difference.
     summary["ihas_minus_matched"] = _mean_std([r["ihas"]["test_auc"] - r["baseline_matched"]["test_auc"]
                                                for r in runs])
-    summary["ihas_wins_matched"] = sum(d > 0 for d in summary["ihas_minus_matched"]["values"])
     # The same on validation, and how far the search's kept (gated) model is from uniform-16 there.
     summary["val_ihas_minus_matched"] = _mean_std([r["val_auc"]["ihas"] - r["val_auc"]["matched"] for r in runs])
     summary["val_search_minus_uniform16"] = _mean_std([r["val_auc"]["search"] - r["val_auc"]["uniform16"]
@@ -180,9 +179,13 @@ def summarise(runs: list[dict]) -> dict:
     return summary
 
 
+def _positive(diff: dict) -> str:
+    """On how many seeds a per-seed difference is above 0, as ``n/N``."""
+    return f"{sum(d > 0 for d in diff['values'])}/{len(diff['values'])}"
+
+
 def _paired(diff: dict) -> str:
-    return (f"{diff['mean']:+.4f} ± {diff['std']:.4f} "
-            f"(positive on {sum(d > 0 for d in diff['values'])} of {len(diff['values'])} seeds)")
+    return f"{diff['mean']:+.4f} ± {diff['std']:.4f} (positive on {_positive(diff)} seeds)"
 
 
 def stage_seconds(results: dict) -> float:
@@ -217,7 +220,7 @@ def markdown(results: dict) -> str:
         diff = s["ihas_minus_matched"]
         lines.append(f"| {cell['dataset']} / {cell['backbone']} | {len(cell['seeds_done'])} | {auc['ihas']} "
                      f"| {auc['uniform16']} | {auc['matched']} | {diff['mean']:+.4f} ± {diff['std']:.4f} "
-                     f"| {s['ihas_wins_matched']}/{len(diff['values'])} | {s['ihas_param_share']:.0%} "
+                     f"| {_positive(diff)} | {s['ihas_param_share']:.0%} "
                      f"| {s['requirement']} |")
     lines.append("")
     for cell in results["cells"]:

@@ -50,6 +50,7 @@ __all__ = [
 
 _FORMAT_VERSION = 1
 
+
 def _increasing_ints(name: str, values: Sequence[int], minimum: int) -> tuple[int, ...]:
     """``values`` as a tuple, checked: non-empty, ints >= ``minimum``, strictly increasing."""
     checked = tuple(values)

@@ -157,15 +157,13 @@ def run_transfer(run_dir: str | Path, config: TransferConfig, quiet: bool | None
     are reused instead of retrained (see :func:`_reuse`).
     """
     run = RunDirectory(run_dir)
-    options = run.load_options()
+    options = run.load_options(quiet=quiet)  # None: as the run was started
     donor = RunDirectory(baselines_from) if baselines_from else None
     if donor is not None:
         _check_donor(run, donor)
     clusters = run.stage("cluster") / "clusters.json"
     if not clusters.exists():
         raise FileNotFoundError(f"{clusters} is missing: finish the search and clustering first (`ihas run`)")
-    if quiet is not None:
-        options.quiet = quiet
     dm = datamodule_from_args(options)  # the run's split (its seed), shared by every stage below
     rows_total = embedding_rows(dm.vocab_sizes)
     rows = []
