@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .dims import active_count_histogram, assign_dims, fit_dims_to_budget, stored_param_share
+from .dims import active_count_histogram, assign_dims, fit_dims_to_budget, gate_count_damage, stored_param_share
 from .kmeans import SILHOUETTE_SAMPLE, MiniBatchKMeans, _nearest, adjusted_rand_index, silhouette_score
 from .streams import Stream, _is_int, _passes, _rechunk, _reservoir, _rows
 
@@ -44,6 +44,7 @@ __all__ = [
     "assign_dims",
     "cluster",
     "fit_dims_to_budget",
+    "gate_count_damage",
     "silhouette_score",
     "stored_param_share",
 ]

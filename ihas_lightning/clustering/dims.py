@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -86,45 +86,66 @@ def stored_param_share(dims: Tensor, field_costs: Sequence[float], dim: int) -> 
     return float((costs * widths).sum() / (costs.sum() * dim))
 
 
-def fit_dims_to_budget(dims: Tensor, count_hist: Tensor, field_costs: Sequence[float], dim: int, budget: float,
-                       candidate_dims: Sequence[int], min_dim: int = 2) -> Tensor:
+def gate_count_damage(count_hist: Tensor) -> Callable[[Tensor], float]:
+    """Damage of dimensions ``(K, F)``: the members' open gates above their group's width, summed.
+
+    A model-free proxy for :func:`fit_dims_to_budget`. It treats every open gate alike, so it cannot tell a
+    gate that the search kept open because it helps from one it kept open because it was cheap (a field
+    with a small vocabulary costs the regularizer almost nothing); the pipeline measures the loss instead.
+    """
+    hist = count_hist.double()
+    counts = torch.arange(hist.shape[-1], dtype=torch.float64, device=hist.device)          # (D+1,)
+
+    def damage(dims: Tensor) -> float:
+        above = (counts - dims.to(hist.device, torch.float64).unsqueeze(-1)).clamp_min(0)  # (K, F, D+1)
+        return float((hist * above).sum())
+    return damage
+
+
+def fit_dims_to_budget(dims: Tensor, field_costs: Sequence[float], dim: int, budget: float,
+                       candidate_dims: Sequence[int], min_dim: int = 2, *,
+                       damage: Callable[[Tensor], float]) -> Tensor:
     """Narrow the widest groups' dimensions until the shared tables hold at most ``budget`` of the uniform
     model's embedding parameters.
 
     With shared tables a field costs ``V_f * max_c d[c, f]``: one small group asking for 16 dimensions keeps
     the whole table at 16, and the search's budget (an *expected* share per sample) says nothing about that
-    maximum. Greedily, the field whose next narrower width saves the most parameters per dimension taken
-    from members is narrowed (damage = members' open gates above the new width, from ``count_hist``), until
-    the stored share meets the budget or every field is at ``min_dim``.
+    maximum. Greedily (a knapsack heuristic), the field whose next narrower width adds the least ``damage``
+    per parameter saved is narrowed, ties to the larger saving, until the stored share meets the budget or
+    every field is at ``min_dim``. ``damage(dims)`` scores candidate dimensions, lower is better: the
+    pipeline passes the searched model's validation logloss with each group cut to its prefixes,
+    :func:`gate_count_damage` is a model-free proxy.
 
     Args:
         dims: (K, F) dimensions from :func:`assign_dims`.
-        count_hist: (K, F, D+1) active-gate counts per group and field.
         field_costs: (F,) parameters of one dimension of each field (its vocabulary size).
         dim: D.
         budget: target stored share in (0, 1].
         candidate_dims: allowed widths.
         min_dim: no field narrower than this.
+        damage: scores (K, F) dimensions; called about F times per narrowing step.
     """
     dims = dims.clone()
     allowed = sorted({int(c) for c in candidate_dims if min_dim <= c <= dim} | {max(min_dim, 0)})
     costs = torch.as_tensor(field_costs, dtype=torch.float64)
-    counts = torch.arange(count_hist.shape[-1], dtype=torch.float64)                           # (D+1,)
+    current = damage(dims) if stored_param_share(dims, field_costs, dim) > budget + 1e-12 else 0.0
     while stored_param_share(dims, field_costs, dim) > budget + 1e-12:
         widths = dims.max(dim=0).values                                                        # (F,)
-        best, best_score = None, -1.0
+        best, best_key = None, None
         for field in range(dims.shape[1]):
             lower = [a for a in allowed if a < int(widths[field])]
             if not lower:
                 continue
-            new = lower[-1]
-            saved = float(costs[field] * (int(widths[field]) - new))
-            lost = float((count_hist[:, field].double() * (counts - new).clamp_min(0)).sum())
-            score = saved / (1.0 + lost)
-            if score > best_score:
-                best, best_score = (field, new), score
+            trial = dims.clone()
+            trial[:, field] = trial[:, field].clamp_max(lower[-1])
+            saved = float(costs[field] * (int(widths[field]) - lower[-1]))
+            if saved <= 0:
+                continue
+            score = damage(trial)
+            key = ((score - current) / saved, -saved)
+            if best_key is None or key < best_key:
+                best, best_key = (trial, score), key
         if best is None:
             break
-        field, new = best
-        dims[:, field] = dims[:, field].clamp_max(new)
+        dims, current = best
     return dims
