@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from .cli.common import datamodule_from_args, make_trainer, parse_widths, write_json
-from .clustering import ClusterConfig, ClusterResult, cluster, fit_dims_to_budget
+from .clustering import (ClusterConfig, ClusterResult, active_count_histogram, cluster, fit_dims_to_budget,
+                         gate_count_damage)
 from .data.datamodule import CTRDataModule
 from .model import IHASModel
 from .modules import BackboneModule, RetrainModule, SearchModule
@@ -148,17 +149,21 @@ def stage_cluster(run: RunDirectory, args: argparse.Namespace, dm: CTRDataModule
     result = cluster(lambda: (m.flatten(1) for m in train_masks()), train_masks, len(fields), dim,
                      config, val_feature_stream=lambda: (m.flatten(1) for m in val_masks()))
     searched_dims = result.dims
-    budget = module.hparams.gate.get("budget")
+    budget, budget_fit = module.hparams.gate.get("budget"), getattr(args, "budget_fit", "loss")
     if budget is not None:
         costs = [float(dm.vocab_sizes[f]) for f in fields]
-        damage = _prefix_logloss(module, dm, result)
+        if budget_fit == "loss":
+            damage = _prefix_logloss(module, dm, result)
+        else:
+            damage = gate_count_damage(sum(active_count_histogram(m, result.predict(m.flatten(1)), result.k)
+                                           for m in train_masks()))
         result = replace(result, dims=fit_dims_to_budget(result.dims, costs, dim, budget, config.dims_for(dim),
                                                          config.min_dim, damage=damage))
     run.stage("cluster").mkdir(parents=True, exist_ok=True)
     result.save(run.stage("cluster") / "clusters.json")
     metrics = {"k": result.k, "group_sizes": result.group_sizes.tolist(),
                "dims": {str(c): dict(zip(fields, map(int, row))) for c, row in enumerate(result.dims.tolist())},
-               "dims_before_budget": searched_dims.tolist(), "budget": budget,
+               "dims_before_budget": searched_dims.tolist(), "budget": budget, "budget_fit": budget_fit,
                "selection": result.selection, "seconds": time.perf_counter() - start}
     write_json(run.stage("cluster") / "metrics.json", metrics)
     return metrics
