@@ -101,13 +101,15 @@ def _mask_stream(module: SearchModule, dm: CTRDataModule, split: str) -> Callabl
 
 def _prefix_logloss(module: SearchModule, dm: CTRDataModule, result: ClusterResult,
                     max_rows: int = 32_768) -> Callable[[torch.Tensor], float]:
-    """Validation logloss of the searched model when each group keeps the first ``dims[c, f]`` columns of
-    every field: the retraining's starting point, scored for :func:`fit_dims_to_budget`.
+    """Validation logloss of the searched backbone when every row, in the group the clustering gives it,
+    keeps the first ``dims[c, f]`` columns of each field: the damage :func:`fit_dims_to_budget` minimises.
 
     Why the loss and not the gates: the search prices a gate by its field's vocabulary, so the gates of small
     noise fields stay open for free while a large field's gates close under pressure; counting open gates
     then cut a large, informative field first (synthetic data: field A, rank-8 signal, to 4 dimensions while
-    pure-noise fields kept 16). The validation split (at most ``max_rows`` rows) already chooses K here.
+    pure-noise fields kept 16). The groups stay as the searched tables route them (the retraining routes on
+    its narrowed tables, so its starting point can differ a little). It reads the validation split (at
+    most ``max_rows`` rows), as ``--k 0`` does to choose K.
     """
     batches, groups, rows = [], [], 0
     with torch.no_grad():

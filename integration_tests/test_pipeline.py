@@ -24,6 +24,7 @@ from pytorch_lightning.callbacks import Callback
 import ihas_lightning.cli.search as search_cli
 import ihas_lightning.pipeline as pipeline
 from ihas_lightning.cli import main
+from ihas_lightning.clustering import ClusterResult
 from ihas_lightning.model import IHASModel
 
 ROWS, BATCH = 4000, 256
@@ -169,6 +170,44 @@ def test_run_writes_metrics_and_report(finished) -> None:
     for png in ("auc_vs_params.png", "dims_heatmap.png", "group_sizes.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png})" in report
     assert f"{ihas['test_auc']:.4f}" in report and f"{ihas['embedding_params']:,}" in report
+
+
+@torch.no_grad()
+def test_the_budget_fit_scores_dimensions_by_validation_logloss(finished) -> None:
+    """``--budget-fit loss`` (the default) scores candidate dimensions by the searched model's validation
+    logloss, each row cut to its group's first columns; checked against zeroing embeddings by hand."""
+    run = pipeline.RunDirectory(finished[0])
+    assert run.metrics("cluster")["budget_fit"] == "loss"
+    dm = pipeline.datamodule_from_args(run.load_options())
+    search = pipeline._search_module(run)
+    clusters = ClusterResult.load(run.stage("cluster") / "clusters.json")
+    logloss = pipeline._prefix_logloss(search, dm, clusters)
+
+    def by_hand(group: int | None = None, field: int = 0) -> float:
+        """Validation logloss without gates; ``group``'s rows (as the clustering routes them) lose ``field``."""
+        total, rows = 0.0, 0
+        for batch in dm.stream("val", shuffle=False):
+            routes = clusters.predict(search.gates.deterministic_mask(search.backbone.field_embeddings(batch))
+                                      .flatten(1))
+            keep = torch.ones(len(routes), len(FIELDS), 1)
+            if group is not None:
+                keep[routes == group, field] = 0.0
+            search.backbone.embedding_transform = lambda e, keep=keep: e * keep
+            logits = search.backbone(batch)
+            total += float(torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["label"],
+                                                                                 reduction="sum"))
+            rows += len(routes)
+        search.backbone.embedding_transform = search._gate_embeddings
+        return total / rows
+
+    full = torch.full_like(clusters.dims, 8)                      # --dim 8: every column of every field
+    assert logloss(full) == pytest.approx(by_hand(), rel=1e-5)
+    busiest = int(clusters.group_sizes.argmax())
+    cut = full.clone()
+    cut[busiest, 0] = 0                                           # field C1 dropped for one group's rows
+    assert logloss(cut) == pytest.approx(by_hand(busiest, 0), rel=1e-5)
+    assert logloss(cut) != pytest.approx(logloss(full), rel=1e-6)
+    assert search.backbone.embedding_transform == search._gate_embeddings   # the gates are back in place
 
 
 def test_a_finished_run_is_not_redone(finished, cache, tmp_path, monkeypatch) -> None:

@@ -198,6 +198,23 @@ def test_fit_dims_to_budget_meets_the_budget_in_order_of_savings_per_lost_dimens
     assert torch.equal(untouched, DIMS)
 
 
+def test_fit_dims_to_budget_follows_the_damage_not_the_open_gates() -> None:
+    # The synthetic data's story in miniature: field 0 (1000 rows) carries the signal, fields 1 and 2 are
+    # noise whose gates the search left open because they cost little. Measured damage (here: 1.0 per
+    # dimension taken from field 0, nothing for the others) narrows the noise first; open gates would not.
+    def informative_first(dims: torch.Tensor) -> float:
+        return float((D - dims[:, 0]).clamp_min(0).sum())
+
+    by_damage = fit_dims_to_budget(DIMS, COSTS, D, 0.72, CANDIDATES, min_dim=2, damage=informative_first)
+    assert by_damage.max(0).values.tolist() == [8, 2, 4]          # field 1 (the larger saving), then field 2
+    by_gates = fit_dims_to_budget(DIMS, COSTS, D, 0.72, CANDIDATES, min_dim=2, damage=DAMAGE)
+    assert by_gates.max(0).values.tolist() == [4, 2, 8]           # fewest open gates lost per parameter saved
+    # once the noise is at min_dim, field 0 goes, to the width that meets the budget and no further
+    squeezed = fit_dims_to_budget(DIMS, COSTS, D, 0.45, CANDIDATES, min_dim=2, damage=informative_first)
+    assert squeezed.max(0).values.tolist() == [4, 2, 2]
+    assert stored_param_share(squeezed, COSTS, D) <= 0.45
+
+
 @pytest.mark.parametrize("min_dim", [2, 4])
 def test_fit_dims_to_budget_never_goes_below_min_dim(min_dim: int) -> None:
     fitted = fit_dims_to_budget(DIMS, COSTS, D, 0.01, CANDIDATES, min_dim=min_dim, damage=DAMAGE)  # unreachable budget
