@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .cli.common import datamodule_from_args, make_trainer, parse_widths, write_json
 from .clustering import (ClusterConfig, ClusterResult, active_count_histogram, cluster, fit_dims_to_budget,
-                         gate_count_damage)
+                         loss_increase, open_gate_cost)
 from .data.datamodule import CTRDataModule
 from .model import IHASModel
 from .modules import BackboneModule, RetrainModule, SearchModule
@@ -102,7 +102,7 @@ def _mask_stream(module: SearchModule, dm: CTRDataModule, split: str) -> Callabl
 def _prefix_logloss(module: SearchModule, dm: CTRDataModule, result: ClusterResult,
                     max_rows: int = 32_768) -> Callable[[torch.Tensor], float]:
     """Validation logloss of the searched backbone when every row, in the group the clustering gives it,
-    keeps the first ``dims[c, f]`` columns of each field: the damage :func:`fit_dims_to_budget` minimises.
+    keeps the first ``dims[c, f]`` columns of each field: what ``--budget-fit loss`` narrows by.
 
     Why the loss and not the gates: the search prices a gate by its field's vocabulary, so the gates of small
     noise fields stay open for free while a large field's gates close under pressure; counting open gates
@@ -155,12 +155,12 @@ def stage_cluster(run: RunDirectory, args: argparse.Namespace, dm: CTRDataModule
     if budget is not None:
         costs = [float(dm.vocab_sizes[f]) for f in fields]
         if budget_fit == "loss":
-            damage = _prefix_logloss(module, dm, result)
+            cost = loss_increase(_prefix_logloss(module, dm, result))
         else:
-            damage = gate_count_damage(sum(active_count_histogram(m, result.predict(m.flatten(1)), result.k)
-                                           for m in train_masks()))
+            cost = open_gate_cost(sum(active_count_histogram(m, result.predict(m.flatten(1)), result.k)
+                                      for m in train_masks()))
         result = replace(result, dims=fit_dims_to_budget(result.dims, costs, dim, budget, config.dims_for(dim),
-                                                         config.min_dim, damage=damage))
+                                                         config.min_dim, cost=cost))
     run.stage("cluster").mkdir(parents=True, exist_ok=True)
     result.save(run.stage("cluster") / "clusters.json")
     metrics = {"k": result.k, "group_sizes": result.group_sizes.tolist(),

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from ihas_lightning.clustering import fit_dims_to_budget, gate_count_damage, stored_param_share
+from ihas_lightning.clustering import fit_dims_to_budget, loss_increase, open_gate_cost, stored_param_share
 from ihas_lightning.data.datamodule import CTRDataModule
 from ihas_lightning.data.synthetic import SyntheticCTR
 from ihas_lightning.model import IHASModel
@@ -178,7 +178,7 @@ COSTS = [1000.0, 600.0, 50.0]
 HIST = _hist([(100, [8, 2, 8]), (50, [8, 2, 4])])
 DIMS = torch.tensor([[8, 8, 8], [8, 4, 8]])
 CANDIDATES = (0, 2, 4, 8)
-DAMAGE = gate_count_damage(HIST)
+OPEN_GATES = open_gate_cost(HIST)
 
 
 def test_fit_dims_to_budget_meets_the_budget_in_order_of_savings_per_lost_dimension() -> None:
@@ -187,14 +187,14 @@ def test_fit_dims_to_budget_meets_the_budget_in_order_of_savings_per_lost_dimens
     # field 1 (2400 / 1) goes first, then again to 2 (1200 / 1), then field 0 (4000 / 601 > 200 / 401).
     order = [(0.9, [8, 4, 8]), (0.8, [8, 2, 8]), (0.7, [4, 2, 8]), (0.5, [4, 2, 8]), (0.4, [2, 2, 8])]
     for budget, widths in order:
-        fitted = fit_dims_to_budget(DIMS, COSTS, D, budget, CANDIDATES, min_dim=2, damage=DAMAGE)
+        fitted = fit_dims_to_budget(DIMS, COSTS, D, budget, CANDIDATES, min_dim=2, cost=OPEN_GATES)
         assert fitted.max(0).values.tolist() == widths, budget
         assert stored_param_share(fitted, COSTS, D) <= budget
-    fitted = fit_dims_to_budget(DIMS, COSTS, D, 0.5, CANDIDATES, min_dim=2, damage=DAMAGE)
+    fitted = fit_dims_to_budget(DIMS, COSTS, D, 0.5, CANDIDATES, min_dim=2, cost=OPEN_GATES)
     assert fitted.tolist() == [[4, 2, 8], [4, 2, 8]]             # narrower groups are clamped, never widened
     assert stored_param_share(fitted, COSTS, D) == pytest.approx((4 * 1000 + 2 * 600 + 8 * 50) / (1650 * 8))
     assert torch.equal(DIMS, torch.tensor([[8, 8, 8], [8, 4, 8]]))  # the input is not modified
-    untouched = fit_dims_to_budget(DIMS, COSTS, D, 1.0, CANDIDATES, min_dim=2, damage=DAMAGE)
+    untouched = fit_dims_to_budget(DIMS, COSTS, D, 1.0, CANDIDATES, min_dim=2, cost=OPEN_GATES)
     assert torch.equal(untouched, DIMS)
 
 
@@ -205,22 +205,22 @@ def test_fit_dims_to_budget_follows_the_damage_not_the_open_gates() -> None:
     def informative_first(dims: torch.Tensor) -> float:
         return float((D - dims[:, 0]).clamp_min(0).sum())
 
-    by_damage = fit_dims_to_budget(DIMS, COSTS, D, 0.72, CANDIDATES, min_dim=2, damage=informative_first)
-    assert by_damage.max(0).values.tolist() == [8, 2, 4]          # field 1 (the larger saving), then field 2
-    by_gates = fit_dims_to_budget(DIMS, COSTS, D, 0.72, CANDIDATES, min_dim=2, damage=DAMAGE)
+    by_damage = fit_dims_to_budget(DIMS, COSTS, D, 0.72, CANDIDATES, min_dim=2, cost=loss_increase(informative_first))
+    assert by_damage.max(0).values.tolist() == [8, 2, 4]          # the free cuts first (field 1, then field 2)
+    by_gates = fit_dims_to_budget(DIMS, COSTS, D, 0.72, CANDIDATES, min_dim=2, cost=OPEN_GATES)
     assert by_gates.max(0).values.tolist() == [4, 2, 8]           # fewest open gates lost per parameter saved
     # once the noise is at min_dim, field 0 goes, to the width that meets the budget and no further
-    squeezed = fit_dims_to_budget(DIMS, COSTS, D, 0.45, CANDIDATES, min_dim=2, damage=informative_first)
+    squeezed = fit_dims_to_budget(DIMS, COSTS, D, 0.45, CANDIDATES, min_dim=2, cost=loss_increase(informative_first))
     assert squeezed.max(0).values.tolist() == [4, 2, 2]
     assert stored_param_share(squeezed, COSTS, D) <= 0.45
 
 
 @pytest.mark.parametrize("min_dim", [2, 4])
 def test_fit_dims_to_budget_never_goes_below_min_dim(min_dim: int) -> None:
-    fitted = fit_dims_to_budget(DIMS, COSTS, D, 0.01, CANDIDATES, min_dim=min_dim, damage=DAMAGE)  # unreachable budget
+    fitted = fit_dims_to_budget(DIMS, COSTS, D, 0.01, CANDIDATES, min_dim=min_dim, cost=OPEN_GATES)  # unreachable budget
     assert fitted.tolist() == [[min_dim] * 3] * 2                 # best effort: everything at min_dim
     assert stored_param_share(fitted, COSTS, D) == pytest.approx(min_dim / D)
-    dropped = fit_dims_to_budget(DIMS, COSTS, D, 0.0, CANDIDATES, min_dim=0, damage=DAMAGE)
+    dropped = fit_dims_to_budget(DIMS, COSTS, D, 0.0, CANDIDATES, min_dim=0, cost=OPEN_GATES)
     assert dropped.tolist() == [[0] * 3] * 2                      # min_dim 0 lets a field be dropped
 
 

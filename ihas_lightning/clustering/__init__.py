@@ -31,7 +31,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .dims import active_count_histogram, assign_dims, fit_dims_to_budget, gate_count_damage, stored_param_share
+from .dims import (NarrowingCost, active_count_histogram, assign_dims, fit_dims_to_budget, loss_increase, narrowed,
+                   open_gate_cost, stored_param_share)
 from .kmeans import SILHOUETTE_SAMPLE, MiniBatchKMeans, _nearest, adjusted_rand_index, silhouette_score
 from .streams import Stream, _is_int, _passes, _rechunk, _reservoir, _rows
 
@@ -43,8 +44,11 @@ __all__ = [
     "adjusted_rand_index",
     "assign_dims",
     "cluster",
+    "NarrowingCost",
     "fit_dims_to_budget",
-    "gate_count_damage",
+    "loss_increase",
+    "narrowed",
+    "open_gate_cost",
     "silhouette_score",
     "stored_param_share",
 ]

@@ -86,35 +86,62 @@ def stored_param_share(dims: Tensor, field_costs: Sequence[float], dim: int) -> 
     return float((costs * widths).sum() / (costs.sum() * dim))
 
 
-def gate_count_damage(count_hist: Tensor) -> Callable[[Tensor], float]:
-    """Damage of dimensions ``(K, F)``: the members' open gates above their group's width, summed.
+NarrowingCost = Callable[[Tensor, int, int], float]
+"""``cost(dims, field, width)``: what narrowing ``field`` to ``width`` columns in every group of ``dims`` costs."""
 
-    A model-free proxy for :func:`fit_dims_to_budget`. It treats every open gate alike, so it cannot tell a
-    gate that the search kept open because it helps from one it kept open because it was cheap (a field
-    with a small vocabulary costs the regularizer almost nothing); the pipeline measures the loss instead.
+
+def narrowed(dims: Tensor, field: int, width: int) -> Tensor:
+    """A copy of (K, F) ``dims`` with ``field`` at most ``width`` wide in every group."""
+    trial = dims.clone()
+    trial[:, field] = trial[:, field].clamp_max(width)
+    return trial
+
+
+def open_gate_cost(count_hist: Tensor) -> NarrowingCost:
+    """One plus the members' open gates of the field above ``width``: a model-free cost for
+    :func:`fit_dims_to_budget`.
+
+    Gates are counted from the searched dimensions, not the current ones, so a second cut of a field pays
+    for the first again and cuts spread over the fields. Every open gate counts alike, so this cannot tell a
+    gate the search kept open because it helps from one it kept open because it was cheap (a field with a
+    small vocabulary costs the regularizer almost nothing): :func:`loss_increase` measures instead.
     """
     hist = count_hist.double()
     counts = torch.arange(hist.shape[-1], dtype=torch.float64, device=hist.device)          # (D+1,)
 
-    def damage(dims: Tensor) -> float:
-        above = (counts - dims.to(hist.device, torch.float64).unsqueeze(-1)).clamp_min(0)  # (K, F, D+1)
-        return float((hist * above).sum())
-    return damage
+    def cost(dims: Tensor, field: int, width: int) -> float:
+        return 1.0 + float((hist[:, field] * (counts - width).clamp_min(0)).sum())
+    return cost
+
+
+def loss_increase(loss: Callable[[Tensor], float]) -> NarrowingCost:
+    """``loss(narrowed dims) - loss(dims)`` for :func:`fit_dims_to_budget`, each distinct ``dims`` scored once.
+
+    ``loss`` scores (K, F) dimensions, lower is better: the pipeline passes the searched model's validation
+    logloss with every row cut to its group's first columns.
+    """
+    scores: dict[tuple[int, ...], float] = {}
+
+    def score(dims: Tensor) -> float:
+        key = tuple(dims.flatten().tolist())
+        if key not in scores:
+            scores[key] = loss(dims)
+        return scores[key]
+
+    def cost(dims: Tensor, field: int, width: int) -> float:
+        return score(narrowed(dims, field, width)) - score(dims)
+    return cost
 
 
 def fit_dims_to_budget(dims: Tensor, field_costs: Sequence[float], dim: int, budget: float,
-                       candidate_dims: Sequence[int], min_dim: int = 2, *,
-                       damage: Callable[[Tensor], float]) -> Tensor:
+                       candidate_dims: Sequence[int], min_dim: int = 2, *, cost: NarrowingCost) -> Tensor:
     """Narrow the widest groups' dimensions until the shared tables hold at most ``budget`` of the uniform
     model's embedding parameters.
 
     With shared tables a field costs ``V_f * max_c d[c, f]``: one small group asking for 16 dimensions keeps
     the whole table at 16, and the search's budget (an *expected* share per sample) says nothing about that
-    maximum. Greedily (a knapsack heuristic), the field whose next narrower width adds the least ``damage``
-    per parameter saved is narrowed, ties to the larger saving, until the stored share meets the budget or
-    every field is at ``min_dim``. ``damage(dims)`` scores candidate dimensions, lower is better: the
-    pipeline passes the searched model's validation logloss with each group cut to its prefixes,
-    :func:`gate_count_damage` is a model-free proxy.
+    maximum. Greedily (a knapsack heuristic), the field whose next narrower width has the lowest ``cost`` per
+    parameter saved is narrowed, until the stored share meets the budget or every field is at ``min_dim``.
 
     Args:
         dims: (K, F) dimensions from :func:`assign_dims`.
@@ -123,29 +150,24 @@ def fit_dims_to_budget(dims: Tensor, field_costs: Sequence[float], dim: int, bud
         budget: target stored share in (0, 1].
         candidate_dims: allowed widths.
         min_dim: no field narrower than this.
-        damage: scores (K, F) dimensions; called about F times per narrowing step.
+        cost: what a narrowing costs: :func:`loss_increase` (measured) or :func:`open_gate_cost` (a proxy);
+            called once per field and step.
     """
     dims = dims.clone()
     allowed = sorted({int(c) for c in candidate_dims if min_dim <= c <= dim} | {max(min_dim, 0)})
     costs = torch.as_tensor(field_costs, dtype=torch.float64)
-    current = damage(dims) if stored_param_share(dims, field_costs, dim) > budget + 1e-12 else 0.0
     while stored_param_share(dims, field_costs, dim) > budget + 1e-12:
         widths = dims.max(dim=0).values                                                        # (F,)
-        best, best_key = None, None
+        best, best_ratio = None, None
         for field in range(dims.shape[1]):
             lower = [a for a in allowed if a < int(widths[field])]
-            if not lower:
-                continue
-            trial = dims.clone()
-            trial[:, field] = trial[:, field].clamp_max(lower[-1])
-            saved = float(costs[field] * (int(widths[field]) - lower[-1]))
+            saved = float(costs[field] * (int(widths[field]) - lower[-1])) if lower else 0.0
             if saved <= 0:
                 continue
-            score = damage(trial)
-            key = ((score - current) / saved, -saved)
-            if best_key is None or key < best_key:
-                best, best_key = (trial, score), key
+            ratio = cost(dims, field, lower[-1]) / saved
+            if best_ratio is None or ratio < best_ratio:
+                best, best_ratio = (field, lower[-1]), ratio
         if best is None:
             break
-        dims, current = best
+        dims = narrowed(dims, *best)
     return dims
