@@ -120,6 +120,9 @@ def _prefix_logloss(module: SearchModule, dm: CTRDataModule, result: ClusterResu
             rows += len(groups[-1])
             if rows >= max_rows:
                 break
+    if rows == 0:
+        raise ValueError("--budget-fit loss scores dimensions on validation rows, and the validation split is "
+                         "empty: give it rows, or use --budget-fit gates")
     backbone, dim = module.backbone, module.hparams.dim
 
     @torch.no_grad()
@@ -132,7 +135,7 @@ def _prefix_logloss(module: SearchModule, dm: CTRDataModule, result: ClusterResu
                 total += float(F.binary_cross_entropy_with_logits(backbone(batch), batch["label"], reduction="sum"))
         finally:
             backbone.embedding_transform = transform
-        return total / max(rows, 1)
+        return total / rows
     return logloss
 
 
@@ -140,6 +143,9 @@ def stage_cluster(run: RunDirectory, args: argparse.Namespace, dm: CTRDataModule
     """Deterministic gates over the training set -> mini-batch k-means -> per-group dimensions."""
     if run.done("cluster"):
         return run.metrics("cluster")
+    budget_fit = getattr(args, "budget_fit", "loss")
+    if budget_fit not in ("loss", "gates"):
+        raise ValueError(f"budget_fit must be 'loss' or 'gates', got {budget_fit!r} (run.json of {run.root})")
     start = time.perf_counter()
     dm = dm or datamodule_from_args(args)
     module = _search_module(run)
@@ -151,7 +157,7 @@ def stage_cluster(run: RunDirectory, args: argparse.Namespace, dm: CTRDataModule
     result = cluster(lambda: (m.flatten(1) for m in train_masks()), train_masks, len(fields), dim,
                      config, val_feature_stream=lambda: (m.flatten(1) for m in val_masks()))
     searched_dims = result.dims
-    budget, budget_fit = module.hparams.gate.get("budget"), getattr(args, "budget_fit", "loss")
+    budget = module.hparams.gate.get("budget")
     if budget is not None:
         costs = [float(dm.vocab_sizes[f]) for f in fields]
         if budget_fit == "loss":

@@ -210,6 +210,15 @@ def test_the_budget_fit_scores_dimensions_by_validation_logloss(finished) -> Non
     assert search.backbone.embedding_transform == search._gate_embeddings   # the gates are back in place
 
 
+def test_an_unknown_budget_fit_is_refused_before_any_work(finished, tmp_path, capsys) -> None:
+    run = _copy_until(finished[0], tmp_path, "cluster")
+    options = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(options | {"budget_fit": "entropy"}))
+    assert main(["cluster", "--run", str(run)]) == 2
+    assert f"budget_fit must be 'loss' or 'gates', got 'entropy' (run.json of {run})" in capsys.readouterr().err
+    assert not (run / "cluster").exists()
+
+
 def test_a_finished_run_is_not_redone(finished, cache, tmp_path, monkeypatch) -> None:
     source, first_seconds = finished
     run = tmp_path / "run"
