@@ -111,8 +111,8 @@ NOTES = [
     "search prices a gate by its field's vocabulary, so the small pure-noise fields keep all 16 gates open for "
     "free, and counting open gates cut the rank-8 field A (1,000 ids) to 4 dimensions on 9 of 10 DeepFM seeds "
     "while the noise fields kept 16; `loss` keeps A at 8 on 7 of 10 DeepFM seeds (the other 3 keep B at 16) and "
-    "narrows most noise fields to 2. The `loss` fit reads the "
-    "validation rows, so (c)'s validation AUC there is a little optimistic; test rows are read by no choice.",
+    "narrows most noise fields to 2. The `loss` fit reads the validation rows, so (c)'s validation AUC there is "
+    "a little optimistic; test rows are read by no choice.",
     "(e) retrains the same groups with group-specific dense layers (K copies of the DNN and output layers); its "
     "embedding parameters and FLOPs per sample equal (c)'s, its dense parameters are K times theirs.",
 ]

@@ -36,8 +36,12 @@ from .model import IHASModel
 from .modules import BackboneModule, RetrainModule, SearchModule
 from .modules.retrain_module import prefix_masks
 
-__all__ = ["RunDirectory", "stage_cluster", "stage_retrain", "stage_separate", "stage_baseline", "collect_metrics",
-           "embedding_rows"]
+__all__ = ["BUDGET_FITS", "RunDirectory", "stage_cluster", "stage_retrain", "stage_separate", "stage_baseline",
+           "collect_metrics", "embedding_rows"]
+
+
+BUDGET_FITS = ("loss", "gates")
+"""How ``stage_cluster`` narrows the shared tables to the budget: measured validation logloss, or open gates."""
 
 
 class RunDirectory:
@@ -89,13 +93,18 @@ def _search_module(run: RunDirectory) -> SearchModule:
     return module.eval()
 
 
+def _searched_masks(search: SearchModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, F, D) deterministic gate masks of a batch on the searched tables: what the clustering groups."""
+    return search.gates.deterministic_mask(search.backbone.field_embeddings(batch))
+
+
 def _mask_stream(module: SearchModule, dm: CTRDataModule, split: str) -> Callable[[], Iterator[torch.Tensor]]:
     """Deterministic gate masks (B, F, D) of a split, streamed batch by batch."""
 
     def stream() -> Iterator[torch.Tensor]:
         with torch.no_grad():
             for batch in dm.stream(split, shuffle=False):
-                yield module.gates.deterministic_mask(module.backbone.field_embeddings(batch))
+                yield _searched_masks(module, batch)
     return stream
 
 
@@ -116,9 +125,8 @@ def _prefix_logloss(module: SearchModule, dm: CTRDataModule, result: ClusterResu
     batches, groups, rows = [], [], 0
     with torch.no_grad():
         for batch in dm.stream("val", shuffle=False):
-            masks = module.gates.deterministic_mask(module.backbone.field_embeddings(batch))
             batches.append(batch)
-            groups.append(result.predict(masks.flatten(1)))
+            groups.append(result.predict(_searched_masks(module, batch).flatten(1)))
             rows += len(groups[-1])
             if rows >= max_rows:
                 break
@@ -146,7 +154,7 @@ def stage_cluster(run: RunDirectory, args: argparse.Namespace, dm: CTRDataModule
     if run.done("cluster"):
         return run.metrics("cluster")
     budget_fit = getattr(args, "budget_fit", "loss")
-    if budget_fit not in ("loss", "gates"):
+    if budget_fit not in BUDGET_FITS:
         raise ValueError(f"budget_fit must be 'loss' or 'gates', got {budget_fit!r} (run.json of {run.root})")
     start = time.perf_counter()
     dm = dm or datamodule_from_args(args)
@@ -238,7 +246,7 @@ def _searched_routes(search: SearchModule, centroids: torch.Tensor, dm: CTRDataM
     """(N,) group of every row of a split, routed as ``RetrainModule.route`` does, on the searched tables."""
     groups = []
     for batch in dm.stream(split, shuffle=False):
-        masks = search.gates.deterministic_mask(search.backbone.field_embeddings(batch)).flatten(1)  # (B, F*D)
+        masks = _searched_masks(search, batch).flatten(1)                                       # (B, F*D)
         groups.append(torch.cdist(masks, centroids).argmin(dim=1))                                   # (B,)
     return torch.cat(groups).numpy()
 

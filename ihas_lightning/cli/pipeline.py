@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 
-from ..pipeline import (RunDirectory, collect_metrics, embedding_rows, stage_baseline, stage_cluster, stage_retrain,
-                        stage_separate)
+from ..pipeline import (BUDGET_FITS, RunDirectory, collect_metrics, embedding_rows, stage_baseline, stage_cluster,
+                        stage_retrain, stage_separate)
 from .common import add_data_arguments, add_trainer_arguments, datamodule_from_args, print_table
 from .search import add_search_arguments, run_search
 
@@ -23,7 +23,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cluster and retrain")
     group.add_argument("--k", type=int, default=4, help="number of groups; 0 chooses it on validation data")
     group.add_argument("--candidate-dims", default="0,2,4,8,16", help="dimensions a group's field may get")
-    group.add_argument("--budget-fit", choices=("loss", "gates"), default="loss",
+    group.add_argument("--budget-fit", choices=BUDGET_FITS, default="loss",
                        help="how the stored tables are narrowed to the search's --budget: 'loss' narrows the field "
                             "that costs the searched model the least validation logloss per parameter saved, "
                             "'gates' the one whose members lose the fewest open gates (no forward passes)")

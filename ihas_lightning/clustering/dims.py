@@ -161,12 +161,15 @@ def fit_dims_to_budget(dims: Tensor, field_costs: Sequence[float], dim: int, bud
         best, best_ratio = None, None
         for field in range(dims.shape[1]):
             lower = [a for a in allowed if a < int(widths[field])]
-            saved = float(costs[field] * (int(widths[field]) - lower[-1])) if lower else 0.0
-            if saved <= 0:
+            if not lower:
                 continue
-            ratio = cost(dims, field, lower[-1]) / saved
+            new = lower[-1]
+            saved = float(costs[field] * (int(widths[field]) - new))
+            if saved <= 0:                                        # a field without cost saves nothing
+                continue
+            ratio = cost(dims, field, new) / saved
             if best_ratio is None or ratio < best_ratio:
-                best, best_ratio = (field, lower[-1]), ratio
+                best, best_ratio = (field, new), ratio
         if best is None:
             break
         dims = narrowed(dims, *best)
