@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from pytorch_lightning.callbacks import EarlyStopping
 
 from ihas_lightning.callbacks import (GateStatisticsLogger, RegularizerWarmup, SupernetSampler, TemperatureAnnealing,
@@ -155,3 +156,13 @@ def test_the_search_cli_refuses_a_code_running_config(tmp_path, capsys) -> None:
                  "--config", str(config)])
     assert code == 2 and not marker.exists()
     assert "refusing class_path 'os.system'" in capsys.readouterr().err
+
+
+def test_the_search_cli_takes_a_preset_name_from_any_directory(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)                          # no clone around: the preset comes from the package
+    code = main(["search", "--data", "synthetic", "--rows", "600", "--epochs", "2", "--dnn", "8", "--out", "run",
+                 "--cache-dir", "cache", "--quiet", "--config", "search_fast_anneal"])
+    assert code == 0
+    state = torch.load(tmp_path / "run" / "search" / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
+    assert "TemperatureAnnealing{'start': 0.6667, 'end': 0.2, 'steps': 150}" in state
+    assert "RegularizerWarmup{'steps': 30, 'start': 0.0}" in state
