@@ -12,7 +12,6 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from ihas_lightning.callbacks import RegularizerWarmup, TemperatureAnnealing
 from ihas_lightning.data.datamodule import CTRDataModule
 from ihas_lightning.modules import SearchModule
-REPO = Path(__file__).resolve().parents[1]
 TINY_ROWS = 4000          # 3200 training rows: 13 batches of 256 per epoch
 TINY_BATCH = 256
 STEPS_PER_EPOCH = math.ceil(int(TINY_ROWS * 0.8) / TINY_BATCH)

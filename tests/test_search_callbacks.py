@@ -1,4 +1,4 @@
-"""The search stage's callbacks: YAML sets, state keys, validation, schedule values, checkpointed state and
+"""The search stage's callbacks: state keys, validation, schedule values, checkpointed state and
 the TensorBoard views of ``GateStatisticsLogger``."""
 
 from __future__ import annotations
@@ -11,52 +11,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from ihas_lightning.callbacks import GateStatisticsLogger, RegularizerWarmup, SupernetSampler, TemperatureAnnealing
-from ihas_lightning.cli.common import load_callbacks
+from ihas_lightning.callbacks import GateStatisticsLogger, RegularizerWarmup, TemperatureAnnealing
 from ihas_lightning.modules import SearchModule
 from _search_fixtures import (  # noqa: E402  (tests/ is on sys.path: pytest's rootdir-relative import)
-    REPO, STEPS_PER_EPOCH, _dm, _schedules, _search, _trainer,
+    STEPS_PER_EPOCH, _dm, _schedules, _search, _trainer,
 )
-
-
-EXPECTED_YAML = {
-    "search.yaml": [(TemperatureAnnealing, {"start": 0.6667, "end": 0.1, "steps": 600}),
-                    (RegularizerWarmup, {"steps": 100, "start": 0.0}),
-                    (GateStatisticsLogger, {"every_n_epochs": 1})],
-    "search_fast_anneal.yaml": [(TemperatureAnnealing, {"start": 0.6667, "end": 0.2, "steps": 150}),
-                                (RegularizerWarmup, {"steps": 30, "start": 0.0}),
-                                (GateStatisticsLogger, {"every_n_epochs": 1})],
-}
-
-
-def test_every_callbacks_yaml_loads_with_the_right_classes_and_args() -> None:
-    files = {p.name: p for p in (REPO / "callbacks").glob("*.yaml")}
-    assert set(EXPECTED_YAML) | {"supernet.yaml"} == set(files), "a new YAML needs its expectations here"
-    for name, expected in EXPECTED_YAML.items():
-        callbacks = load_callbacks(files[name])
-        assert [type(c) for c in callbacks] == [cls for cls, _ in expected], name
-        for callback, (_, args) in zip(callbacks, expected):
-            for key, value in args.items():
-                assert getattr(callback, key) == pytest.approx(value), (name, key)
-    (sampler,) = load_callbacks(files["supernet.yaml"])
-    assert isinstance(sampler, SupernetSampler)
-    assert sampler.config.dim_choices == (2, 4, 8, 16) and sampler.config.warmup_steps == 500
-    assert sampler.config.width_choices == (0.25, 0.5, 0.75, 1.0) and sampler.seed == 0
-    assert sampler.config.per_sample is False and sampler.config.sample_widths is True
-
-
-def test_load_callbacks_reports_bad_files(tmp_path) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("callbacks:\n  - class_path: ihas_lightning.callbacks.NoSuchCallback\n")
-    with pytest.raises(ValueError, match="NoSuchCallback"):
-        load_callbacks(bad)
-    bad.write_text("callbacks:\n  - init_args: {steps: 3}\n")
-    with pytest.raises(ValueError, match="class_path"):
-        load_callbacks(bad)
-    bad.write_text("callbacks:\n  - class_path: ihas_lightning.callbacks.TemperatureAnnealing\n"
-                   "    init_args: {steps: -7}\n")
-    with pytest.raises(ValueError, match="-7"):
-        load_callbacks(bad)
 
 
 def test_callback_state_keys_differ_with_their_args() -> None:

@@ -11,9 +11,8 @@ import pytorch_lightning as pl
 import torch
 
 from ihas_lightning.backbones import build_backbone
-from ihas_lightning.callbacks import SupernetSampler
+from ihas_lightning.callbacks import SupernetSampler, load_callbacks
 from ihas_lightning.cli import main
-from ihas_lightning.cli.common import load_callbacks
 from ihas_lightning.data.datamodule import CTRDataModule
 from ihas_lightning.data.encoders import EncodedColumns, FeatureEncoder
 from ihas_lightning.data.loader import to_batch
@@ -226,7 +225,7 @@ def test_sampler_installs_masks_on_any_backbone_module_and_yaml(tmp_path, dm) ->
     from ihas_lightning.modules import BackboneModule
 
     module = BackboneModule(dm.schema, dm.vocab_sizes, dim=DIM, dnn_hidden_units=HIDDEN)
-    (callback,) = load_callbacks("callbacks/supernet.yaml")
+    (callback,) = load_callbacks("supernet")
     assert isinstance(callback, SupernetSampler) and callback.config.warmup_steps == 500
     callback = SupernetSampler(dim_choices=(2, 4), seed=0, record=True)
     _trainer(tmp_path, [callback], 3).fit(module, dm)

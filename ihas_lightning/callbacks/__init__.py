@@ -1,7 +1,9 @@
-"""Lightning callbacks: gate schedules, gate statistics, supernet sampling; one public callback per file."""
+"""Lightning callbacks: gate schedules, gate statistics, supernet sampling; one public callback per file, and
+the loader of callback sets from YAML presets (``presets.py``)."""
 
 from .gate_statistics import GateStatisticsLogger
 from .optuna_pruning import OptunaPruning
+from .presets import load_callbacks, preset_names
 from .regularizer_warmup import RegularizerWarmup
 from .searched_checkpoint import BestSearchedCheckpoint
 from .stateful import MissingCallbackStateError, StatefulCallback
@@ -9,4 +11,5 @@ from .supernet_sampler import SupernetSampler
 from .temperature_annealing import TemperatureAnnealing
 
 __all__ = ["BestSearchedCheckpoint", "GateStatisticsLogger", "MissingCallbackStateError", "OptunaPruning",
-           "RegularizerWarmup", "StatefulCallback", "SupernetSampler", "TemperatureAnnealing"]
+           "RegularizerWarmup", "StatefulCallback", "SupernetSampler", "TemperatureAnnealing", "load_callbacks",
+           "preset_names"]

@@ -20,7 +20,7 @@ from ..data.datamodule import CTRDataModule
 from ..data.readers import FORMATS
 
 __all__ = ["add_data_arguments", "add_trainer_arguments", "datamodule_from_args", "make_trainer", "write_json",
-           "ThroughputMeter", "print_table", "load_callbacks"]
+           "ThroughputMeter", "print_table"]
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -162,26 +162,3 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]
         table.add_row(*(f"{v:.4f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
                         for v in row))
     Console().print(table)
-
-
-def load_callbacks(path: str | Path) -> list[Callback]:
-    """Callbacks from a YAML file in Lightning's ``class_path``/``init_args`` form (see ``callbacks/``)."""
-    import importlib
-
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text())
-    entries = data.get("callbacks", data) if isinstance(data, dict) else data
-    if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a list of callbacks (or a 'callbacks:' key)")
-    callbacks = []
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, dict) or "class_path" not in entry:
-            raise ValueError(f"{path}: callback #{index} needs a 'class_path'")
-        module_name, _, class_name = entry["class_path"].rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError) as error:
-            raise ValueError(f"{path}: callback #{index}: cannot import '{entry['class_path']}': {error}") from None
-        callbacks.append(cls(**(entry.get("init_args") or {})))
-    return callbacks

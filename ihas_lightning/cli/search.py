@@ -10,10 +10,11 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from ..callbacks import BestSearchedCheckpoint, GateStatisticsLogger, RegularizerWarmup, TemperatureAnnealing
+from ..callbacks import (BestSearchedCheckpoint, GateStatisticsLogger, RegularizerWarmup, TemperatureAnnealing,
+                         load_callbacks, preset_names)
 from ..modules import SearchModule
-from .common import (add_data_arguments, add_trainer_arguments, datamodule_from_args, load_callbacks, make_trainer,
-                     parse_widths, print_table, write_json)
+from .common import (add_data_arguments, add_trainer_arguments, datamodule_from_args, make_trainer, parse_widths,
+                     print_table, write_json)
 
 __all__ = ["register", "add_search_arguments", "run_search", "search_metrics", "searched_checkpoint",
            "unsettled_gates"]
@@ -48,7 +49,8 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
                        help="which searched epoch the later stages read: 'best' validation AUC among the gated "
                             "epochs (default; CTR models overfit after an epoch or two) or the 'last'")
     group.add_argument("--config", default=None,
-                       help="callbacks YAML (see callbacks/search.yaml); default: annealing, warm-up, statistics")
+                       help=f"callbacks: a packaged preset ({', '.join(preset_names())}) or a YAML file of "
+                            "class_path/init_args entries; default: annealing, warm-up, statistics")
 
 
 def gate_options(args: argparse.Namespace) -> dict:
