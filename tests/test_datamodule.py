@@ -1,18 +1,23 @@
-"""``CTRDataModule`` on the real Criteo and Avazu samples and on the synthetic generator: split sizes,
-encoders fitted on the training split only, cache reuse, a separate test file, and clear errors."""
+"""``CTRDataModule`` on the real Criteo, Avazu and MovieLens-1M samples and on the synthetic generator: split
+sizes, encoders fitted on the training split only, cache reuse, a separate test file, and clear errors."""
 
 from __future__ import annotations
 
+import gzip
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
+import torch
 
 from ihas_lightning.data import datamodule as datamodule_module
 from ihas_lightning.data.datamodule import CTRDataModule, split_rows
 from ihas_lightning.data.encoders import MISSING_ID, OOV_ID, EncodedColumns
 from ihas_lightning.data.readers import read_data
 from ihas_lightning.data.schema import DataFormatError
+from ihas_lightning.modules import BackboneModule
 
 
 def ready(dm: CTRDataModule) -> CTRDataModule:
@@ -114,6 +119,33 @@ def test_separate_test_file(data_dir: Path, tmp_path: Path) -> None:
     assert dm.schema.sparse[:2] == ("hour_of_day", "weekday")
 
 
+def test_movielens_1m_folder_trains(data_dir: Path, tmp_path: Path) -> None:
+    """The first 3,000 ratings of the real ML-1M sample: format guessed from the folder, a few training steps."""
+    real = data_dir / "movielens" / "ml-1m-first3k"
+    folder = tmp_path / "ml-1m-3000"
+    folder.mkdir()
+    for name in ("users.dat", "movies.dat"):
+        shutil.copy(real / name, folder / name)
+    with gzip.open(real / "ratings.dat.gz", "rt", encoding="latin-1") as handle:
+        first = [next(handle) for _ in range(3000)]
+    (folder / "ratings.dat.gz").write_bytes(gzip.compress("".join(first).encode("latin-1")))
+    dm = ready(CTRDataModule(str(folder), cache_dir=str(tmp_path / "cache"), batch_size=256))
+    assert dm.format == "movielens-1m"
+    assert {n: len(dm.split(n)) for n in ("train", "val", "test")} == {"train": 2400, "val": 300, "test": 300}
+    assert dm.schema.sparse[:2] == ("user_id", "movie_id") and dm.split("train").multi.shape == (2400, 6)
+    positives = sum(int(dm.split(n).labels.sum()) for n in ("train", "val", "test"))
+    assert positives == sum(int(line.split("::")[2]) >= 4 for line in first)
+
+    module = BackboneModule(dm.schema, dm.vocab_sizes, backbone="DeepFM", dim=4, dnn_hidden_units=(8,), seed=0)
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer = pl.Trainer(max_steps=5, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+                         default_root_dir=str(tmp_path))
+    trainer.fit(module, dm)
+    assert trainer.global_step == 5 and torch.isfinite(trainer.callback_metrics["train_loss"])
+    assert any(not torch.equal(b, p) for b, p in zip(before, module.parameters()))
+
+
 def test_synthetic_is_deterministic_by_seed(tmp_path: Path) -> None:
     def build(seed: int, folder: str) -> CTRDataModule:
         return ready(CTRDataModule("synthetic", rows=2000, seed=seed, cache_dir=str(tmp_path / folder)))
@@ -137,6 +169,8 @@ def test_clear_errors(criteo_file: Path, tmp_path: Path) -> None:
         CTRDataModule(str(criteo_file), format="criteo-2030", cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="cannot guess the format"):
         CTRDataModule(str(criteo_file), cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="movielens-1m"):                 # the message lists every format
+        CTRDataModule(str(tmp_path), cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="val_share"):
         CTRDataModule(str(criteo_file), format="criteo", val_share=0.6, test_share=0.5, cache_dir=str(tmp_path))
     with pytest.raises(RuntimeError, match=r"prepare_data\(\) and setup\(\) first"):

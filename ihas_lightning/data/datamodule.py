@@ -47,8 +47,8 @@ class CTRDataModule(pl.LightningDataModule):
 
     Args:
         data: a data file or folder, or ``"synthetic"`` for the bundled generator.
-        format: reader name (``criteo``, ``criteo-1tb``, ``avazu``, ``movielens-100k``, ``libfm``, ``csv``,
-            ``tsv``, ``parquet``, ``synthetic``); guessed from ``data`` when omitted.
+        format: reader name (``criteo``, ``criteo-1tb``, ``avazu``, ``movielens-100k``, ``movielens-1m``,
+            ``libfm``, ``csv``, ``tsv``, ``parquet``, ``synthetic``); guessed from ``data`` when omitted.
         schema: schema file (JSON/YAML) for ``csv``/``tsv``/``parquet``.
         test: a separate test file; the validation split then comes from ``data``.
         rows: rows of synthetic data (train + val + test).
@@ -255,9 +255,11 @@ def _guess_format(data: str) -> str:
     path = Path(data)
     if path.is_dir() and (path / "u.data").exists():
         return "movielens-100k"
+    if path.is_dir() and ((path / "ratings.dat").exists() or (path / "ratings.dat.gz").exists()):
+        return "movielens-1m"
     suffix = path.suffix.lower()
     guesses = {".parquet": "parquet", ".libfm": "libfm", ".svm": "libfm", ".tsv": "tsv", ".csv": "csv"}
     if suffix in guesses:
         return guesses[suffix]
     raise ValueError(f"cannot guess the format of '{data}': pass format= (criteo, criteo-1tb, avazu, "
-                     "movielens-100k, libfm, csv, tsv, parquet, synthetic)")
+                     "movielens-100k, movielens-1m, libfm, csv, tsv, parquet, synthetic)")

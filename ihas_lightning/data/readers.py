@@ -17,13 +17,11 @@ import numpy as np
 from ihas_lightning.data.readers_formats import (
     AVAZU_SCHEMA,
     CRITEO_SCHEMA,
-    MOVIELENS_100K_SCHEMA,
     libfm_schema,
     read_avazu,
     read_criteo,
     read_criteo_1tb,
     read_libfm,
-    read_movielens_100k,
 )
 from ihas_lightning.data.readers_io import (
     PathLike,
@@ -35,6 +33,12 @@ from ihas_lightning.data.readers_io import (
     split_multivalued,
     to_sparse,
 )
+from ihas_lightning.data.readers_movielens import (
+    MOVIELENS_1M_SCHEMA,
+    MOVIELENS_100K_SCHEMA,
+    read_movielens_1m,
+    read_movielens_100k,
+)
 from ihas_lightning.data.schema import DataFormatError, RawColumns, Schema
 
 __all__ = [
@@ -43,11 +47,13 @@ __all__ = [
     "CRITEO_SCHEMA",
     "AVAZU_SCHEMA",
     "MOVIELENS_100K_SCHEMA",
+    "MOVIELENS_1M_SCHEMA",
     "libfm_schema",
     "read_criteo",
     "read_criteo_1tb",
     "read_avazu",
     "read_movielens_100k",
+    "read_movielens_1m",
     "read_libfm",
     "read_table",
     "read_data",
@@ -56,7 +62,8 @@ __all__ = [
 TableFormat = Literal["csv", "tsv", "parquet"]
 
 #: Format names :func:`read_data` accepts.
-FORMATS: tuple[str, ...] = ("criteo", "criteo-1tb", "avazu", "movielens-100k", "libfm", "csv", "tsv", "parquet")
+FORMATS: tuple[str, ...] = ("criteo", "criteo-1tb", "avazu", "movielens-100k", "movielens-1m", "libfm", "csv", "tsv",
+                            "parquet")
 
 _SUFFIXES: dict[str, TableFormat] = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -189,6 +196,7 @@ _FIXED: dict[str, Callable[[PathLike], RawColumns]] = {
     "criteo-1tb": read_criteo_1tb,
     "avazu": read_avazu,
     "movielens-100k": read_movielens_100k,
+    "movielens-1m": read_movielens_1m,
     "libfm": read_libfm,
 }
 

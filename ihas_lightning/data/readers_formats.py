@@ -1,4 +1,5 @@
-"""Readers for the public CTR data sets' own layouts: Criteo (Kaggle and 1TB), Avazu, MovieLens-100K, libFM.
+"""Readers for the public CTR data sets' own layouts: Criteo (Kaggle and 1TB), Avazu, libFM (MovieLens is in
+:mod:`~ihas_lightning.data.readers_movielens`).
 
 Each reader knows its data set's columns and returns :class:`RawColumns` with a fixed schema (the module
 constants below), so that experiments can name a data set instead of spelling out 40 column names.
@@ -9,9 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Sequence
-from pathlib import Path
-
-import numpy as np
 
 from ihas_lightning.data.readers_io import (
     PathLike,
@@ -23,19 +21,17 @@ from ihas_lightning.data.readers_io import (
     select_columns,
     to_sparse,
 )
-from ihas_lightning.data.schema import DataFormatError, MultiValuedField, RawColumns, Schema
+from ihas_lightning.data.schema import DataFormatError, RawColumns, Schema
 
 __all__ = [
     "CRITEO_COLUMNS",
     "CRITEO_SCHEMA",
     "AVAZU_COLUMNS",
     "AVAZU_SCHEMA",
-    "MOVIELENS_100K_SCHEMA",
     "LIBFM_LABELS",
     "read_criteo",
     "read_criteo_1tb",
     "read_avazu",
-    "read_movielens_100k",
     "read_libfm",
     "libfm_schema",
 ]
@@ -56,13 +52,6 @@ AVAZU_COLUMNS = ("id", "click", "hour", "C1", "banner_pos", "site_id", "site_dom
 AVAZU_SCHEMA = Schema(label="click", sparse=("hour_of_day", "weekday", *AVAZU_COLUMNS[3:]))
 
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-
-#: MovieLens-100K joined with its user and item tables; label = rating >= min_rating.
-MOVIELENS_100K_SCHEMA = Schema(
-    label="label",
-    sparse=("user_id", "item_id", "age", "gender", "occupation", "zip", "zip_prefix", "release_year"),
-    multivalued=(MultiValuedField("genres", "|", max_len=6),),
-)
 
 #: libFM label spellings: -1/0 are negatives, 1/+1 positives.
 LIBFM_LABELS = {"-1": 0.0, "0": 0.0, "1": 1.0, "+1": 1.0, "-1.0": 0.0, "0.0": 0.0, "1.0": 1.0, "+1.0": 1.0}
@@ -131,113 +120,6 @@ def read_avazu(path: PathLike, *, header: bool | None = None) -> RawColumns:
     hours, weekdays = _hour_parts(columns["hour"], lines, table.source)
     columns = {**columns, "hour_of_day": hours, "weekday": weekdays}
     return columns_to_raw(columns, lines, AVAZU_SCHEMA, source=table.source)
-
-
-def _age_bucket(age: int) -> str:
-    """MovieLens-1M's age groups, so that 61 raw ages (several seen once) share 7 well-trained embeddings
-    and features mean the same in ML-100K and ML-1M."""
-    for upper, name in ((18, "1-17"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (50, "45-49"), (56, "50-55")):
-        if age < upper:
-            return name
-    return "56+"
-
-
-def _int_field(value: str, source: str, line: int, column: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise DataFormatError(f"expected an integer, got {value!r}", source=source, line=line,
-                              column=column) from None
-
-
-def _unique_index(ids: Sequence[str], lines: Sequence[int], source: str, column: str) -> dict[str, int]:
-    index: dict[str, int] = {}
-    for i, key in enumerate(ids):
-        if key in index:
-            raise DataFormatError(f"id {key!r} repeats line {lines[index[key]]}", source=source, line=lines[i],
-                                  column=column)
-        index[key] = i
-    return index
-
-
-def read_movielens_100k(directory: PathLike, *, min_rating: int = 4) -> RawColumns:
-    """MovieLens-100K ``u.data`` joined with ``u.user``, ``u.item`` and ``u.genre``, in ``u.data``'s row order.
-
-    Label: ``rating >= min_rating``. ``age`` is bucketed (see :func:`_age_bucket`); ``zip_prefix`` is the
-    first three characters of the zip code (the US sectional centre, a coarser location than ``zip``'s 795
-    values); ``release_year`` comes from the release date (``""`` when missing); ``genres`` from the flags.
-    """
-    if not 1 <= min_rating <= 5:
-        raise ValueError(f"min_rating must be within the ratings 1..5, got {min_rating}")
-    folder = Path(directory)
-    genre_rows = read_rows(folder / "u.genre", delimiter="|", quoted=False)
-    genre_cols, genre_lines = select_columns(genre_rows, ("name", "index"), header=False)
-    genre_order = [_int_field(v, genre_rows.source, line, "index") for v, line in zip(genre_cols["index"],
-                                                                                        genre_lines)]
-    genres = [name for _, name in sorted(zip(genre_order, genre_cols["name"]))]
-
-    user_table = read_rows(folder / "u.user", delimiter="|", quoted=False)
-    users, user_lines = select_columns(user_table, ("user_id", "age", "gender", "occupation", "zip"), header=False)
-    user_index = _unique_index(users["user_id"], user_lines, user_table.source, "user_id")
-    ages = [_age_bucket(_int_field(v, user_table.source, line, "age")) for v, line in zip(users["age"], user_lines)]
-
-    # u.item is latin-1 (titles such as "Misérables"); quoting off because titles hold bare '"'.
-    item_table = read_rows(folder / "u.item", delimiter="|", quoted=False, encoding="latin-1")
-    item_names = ("item_id", "title", "release_date", "video_release_date", "url", *genres)
-    items, item_lines = select_columns(item_table, item_names, header=False)
-    item_index = _unique_index(items["item_id"], item_lines, item_table.source, "item_id")
-    years = []
-    for value, line in zip(items["release_date"], item_lines):
-        year = value.strip()[-4:]
-        if value.strip() and not (year.isdigit() and value.strip()[-5:-4] == "-"):
-            raise DataFormatError(f"expected a date like 01-Jan-1995, got {value!r}", source=item_table.source,
-                                  line=line, column="release_date")
-        years.append(year)
-    flags = np.empty((len(item_lines), len(genres)), dtype=bool)
-    for k, genre in enumerate(genres):
-        column = items[genre]
-        bad = next((i for i, v in enumerate(column) if v not in ("0", "1")), None)
-        if bad is not None:
-            raise DataFormatError(f"genre flag must be 0 or 1, got {column[bad]!r}", source=item_table.source,
-                                  line=item_lines[bad], column=genre)
-        flags[:, k] = np.asarray(column) == "1"
-    item_genres = [[genres[k] for k in np.flatnonzero(row)] for row in flags]
-
-    data_table = read_rows(folder / "u.data", delimiter="\t", quoted=False)
-    data, lines = select_columns(data_table, ("user_id", "item_id", "rating", "timestamp"), header=False)
-    source = data_table.source
-    ratings = np.array([_int_field(v, source, line, "rating") for v, line in zip(data["rating"], lines)])
-    bad_rating = np.flatnonzero((ratings < 1) | (ratings > 5))
-    if bad_rating.size:
-        i = int(bad_rating[0])
-        raise DataFormatError(f"rating must be 1..5, got {ratings[i]}", source=source, line=lines[i],
-                              column="rating")
-    user_rows = _lookup(data["user_id"], user_index, lines, source, "user_id", user_table.source)
-    item_rows = _lookup(data["item_id"], item_index, lines, source, "item_id", item_table.source)
-    zips = users["zip"]
-    sparse = {
-        "user_id": to_sparse(data["user_id"]),
-        "item_id": to_sparse(data["item_id"]),
-        "age": to_sparse([ages[u] for u in user_rows]),
-        "gender": to_sparse([users["gender"][u] for u in user_rows]),
-        "occupation": to_sparse([users["occupation"][u] for u in user_rows]),
-        "zip": to_sparse([zips[u] for u in user_rows]),
-        "zip_prefix": to_sparse([zips[u][:3] for u in user_rows]),
-        "release_year": to_sparse([years[i] for i in item_rows]),
-    }
-    return RawColumns(schema=MOVIELENS_100K_SCHEMA, labels=(ratings >= min_rating).astype(np.float32),
-                      sparse=sparse, multivalued={"genres": [list(item_genres[i]) for i in item_rows]},
-                      source=source)
-
-
-def _lookup(keys: Sequence[str], index: dict[str, int], lines: Sequence[int], source: str, column: str,
-            table: str) -> list[int]:
-    try:
-        return [index[key] for key in keys]
-    except KeyError:
-        i = next(i for i, key in enumerate(keys) if key not in index)
-        raise DataFormatError(f"id {keys[i]!r} is not in {table}", source=source, line=lines[i],
-                              column=column) from None
 
 
 def libfm_schema(num_fields: int) -> Schema:

@@ -28,6 +28,7 @@ __all__ = [
     "open_binary",
     "decoded_lines",
     "read_rows",
+    "read_separated_rows",
     "select_columns",
     "parse_labels",
     "parse_dense",
@@ -104,6 +105,24 @@ def read_rows(path: PathLike, *, delimiter: str, quoted: bool, encoding: str = "
     if not rows:
         raise DataFormatError("the file is empty", source=source)
     return TextRows(source=source, rows=rows, lines=lines, delimiter=delimiter)
+
+
+def read_separated_rows(path: PathLike, separator: str, *, encoding: str = "utf-8") -> TextRows:
+    """Split ``path`` on a multi-character ``separator`` (MovieLens-1M's ``::``, which :mod:`csv` cannot take).
+
+    No quoting; a line end may be LF or CRLF; blank lines are skipped; an empty file is an error.
+    """
+    source = os.fspath(path)
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    for number, text in enumerate(decoded_lines(path, encoding), start=1):
+        text = text.rstrip("\r\n")
+        if text:
+            rows.append(text.split(separator))
+            lines.append(number)
+    if not rows:
+        raise DataFormatError("the file is empty", source=source)
+    return TextRows(source=source, rows=rows, lines=lines, delimiter=separator)
 
 
 def select_columns(table: TextRows, names: Sequence[str], *, header: bool,
