@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,15 +76,6 @@ def test_criteo_kaggle_tsv(criteo_10k: RawColumns) -> None:
     assert raw.labels[0] == 0 and raw.dense["I1"][0] == 1.0 and np.isnan(raw.dense["I12"][0])
     assert raw.sparse["C1"][0] == "68fd1e64" and raw.sparse["C22"][0] == ""
     assert all(isinstance(v, str) for v in raw.sparse["C3"][:100])
-
-
-def test_criteo_10k_reads_fast(data_dir: Path) -> None:
-    timings = []
-    for _ in range(2):                                       # best of two: robust to a busy machine
-        start = time.perf_counter()
-        read_criteo(data_dir / "criteo" / "train-10k.txt")
-        timings.append(time.perf_counter() - start)
-    assert min(timings) < 1.0
 
 
 def test_criteo_csv_with_header(data_dir: Path) -> None:
@@ -168,12 +158,7 @@ def test_movielens_min_rating(data_dir: Path) -> None:
 
 def test_movielens_1m(data_dir: Path) -> None:
     folder = data_dir / "movielens" / "ml-1m-first3k"
-    timings = []
-    for _ in range(2):                                       # best of two: robust to a busy machine
-        start = time.perf_counter()
-        raw = read_data(folder, "movielens-1m")
-        timings.append(time.perf_counter() - start)
-    assert min(timings) < 3.0                                # about 0.5 s (pyarrow), 4 s when split in Python
+    raw = read_data(folder, "movielens-1m")     # read speed: benchmarks, not tests (about 0.5 s with pyarrow)
     assert len(raw) == 487_650 and raw.schema == MOVIELENS_1M_SCHEMA
     assert int(raw.labels.sum()) == 279_124                 # ratings >= 4: 57.2%
     assert distinct(raw.sparse["user_id"]) == 2999 and distinct(raw.sparse["movie_id"]) == 3615
