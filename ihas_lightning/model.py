@@ -6,7 +6,6 @@ One ``nn.Module``, one file: it saves its configuration, weights and the encoder
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from .data.encoders import FeatureEncoder
 from .data.loader import Batch, to_batch
 from .data.schema import RawColumns
 from .modules.retrain_module import RetrainModule
+from .safe_load import load_torch_file
 from .supernet import SubArchitecture, flops_per_sample
 
 __all__ = ["IHASModel", "group_flops"]
@@ -99,10 +99,8 @@ class IHASModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> IHASModel:
-        try:
-            data = torch.load(str(path), map_location=map_location, weights_only=False)
-        except (pickle.UnpicklingError, EOFError) as error:
-            raise ValueError(f"'{path}' is not an IHASModel file (not a torch file: {error})") from None
+        """The model saved at ``path``; a file that is not one (or would run code on load) is a ValueError."""
+        data = load_torch_file(path, "an IHASModel file", map_location)
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         if found != "ihas-model/1":
             raise ValueError(f"'{path}' is not an IHASModel file (format {found!r}); save one with IHASModel.save")

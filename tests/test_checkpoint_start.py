@@ -90,7 +90,7 @@ def test_a_useful_finetuning_replaces_the_start(criteo, pretrained, tmp_path: Pa
     module, scores, trainer = _finetune(criteo, fresh, lr=3e-3, out=tmp_path / "ft", epochs=1)
     assert scores["val_auc"] > start_auc + 0.05
     assert not _equal(module.state_dict(), fresh)
-    saved = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False)
+    saved = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)
     assert saved["epoch"] == 0 and saved["global_step"] > 0   # an epoch's checkpoint, not the starting one
 
 

@@ -24,7 +24,7 @@ def _checkpoint(tmp_path: Path, dim: int) -> Path:
 def test_search_starts_from_the_supernet_backbone(tmp_path: Path) -> None:
     path = _checkpoint(tmp_path, dim=8)
     search = SearchModule(SCHEMA, VOCAB, dim=8, dnn_hidden_units=(8, 4), seed=1)
-    source = torch.load(path, weights_only=False)["state_dict"]
+    source = torch.load(path, weights_only=True)["state_dict"]
     before = search.state_dict()["backbone.model.embedding_dict.a.weight"].clone()
     copied = search.init_backbone_from(str(path))
     after = search.state_dict()
@@ -49,7 +49,7 @@ def test_retraining_starts_from_the_supernet_with_the_searched_router(tmp_path: 
 
     dims = [[2, 8, 4], [8, 2, 0]]                            # table widths 8, 8, 4
     search = SearchModule(SCHEMA, VOCAB, dim=8, dnn_hidden_units=(8, 4), seed=1, gate={"prefix": True})
-    supernet = torch.load(_checkpoint(tmp_path, dim=8), weights_only=False)["state_dict"]
+    supernet = torch.load(_checkpoint(tmp_path, dim=8), weights_only=True)["state_dict"]
     retrain = RetrainModule(SCHEMA, VOCAB, group_dims=dims, centroids=torch.rand(2, 24).tolist(),
                             gate=dict(search.hparams.gate), dim=8, dnn_hidden_units=(8, 4), seed=2)
     retrain.warm_start(search.state_dict(), backbone_state=supernet)
@@ -61,6 +61,6 @@ def test_retraining_starts_from_the_supernet_with_the_searched_router(tmp_path: 
         elif key.startswith("gates."):
             assert torch.equal(value, search.state_dict()[key]), key
     assert state["backbone.model.embedding_dict.c.weight"].shape == (12, 4)
-    other = torch.load(_checkpoint(tmp_path, dim=4), weights_only=False)["state_dict"]
+    other = torch.load(_checkpoint(tmp_path, dim=4), weights_only=True)["state_dict"]
     with pytest.raises(ValueError, match="shape mismatch"):
         retrain.warm_start(search.state_dict(), backbone_state=other)

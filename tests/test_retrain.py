@@ -288,5 +288,5 @@ def test_fit_and_test_with_an_empty_test_split_keeps_the_best_weights(dm, tmp_pa
     trainer = make_trainer(args, tmp_path, max_epochs=3)
     scores = fit_and_test(module, sub, trainer)
     assert "test_auc" not in scores and 0.0 < scores["val_auc"] < 1.0
-    best = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False)["state_dict"]
+    best = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)["state_dict"]
     assert all(torch.equal(v, best[k]) for k, v in module.state_dict().items())

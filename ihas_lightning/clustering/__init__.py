@@ -219,6 +219,26 @@ def _json_float(value: float) -> float | None:
     return None if not math.isfinite(value) else float(value)
 
 
+def _count_rows_up_to(batches: Iterator[Tensor], limit: int) -> int:
+    """Rows in ``batches``, counted until ``limit`` is reached (one batch, usually, not a pass over the data)."""
+    rows = 0
+    for batch in batches:
+        rows += int(batch.shape[0])
+        if rows >= limit:
+            break
+    return rows
+
+
+def _check_k_fits_rows(config: ClusterConfig, training_rows: int) -> None:
+    """K groups need at least K training rows; more would leave groups empty (their dimensions unfounded)."""
+    if config.k is not None and config.k > training_rows:
+        raise ValueError(f"ClusterConfig.k={config.k} groups, but the training data has only {training_rows} "
+                         f"rows: set k <= {training_rows} (or k=None to choose it)")
+    if config.k is None and min(config.k_candidates) > training_rows:
+        raise ValueError(f"every K in ClusterConfig.k_candidates={config.k_candidates} exceeds the "
+                         f"{training_rows} training rows")
+
+
 def cluster(
     feature_stream: Stream | None,
     mask_stream: Stream,
@@ -255,6 +275,10 @@ def cluster(
         feature_stream, feature_name = mask_stream, "mask_stream"
     features = _passes(feature_stream, feature_name)
     masks = _passes(mask_stream, "mask_stream")
+    most_groups = config.k if config.k is not None else max(config.k_candidates)
+    training_rows = _count_rows_up_to((_rows(x, feature_name, i, width) for i, x in enumerate(features())),
+                                      most_groups)
+    _check_k_fits_rows(config, training_rows)
 
     def train_chunks() -> Iterator[Tensor]:
         for i, x in enumerate(features()):
@@ -280,8 +304,8 @@ def cluster(
         fitted: dict[int, MiniBatchKMeans] = {}
         best_k, best_score = None, -math.inf
         for k in config.k_candidates:
-            if k >= sample.shape[0]:
-                scores[str(k)] = None  # silhouette needs K < n
+            if k >= sample.shape[0] or k > training_rows:
+                scores[str(k)] = None  # silhouette needs K < n; K groups need K training rows
                 continue
             fitted[k] = fit(k)
             score = silhouette_score(sample, fitted[k].predict(sample))

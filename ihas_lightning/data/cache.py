@@ -83,6 +83,13 @@ class EncodedStore:
             del mapped
         return EncodedColumns(**parts)
 
+    def read_labels(self) -> np.ndarray:
+        """All labels ``(N,)``, read through a map that is closed right after."""
+        mapped = np.load(self.directory / "labels.npy", mmap_mode="r")
+        labels = np.array(mapped)
+        del mapped
+        return labels
+
     def read_all(self) -> EncodedColumns:
         return self.read(slice(0, self.num_rows))
 

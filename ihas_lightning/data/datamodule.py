@@ -1,8 +1,9 @@
 """``CTRDataModule``: raw files (or the synthetic generator) -> encoded on-disk cache -> whole-tensor batches.
 
 ``prepare_data`` (rank 0 only) reads, splits, fits the encoders on the training split and writes the
-cache; ``setup`` (every rank) opens it. The cache sits under a fingerprint of everything that defines it,
-so a second run with the same options reuses it.
+cache; ``setup`` (every rank) opens it. The cache sits under a fingerprint of everything that defines it
+(the options, the absolute input paths and the content of every input file), so a second run with the same
+options and data reuses it, and a run on edited data does not.
 """
 
 from __future__ import annotations
@@ -10,24 +11,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from .cache import EncodedStore, EncodedWriter, save_encoded
 from .encoders import EncodedColumns, FeatureEncoder, FieldVocabulary
+from .fingerprint import content_fingerprint
 from .loader import BatchStream, StreamLoader
 from .readers import FORMATS, read_data
 from .schema import RawColumns, Schema
 from .synthetic import SyntheticCTR
 
-__all__ = ["CTRDataModule", "split_rows"]
+__all__ = ["CTRDataModule", "check_both_classes", "remove_stale_temporaries", "split_rows"]
 
 SPLITS = ("train", "val", "test")
+# A model is trained on train and chosen by val's AUC, undefined with one class (torchmetrics reports 0.0
+# and the search would pick an epoch by it). The test split may hold unlabelled rows (predictions only).
+_NEED_BOTH_CLASSES = ("train", "val")
 _IN_MEMORY_ROWS = 2_000_000
 
 
@@ -40,6 +48,14 @@ def split_rows(num_rows: int, shares: tuple[float, ...], seed: int) -> list[np.n
         raise ValueError(f"cannot split {num_rows} rows into shares {shares}: a part would be empty")
     bounds = np.cumsum([first, *sizes])[:-1]
     return [np.sort(part) for part in np.split(order, bounds)]
+
+
+def check_both_classes(split: str, labels: np.ndarray, data: str) -> None:
+    """A ValueError naming the split and its label counts when ``labels`` (0/1) hold only one class."""
+    positives = int(np.count_nonzero(labels))
+    if positives == 0 or positives == len(labels):
+        raise ValueError(f"the {split} split of '{data}' has {positives} positive and {len(labels) - positives} "
+                         f"negative labels: AUC needs both classes (more rows, another seed or val_share)")
 
 
 class CTRDataModule(pl.LightningDataModule):
@@ -87,6 +103,7 @@ class CTRDataModule(pl.LightningDataModule):
         self.in_memory = in_memory
         self.encoder: FeatureEncoder | None = None
         self.splits: dict[str, EncodedColumns | EncodedStore] = {}
+        self._contents: dict[str, str] = {}                   # input path -> content fingerprint
 
     @classmethod
     def from_encoded(cls, splits: dict[str, EncodedColumns], encoder: FeatureEncoder, batch_size: int = 1024,
@@ -115,7 +132,8 @@ class CTRDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         if self.splits or (self.cache_dir / "encoder.json").exists():
             return
-        target = self.cache_dir.with_name(self.cache_dir.name + f".tmp{os.getpid()}")
+        remove_stale_temporaries(self.cache_root)
+        target = self.cache_dir.with_name(f"{self.cache_dir.name}.tmp-{socket.gethostname()}-{os.getpid()}")
         target.mkdir(parents=True, exist_ok=True)
         try:
             if self.format == "synthetic":
@@ -145,6 +163,8 @@ class CTRDataModule(pl.LightningDataModule):
         self.encoder = FeatureEncoder.load(self.cache_dir / "encoder.json")
         for name in SPLITS:
             store = EncodedStore(self.cache_dir / name)
+            if name in _NEED_BOTH_CLASSES:
+                check_both_classes(name, store.read_labels(), self.data)
             in_memory = self.in_memory if self.in_memory is not None else len(store) <= _IN_MEMORY_ROWS
             self.splits[name] = store.read_all() if in_memory else store
 
@@ -201,7 +221,9 @@ class CTRDataModule(pl.LightningDataModule):
             if options[key] and Path(options[key]).exists():
                 path = Path(options[key]).resolve()
                 options[key] = str(path)
-                options[f"{key}_stamp"] = _stamp(path)
+                if str(path) not in self._contents:       # hashed once per module: a run sees one version
+                    self._contents[str(path)] = content_fingerprint(path)
+                options[f"{key}_content"] = self._contents[str(path)]
         return options
 
     def _fingerprint(self) -> str:
@@ -244,9 +266,26 @@ class CTRDataModule(pl.LightningDataModule):
         return encoder
 
 
-def _stamp(path: Path) -> list:
-    stat = path.stat()
-    return [stat.st_size, int(stat.st_mtime)]
+# ``<fingerprint>.tmp-<host>-<pid>`` (``<fingerprint>.tmp<pid>`` before the host was in the name)
+_TEMPORARY = re.compile(r"[0-9a-f]{16}\.tmp(?:-(?P<host>.+)-|)(?P<pid>\d+)")
+
+
+def remove_stale_temporaries(cache_root: Path) -> list[Path]:
+    """Delete the half-written cache folders of preparations that were killed (SIGKILL, out of memory, a
+    lost node) and return them: those made on this host by a process that is no longer running. Folders of
+    other hosts sharing the cache root are left alone (their processes cannot be checked from here)."""
+    if not cache_root.is_dir():
+        return []
+    removed = []
+    for folder in cache_root.iterdir():
+        match = _TEMPORARY.fullmatch(folder.name)
+        if not match or not folder.is_dir() or match["host"] not in (None, socket.gethostname()):
+            continue
+        pid = int(match["pid"])
+        if pid != os.getpid() and not psutil.pid_exists(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def _guess_format(data: str) -> str:

@@ -19,6 +19,7 @@ from ..backbones import CTRBackbone
 from ..data.encoders import FeatureEncoder
 from ..data.loader import Batch, to_batch
 from ..data.schema import RawColumns, Schema
+from ..safe_load import load_checkpoint_state
 
 __all__ = ["CTRModule", "NonFiniteLossError", "backbone_weights"]
 
@@ -140,7 +141,7 @@ class CTRModule(pl.LightningModule):
     def init_backbone_from(self, checkpoint_path: str) -> int:
         """Copy the backbone's weights from another module's checkpoint (a trained supernet, a plain backbone)
         of the same backbone, schema and dimension; returns the number of tensors copied."""
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)["state_dict"]
+        state = load_checkpoint_state(checkpoint_path, "a checkpoint to initialise the backbone from")
         wanted = backbone_weights(state, self.state_dict(), f"checkpoint '{checkpoint_path}'")
         self.load_state_dict(wanted, strict=False)
         return len(wanted)
