@@ -14,6 +14,7 @@ from ..backbones import build_backbone
 from ..data.loader import Batch
 from ..data.schema import Schema
 from ..gates import GateConfig, GateOutput, InstanceGates
+from ..regularizers import decided_share, expected_param_share
 from .base import CTRModule
 
 __all__ = ["SearchModule"]
@@ -151,8 +152,6 @@ class SearchModule(CTRModule):
 
     def validation_summary(self) -> dict[str, Any]:
         """Gate statistics over the validation batches seen since the last epoch end."""
-        from ..regularizers import decided_share, expected_param_share
-
         prob = torch.cat([s["prob"] for s in self._val_stats])                                  # (N, F, D)
         mask = torch.cat([s["mask"] for s in self._val_stats])
         per_field = mask.sum(-1).mean(0)                                                        # (F,)
