@@ -105,7 +105,7 @@ def run_deepctr(name: str, splits, encoder, hidden: tuple[int, ...], device: str
 
 
 def run_ours(name: str, splits, encoder, hidden: tuple[int, ...], device: str) -> dict:
-    from ihas_lightning.modules import BackboneModule
+    from ihas_lightning import BackboneModule
 
     module = BackboneModule(encoder.schema, encoder.vocab_sizes, backbone=name, dim=16, **model_kwargs(hidden))
     return time_one_epoch(module, splits, encoder, BATCH_SIZE, device)
