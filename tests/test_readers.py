@@ -9,18 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ihas_lightning.data.readers import (
+from ihas_lightning.data.readers import FORMATS, read_data, read_table
+from ihas_lightning.data.readers_formats import (
     AVAZU_SCHEMA,
     CRITEO_SCHEMA,
-    FORMATS,
     MOVIELENS_100K_SCHEMA,
     read_avazu,
     read_criteo,
     read_criteo_1tb,
-    read_data,
     read_libfm,
     read_movielens_100k,
-    read_table,
 )
 from ihas_lightning.data.schema import DataFormatError, MultiValuedField, RawColumns, Schema
 
