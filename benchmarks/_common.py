@@ -186,7 +186,7 @@ def time_one_epoch(module: pl.LightningModule, splits: dict, encoder: Any, batch
                    callbacks: Sequence[pl.Callback] = ()) -> dict[str, float]:
     """Fit ``module`` for one epoch on encoded ``splits`` (no validation, logger, checkpoints or progress bar):
     the training epoch's seconds (``LightningEpochClock``), the whole ``fit`` call's, and samples/s."""
-    from ihas_lightning.data.datamodule import CTRDataModule
+    from ihas_lightning import CTRDataModule
 
     gc.collect()  # the previous run's module <-> trainer cycle goes before this run's clock starts
     clock = LightningEpochClock(device)

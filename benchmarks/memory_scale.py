@@ -40,7 +40,7 @@ def child_prepare(rows: int, cache: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from ihas_lightning.data.datamodule import CTRDataModule
+    from ihas_lightning import CTRDataModule
 
     dm = CTRDataModule("synthetic", rows=rows, batch_size=BATCH_SIZE, cache_dir=cache, in_memory=False)
     start = time.perf_counter()
@@ -56,10 +56,9 @@ def child_train(rows: int, cache: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from ihas_lightning import CTRDataModule, SearchModule
     from ihas_lightning.callbacks import RegularizerWarmup, TemperatureAnnealing
-    from ihas_lightning.data.datamodule import CTRDataModule
     from ihas_lightning.data.cache import EncodedStore
-    from ihas_lightning.modules import SearchModule
 
     baseline = _peak_rss_mib()
     dm = CTRDataModule("synthetic", rows=rows, batch_size=BATCH_SIZE, cache_dir=cache, in_memory=False)

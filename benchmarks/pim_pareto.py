@@ -33,7 +33,8 @@ from ihas_lightning.cli import build_parser  # noqa: E402
 from ihas_lightning.cli.supernet import run_supernet  # noqa: E402
 from ihas_lightning.paths import shared_data_dir  # noqa: E402
 from ihas_lightning.pim.pareto import pareto_points, write_outputs  # noqa: E402
-from ihas_lightning.pim.study import StudySettings, _objective, candidate_of, load_supernet, run_study  # noqa: E402
+from ihas_lightning.pim.study import (StudySettings, build_objective, candidate_of, load_supernet,  # noqa: E402
+                                      run_study)
 
 TARGET = {"auc_tolerance": 0.001, "flops_ratio": 0.5, "energy_ratio": 0.56, "latency_ratio": 0.67}
 DATASETS = {  # name: (path under the shared data folder, format, batch size, epochs)
@@ -58,7 +59,7 @@ def run_dataset(name: str, args: argparse.Namespace, root: Path) -> dict:
     metrics = run_supernet(supernet_args)
     train_s = time.perf_counter() - start
     settings = StudySettings(run_dir=str(run), trials=args.trials, sampler=args.sampler, seed=args.seed)
-    objective = _objective(settings)
+    objective = build_objective(settings)
     start = time.perf_counter()
     study = run_study(settings, objective)
     study_s = time.perf_counter() - start

@@ -38,8 +38,8 @@ DIM = 16
 
 def run(side: str, name: str, splits, encoder, hidden: tuple[int, ...], device: str) -> dict:
     """One fit of one epoch; returns the timed training epoch's samples/s."""
+    from ihas_lightning import BackboneModule, SearchModule
     from ihas_lightning.callbacks import RegularizerWarmup, TemperatureAnnealing
-    from ihas_lightning.modules import BackboneModule, SearchModule
 
     common = {"backbone": name, "dim": DIM, "dnn_hidden_units": hidden, "lr": 1e-3, "seed": SEED}
     callbacks = []

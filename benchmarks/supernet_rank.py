@@ -39,11 +39,9 @@ from scipy.stats import kendalltau
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, machine_info, now_iso, write_json, write_markdown_table  # noqa: E402
 
+from ihas_lightning import CTRDataModule, SubArchitecture, SupernetConfig, SupernetModule  # noqa: E402
 from ihas_lightning.callbacks import SupernetSampler  # noqa: E402
-from ihas_lightning.data.datamodule import CTRDataModule  # noqa: E402
-from ihas_lightning.modules import SupernetModule  # noqa: E402
 from ihas_lightning.paths import shared_data_dir  # noqa: E402
-from ihas_lightning.supernet import SubArchitecture, SupernetConfig  # noqa: E402
 
 DIM_CHOICES = (0, 1, 2, 4, 8, 16)  # 0 drops a field: the biggest, most rankable effect
 WIDTH_CHOICES = (0.25, 0.5, 0.75, 1.0)

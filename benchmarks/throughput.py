@@ -44,7 +44,7 @@ SEED = 1024
 def make_data(rows: int, seed: int = 0):
     """Encoded train rows (ids shifted by 2: 0 = missing, 1 = OOV), a tiny val/test split, the encoder."""
     from ihas_lightning.data.encoders import EncodedColumns, FeatureEncoder
-    from ihas_lightning.data.synthetic import SyntheticConfig, SyntheticCTR
+    from ihas_lightning.data import SyntheticConfig, SyntheticCTR
 
     vocab = tuple(min(v, VOCAB_CAP) for v in CRITEO_CARDINALITIES)
     generator = SyntheticCTR(SyntheticConfig(num_sparse=26, num_dense=13, vocab_sizes=vocab), seed=seed)
@@ -105,7 +105,7 @@ def run_deepctr(name: str, splits, encoder, hidden: tuple[int, ...], device: str
 
 
 def run_ours(name: str, splits, encoder, hidden: tuple[int, ...], device: str) -> dict:
-    from ihas_lightning.modules import BackboneModule
+    from ihas_lightning import BackboneModule
 
     module = BackboneModule(encoder.schema, encoder.vocab_sizes, backbone=name, dim=16, **model_kwargs(hidden))
     return time_one_epoch(module, splits, encoder, BATCH_SIZE, device)

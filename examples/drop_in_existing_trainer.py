@@ -5,9 +5,8 @@ in an ordinary ``pl.Trainer``. ``train_search`` is the same script after the swa
 
 .. code-block:: diff
 
-     from ihas_lightning.data.datamodule import CTRDataModule
-    -from ihas_lightning.modules import BackboneModule
-    +from ihas_lightning.modules import SearchModule
+    -from ihas_lightning import BackboneModule, CTRDataModule
+    +from ihas_lightning import CTRDataModule, SearchModule
     +from ihas_lightning.callbacks import GateStatisticsLogger, RegularizerWarmup, TemperatureAnnealing
 
     -model = BackboneModule(dm.schema, dm.vocab_sizes, backbone="DeepFM", dim=16, dnn_hidden_units=(64, 32))
@@ -41,9 +40,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from ihas_lightning import BackboneModule, CTRDataModule, SearchModule
 from ihas_lightning.callbacks import GateStatisticsLogger, RegularizerWarmup, TemperatureAnnealing
-from ihas_lightning.data.datamodule import CTRDataModule
-from ihas_lightning.modules import BackboneModule, SearchModule
 
 DIM, HIDDEN = 16, (64, 32)
 

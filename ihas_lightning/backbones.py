@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from .data.schema import Schema
 
-__all__ = ["BACKBONES", "UNSUPPORTED_BACKBONES", "CTRBackbone", "build_backbone", "feature_columns", "narrow_tables",
-           "import_deepctr"]
+__all__ = ["BACKBONES", "UNSUPPORTED_BACKBONES", "CTRBackbone", "build_backbone", "check_backbone_name",
+           "feature_columns", "mean_pooled", "narrow_tables", "import_deepctr"]
 
 EmbeddingTransform = Callable[[Tensor], Tensor]
 
@@ -59,6 +59,22 @@ UNSUPPORTED_BACKBONES = {
 }
 
 
+def check_backbone_name(name: str, refusal: str = "is not supported") -> None:
+    """``name`` must be one of :data:`BACKBONES`; an unsupported model's error gives the reason after
+    ``refusal`` (e.g. ``"cannot be a transfer target"``), an unknown one's lists the choices."""
+    if name in UNSUPPORTED_BACKBONES:
+        raise ValueError(f"backbone '{name}' {refusal}: it {UNSUPPORTED_BACKBONES[name]}")
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}")
+
+
+def mean_pooled(table: nn.Embedding, ids: Tensor, dtype: torch.dtype) -> Tensor:
+    """``(B, d)`` mean of the rows of ``table`` for the ``(B, L)`` ``ids``, padding id 0 left out (a row of
+    padding only gives 0): DeepCTR-Torch's ``combiner="mean"``, with the mask in ``dtype``."""
+    present = (ids != 0).unsqueeze(-1).to(dtype)                                               # (B, L, 1)
+    return (table(ids) * present).sum(1) / present.sum(1).clamp_min(1.0)                       # (B, d)
+
+
 def feature_columns(schema: Schema, vocab_sizes: dict[str, int], dim: int) -> list:
     """DeepCTR-Torch feature columns for ``schema``: sparse, multi-valued (mean-pooled), then dense."""
     dc = import_deepctr()
@@ -81,10 +97,7 @@ def build_backbone(name: str, schema: Schema, vocab_sizes: dict[str, int], dim: 
 
     ``options`` go to the model's constructor (e.g. ``{"cross_num": 3}`` for DCN).
     """
-    if name in UNSUPPORTED_BACKBONES:
-        raise ValueError(f"backbone '{name}' is not supported: it {UNSUPPORTED_BACKBONES[name]}")
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}")
+    check_backbone_name(name)
     if dim < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")
     model_class = getattr(import_deepctr().models, name)
@@ -174,10 +187,8 @@ class CTRBackbone(nn.Module):
         for index, name in enumerate(self.schema.sparse):
             out.append(self._pad(self.model.embedding_dict[name](sparse[:, index])))             # (B, d_f)
         for name, (start, stop) in self._multi_slices.items():
-            ids = multi[:, start:stop]                                                         # (B, L)
-            present = (ids != 0).unsqueeze(-1).to(self.model.embedding_dict[name].weight.dtype)  # (B, L, 1)
-            summed = (self.model.embedding_dict[name](ids) * present).sum(1)                  # (B, d_f)
-            out.append(self._pad(summed / present.sum(1).clamp_min(1.0)))
+            table = self.model.embedding_dict[name]
+            out.append(self._pad(mean_pooled(table, multi[:, start:stop], table.weight.dtype)))  # (B, d_f)
         return torch.stack(out, dim=1)                                                         # (B, F, D)
 
     def check_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -280,9 +291,7 @@ class CTRBackbone(nn.Module):
         linear = self.model.linear_model
         weights = [linear.embedding_dict[name](batch["sparse"][:, i]) for i, name in enumerate(self.schema.sparse)]
         for name, (start, stop) in self._multi_slices.items():
-            ids = batch["multi"][:, start:stop]
-            present = (ids != 0).unsqueeze(-1).to(X.dtype)
-            weights.append((linear.embedding_dict[name](ids) * present).sum(1) / present.sum(1).clamp_min(1.0))
+            weights.append(mean_pooled(linear.embedding_dict[name], batch["multi"][:, start:stop], X.dtype))  # (B, 1)
         logit = X.new_zeros((X.shape[0], 1))
         if weights:
             stacked = torch.cat(weights, dim=-1)                                              # (B, F)

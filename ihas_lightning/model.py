@@ -13,8 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from .data.encoders import FeatureEncoder
-from .data.loader import Batch, to_batch
+from .data.loader import Batch
 from .data.schema import RawColumns
+from .modules.base import predict_encoded
 from .modules.retrain_module import RetrainModule
 from .safe_load import load_torch_file
 from .supernet import SubArchitecture, flops_per_sample
@@ -83,14 +84,7 @@ class IHASModel(nn.Module):
         """Click probabilities for raw rows, encoded by the saved encoders (unseen categories -> OOV)."""
         if self.encoder is None:
             raise RuntimeError("this IHASModel was saved without encoders; encode rows yourself and call it")
-        encoded = self.encoder.transform(raw)
-        self.module.eval()
-        device = next(self.module.parameters()).device
-        out = []
-        for start in range(0, len(encoded), batch_size):
-            batch = to_batch(encoded.take(np.arange(start, min(start + batch_size, len(encoded)))))
-            out.append(torch.sigmoid(self.module({k: v.to(device) for k, v in batch.items()})).cpu())
-        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+        return predict_encoded(self.module, self.encoder.transform(raw), batch_size)
 
     def save(self, path: str | Path) -> None:
         torch.save({"hparams": dict(self.module.hparams), "state_dict": self.module.state_dict(),

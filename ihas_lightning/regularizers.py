@@ -9,22 +9,16 @@ The first ``min_dim`` dimensions of every field are forced open (``p = 1``) by t
 cost parameters, so :func:`expected_param_share` counts them, but they are no decisions, so
 :func:`polarization` and :func:`decided_share` skip them.
 
-:class:`BudgetController` turns a target parameter share into an adaptive sparsity multiplier by dual
-ascent on the Lagrangian ``task + lambda * (share - budget)``: the prototype (DESIGN.md 2.1) showed that a
-raw multiplier's useful scale depends on the data set, a share of parameters does not.
+These are pure functions; the gates' adaptive sparsity multiplier that combines them,
+:class:`ihas_lightning.gates.BudgetController`, lives with the gates.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor, nn
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ihas_lightning.gates import GateConfig
+from torch import Tensor
 
 POLARIZATION_SETTLED = 0.01  # polarization stops pushing a gate once p is this close to 0 or 1
 
@@ -35,7 +29,6 @@ __all__ = [
     "decided_share",
     "mean_active_dims",
     "as_field_costs",
-    "BudgetController",
 ]
 
 
@@ -117,86 +110,3 @@ def mean_active_dims(mask: Tensor) -> tuple[Tensor, Tensor]:
     _check_3d(mask, "mask")
     per_field = (mask > 0).to(torch.float32).sum(dim=2).mean(dim=0)  # (F,)
     return per_field, per_field.mean()
-
-
-class BudgetController(nn.Module):
-    """Sparsity multiplier ``lambda`` of the gates, adapted towards a target parameter share (budget).
-
-    With ``config.budget`` set, the search solves ``min task`` subject to ``share = budget`` by the
-    augmented-Lagrangian method of multipliers (Hestenes 1969; Powell 1969; the "damped" differential
-    form of Platt & Barr 1987, "Constrained Differential Optimization"):
-
-        sparsity = lambda * share + (budget_penalty / 2) * (share - budget) ** 2
-        lambda  <- lambda + dual_lr * (share - budget)            (once per training step, :meth:`update`)
-
-    so the gradient on the gates is ``(lambda + budget_penalty * (share - budget)) d share``: an integral
-    plus a proportional term, as in PID Lagrangian control (Stooke, Achiam & Abbeel 2020).
-
-    Why not the plain projected ascent ``lambda <- max(0, lambda + dual_lr * (share - budget))``: on the
-    toy of ``tests/test_gates.py`` (16 runs: 2 relaxations x 2 seeds x 2 Adam learning rates x uniform or
-    vocabulary-weighted costs, 400 steps) the integral term lags, the gates overshoot below the budget,
-    ``lambda`` drops to 0 and closed hard-concrete gates (``z == 0`` exactly, so no task gradient) never
-    reopen: 12 of 16 runs ended more than 0.08 below the budget (worst 0.26 for a budget of 0.5). With
-    the damping term and a ``lambda`` allowed to go negative (rewarding open gates when the share is
-    below target, so the budget is a *target*, as DESIGN.md's ``|E - target|`` says) all 16 ended within
-    0.06 of it. ``lambda`` starts at ``config.sparsity_weight``. With ``budget=None`` the term is the
-    plain, fixed L0 penalty ``sparsity_weight * share`` and :meth:`update` does nothing.
-
-    ``lambda`` is a buffer, so it is saved in ``state_dict`` and a resumed run continues exactly.
-
-    Args:
-        config: the gate configuration (budget, budget_penalty, sparsity_weight, dual_lr,
-            polarization_weight, min_dim).
-        field_costs: ``(F,)`` cost of one dimension of each field (already uniform when costs are off).
-        num_fields: number of fields F, used when ``field_costs`` is None.
-
-    Example:
-        >>> ctrl = BudgetController(GateConfig(budget=0.5), None, num_fields=3)
-        >>> terms = ctrl.loss_terms(out.prob)          # add terms["total"] to the task loss
-        >>> ctrl.update(terms["share"])                # once per training step
-    """
-
-    lam: Tensor
-
-    def __init__(self, config: GateConfig, field_costs: Tensor | Sequence[float] | None,
-                 num_fields: int) -> None:
-        super().__init__()
-        self.config = config
-        self.register_buffer("field_costs", as_field_costs(field_costs, num_fields))
-        self.register_buffer("lam", torch.tensor(float(config.sparsity_weight)))
-
-    @property
-    def multiplier(self) -> float:
-        """The current sparsity multiplier ``lambda`` as a float."""
-        return float(self.lam.item())
-
-    def loss_terms(self, prob: Tensor) -> dict[str, Tensor]:
-        """Regularisation terms for gate open-probabilities ``prob`` of shape ``(B, F, D)``.
-
-        Returns ``sparsity`` (``sparsity_weight * share`` without a budget, the augmented Lagrangian above
-        with one), ``polarization = polarization_weight * polarization(p)``, ``share`` (the expected
-        parameter share, with grad) and ``total = sparsity + polarization``.
-        """
-        cfg = self.config
-        share = expected_param_share(prob, self.field_costs)
-        if cfg.budget is None:
-            sparsity = cfg.sparsity_weight * share
-        else:
-            gap = share - cfg.budget
-            sparsity = self.lam.to(prob.dtype) * share + 0.5 * cfg.budget_penalty * gap * gap
-        polar = cfg.polarization_weight * polarization(prob, cfg.min_dim)
-        return {"sparsity": sparsity, "polarization": polar, "share": share, "total": sparsity + polar}
-
-    @torch.no_grad()
-    def update(self, share: float | Tensor) -> float:
-        """One dual-ascent step ``lambda += dual_lr * (share - budget)``; returns the new ``lambda``.
-
-        No-op when ``budget`` is None. ``share`` is the (batch) expected share from :meth:`loss_terms`.
-        """
-        if self.config.budget is None:
-            return self.multiplier
-        share = float(share.detach().item() if isinstance(share, Tensor) else share)
-        if not math.isfinite(share):
-            raise ValueError(f"share must be finite, got {share}")
-        self.lam.add_(self.config.dual_lr * (share - self.config.budget))
-        return self.multiplier

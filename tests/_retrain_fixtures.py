@@ -26,7 +26,7 @@ GROUP_DIMS = [
 GATE = {"budget": 0.5}
 
 
-def _retrain_dm(cache_dir: Path) -> CTRDataModule:
+def retrain_datamodule(cache_dir: Path) -> CTRDataModule:
     """2000 synthetic rows (1600 for training), batches of 256."""
     dm = CTRDataModule("synthetic", rows=2000, batch_size=256, seed=0, cache_dir=str(cache_dir))
     dm.prepare_data()
@@ -34,15 +34,15 @@ def _retrain_dm(cache_dir: Path) -> CTRDataModule:
     return dm
 
 
-def _batch(dm: CTRDataModule, split: str = "val", n: int = 200) -> Batch:
+def sample_batch(dm: CTRDataModule, split: str = "val", n: int = 200) -> Batch:
     return to_batch(dm.split(split).take(np.arange(n)))
 
 
-def _take(batch: Batch, index: torch.Tensor) -> Batch:
+def take_rows(batch: Batch, index: torch.Tensor) -> Batch:
     return {k: v[index] for k, v in batch.items()}
 
 
-def _routed_module(dm: CTRDataModule, group_dims=GROUP_DIMS, seed: int = 7, backbone: str = "DeepFM",
+def routed_module(dm: CTRDataModule, group_dims=GROUP_DIMS, seed: int = 7, backbone: str = "DeepFM",
                    dense_std: float = 0.0, **kwargs) -> RetrainModule:
     """A RetrainModule whose router splits samples across all groups.
 
@@ -67,7 +67,7 @@ def _routed_module(dm: CTRDataModule, group_dims=GROUP_DIMS, seed: int = 7, back
         gates.norm.running_var.fill_(0.09)
         torch.nn.init.normal_(gates.out.weight, std=0.5)
         gates.out.bias.fill_(float(gates.temperature) * math.log(0.1 / 1.1))
-        masks = gates.deterministic_mask(module.backbone.field_embeddings(_batch(dm, n=k)))  # (K, F, D)
+        masks = gates.deterministic_mask(module.backbone.field_embeddings(sample_batch(dm, n=k)))  # (K, F, D)
         module.centroids.copy_(masks.flatten(1))
     module.hparams.centroids = module.centroids.tolist()
     return module.eval()

@@ -17,7 +17,7 @@ TINY_BATCH = 256
 STEPS_PER_EPOCH = math.ceil(int(TINY_ROWS * 0.8) / TINY_BATCH)
 
 
-def _dm(cache_dir: Path, rows: int = TINY_ROWS, batch_size: int = TINY_BATCH) -> CTRDataModule:
+def tiny_datamodule(cache_dir: Path, rows: int = TINY_ROWS, batch_size: int = TINY_BATCH) -> CTRDataModule:
     """A fresh data module (one per Trainer) over a cache shared by the whole session."""
     dm = CTRDataModule("synthetic", rows=rows, batch_size=batch_size, seed=0, cache_dir=str(cache_dir))
     dm.prepare_data()
@@ -25,14 +25,14 @@ def _dm(cache_dir: Path, rows: int = TINY_ROWS, batch_size: int = TINY_BATCH) ->
     return dm
 
 
-def _search(dm: CTRDataModule, backbone: str = "DeepFM", dim: int = 8, hidden=(16,), warmup_epochs: int = 1,
+def tiny_search(dm: CTRDataModule, backbone: str = "DeepFM", dim: int = 8, hidden=(16,), warmup_epochs: int = 1,
             gate: dict | None = None, gate_lr: float = 1e-2, lr: float = 1e-3, seed: int = 3) -> SearchModule:
     return SearchModule(dm.schema, dm.vocab_sizes, backbone=backbone, dim=dim, dnn_hidden_units=hidden,
                         warmup_epochs=warmup_epochs, gate=gate if gate is not None else {"budget": 0.5},
                         gate_lr=gate_lr, lr=lr, seed=seed)
 
 
-def _trainer(root: Path, callbacks=(), max_epochs: int = 2, **kwargs) -> pl.Trainer:
+def tiny_trainer(root: Path, callbacks=(), max_epochs: int = 2, **kwargs) -> pl.Trainer:
     kwargs.setdefault("logger", False)
     kwargs.setdefault("enable_checkpointing", any(isinstance(c, ModelCheckpoint) for c in callbacks))
     return pl.Trainer(max_epochs=max_epochs, callbacks=list(callbacks), enable_progress_bar=False,
@@ -40,12 +40,12 @@ def _trainer(root: Path, callbacks=(), max_epochs: int = 2, **kwargs) -> pl.Trai
                       **kwargs)
 
 
-def _weights(module: SearchModule) -> dict[str, torch.Tensor]:
+def weights_of(module: SearchModule) -> dict[str, torch.Tensor]:
     """Parameters and buffers (gates, BatchNorm statistics, lambda, temperature), without the metrics."""
     return {k: v for k, v in module.state_dict().items() if "auroc" not in k and "logloss" not in k}
 
 
 
-def _schedules() -> list[Callback]:
+def schedule_callbacks() -> list[Callback]:
     return [TemperatureAnnealing(steps=30), RegularizerWarmup(steps=10)]
 

@@ -23,6 +23,7 @@ from ihas_lightning.backbones import (
     build_backbone,
     feature_columns,
     import_deepctr,
+    mean_pooled,
 )
 from ihas_lightning.data.datamodule import CTRDataModule
 from ihas_lightning.data.encoders import EncodedColumns, FeatureEncoder
@@ -30,6 +31,7 @@ from ihas_lightning.data.loader import BatchStream, to_batch
 from ihas_lightning.data.readers import read_data
 from ihas_lightning.data.schema import MultiValuedField, Schema
 from ihas_lightning.modules import BackboneModule
+from ihas_lightning.modules.base import fused_adam, predict_encoded
 
 SMALL = Schema(label="y", sparse=("a", "b", "c"), dense=("x", "z"),
                multivalued=(MultiValuedField("t", "|", max_len=3),))
@@ -98,6 +100,44 @@ class RecordingEmbedding(nn.Embedding):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         self.seen.append(ids.detach().clone())
         return super().forward(ids % 20)
+
+
+def test_mean_pooling_leaves_padding_out() -> None:
+    table = nn.Embedding(5, 2)
+    with torch.no_grad():
+        table.weight.copy_(torch.tensor([[9.0, 9.0], [1.0, 2.0], [3.0, 6.0], [5.0, 0.0], [7.0, 7.0]]))
+    ids = torch.tensor([[1, 2, 0], [3, 0, 0], [0, 0, 0]])                      # row 2: padding only
+    assert mean_pooled(table, ids, torch.float32).tolist() == [[2.0, 4.0], [5.0, 0.0], [0.0, 0.0]]
+    assert mean_pooled(table, ids, torch.float64).dtype == torch.float64       # the mask sets the dtype
+    # The embeddings use it for the multi-valued field: what the adapter test checks row by row.
+    backbone = build_backbone("DeepFM", SMALL, SMALL_VOCAB, dim=4, dnn_hidden_units=(8,), seed=1)
+    batch = to_batch(small_columns(16))
+    table = backbone.model.embedding_dict["t"]
+    torch.testing.assert_close(backbone.field_embeddings(batch)[:, 3], mean_pooled(table, batch["multi"], torch.float32),
+                               rtol=0, atol=0)
+
+
+def test_predict_encoded_batches_rows_and_keeps_the_mode() -> None:
+    module = BackboneModule(SMALL, SMALL_VOCAB, dim=4, dnn_hidden_units=(8,), seed=3)
+    columns = small_columns(10)
+    module.train()
+    chunked = predict_encoded(module, columns, batch_size=3)                     # 4 batches: 3 + 3 + 3 + 1
+    assert module.training and chunked.shape == (10,) and chunked.dtype == np.float32
+    module.eval()
+    with torch.no_grad():
+        whole = torch.sigmoid(module(to_batch(columns))).numpy()
+    np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-6)
+    assert predict_encoded(module, columns.take(np.arange(0)), batch_size=3).shape == (0,)
+
+
+def test_fused_adam_keeps_param_groups_and_their_learning_rates() -> None:
+    first, second = nn.Linear(2, 2), nn.Linear(2, 1)
+    optimizer = fused_adam([{"params": first.parameters(), "lr": 0.1}, {"params": second.parameters(), "lr": 0.2}])
+    assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.2]
+    assert [len(g["params"]) for g in optimizer.param_groups] == [2, 2]          # generators were read once
+    assert optimizer.defaults["fused"] is True                                   # every tensor is on the CPU
+    plain = fused_adam(list(first.parameters()), lr=0.3)
+    assert plain.param_groups[0]["lr"] == 0.3 and plain.defaults["fused"] is True
 
 
 def test_adapter_looks_ids_up_exactly_as_int64() -> None:

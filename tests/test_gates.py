@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from ihas_lightning.clustering import ClusterConfig
 from ihas_lightning.gates import (
+    BudgetController,
     GateConfig,
     InstanceGates,
     gaussian_gate_prob,
@@ -294,6 +296,30 @@ def test_state_dict_round_trip_keeps_temperature_and_lambda() -> None:
     torch.manual_seed(9)
     fresh.train()
     assert torch.equal(a, fresh(e).mask)
+
+
+def test_checkpoint_layout_of_the_gates_is_unchanged() -> None:
+    # Search checkpoints hold these keys under "gates."; BudgetController moving to gates.py kept them.
+    gates = _gates(budget=0.5)
+    assert isinstance(gates.controller, BudgetController)
+    assert list(gates.state_dict()) == [
+        "temperature", "norm.running_mean", "norm.running_var", "norm.num_batches_tracked", "hidden.weight",
+        "hidden.bias", "out.weight", "out.bias", "controller.field_costs", "controller.lam",
+    ]
+    state = {k: v.clone() for k, v in gates.state_dict().items()}
+    state["controller.lam"] = torch.tensor(0.25)
+    fresh = InstanceGates(F, D, GateConfig(budget=0.5))
+    fresh.load_state_dict(state, strict=True)
+    assert fresh.controller.multiplier == 0.25
+
+
+@pytest.mark.parametrize("config", [GateConfig, ClusterConfig])
+def test_min_dim_floor_is_checked_alike_by_gates_and_clustering(config) -> None:
+    with pytest.raises(ValueError, match=r"^min_dim=0 lets a field lose all of its dimensions; set allow_drop_field"):
+        config(min_dim=0)
+    with pytest.raises(ValueError, match=r"^min_dim must be an int >= 0, got True$"):
+        config(min_dim=True)
+    assert config(min_dim=0, allow_drop_field=True).min_dim == 0
 
 
 # -- boundaries ---------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from ihas_lightning.model import IHASModel
 from ihas_lightning.modules import RetrainModule
 from ihas_lightning.modules.group_dense import dense_parameter_names
 from _retrain_fixtures import (  # noqa: E402  (tests/ is on sys.path: pytest's rootdir-relative import)
-    _batch, _retrain_dm, _routed_module, _take,
+    retrain_datamodule, routed_module, sample_batch, take_rows,
 )
 
 BACKBONES = ["DeepFM", "DCN"]
@@ -27,13 +27,13 @@ BACKBONES = ["DeepFM", "DCN"]
 
 @pytest.fixture(scope="module")
 def dm(cache_dir) -> CTRDataModule:
-    return _retrain_dm(cache_dir)
+    return retrain_datamodule(cache_dir)
 
 
 def _shared(dm: CTRDataModule, backbone: str, seed: int = 7, **kwargs) -> RetrainModule:
     """A shared-dense RetrainModule whose router splits samples across all groups, its dense layers perturbed
     (at DeepCTR's std 1e-4 the groups' copies would barely differ)."""
-    return _routed_module(dm, backbone=backbone, seed=seed, dense_std=0.2, **kwargs)
+    return routed_module(dm, backbone=backbone, seed=seed, dense_std=0.2, **kwargs)
 
 
 def _grouped(shared: RetrainModule) -> RetrainModule:
@@ -55,7 +55,7 @@ def _perturb(module: RetrainModule, group: int, seed: int) -> None:
 def test_fresh_copies_reproduce_the_shared_model(dm, backbone: str) -> None:
     shared = _shared(dm, backbone)
     grouped = _grouped(shared)
-    batch = _batch(dm)
+    batch = sample_batch(dm)
     expected = shared(batch)
     torch.testing.assert_close(grouped(batch), expected, rtol=0, atol=1e-6)
     assert torch.equal(grouped.last_groups, shared.last_groups)
@@ -78,7 +78,7 @@ def test_fresh_copies_reproduce_the_shared_model(dm, backbone: str) -> None:
 @torch.no_grad()
 def test_a_group_copy_moves_only_its_own_samples(dm, backbone: str) -> None:
     grouped = _grouped(_shared(dm, backbone))
-    batch = _batch(dm)
+    batch = sample_batch(dm)
     before = grouped(batch)
     groups = grouped.last_groups
     _perturb(grouped, group=1, seed=5)
@@ -93,10 +93,10 @@ def test_a_group_copy_moves_only_its_own_samples(dm, backbone: str) -> None:
 @pytest.mark.filterwarnings("ignore:.*self.trainer. reference is not registered")
 def test_absent_groups_get_no_gradient(dm, backbone: str) -> None:
     grouped = _grouped(_shared(dm, backbone)).train()
-    batch = _batch(dm, "train", n=256)
+    batch = sample_batch(dm, "train", n=256)
     with torch.no_grad():
         groups = grouped.route(grouped.backbone.field_embeddings(batch))
-    batch = _take(batch, (groups != 1).nonzero().squeeze(1))                   # groups 0 and 2 only
+    batch = take_rows(batch, (groups != 1).nonzero().squeeze(1))                   # groups 0 and 2 only
     optimizer = grouped.configure_optimizers()
     trainable = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert trainable == {id(p) for p in grouped.parameters() if p.requires_grad}
@@ -125,12 +125,12 @@ def test_interleaved_groups_come_back_in_order(dm, backbone: str) -> None:
     grouped = _grouped(shared)
     for group in range(3):
         _perturb(grouped, group, seed=10 + group)
-    batch = _batch(dm, "train", n=300)
+    batch = sample_batch(dm, "train", n=300)
     groups = grouped.route(grouped.backbone.field_embeddings(batch))
     rows = [(groups == g).nonzero().squeeze(1) for g in range(3)]
     n = min(len(r) for r in rows)
     interleaved = torch.stack([r[:n] for r in rows], dim=1).flatten()          # g0, g1, g2, g0, g1, g2, ...
-    batch = _take(batch, interleaved)
+    batch = take_rows(batch, interleaved)
     logits = grouped(batch)
     assert grouped.last_groups[:6].tolist() == [0, 1, 2, 0, 1, 2]
     for g in range(3):
@@ -141,7 +141,7 @@ def test_interleaved_groups_come_back_in_order(dm, backbone: str) -> None:
         for name, value in grouped.group_params.overrides(g).items():
             own[name].copy_(value)
         mine = torch.arange(g, len(interleaved), 3)
-        sub = _take(batch, mine)
+        sub = take_rows(batch, mine)
         expected = reference.eval()({**sub, "group": torch.full((len(mine),), g)})
         torch.testing.assert_close(logits[mine], expected, rtol=0, atol=1e-6)
         torch.testing.assert_close(grouped(sub), expected, rtol=0, atol=1e-6)
@@ -152,7 +152,7 @@ def test_interleaved_groups_come_back_in_order(dm, backbone: str) -> None:
 def test_state_dict_and_ihas_model_round_trip(dm, backbone: str, tmp_path: Path) -> None:
     grouped = _grouped(_shared(dm, backbone))
     _perturb(grouped, group=2, seed=3)
-    batch = _batch(dm, "test")
+    batch = sample_batch(dm, "test")
     expected = grouped(batch)
     torch.save(grouped.state_dict(), tmp_path / "state.pt")
     fresh = RetrainModule(**grouped.hparams)
@@ -180,7 +180,7 @@ def test_lightning_checkpoint_round_trip(dm, tmp_path: Path) -> None:
     assert isinstance(trainer.optimizers[0], torch.optim.Adam) and trainer.optimizers[0].defaults["fused"]
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     loaded = RetrainModule.load_from_checkpoint(tmp_path / "last.ckpt")
-    batch = _batch(dm, "test")
+    batch = sample_batch(dm, "test")
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(batch), grouped.eval()(batch), rtol=0, atol=0)
         trained = [not torch.equal(grouped.group_params[g].model__out__bias, grouped.group_params[0].model__out__bias)
@@ -195,7 +195,7 @@ def test_batch_groups_with_group_dense(dm) -> None:
     _perturb(routed, 0, seed=1)
     batched = RetrainModule(**{**routed.hparams, "groups_from": "batch"})
     batched.load_state_dict(routed.state_dict())
-    batch = _batch(dm)
+    batch = sample_batch(dm)
     logits = routed(batch)
     torch.testing.assert_close(batched.eval()({**batch, "group": routed.last_groups}), logits, rtol=0, atol=0)
     with pytest.raises(KeyError, match="needs batch\\['group'\\]"):
@@ -217,7 +217,7 @@ def test_batchnorm_statistics_are_kept_per_group(dm) -> None:
     grouped = _grouped(_shared(dm, "AFN"))
     names = grouped.group_params.buffer_names
     assert any(name.endswith("running_mean") for name in names)
-    batch = _batch(dm)
+    batch = sample_batch(dm)
     with torch.no_grad():
         before_logits = grouped(batch)
     groups = grouped.last_groups.clone()
@@ -225,7 +225,7 @@ def test_batchnorm_statistics_are_kept_per_group(dm) -> None:
     before = {k: v.clone() for k, v in grouped.state_dict().items()}
     grouped.train()
     with torch.no_grad():
-        grouped(_take(batch, (groups == 0).nonzero().squeeze(1)))                # BN in training mode
+        grouped(take_rows(batch, (groups == 0).nonzero().squeeze(1)))                # BN in training mode
     grouped.eval()
     after = grouped.state_dict()
     for name in names:

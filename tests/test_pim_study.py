@@ -15,7 +15,7 @@ from ihas_lightning.callbacks import OptunaPruning
 from ihas_lightning.cli import main
 from ihas_lightning.pim.pareto import write_outputs
 from ihas_lightning.pim.search_space import Candidate, allocate_budget, suggest
-from ihas_lightning.pim.study import StudySettings, _objective, candidate_of, quantized_tables, run_study
+from ihas_lightning.pim.study import StudySettings, build_objective, candidate_of, quantized_tables, run_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -34,7 +34,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def objective(run_dir):
-    return _objective(StudySettings(run_dir=str(run_dir)))
+    return build_objective(StudySettings(run_dir=str(run_dir)))
 
 
 def _settings(run_dir: Path, storage: str, trials: int, **kw) -> StudySettings:

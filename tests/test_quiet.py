@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ihas_lightning.cli import _quiet, build_parser, main
+from ihas_lightning.cli import build_parser, main, wants_quiet
 from ihas_lightning.cli.quiet import CHATTY_LOGGERS, quiet_output
 from ihas_lightning.pipeline import RunDirectory
 
@@ -64,7 +64,7 @@ def test_commands_on_a_run_are_as_quiet_as_the_run(tmp_path: Path, command: str)
         run.root.mkdir()
         run.save_options(argparse.Namespace(quiet=run_quiet, backbone="DeepFM"))
         args = build_parser().parse_args([command, "--run", str(run.root), *extra])
-        assert _quiet(args) is run_quiet                                  # no flag: as the run was started
-        assert _quiet(build_parser().parse_args([command, "--run", str(run.root), "--quiet", *extra])) is True
+        assert wants_quiet(args) is run_quiet                             # no flag: as the run was started
+        assert wants_quiet(build_parser().parse_args([command, "--run", str(run.root), "--quiet", *extra])) is True
     missing = build_parser().parse_args([command, "--run", str(tmp_path / "missing"), *extra])
-    assert _quiet(missing) is False                     # the command itself then reports the missing run
+    assert wants_quiet(missing) is False                # the command itself then reports the missing run

@@ -9,20 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ihas_lightning.data.readers import (
+from ihas_lightning.data.readers import FORMATS, read_data, read_table
+from ihas_lightning.data.readers_formats import (
     AVAZU_SCHEMA,
     CRITEO_SCHEMA,
-    FORMATS,
-    MOVIELENS_1M_SCHEMA,
-    MOVIELENS_100K_SCHEMA,
     read_avazu,
     read_criteo,
     read_criteo_1tb,
-    read_data,
     read_libfm,
+)
+from ihas_lightning.data.readers_movielens import (
+    MOVIELENS_1M_SCHEMA,
+    MOVIELENS_100K_SCHEMA,
     read_movielens_1m,
     read_movielens_100k,
-    read_table,
 )
 from ihas_lightning.data.schema import DataFormatError, MultiValuedField, RawColumns, Schema
 

@@ -21,7 +21,7 @@ from ihas_lightning.model import IHASModel
 from ihas_lightning.modules import RetrainModule, SearchModule
 from ihas_lightning.modules.retrain_module import prefix_masks
 from _retrain_fixtures import (  # noqa: E402  (tests/ is on sys.path: pytest's rootdir-relative import)
-    D, GATE, GROUP_DIMS, HIDDEN, _batch, _retrain_dm, _routed_module, _take,
+    D, GATE, GROUP_DIMS, HIDDEN, retrain_datamodule, routed_module, sample_batch, take_rows,
 )
 
 WIDTHS = [8, 8, 8, 8, 8, 8, 8, 2]          # stored table widths: the widest group's dimension per field
@@ -29,15 +29,15 @@ WIDTHS = [8, 8, 8, 8, 8, 8, 8, 2]          # stored table widths: the widest gro
 
 @pytest.fixture(scope="module")
 def dm(cache_dir) -> CTRDataModule:
-    return _retrain_dm(cache_dir)
+    return retrain_datamodule(cache_dir)
 
 
 # -- routing ---------------------------------------------------------------------------------------------
 
 @torch.no_grad()
 def test_routed_model_equals_each_group_model_on_its_own_samples(dm) -> None:
-    module = _routed_module(dm)
-    batch = _batch(dm)
+    module = routed_module(dm)
+    batch = sample_batch(dm)
     logits = module(batch)                                                                  # (B,)
     groups = module.last_groups
     assert torch.equal(groups, module.route(module.backbone.field_embeddings(batch)))
@@ -47,17 +47,17 @@ def test_routed_model_equals_each_group_model_on_its_own_samples(dm) -> None:
         forced = copy.deepcopy(module)
         forced.group_masks.copy_(module.group_masks[c].expand_as(forced.group_masks))  # group c's model
         own = (groups == c).nonzero().squeeze(1)
-        torch.testing.assert_close(forced(_take(batch, own)), logits[own], rtol=0, atol=1e-6)
+        torch.testing.assert_close(forced(take_rows(batch, own)), logits[own], rtol=0, atol=1e-6)
         # ... and the routed model really differs from group c's on the other groups' samples
         other = (groups != c).nonzero().squeeze(1)
-        assert (forced(_take(batch, other)) - logits[other]).abs().max() > 1e-4
+        assert (forced(take_rows(batch, other)) - logits[other]).abs().max() > 1e-4
 
 
 @torch.no_grad()
 def test_batch_groups_route_like_the_router(dm) -> None:
     """``groups_from="batch"`` with the router's own assignment gives the routed logits exactly."""
-    routed, batched = _routed_module(dm), _routed_module(dm, groups_from="batch")
-    batch = _batch(dm)
+    routed, batched = routed_module(dm), routed_module(dm, groups_from="batch")
+    batch = sample_batch(dm)
     logits = routed(batch)
     torch.testing.assert_close(batched({**batch, "group": routed.last_groups}), logits, rtol=0, atol=0)
     with pytest.raises(KeyError, match="needs batch\\['group'\\]"):
@@ -68,11 +68,11 @@ def test_training_routes_like_inference(dm) -> None:
     """The router reads its searched statistics in any mode: Lightning keeps a module's train/eval modes at fit
     start, so a fresh module trains with its gates in train mode (batch statistics routed 27% of this batch
     elsewhere)."""
-    module = _routed_module(dm)
+    module = routed_module(dm)
     fresh = RetrainModule(**module.hparams)                      # as Lightning gets it: never train()/eval()
     fresh.load_state_dict(module.state_dict())
     assert fresh.training and fresh.gates.training
-    batch = _batch(dm)
+    batch = sample_batch(dm)
     with torch.no_grad():
         routed = fresh.route(fresh.backbone.field_embeddings(batch))
         assert torch.equal(routed, module.route(module.backbone.field_embeddings(batch)))
@@ -93,7 +93,7 @@ def test_prefix_masks_keep_the_first_columns() -> None:
 
 
 def test_tables_are_narrowed_to_the_widest_group(dm) -> None:
-    module = _routed_module(dm)
+    module = routed_module(dm)
     fields = dm.schema.embedded_fields
     vocab = [dm.vocab_sizes[f] for f in fields]
     assert vocab == [1002, 502, 202, 102, 52, 22, 12, 7]
@@ -106,14 +106,14 @@ def test_tables_are_narrowed_to_the_widest_group(dm) -> None:
     assert module.group_masks.shape == (3, 8, D)
     assert torch.equal(module.group_masks.sum(-1).long(), torch.tensor(GROUP_DIMS))
     # The narrow table is zero-padded to D before the group mask: no column past its width reaches the model.
-    assert module.backbone.field_embeddings(_batch(dm, n=4))[:, 7, 2:].abs().sum() == 0
+    assert module.backbone.field_embeddings(sample_batch(dm, n=4))[:, 7, 2:].abs().sum() == 0
 
 
 @torch.no_grad()
 def test_a_dropped_field_contributes_nothing_to_its_group(dm) -> None:
     """Group 1 gives C3 zero dimensions: any C3 embedding leaves group 1's outputs as they are."""
-    module = _routed_module(dm, groups_from="batch")
-    batch = _batch(dm, "train", n=240)
+    module = routed_module(dm, groups_from="batch")
+    batch = sample_batch(dm, "train", n=240)
     batch["group"] = torch.arange(240) % 3
     before = module(batch)
     table = module.backbone.model.embedding_dict["C3"].weight
@@ -127,7 +127,7 @@ def test_a_dropped_field_contributes_nothing_to_its_group(dm) -> None:
 def test_warm_start_copies_the_first_columns_and_the_router(dm) -> None:
     search = SearchModule(dm.schema, dm.vocab_sizes, backbone="DeepFM", dim=D, dnn_hidden_units=HIDDEN,
                           gate=GATE, seed=123)
-    module = _routed_module(dm)
+    module = routed_module(dm)
     state = search.state_dict()
     assert not torch.equal(module.gates.hidden.weight, search.gates.hidden.weight)
     module.warm_start(state)
@@ -140,11 +140,11 @@ def test_warm_start_copies_the_first_columns_and_the_router(dm) -> None:
         assert torch.equal(own[key], state[key]), key
     assert torch.equal(module.group_dims, torch.tensor(GROUP_DIMS))          # its own layout is kept
     with pytest.raises(ValueError, match="no router weights"):
-        _routed_module(dm).warm_start({k: v for k, v in state.items() if not k.startswith("gates.")})
+        routed_module(dm).warm_start({k: v for k, v in state.items() if not k.startswith("gates.")})
 
 
 def test_regularisation_reaches_the_narrowed_tables(dm) -> None:
-    module = _routed_module(dm)
+    module = routed_module(dm)
     regularised = {id(p[1] if isinstance(p, tuple) else p)
                    for params, _, _ in module.backbone.model.regularization_weight for p in params}
     tables = [module.backbone.model.embedding_dict[f].weight for f in dm.schema.embedded_fields]
@@ -228,13 +228,13 @@ def test_fit_dims_to_budget_never_goes_below_min_dim(min_dim: int) -> None:
 
 @torch.no_grad()
 def test_ihas_model_round_trip(dm, tmp_path: Path) -> None:
-    module = _routed_module(dm)
+    module = routed_module(dm)
     model = IHASModel(module, dm.encoder, group_share=[0.5, 0.3, 0.2])
     path = tmp_path / "ihas.pt"
     model.save(path)
     loaded = IHASModel.load(path)
     loaded.eval()
-    batch = _batch(dm, "test")
+    batch = sample_batch(dm, "test")
     torch.testing.assert_close(loaded(batch), model(batch), rtol=0, atol=0)
     assert torch.equal(loaded.predict_groups(batch), model.predict_groups(batch))
     assert loaded.predict_groups(batch).unique().numel() == 3
@@ -267,9 +267,9 @@ def test_ihas_model_refuses_other_files(dm, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="is not an IHASModel file .not a torch file"):
         IHASModel.load(tmp_path / "text.pt")
     with pytest.raises(ValueError, match="group_share has 2 entries for 3 groups"):
-        IHASModel(_routed_module(dm), group_share=[0.5, 0.5])
+        IHASModel(routed_module(dm), group_share=[0.5, 0.5])
     with pytest.raises(RuntimeError, match="saved without encoders"):
-        IHASModel(_routed_module(dm)).predict_raw(SyntheticCTR(seed=0).raw(5))
+        IHASModel(routed_module(dm)).predict_raw(SyntheticCTR(seed=0).raw(5))
 
 
 def test_fit_and_test_with_an_empty_test_split_keeps_the_best_weights(dm, tmp_path: Path) -> None:
@@ -283,7 +283,7 @@ def test_fit_and_test_with_an_empty_test_split_keeps_the_best_weights(dm, tmp_pa
     splits = {"train": dm.split("train").take(np.arange(600)), "val": dm.split("val").take(np.arange(150)),
               "test": dm.split("test").take(np.arange(0))}
     sub = CTRDataModule.from_encoded(splits, dm.encoder, batch_size=128)
-    module = _routed_module(dm, group_dims=GROUP_DIMS[:1]).train()
+    module = routed_module(dm, group_dims=GROUP_DIMS[:1]).train()
     args = argparse.Namespace(quiet=True, epochs=3, accelerator="cpu")
     trainer = make_trainer(args, tmp_path, max_epochs=3)
     scores = fit_and_test(module, sub, trainer)

@@ -15,7 +15,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from _retrain_fixtures import _retrain_dm, _routed_module
+from _retrain_fixtures import retrain_datamodule, routed_module
 from ihas_lightning.cli.common import make_trainer
 from ihas_lightning.data.synthetic import SyntheticCTR
 from ihas_lightning.model import IHASModel
@@ -100,8 +100,8 @@ def test_a_legacy_format_file_still_loads(tmp_path: Path) -> None:
 
 
 def test_our_model_file_loads_under_weights_only(tmp_path: Path) -> None:
-    dm = _retrain_dm(tmp_path / "cache")
-    model = IHASModel(_routed_module(dm), dm.encoder, group_share=[0.2, 0.3, 0.5])
+    dm = retrain_datamodule(tmp_path / "cache")
+    model = IHASModel(routed_module(dm), dm.encoder, group_share=[0.2, 0.3, 0.5])
     model.save(tmp_path / "ihas_model.pt")
     data = torch.load(tmp_path / "ihas_model.pt", weights_only=True)
     assert data["format"] == "ihas-model/1" and data["group_share"] == [0.2, 0.3, 0.5]
@@ -114,12 +114,12 @@ def test_our_model_file_loads_under_weights_only(tmp_path: Path) -> None:
 def test_our_lightning_checkpoints_load_resume_and_rebuild_under_weights_only(kind: str, tmp_path: Path) -> None:
     """Lightning's own loading (``load_from_checkpoint``, ``fit(ckpt_path=...)``) with ``weights_only=True``:
     hyperparameters, the encoder and every callback's state are plain values and tensors."""
-    dm = _retrain_dm(tmp_path / "cache")
+    dm = retrain_datamodule(tmp_path / "cache")
     common = {"dim": 8, "dnn_hidden_units": (16,), "seed": 3}
     build = {"backbone": lambda: BackboneModule(dm.schema, dm.vocab_sizes, **common),
              "supernet": lambda: SupernetModule(dm.schema, dm.vocab_sizes, **common),
              "search": lambda: SearchModule(dm.schema, dm.vocab_sizes, **common),
-             "retrain": lambda: _routed_module(dm)}[kind]
+             "retrain": lambda: routed_module(dm)}[kind]
     cls = {"backbone": BackboneModule, "supernet": SupernetModule, "search": SearchModule,
            "retrain": RetrainModule}[kind]
     args = argparse.Namespace(quiet=True, epochs=1, accelerator="cpu")

@@ -25,7 +25,7 @@ from ihas_lightning.data.loader import to_batch
 from ihas_lightning.data.synthetic import SyntheticCTR
 from ihas_lightning.modules import SearchModule
 from _search_fixtures import (  # noqa: E402  (tests/ is on sys.path: pytest's rootdir-relative import)
-    STEPS_PER_EPOCH, _dm, _schedules, _search, _trainer, _weights,
+    STEPS_PER_EPOCH, schedule_callbacks, tiny_datamodule, tiny_search, tiny_trainer, weights_of,
 )
 
 
@@ -36,9 +36,9 @@ def test_closed_gate_removes_the_dimension_in_the_backbone(cache_dir, backbone: 
     passes a gradient to it. The gate network reads the embeddings too (detached), so for the
     perturbation part it is made blind to that one coordinate: otherwise the perturbed value could flip
     *other* gates of the sample, which is the gate network deciding, not the dimension leaking."""
-    dm = _dm(cache_dir)
+    dm = tiny_datamodule(cache_dir)
     torch.manual_seed(0)
-    module = _search(dm, backbone=backbone, hidden=(16, 8), warmup_epochs=0).eval()
+    module = tiny_search(dm, backbone=backbone, hidden=(16, 8), warmup_epochs=0).eval()
     dim, field, closed, still_open = 8, 0, 5, 6
     unit = field * dim + closed
     with torch.no_grad():
@@ -82,10 +82,10 @@ def test_gates_are_instance_wise_on_planted_segments(cache_dir) -> None:
     for segment 1 (val AUC 0.71, 339 distinct masks). D=8 was too narrow for a clear split (the
     interaction needs ~9 dims)."""
     pl.seed_everything(0)
-    dm = _dm(cache_dir, rows=30_000, batch_size=512)
-    module = _search(dm, dim=16, hidden=(64, 32), lr=3e-3, gate_lr=1e-2, seed=0)
+    dm = tiny_datamodule(cache_dir, rows=30_000, batch_size=512)
+    module = tiny_search(dm, dim=16, hidden=(64, 32), lr=3e-3, gate_lr=1e-2, seed=0)
     steps = len(dm.stream("train"))
-    trainer = _trainer(cache_dir / "instance", [TemperatureAnnealing(steps=int(1.6 * steps)),
+    trainer = tiny_trainer(cache_dir / "instance", [TemperatureAnnealing(steps=int(1.6 * steps)),
                                                 RegularizerWarmup(steps=max(1, 2 * steps // 5))],
                        max_epochs=3, num_sanity_val_steps=0)
     trainer.fit(module, dm)
@@ -115,9 +115,9 @@ def test_gates_are_instance_wise_on_planted_segments(cache_dir) -> None:
 
 def _tiny_search_summary(cache_dir: Path, gate: dict, epochs: int = 3) -> dict:
     pl.seed_everything(0)
-    dm = _dm(cache_dir)
-    module = _search(dm, warmup_epochs=0, gate=gate, seed=0)
-    _trainer(cache_dir / "reg", max_epochs=epochs, num_sanity_val_steps=0).fit(module, dm)
+    dm = tiny_datamodule(cache_dir)
+    module = tiny_search(dm, warmup_epochs=0, gate=gate, seed=0)
+    tiny_trainer(cache_dir / "reg", max_epochs=epochs, num_sanity_val_steps=0).fit(module, dm)
     return module.last_val_summary
 
 
@@ -162,24 +162,24 @@ class _Interrupt(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.after_steps:
-            self.module_state = {k: v.clone() for k, v in _weights(pl_module).items()}
+            self.module_state = {k: v.clone() for k, v in weights_of(pl_module).items()}
             self.noise_state = pl_module._noise.get_state().clone()
             raise RuntimeError("simulated crash")
 
 
 def _uninterrupted(cache_dir: Path, root: Path, epochs: int) -> tuple[SearchModule, pl.Trainer, list]:
     pl.seed_everything(0)
-    module = _search(_dm(cache_dir))
-    callbacks = _schedules()
+    module = tiny_search(tiny_datamodule(cache_dir))
+    callbacks = schedule_callbacks()
     recorder = _BatchRecorder()
-    trainer = _trainer(root, [*callbacks, recorder, ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
+    trainer = tiny_trainer(root, [*callbacks, recorder, ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
                        max_epochs=epochs)
-    trainer.fit(module, _dm(cache_dir))
+    trainer.fit(module, tiny_datamodule(cache_dir))
     return module, trainer, [callbacks, recorder]
 
 
 def _assert_same_search_state(a: SearchModule, b: SearchModule, ta: pl.Trainer, tb: pl.Trainer) -> None:
-    wa, wb = _weights(a), _weights(b)
+    wa, wb = weights_of(a), weights_of(b)
     assert wa.keys() == wb.keys()
     for key in wa:
         assert torch.equal(wa[key], wb[key]), key
@@ -205,20 +205,21 @@ def test_resume_after_an_epoch_equals_an_uninterrupted_run(tmp_path, cache_dir, 
     assert whole.gates.controller.multiplier != 0.0 and whole_callbacks[0].step == 2 * STEPS_PER_EPOCH
 
     pl.seed_everything(0)
-    first = _trainer(tmp_path / "part", [*_schedules(), ModelCheckpoint(dirpath=tmp_path / "part", save_last=True)],
-                     max_epochs=stop_epoch)
-    first.fit(_search(_dm(cache_dir)), _dm(cache_dir))
+    first = tiny_trainer(tmp_path / "part",
+                         [*schedule_callbacks(), ModelCheckpoint(dirpath=tmp_path / "part", save_last=True)],
+                         max_epochs=stop_epoch)
+    first.fit(tiny_search(tiny_datamodule(cache_dir)), tiny_datamodule(cache_dir))
     last = tmp_path / "part" / "last.ckpt"
     assert torch.load(last, weights_only=True)["epoch"] == stop_epoch - 1
 
     pl.seed_everything(123)                       # the resumed run must not depend on the global seed
-    resumed = _search(_dm(cache_dir), seed=3)
-    callbacks = _schedules()
+    resumed = tiny_search(tiny_datamodule(cache_dir), seed=3)
+    callbacks = schedule_callbacks()
     recorder = _BatchRecorder()
-    second = _trainer(tmp_path / "rest", [*callbacks, recorder, ModelCheckpoint(dirpath=tmp_path / "rest",
+    second = tiny_trainer(tmp_path / "rest", [*callbacks, recorder, ModelCheckpoint(dirpath=tmp_path / "rest",
                                                                                  save_last=True)],
                       max_epochs=epochs)
-    second.fit(resumed, _dm(cache_dir), ckpt_path=str(last))
+    second.fit(resumed, tiny_datamodule(cache_dir), ckpt_path=str(last))
 
     _assert_same_search_state(whole, resumed, whole_trainer, second)
     for mine, theirs in zip(callbacks, whole_callbacks):
@@ -235,23 +236,23 @@ def mid_epoch(tmp_path_factory, cache_dir) -> dict:
     whole, whole_trainer, (whole_callbacks, whole_seen) = _uninterrupted(cache_dir, root / "whole", 3)
     pl.seed_everything(0)
     crash = _Interrupt(after_steps=20)
-    crashed_callbacks = _schedules()
-    crashed = _search(_dm(cache_dir))
+    crashed_callbacks = schedule_callbacks()
+    crashed = tiny_search(tiny_datamodule(cache_dir))
     # the crash comes first, before the schedules apply step 21's values
-    trainer = _trainer(root / "crash", [crash, *crashed_callbacks,
+    trainer = tiny_trainer(root / "crash", [crash, *crashed_callbacks,
                                         ModelCheckpoint(dirpath=root / "crash", save_last=True,
                                                         every_n_train_steps=4)], max_epochs=3)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        trainer.fit(crashed, _dm(cache_dir))
+        trainer.fit(crashed, tiny_datamodule(cache_dir))
     last = root / "crash" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)
     pl.seed_everything(123)
-    resumed = _search(_dm(cache_dir))
-    callbacks = _schedules()
+    resumed = tiny_search(tiny_datamodule(cache_dir))
+    callbacks = schedule_callbacks()
     recorder = _BatchRecorder()
-    second = _trainer(root / "rest", [*callbacks, recorder, ModelCheckpoint(dirpath=root / "crash", save_last=True,
+    second = tiny_trainer(root / "rest", [*callbacks, recorder, ModelCheckpoint(dirpath=root / "crash", save_last=True,
                                                                              every_n_train_steps=4)], max_epochs=3)
-    second.fit(resumed, _dm(cache_dir), ckpt_path=str(last))
+    second.fit(resumed, tiny_datamodule(cache_dir), ckpt_path=str(last))
     return {"whole": whole, "whole_trainer": whole_trainer, "whole_callbacks": whole_callbacks,
             "whole_seen": whole_seen.seen, "crash": crash, "crashed_callbacks": crashed_callbacks,
             "checkpoint": checkpoint, "resumed": resumed, "second": second, "callbacks": callbacks,

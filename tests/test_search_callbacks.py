@@ -14,7 +14,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from ihas_lightning.callbacks import GateStatisticsLogger, RegularizerWarmup, TemperatureAnnealing
 from ihas_lightning.modules import SearchModule
 from _search_fixtures import (  # noqa: E402  (tests/ is on sys.path: pytest's rootdir-relative import)
-    STEPS_PER_EPOCH, _dm, _schedules, _search, _trainer,
+    STEPS_PER_EPOCH, schedule_callbacks, tiny_datamodule, tiny_search, tiny_trainer,
 )
 
 
@@ -59,7 +59,7 @@ def test_schedules_count_gated_steps_only_and_drive_the_module(tmp_path, cache_d
     is 13 and the module holds ``value(12)`` (the value applied before the last step)."""
     pl.seed_everything(0)
     anneal, warm = TemperatureAnnealing(start=0.5, end=0.05, steps=20), RegularizerWarmup(steps=10, start=0.1)
-    module = _search(_dm(cache_dir), gate={"budget": 0.5, "temperature": 0.5})
+    module = tiny_search(tiny_datamodule(cache_dir), gate={"budget": 0.5, "temperature": 0.5})
 
     class Watch(Callback):
         def __init__(self) -> None:
@@ -69,7 +69,8 @@ def test_schedules_count_gated_steps_only_and_drive_the_module(tmp_path, cache_d
             self.values.append((float(pl_module.gates.temperature), pl_module.regularizer_scale))
 
     watch = Watch()
-    _trainer(tmp_path, [anneal, warm, watch], max_epochs=2, limit_val_batches=0).fit(module, _dm(cache_dir))
+    trainer = tiny_trainer(tmp_path, [anneal, warm, watch], max_epochs=2, limit_val_batches=0)
+    trainer.fit(module, tiny_datamodule(cache_dir))
     assert anneal.step == warm.step == STEPS_PER_EPOCH
     assert watch.values[:STEPS_PER_EPOCH] == [(0.5, 1.0)] * STEPS_PER_EPOCH
     gated = watch.values[STEPS_PER_EPOCH:]
@@ -81,10 +82,10 @@ def test_schedules_count_gated_steps_only_and_drive_the_module(tmp_path, cache_d
 def test_schedules_refuse_a_module_without_gates(tmp_path, cache_dir) -> None:
     from ihas_lightning.modules import BackboneModule
 
-    dm = _dm(cache_dir)
+    dm = tiny_datamodule(cache_dir)
     module = BackboneModule(dm.schema, dm.vocab_sizes, dim=8, dnn_hidden_units=(16,))
     with pytest.raises(TypeError, match="BackboneModule"):
-        _trainer(tmp_path, [TemperatureAnnealing()], max_epochs=1, limit_val_batches=0).fit(module, dm)
+        tiny_trainer(tmp_path, [TemperatureAnnealing()], max_epochs=1, limit_val_batches=0).fit(module, dm)
 
 
 def test_callback_state_round_trips_through_state_dict_and_a_weights_only_checkpoint(tmp_path, cache_dir) -> None:
@@ -102,8 +103,8 @@ def test_callback_state_round_trips_through_state_dict_and_a_weights_only_checkp
     pl.seed_everything(0)
     callbacks = [TemperatureAnnealing(steps=9), RegularizerWarmup(steps=5), GateStatisticsLogger()]
     checkpointer = ModelCheckpoint(dirpath=tmp_path, save_last=True)
-    module = _search(_dm(cache_dir))
-    _trainer(tmp_path, [*callbacks, checkpointer], max_epochs=2).fit(module, _dm(cache_dir))
+    module = tiny_search(tiny_datamodule(cache_dir))
+    tiny_trainer(tmp_path, [*callbacks, checkpointer], max_epochs=2).fit(module, tiny_datamodule(cache_dir))
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)    # plain tensors and containers only
     for callback in callbacks:
         assert checkpoint["callbacks"][callback.state_key] == callback.state_dict()
@@ -132,9 +133,10 @@ def test_gate_statistics_logger_writes_heatmap_and_histograms(tmp_path, cache_di
 
     pl.seed_everything(0)
     stats = GateStatisticsLogger()
-    module = _search(_dm(cache_dir))
+    module = tiny_search(tiny_datamodule(cache_dir))
     logger = TensorBoardLogger(str(tmp_path), name="tb", version="")
-    _trainer(tmp_path, [stats], max_epochs=3, logger=logger, log_every_n_steps=5).fit(module, _dm(cache_dir))
+    trainer = tiny_trainer(tmp_path, [stats], max_epochs=3, logger=logger, log_every_n_steps=5)
+    trainer.fit(module, tiny_datamodule(cache_dir))
     assert stats.logged == 2                       # epochs 1 and 2 (epoch 0 is warm-up: no gate statistics)
     logger.experiment.flush()
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={IMAGES: 0, HISTOGRAMS: 0, SCALARS: 0})
@@ -173,10 +175,10 @@ def test_best_searched_checkpoint_keeps_the_best_gated_epoch(tmp_path, cache_dir
     validation AUC; a warm-up epoch with a higher AUC does not count."""
     from ihas_lightning.callbacks import BestSearchedCheckpoint
 
-    dm = _dm(cache_dir)
-    module = _search(dm, warmup_epochs=2, lr=3e-2)             # a large lr: AUC moves from epoch to epoch
+    dm = tiny_datamodule(cache_dir)
+    module = tiny_search(dm, warmup_epochs=2, lr=3e-2)             # a large lr: AUC moves from epoch to epoch
     record, best = _ValAucPerEpoch(), BestSearchedCheckpoint(tmp_path)
-    _trainer(tmp_path, [best, record, *_schedules()], max_epochs=5).fit(module, dm)
+    tiny_trainer(tmp_path, [best, record, *schedule_callbacks()], max_epochs=5).fit(module, dm)
     assert len(record.auc) == 5
     gated = record.auc[2:]
     kept = torch.load(tmp_path / "best.ckpt", weights_only=True)

@@ -9,7 +9,8 @@ import pytest
 from scipy.stats import rankdata
 
 from ihas_lightning.data.schema import RawColumns
-from ihas_lightning.data.synthetic import BLOCK_ROWS, SyntheticChunk, SyntheticConfig, SyntheticCTR
+from ihas_lightning.data.synthetic import BLOCK_ROWS, SyntheticCTR
+from ihas_lightning.data.synthetic_config import SyntheticChunk, SyntheticConfig
 
 N = 200_000
 

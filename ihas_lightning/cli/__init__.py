@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "wants_quiet"]
 
 # Each module defines register(subparsers); a stage's module is imported only when the CLI starts.
 _SUBCOMMANDS = ("train", "search", "pipeline", "supernet", "demo", "transfer", "pim")
@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .quiet import quiet_output
 
     try:
-        with quiet_output(_quiet(args)):
+        with quiet_output(wants_quiet(args)):
             args.handler(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"ihas {args.command}: error: {error}", file=sys.stderr)
@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _quiet(args: argparse.Namespace) -> bool:
+def wants_quiet(args: argparse.Namespace) -> bool:
     """``--quiet``; for a command on an existing run without the flag (``None``), as the run was started."""
     quiet = getattr(args, "quiet", False)
     if quiet is None:

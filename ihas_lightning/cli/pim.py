@@ -39,7 +39,7 @@ def run_pim(args: argparse.Namespace) -> dict:
     import torch
 
     from ..pim.pareto import dashboard_command, write_outputs
-    from ..pim.study import StudySettings, _objective, run_study
+    from ..pim.study import StudySettings, build_objective, run_study
 
     torch.set_num_threads(1)
     stage = Path(args.run) / "supernet"
@@ -48,7 +48,7 @@ def run_pim(args: argparse.Namespace) -> dict:
     settings = StudySettings(run_dir=args.run, trials=args.trials, storage=args.storage, sampler=args.sampler,
                              workers=args.workers, max_auc_drop=args.max_auc_drop, seed=args.seed,
                              study_name=args.study_name, mode=args.mode)
-    objective = _objective(settings)
+    objective = build_objective(settings)
     study = run_study(settings, objective if settings.workers == 1 else None)
     report = write_outputs(study, Path(args.run) / "pim", objective.space, settings.storage_url)
     rows = [[p["number"], p["auc"], p["latency_ratio"], p["energy_ratio"], p["flops_ratio"]]

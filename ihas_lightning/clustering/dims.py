@@ -7,6 +7,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+__all__ = ["NarrowingCost", "active_count_histogram", "assign_dims", "fit_dims_to_budget", "loss_increase",
+           "narrowed", "open_gate_cost", "stored_param_share"]
+
 # ----------------------------------------------------------------------------------------------------------
 # per-group dimensions
 

@@ -9,7 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from .streams import Stream, _is_int, _passes, _rechunk, _reservoir, _rows
+
+from .streams import Stream, as_rows, is_int, rechunk, reservoir_sample, stream_passes
+
+__all__ = ["SILHOUETTE_SAMPLE", "MiniBatchKMeans", "adjusted_rand_index", "nearest_centroid", "silhouette_score"]
 
 _LLOYD_STEPS = 10  # refinement of each k-means++ seeding on the in-memory init sample
 SILHOUETTE_SAMPLE = 2000  # pairwise distances of the subsample: 2000^2 float64 = 32 MB
@@ -126,9 +129,9 @@ class MiniBatchKMeans:
         n_init: int = 3,
     ) -> None:
         for name, value in (("k", k), ("batch_size", batch_size), ("iterations", iterations), ("n_init", n_init)):
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if init_size is not None and (not _is_int(init_size) or init_size < 1):
+        if init_size is not None and (not is_int(init_size) or init_size < 1):
             raise ValueError(f"init_size must be an int >= 1 or None, got {init_size!r}")
         self.k = k
         self.batch_size = batch_size
@@ -209,16 +212,16 @@ class MiniBatchKMeans:
 
     def fit(self, stream: Stream) -> MiniBatchKMeans:
         """Fit on a re-iterable stream of ``(n, d)`` batches; never holds more than a few batches."""
-        passes = _passes(stream, "stream")
+        passes = stream_passes(stream, "stream")
         self._gen = torch.Generator().manual_seed(self.seed)
         self.n_steps = self.n_reseeded = 0
-        sample = _reservoir(_rechunk(passes(), self.batch_size, "stream", None), self.init_size, self._gen)
+        sample = reservoir_sample(rechunk(passes(), self.batch_size, "stream", None), self.init_size, self._gen)
         self._init(sample)
         width = sample.shape[1]
         while self.n_steps < self.iterations:
             hits = torch.zeros(self.k, dtype=torch.long, device=sample.device)
             complete = True
-            for x in _rechunk(passes(), self.batch_size, "stream", width):
+            for x in rechunk(passes(), self.batch_size, "stream", width):
                 hits += torch.bincount(self._step(x.to(sample.device)), minlength=self.k)
                 if self.n_steps >= self.iterations:
                     complete = False
@@ -232,7 +235,7 @@ class MiniBatchKMeans:
 
         No re-seeding here: a pass over the data is what tells an empty cluster from an unlucky batch.
         """
-        x = _rows(x, "partial_fit", 0, None if self._centroids is None else self._centroids.shape[1])
+        x = as_rows(x, "partial_fit", 0, None if self._centroids is None else self._centroids.shape[1])
         if x.shape[0] == 0:
             return self
         if self._centroids is None:
@@ -243,14 +246,14 @@ class MiniBatchKMeans:
 
     def predict(self, x: Tensor) -> Tensor:
         """Index ``(n,)`` int64 of the nearest center for ``x`` ``(n, d)`` or ``(n, F, D)``."""
-        x = _rows(x, "predict", 0, self.centroids.shape[1])
-        return _nearest(x.to(self.centroids.device), self.centroids)
+        x = as_rows(x, "predict", 0, self.centroids.shape[1])
+        return nearest_centroid(x.to(self.centroids.device), self.centroids)
 
     def inertia(self, stream: Stream) -> float:
         """Sum over the stream of squared distances to the nearest center (lower is tighter)."""
         total = 0.0
-        for i, x in enumerate(_passes(stream, "stream")()):
-            x = _rows(x, "stream", i, self.centroids.shape[1]).to(self.centroids.device)
+        for i, x in enumerate(stream_passes(stream, "stream")()):
+            x = as_rows(x, "stream", i, self.centroids.shape[1]).to(self.centroids.device)
             total += float(_sq_dists(x, self.centroids).min(1).values.double().sum())
         return total
 
@@ -291,7 +294,8 @@ class MiniBatchKMeans:
         return km
 
 
-def _nearest(x: Tensor, c: Tensor) -> Tensor:
+def nearest_centroid(x: Tensor, c: Tensor) -> Tensor:
+    """Index ``(n,)`` of the nearest of the centers ``c`` ``(K, d)`` for each row of ``x`` ``(n, d)``."""
     return _sq_dists(x.to(c.dtype), c).argmin(1)  # (n,) int64
 
 

@@ -1,4 +1,5 @@
-"""Re-iterable streams of batches for the clustering stage (k-means needs several passes)."""
+"""Re-iterable streams of batches for the clustering stage (k-means needs several passes), and the checks
+and re-batching that k-means and :func:`~ihas_lightning.clustering.cluster` share."""
 
 from __future__ import annotations
 
@@ -8,19 +9,19 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
+__all__ = ["Stream", "as_rows", "is_int", "rechunk", "reservoir_sample", "stream_passes"]
 
 Stream = Union[Callable[[], Iterable[Tensor]], Iterable[Tensor], Tensor]
 """A re-iterable source of ``(n, d)`` batches: a callable returning a fresh iterator (preferred), a list,
 a DataLoader, or one tensor (a single batch). One-shot iterators are refused: k-means needs several passes."""
 
-# ----------------------------------------------------------------------------------------------------------
-# streams
+
+def is_int(value: Any) -> bool:
+    """An ``int`` that is not a ``bool`` (``True`` is an int to Python, never a count or a seed here)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _passes(stream: Stream, what: str) -> Callable[[], Iterator[Tensor]]:
+def stream_passes(stream: Stream, what: str) -> Callable[[], Iterator[Tensor]]:
     """A function that starts a fresh pass over ``stream``; refuses one-shot iterators up front."""
     if isinstance(stream, Tensor):
         return lambda: iter((stream,))
@@ -36,7 +37,7 @@ def _passes(stream: Stream, what: str) -> Callable[[], Iterator[Tensor]]:
     raise TypeError(f"{what} must be a callable returning an iterator of tensors, got {type(stream).__name__}")
 
 
-def _rows(x: Any, what: str, index: int, width: int | None) -> Tensor:
+def as_rows(x: Any, what: str, index: int, width: int | None) -> Tensor:
     """Batch ``index`` as a float ``(n, d)`` tensor; ``(n, F, D)`` masks/embeddings are flattened."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{what} batch {index}: expected a tensor, got {type(x).__name__}")
@@ -51,7 +52,7 @@ def _rows(x: Any, what: str, index: int, width: int | None) -> Tensor:
     return x
 
 
-def _rechunk(batches: Iterator[Tensor], size: int, what: str, width: int | None) -> Iterator[Tensor]:
+def rechunk(batches: Iterator[Tensor], size: int, what: str, width: int | None) -> Iterator[Tensor]:
     """Re-cut a stream into batches of exactly ``size`` rows (the last may be shorter).
 
     Everything downstream (random keys, updates) then sees the same mini-batches however the caller
@@ -61,7 +62,7 @@ def _rechunk(batches: Iterator[Tensor], size: int, what: str, width: int | None)
     held = 0
     device = None
     for i, x in enumerate(batches):
-        x = _rows(x, what, i, width)
+        x = as_rows(x, what, i, width)
         width = x.shape[1]
         device = x.device if device is None else device
         buffer.append(x.to(device))
@@ -74,7 +75,7 @@ def _rechunk(batches: Iterator[Tensor], size: int, what: str, width: int | None)
         yield torch.cat(buffer)
 
 
-def _reservoir(chunks: Iterable[Tensor], size: int, gen: torch.Generator) -> Tensor:
+def reservoir_sample(chunks: Iterable[Tensor], size: int, gen: torch.Generator) -> Tensor:
     """A uniform sample without replacement of ``size`` rows in one pass (random keys, keep the smallest)."""
     kept: Tensor | None = None  # (m, d)
     keys = torch.empty(0, dtype=torch.float64)

@@ -4,7 +4,8 @@ from .datamodule import CTRDataModule, split_rows
 from .encoders import EncodedColumns, FeatureEncoder
 from .readers import FORMATS, read_data
 from .schema import DataFormatError, MultiValuedField, RawColumns, Schema
-from .synthetic import SyntheticConfig, SyntheticCTR
+from .synthetic import SyntheticCTR
+from .synthetic_config import SyntheticConfig
 
 __all__ = ["CTRDataModule", "DataFormatError", "EncodedColumns", "FORMATS", "FeatureEncoder", "MultiValuedField",
            "RawColumns", "Schema", "SyntheticCTR", "SyntheticConfig", "read_data", "split_rows"]

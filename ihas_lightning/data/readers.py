@@ -3,6 +3,7 @@
 :func:`read_data` is the one entry point the data module uses: it dispatches on a format name so that a
 config file can say ``format: avazu``. Bad input raises :class:`DataFormatError` naming the file, the
 1-based line (the header is line 1) and the column, never a bare ``IndexError`` or ``KeyError``.
+The public data sets' own readers and schemas are in :mod:`ihas_lightning.data.readers_formats`.
 """
 
 from __future__ import annotations
@@ -44,17 +45,6 @@ from ihas_lightning.data.schema import DataFormatError, RawColumns, Schema
 __all__ = [
     "FORMATS",
     "TableFormat",
-    "CRITEO_SCHEMA",
-    "AVAZU_SCHEMA",
-    "MOVIELENS_100K_SCHEMA",
-    "MOVIELENS_1M_SCHEMA",
-    "libfm_schema",
-    "read_criteo",
-    "read_criteo_1tb",
-    "read_avazu",
-    "read_movielens_100k",
-    "read_movielens_1m",
-    "read_libfm",
     "read_table",
     "read_data",
 ]

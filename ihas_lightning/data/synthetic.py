@@ -43,7 +43,7 @@ from ihas_lightning.data.schema import RawColumns, Schema
 from ihas_lightning.data.synthetic_config import SyntheticChunk, SyntheticConfig
 from ihas_lightning.data.zipf import InverseCDF, sample_ranks, zipf_cdf
 
-__all__ = ["BLOCK_ROWS", "SyntheticConfig", "SyntheticChunk", "SyntheticCTR"]
+__all__ = ["BLOCK_ROWS", "SyntheticCTR"]
 
 BLOCK_ROWS = 65_536
 """Rows per internal block; each block has its own RNG stream, which makes output chunking-invariant."""

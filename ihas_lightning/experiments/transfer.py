@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backbones import BACKBONES, UNSUPPORTED_BACKBONES
+from ..backbones import check_backbone_name
 from ..cli.common import datamodule_from_args, write_json
 from ..data.datamodule import CTRDataModule
 from ..pipeline import RunDirectory, embedding_rows, stage_baseline, stage_retrain
@@ -45,10 +45,7 @@ def check_backbones(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     if not names:
         raise ValueError("--backbones needs at least one DeepCTR-Torch model")
     for name in names:
-        if name in UNSUPPORTED_BACKBONES:
-            raise ValueError(f"backbone '{name}' cannot be a transfer target: it {UNSUPPORTED_BACKBONES[name]}")
-        if name not in BACKBONES:
-            raise ValueError(f"unknown backbone '{name}'; choose from {', '.join(BACKBONES)}")
+        check_backbone_name(name, refusal="cannot be a transfer target")
     if len(set(names)) != len(names):
         raise ValueError(f"--backbones lists a model twice: {', '.join(names)}")
     return tuple(names)

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
 from typing_extensions import override
 
 from ..backbones import CTRBackbone
-from ..data.encoders import FeatureEncoder
+from ..data.encoders import EncodedColumns, FeatureEncoder
 from ..data.loader import Batch, to_batch
 from ..data.schema import RawColumns, Schema
 from ..safe_load import load_checkpoint_state
 
-__all__ = ["CTRModule", "NonFiniteLossError", "backbone_weights"]
+__all__ = ["CTRModule", "NonFiniteLossError", "backbone_weights", "fused_adam", "predict_encoded"]
 
 _STAGES = ("train", "val", "test")
 log = logging.getLogger(__name__)
@@ -120,11 +120,8 @@ class CTRModule(pl.LightningModule):
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        # fused: one kernel per step instead of ~10 passes over every (dense-gradient) embedding table
         # Frozen parameters (a retraining's router, the dense layers its groups' copies replace) stay out.
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        fused = all(p.device.type in ("cpu", "cuda") for p in trainable)
-        return torch.optim.Adam(trainable, lr=self.hparams.lr, fused=fused)
+        return fused_adam([p for p in self.parameters() if p.requires_grad], lr=self.hparams.lr)
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -155,15 +152,33 @@ class CTRModule(pl.LightningModule):
         self.last_oov_rate = self.encoder.oov_rate(encoded)
         log.info("predict_raw: %d rows, OOV rate %.4f (categories unseen in training map to the OOV id)",
                  len(encoded), self.last_oov_rate)
-        was_training = self.training
-        self.eval()
-        out = []
-        for start in range(0, len(encoded), batch_size):
-            batch = to_batch(encoded.take(np.arange(start, min(start + batch_size, len(encoded)))))
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            out.append(torch.sigmoid(self(batch)).cpu())
-        self.train(was_training)
-        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+        return predict_encoded(self, encoded, batch_size)
+
+
+def fused_adam(params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 1e-3) -> torch.optim.Adam:
+    """Adam over ``params`` (tensors or param-group dicts), fused when every tensor is on the CPU or a CUDA
+    device: one kernel per step instead of ~10 passes over every (dense-gradient) embedding table."""
+    groups = [{**g, "params": list(g["params"])} if isinstance(g, dict) else g for g in params]
+    tensors = [t for g in groups for t in (g["params"] if isinstance(g, dict) else [g])]
+    fused = all(t.device.type in ("cpu", "cuda") for t in tensors)
+    return torch.optim.Adam(groups, lr=lr, fused=fused)
+
+
+@torch.no_grad()
+def predict_encoded(model: nn.Module, encoded: EncodedColumns, batch_size: int = 8192) -> np.ndarray:
+    """Click probabilities ``sigmoid(model(batch))`` ``(n,)`` for encoded rows, ``batch_size`` rows at a time.
+
+    Runs in eval mode on the device of the model's parameters and puts the model back in the mode it was in.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(encoded), batch_size):
+        batch = to_batch(encoded.take(np.arange(start, min(start + batch_size, len(encoded)))))
+        out.append(torch.sigmoid(model({k: v.to(device) for k, v in batch.items()})).cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
 def check_same_schema(encoder: FeatureEncoder, module: CTRModule) -> None:

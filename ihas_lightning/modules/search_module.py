@@ -14,7 +14,8 @@ from ..backbones import build_backbone
 from ..data.loader import Batch
 from ..data.schema import Schema
 from ..gates import GateConfig, GateOutput, InstanceGates
-from .base import CTRModule
+from ..regularizers import decided_share, expected_param_share
+from .base import CTRModule, fused_adam
 
 __all__ = ["SearchModule"]
 
@@ -151,8 +152,6 @@ class SearchModule(CTRModule):
 
     def validation_summary(self) -> dict[str, Any]:
         """Gate statistics over the validation batches seen since the last epoch end."""
-        from ..regularizers import decided_share, expected_param_share
-
         prob = torch.cat([s["prob"] for s in self._val_stats])                                  # (N, F, D)
         mask = torch.cat([s["mask"] for s in self._val_stats])
         per_field = mask.sum(-1).mean(0)                                                        # (F,)
@@ -167,12 +166,10 @@ class SearchModule(CTRModule):
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        # fused as in CTRModule: one kernel per step instead of ~10 passes over every embedding table
-        fused = all(p.device.type in ("cpu", "cuda") for p in self.parameters())
-        return torch.optim.Adam([
+        return fused_adam([
             {"params": self.backbone.parameters(), "lr": self.hparams.lr},
             {"params": self.gates.parameters(), "lr": self.hparams.gate_lr},
-        ], fused=fused)
+        ])
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -46,8 +46,8 @@ from .config import get_preset
 from .cost_model import estimate
 from .search_space import Candidate, SearchSpace, model_spec, suggest
 
-__all__ = ["StudySettings", "PIMObjective", "load_supernet", "make_storage", "make_sampler", "run_study",
-           "quantized_tables", "candidate_of", "DIRECTIONS", "METRIC_NAMES"]
+__all__ = ["StudySettings", "PIMObjective", "build_objective", "load_supernet", "make_storage", "make_sampler",
+           "run_study", "quantized_tables", "candidate_of", "DIRECTIONS", "METRIC_NAMES"]
 
 DIRECTIONS = ("maximize", "minimize", "minimize")
 METRIC_NAMES = ("auc", "latency_ratio", "energy_ratio")
@@ -251,7 +251,11 @@ def _study(settings: StudySettings, seed: int) -> optuna.Study:
     return study
 
 
-def _objective(settings: StudySettings) -> PIMObjective:
+def build_objective(settings: StudySettings) -> PIMObjective:
+    """The trial objective of a study: the run's trained supernet scored on its validation batches.
+
+    The validation batches are read once per loaded supernet and kept, so the workers of a study share them.
+    """
     module, dm = load_supernet(settings.run_dir)
     key = ("val", id(module))
     if key not in _BATCHES:
@@ -273,7 +277,7 @@ def _dim_choices(run_dir: str, module: Any) -> tuple[int, ...]:
 def _optimize(settings: StudySettings, n_trials: int, worker: int, objective: PIMObjective | None = None) -> None:
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    objective = objective or _objective(settings)
+    objective = objective or build_objective(settings)
     probe = _study(settings, settings.seed)
     # A fresh seed per worker and per continuation, so a resumed study does not replay its random start-up.
     seed = settings.seed + 1000 * worker + len(probe.get_trials(deepcopy=False))
@@ -300,7 +304,7 @@ def run_study(settings: StudySettings, objective: PIMObjective | None = None) ->
         # fork (Linux): the workers inherit the loaded supernet and the cached validation batches instead of
         # re-importing torch and reloading both; the parent holds no open storage connection at the fork.
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        inherited = (objective or _objective(settings)) if method == "fork" else None
+        inherited = (objective or build_objective(settings)) if method == "fork" else None
         shares = [settings.trials // settings.workers + (i < settings.trials % settings.workers)
                   for i in range(settings.workers)]
         context = multiprocessing.get_context(method)
