@@ -2,12 +2,15 @@
 DeepCTR-Torch models, as LightningModules and callbacks for an ordinary ``pytorch_lightning.Trainer``."""
 
 from .backbones import CTRBackbone, build_backbone
-from .data import CTRDataModule, Schema
+from .data import CTRDataModule, DataConfig, Schema
 from .gates import GateConfig, InstanceGates
 from .model import IHASModel
-from .modules import BackboneModule, RetrainModule, SearchModule, SupernetModule
+from .modules import BackboneConfig, BackboneModule, RetrainModule, SearchModule, SupernetModule
+from .pipeline import run_pipeline
+from .run_config import RunConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["BackboneModule", "CTRBackbone", "CTRDataModule", "GateConfig", "IHASModel", "InstanceGates",
-           "RetrainModule", "Schema", "SearchModule", "SupernetModule", "build_backbone", "__version__"]
+__all__ = ["BackboneConfig", "BackboneModule", "CTRBackbone", "CTRDataModule", "DataConfig", "GateConfig", "IHASModel",
+           "InstanceGates", "RetrainModule", "RunConfig", "Schema", "SearchModule", "SupernetModule", "build_backbone",
+           "run_pipeline", "__version__"]

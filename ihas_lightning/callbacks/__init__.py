@@ -7,6 +7,7 @@ from .searched_checkpoint import BestSearchedCheckpoint
 from .stateful import MissingCallbackStateError, StatefulCallback
 from .supernet_sampler import SupernetSampler
 from .temperature_annealing import TemperatureAnnealing
+from .throughput import ThroughputMeter
 
 __all__ = ["BestSearchedCheckpoint", "GateStatisticsLogger", "MissingCallbackStateError", "OptunaPruning",
-           "RegularizerWarmup", "StatefulCallback", "SupernetSampler", "TemperatureAnnealing"]
+           "RegularizerWarmup", "StatefulCallback", "SupernetSampler", "TemperatureAnnealing", "ThroughputMeter"]

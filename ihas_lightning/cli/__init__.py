@@ -10,7 +10,7 @@ from collections.abc import Sequence
 __all__ = ["main", "build_parser"]
 
 # Each module defines register(subparsers); a stage's module is imported only when the CLI starts.
-_SUBCOMMANDS = ("train", "search", "pipeline", "supernet", "demo", "transfer", "pim")
+_SUBCOMMANDS = ("train", "search", "pipeline", "report", "supernet", "demo", "transfer", "pim")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,9 +42,9 @@ def _quiet(args: argparse.Namespace) -> bool:
         from ..pipeline import RunDirectory
 
         try:
-            quiet = getattr(RunDirectory(args.run).load_options(), "quiet", False)
-        except FileNotFoundError:
-            quiet = False                                   # the command itself reports the missing run
+            quiet = RunDirectory(args.run).load_config().trainer.quiet
+        except (FileNotFoundError, ValueError):
+            quiet = False                                   # the command itself reports the bad or missing run
     return bool(quiet)
 
 

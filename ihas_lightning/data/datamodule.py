@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from .cache import EncodedStore, EncodedWriter, save_encoded
+from .config import DataConfig
 from .encoders import EncodedColumns, FeatureEncoder, FieldVocabulary
 from .loader import BatchStream, StreamLoader
 from .readers import FORMATS, read_data
@@ -87,6 +89,11 @@ class CTRDataModule(pl.LightningDataModule):
         self.in_memory = in_memory
         self.encoder: FeatureEncoder | None = None
         self.splits: dict[str, EncodedColumns | EncodedStore] = {}
+
+    @classmethod
+    def from_config(cls, config: DataConfig) -> CTRDataModule:
+        """A data module with the arguments of ``config``."""
+        return cls(**asdict(config))
 
     @classmethod
     def from_encoded(cls, splits: dict[str, EncodedColumns], encoder: FeatureEncoder, batch_size: int = 1024,
