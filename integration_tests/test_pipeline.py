@@ -21,8 +21,9 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import Callback
 
-import ihas_lightning.cli.search as search_cli
 import ihas_lightning.pipeline as pipeline
+import ihas_lightning.pipeline.cluster as cluster_stage
+import ihas_lightning.training as training
 from ihas_lightning.cli import main
 from ihas_lightning.clustering import ClusterResult
 from ihas_lightning.model import IHASModel
@@ -72,19 +73,18 @@ class Harness:
         self.crash_stage: str | None = None
         self.crash_step = 0
         self.crash_saves = False
-        original = pipeline.make_trainer
+        original = training.make_trainer
 
-        def make_trainer(args, stage_dir, callbacks=(), **kwargs):
+        def make_trainer(config, stage_dir, callbacks=(), **kwargs):
             stage = Path(stage_dir).name
             extra: list[Callback] = [_StartRecorder(self.starts, stage)]
             if stage == self.crash_stage:
                 last = Path(stage_dir) / "checkpoints" / "last.ckpt"
                 extra.append(_CrashAfter(self.crash_step, last if self.crash_saves else None))
                 self.crash_stage = None
-            return original(args, stage_dir, [*callbacks, *extra], **kwargs)
+            return original(config, stage_dir, [*callbacks, *extra], **kwargs)
 
-        monkeypatch.setattr(pipeline, "make_trainer", make_trainer)
-        monkeypatch.setattr(search_cli, "make_trainer", make_trainer)
+        monkeypatch.setattr(training, "make_trainer", make_trainer)
 
     def crash(self, stage: str, step: int, checkpoint_first: bool = False) -> None:
         self.crash_stage, self.crash_step, self.crash_saves = stage, step, checkpoint_first
@@ -178,10 +178,10 @@ def test_the_budget_fit_scores_dimensions_by_validation_logloss(finished) -> Non
     logloss, each row cut to its group's first columns; checked against zeroing embeddings by hand."""
     run = pipeline.RunDirectory(finished[0])
     assert run.metrics("cluster")["budget_fit"] == "loss"
-    dm = pipeline.datamodule_from_args(run.load_options())
-    search = pipeline._search_module(run)
+    dm = training.datamodule_from_config(run.load_config().data)
+    search = pipeline.load_searched_module(run)
     clusters = ClusterResult.load(run.stage("cluster") / "clusters.json")
-    logloss = pipeline._prefix_logloss(search, dm, clusters)
+    logloss = cluster_stage._prefix_logloss(search, dm, clusters)
 
     def by_hand(group: int | None = None, field: int = 0) -> float:
         """Validation logloss without gates; ``group``'s rows (as the clustering routes them) lose ``field``."""
@@ -279,7 +279,7 @@ def test_resume_after_a_kill_in_cluster(finished, cache, tmp_path, monkeypatch) 
     search = _stamps(run)
     harness = Harness(monkeypatch)
     calls = []
-    original = pipeline.cluster
+    original = cluster_stage.cluster
 
     def cluster_once(*args, **kwargs):
         calls.append(1)
@@ -287,7 +287,7 @@ def test_resume_after_a_kill_in_cluster(finished, cache, tmp_path, monkeypatch) 
             raise Crash("killed in k-means")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "cluster", cluster_once)
+    monkeypatch.setattr(cluster_stage, "cluster", cluster_once)
     with pytest.raises(Crash):
         main(_tiny(run, cache))
     assert not (run / "cluster" / "metrics.json").exists()
@@ -350,4 +350,4 @@ def test_retraining_from_a_supernet(finished, cache, tmp_path, monkeypatch) -> N
     search = torch.load(run / "search" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     assert torch.equal(state["gates.out.weight"], search["state_dict"]["gates.out.weight"])
     assert all(stamps[k] == v for k, v in _stamps(run).items() if k.startswith(("search/", "cluster/")))
-    assert json.loads((run / "run.json").read_text())["retrain_init_from"] == str(checkpoint)
+    assert json.loads((run / "run.json").read_text())["retrain"]["init_from"] == str(checkpoint)
