@@ -213,7 +213,8 @@ def test_the_budget_fit_scores_dimensions_by_validation_logloss(finished) -> Non
 def test_an_unknown_budget_fit_is_refused_before_any_work(finished, tmp_path, capsys) -> None:
     run = _copy_until(finished[0], tmp_path, "cluster")
     options = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps(options | {"budget_fit": "entropy"}))
+    options["cluster"]["budget_fit"] = "entropy"
+    (run / "run.json").write_text(json.dumps(options))
     assert main(["cluster", "--run", str(run)]) == 2
     assert f"budget_fit must be 'loss' or 'gates', got 'entropy' (run.json of {run})" in capsys.readouterr().err
     assert not (run / "cluster").exists()
@@ -351,3 +352,29 @@ def test_retraining_from_a_supernet(finished, cache, tmp_path, monkeypatch) -> N
     assert torch.equal(state["gates.out.weight"], search["state_dict"]["gates.out.weight"])
     assert all(stamps[k] == v for k, v in _stamps(run).items() if k.startswith(("search/", "cluster/")))
     assert json.loads((run / "run.json").read_text())["retrain"]["init_from"] == str(checkpoint)
+
+
+def test_a_run_with_an_older_flat_run_json_resumes(finished, tmp_path) -> None:
+    """A run directory whose run.json holds the flat options older code wrote (the keys of an `ihas run` made
+    before RunConfig) still drives `ihas cluster --run` and `ihas retrain --run`, to the same numbers."""
+    run = _copy_until(finished[0], tmp_path, "cluster")
+    config = json.loads((run / "run.json").read_text())
+    model, data, gate = config["model"], config["data"], config["gate"]
+    flat = {"command": "run", "data": data["data"], "format": data["format"], "schema": None, "test": None,
+            "rows": data["rows"], "min_count": 1, "batch_size": data["batch_size"], "seed": model["seed"],
+            "cache_dir": data["cache_dir"], "backbone": model["backbone"], "dim": model["dim"],
+            "dnn": ",".join(map(str, model["dnn_hidden_units"])), "lr": model["lr"],
+            "epochs": config["trainer"]["epochs"], "accelerator": "auto", "devices": 1, "num_nodes": 1,
+            "strategy": "auto", "out": str(run), "quiet": True, "threads": 1, "budget": gate["budget"],
+            "sparsity_weight": None, "relaxation": "hard_concrete", "prefix": True, "min_dim": gate["min_dim"],
+            "polarization": 0.1, "gate_lr": 0.003, "warmup_epochs": 1, "init_from": None,
+            "search_checkpoint": "best", "config": None, "k": 4, "candidate_dims": "0,2,4,8", "budget_fit": "loss",
+            "retrain_epochs": 1, "retrain_lr": 0.0005, "baseline_epochs": 1, "no_matched_baseline": False,
+            "group_dense": False, "retrain_init_from": None, "separate": False}
+    (run / "run.json").write_text(json.dumps(flat))
+    assert main(["cluster", "--run", str(run)]) == 0
+    assert main(["retrain", "--run", str(run)]) == 0
+    for stage, keys in (("cluster", ("dims", "group_sizes")), ("retrain", ("test_auc", "test_logloss", "dims"))):
+        expected = json.loads((finished[0] / stage / "metrics.json").read_text())
+        got = json.loads((run / stage / "metrics.json").read_text())
+        assert {k: got[k] for k in keys} == {k: expected[k] for k in keys}, stage
