@@ -7,5 +7,5 @@ from .readers import FORMATS, read_data
 from .schema import DataFormatError, MultiValuedField, RawColumns, Schema
 from .synthetic import SyntheticConfig, SyntheticCTR
 
-__all__ = ["CTRDataModule", "DataConfig", "DataFormatError", "EncodedColumns", "FORMATS", "FeatureEncoder", "MultiValuedField",
-           "RawColumns", "Schema", "SyntheticCTR", "SyntheticConfig", "read_data", "split_rows"]
+__all__ = ["CTRDataModule", "DataConfig", "DataFormatError", "EncodedColumns", "FORMATS", "FeatureEncoder",
+           "MultiValuedField", "RawColumns", "Schema", "SyntheticCTR", "SyntheticConfig", "read_data", "split_rows"]

@@ -179,7 +179,8 @@ def run_transfer(run_dir: str | Path, config: TransferConfig, quiet: bool | None
             own = backbone == config_run.model.backbone and seed == config_run.model.seed  # `ihas run` trained these
             if own:
                 _reuse(run, config.stage(backbone, seed, "ihas"), run, "retrain", None)
-            ihas = stage_retrain(run, seeded_config, seeded, backbone=backbone, stage=config.stage(backbone, seed, "ihas"))
+            ihas = stage_retrain(run, seeded_config, seeded, backbone=backbone,
+                                 stage=config.stage(backbone, seed, "ihas"))
             dims["matched"] = matched_dim(ihas["embedding_params"], rows_total, backbone)
             found = {"ihas": ihas}
             for variant in ("uniform", "matched"):
@@ -188,15 +189,15 @@ def run_transfer(run_dir: str | Path, config: TransferConfig, quiet: bool | None
                            "baseline" if variant == "uniform" else "baseline_matched", dims[variant])
                 _reuse(run, config.stage(backbone, seed, variant), donor, config.stage(backbone, seed, variant),
                        dims[variant])
-                found[variant] = stage_baseline(run, seeded_config, dims[variant], config.stage(backbone, seed, variant),
-                                                seeded, backbone=backbone)
+                found[variant] = stage_baseline(run, seeded_config, dims[variant],
+                                                config.stage(backbone, seed, variant), seeded, backbone=backbone)
             for variant, metrics in found.items():
                 runs[variant].append({**metrics, "model_seed": seed})
         rows.append({"backbone": backbone, **{v: summarise(runs[v], dims[v]) for v in VARIANTS}})
     result = {"run": str(run.root), "source_backbone": config_run.model.backbone, "dataset": config_run.data.data,
               "format": config_run.data.format, "split_seed": config_run.data.seed,
-              "model_seeds": list(range(config.seeds)), "search_dim": config_run.model.dim, "uniform_dim": config.uniform_dim, "embedding_rows": rows_total,
-              "rows": rows}
+              "model_seeds": list(range(config.seeds)), "search_dim": config_run.model.dim,
+              "uniform_dim": config.uniform_dim, "embedding_rows": rows_total, "rows": rows}
     out = run.stage("transfer")
     write_json(out / "transfer.json", result)
     write_markdown(result, out / "transfer.md")
