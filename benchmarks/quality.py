@@ -138,18 +138,20 @@ def run_one(dataset: str, backbone: str, seed: int, root: str, extra: tuple[str,
     warnings.filterwarnings("ignore")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    from ihas_lightning.cli import main
+    from dataclasses import replace
+
+    from ihas_lightning import run_pipeline
+    from ihas_lightning.cli import parse_run_config
+    from ihas_lightning.pipeline import RunDirectory, stage_retrain
 
     out = Path(root) / f"{dataset}-{backbone}-{seed}"
     start = time.perf_counter()
+    config = parse_run_config(run_args(dataset, backbone, seed, str(out), list(extra)))
     with contextlib.redirect_stdout(io.StringIO()):
-        code = main(run_args(dataset, backbone, seed, str(out), list(extra)))
-    if code != 0:
-        raise RuntimeError(f"ihas run failed for {dataset}/{backbone}/seed {seed} (exit {code})")
-    with contextlib.redirect_stdout(io.StringIO()):
-        code = main(["retrain", "--run", str(out), "--group-dense"])
-    if code != 0:
-        raise RuntimeError(f"ihas retrain --group-dense failed for {dataset}/{backbone}/seed {seed} (exit {code})")
+        run_pipeline(config)
+        if not config.retrain.group_dense:      # `ihas retrain --group-dense`: a stage beside the shared-dense one
+            stage_retrain(RunDirectory(out), replace(config, retrain=replace(config.retrain, group_dense=True)),
+                          stage="retrain_group_dense")
     metrics = json.loads((out / "metrics.json").read_text())
     metrics["ihas_group_dense"] = json.loads((out / "retrain_group_dense" / "metrics.json").read_text())
     metrics["val_auc"] = {name: json.loads((out / stage / "metrics.json").read_text()).get("val_auc")

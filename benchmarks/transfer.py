@@ -35,7 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, machine_info, now_iso, write_json, write_markdown_table  # noqa: E402
 
-from ihas_lightning.cli import main as ihas  # noqa: E402
+from ihas_lightning import run_pipeline  # noqa: E402
+from ihas_lightning.cli import parse_run_config  # noqa: E402
 from ihas_lightning.experiments.transfer import TransferConfig, run_transfer  # noqa: E402
 from ihas_lightning.paths import shared_data_dir  # noqa: E402
 
@@ -113,10 +114,8 @@ def main() -> None:
             first = first if source != SOURCES[0] and (first / "run.json").exists() else None
             out = Path(args.work_dir) / f"{name}_{source}"
             clock = time.perf_counter()
-            code = _quietly(ihas, ["run", "--data", str(data), *options, *COMMON, "--backbone", source,
-                                   "--out", str(out)])
-            if code:
-                raise SystemExit(f"ihas run failed for {name} on {source} (exit {code})")
+            _quietly(run_pipeline, parse_run_config(["run", "--data", str(data), *options, *COMMON, "--backbone",
+                                                     source, "--out", str(out)]))
             result = _quietly(run_transfer, out, config, baselines_from=first)
             for row in result["rows"]:
                 row["verdict"] = verdicts(row)

@@ -18,10 +18,10 @@ Outputs: OUT/transfer/transfer.json, transfer.md, transfer.png; TensorBoard logs
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from ihas_lightning.cli import main as ihas
+from ihas_lightning import BackboneConfig, DataConfig, RunConfig, run_pipeline
+from ihas_lightning.experiments.transfer import TransferConfig, run_transfer
+from ihas_lightning.run_config import RetrainConfig, TrainerConfig
 
 TARGETS = "DCN,DeepFM,WDL,NFM,PNN,AutoInt"
 
@@ -37,15 +37,13 @@ def main() -> None:
     parser.add_argument("--out", default="runs/example_transfer")
     args = parser.parse_args()
 
-    data = ["--data", args.data, "--rows", str(args.rows)] + (["--format", args.format] if args.format else [])
-    schedule = ["--epochs", str(args.epochs), "--warmup-epochs", "1", "--retrain-epochs", str(max(1, args.epochs - 1)),
-                "--baseline-epochs", str(args.epochs), "--dnn", "64,32", "--dim", "16", "--quiet"]
-    if ihas(["run", *data, *schedule, "--backbone", "DeepFM", "--out", args.out]):
-        raise SystemExit("ihas run failed")
-    if ihas(["transfer", "--run", args.out, "--backbones", args.targets, "--seeds", str(args.seeds), "--quiet"]):
-        raise SystemExit("ihas transfer failed")
-
-    result = json.loads((Path(args.out) / "transfer" / "transfer.json").read_text())
+    config = RunConfig(out=args.out, data=DataConfig(args.data, format=args.format, rows=args.rows),
+                       model=BackboneConfig("DeepFM", dim=16, dnn_hidden_units=(64, 32), seed=0),
+                       retrain=RetrainConfig(epochs=max(1, args.epochs - 1)),
+                       trainer=TrainerConfig(epochs=args.epochs, quiet=True), baseline_epochs=args.epochs)
+    run_pipeline(config)
+    targets = tuple(b.strip() for b in args.targets.split(",") if b.strip())
+    result = run_transfer(args.out, TransferConfig(backbones=targets, seeds=args.seeds), quiet=True)
     for row in result["rows"]:
         ihas_auc, uniform, matched = (row[v]["test_auc"]["mean"] for v in ("ihas", "uniform", "matched"))
         share = row["ihas"]["embedding_params"] / row["uniform"]["embedding_params"]

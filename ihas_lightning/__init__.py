@@ -3,24 +3,29 @@ DeepCTR-Torch models, as LightningModules and callbacks for an ordinary ``pytorc
 
 from .backbones import CTRBackbone, build_backbone
 from .clustering import ClusterConfig, ClusterResult
-from .data import CTRDataModule, Schema
+from .data import CTRDataModule, DataConfig, Schema
 from .gates import GateConfig, InstanceGates
 from .model import IHASModel
-from .modules import BackboneModule, RetrainModule, SearchModule, SupernetModule
+from .modules import BackboneConfig, BackboneModule, RetrainModule, SearchModule, SupernetModule
+from .pipeline import run_pipeline
+from .run_config import RunConfig
 from .supernet import SubArchitecture, SupernetConfig, SupernetMasks
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackboneConfig",
     "BackboneModule",
     "CTRBackbone",
     "CTRDataModule",
     "ClusterConfig",
     "ClusterResult",
+    "DataConfig",
     "GateConfig",
     "IHASModel",
     "InstanceGates",
     "RetrainModule",
+    "RunConfig",
     "Schema",
     "SearchModule",
     "SubArchitecture",
@@ -28,5 +33,6 @@ __all__ = [
     "SupernetMasks",
     "SupernetModule",
     "build_backbone",
+    "run_pipeline",
     "__version__",
 ]

@@ -21,8 +21,9 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import Callback
 
-import ihas_lightning.cli.search as search_cli
 import ihas_lightning.pipeline as pipeline
+import ihas_lightning.pipeline.cluster as cluster_stage
+import ihas_lightning.training as training
 from ihas_lightning.cli import main
 from ihas_lightning.clustering import ClusterResult
 from ihas_lightning.model import IHASModel
@@ -72,19 +73,18 @@ class Harness:
         self.crash_stage: str | None = None
         self.crash_step = 0
         self.crash_saves = False
-        original = pipeline.make_trainer
+        original = training.make_trainer
 
-        def make_trainer(args, stage_dir, callbacks=(), **kwargs):
+        def make_trainer(config, stage_dir, callbacks=(), **kwargs):
             stage = Path(stage_dir).name
             extra: list[Callback] = [_StartRecorder(self.starts, stage)]
             if stage == self.crash_stage:
                 last = Path(stage_dir) / "checkpoints" / "last.ckpt"
                 extra.append(_CrashAfter(self.crash_step, last if self.crash_saves else None))
                 self.crash_stage = None
-            return original(args, stage_dir, [*callbacks, *extra], **kwargs)
+            return original(config, stage_dir, [*callbacks, *extra], **kwargs)
 
-        monkeypatch.setattr(pipeline, "make_trainer", make_trainer)
-        monkeypatch.setattr(search_cli, "make_trainer", make_trainer)
+        monkeypatch.setattr(training, "make_trainer", make_trainer)
 
     def crash(self, stage: str, step: int, checkpoint_first: bool = False) -> None:
         self.crash_stage, self.crash_step, self.crash_saves = stage, step, checkpoint_first
@@ -178,10 +178,10 @@ def test_the_budget_fit_scores_dimensions_by_validation_logloss(finished) -> Non
     logloss, each row cut to its group's first columns; checked against zeroing embeddings by hand."""
     run = pipeline.RunDirectory(finished[0])
     assert run.metrics("cluster")["budget_fit"] == "loss"
-    dm = pipeline.datamodule_from_args(run.load_options())
-    search = pipeline._search_module(run)
+    dm = training.datamodule_from_config(run.load_config().data)
+    search = pipeline.load_searched_module(run)
     clusters = ClusterResult.load(run.stage("cluster") / "clusters.json")
-    logloss = pipeline._prefix_logloss(search, dm, clusters)
+    logloss = cluster_stage._prefix_logloss(search, dm, clusters)
 
     def by_hand(group: int | None = None, field: int = 0) -> float:
         """Validation logloss without gates; ``group``'s rows (as the clustering routes them) lose ``field``."""
@@ -213,7 +213,8 @@ def test_the_budget_fit_scores_dimensions_by_validation_logloss(finished) -> Non
 def test_an_unknown_budget_fit_is_refused_before_any_work(finished, tmp_path, capsys) -> None:
     run = _copy_until(finished[0], tmp_path, "cluster")
     options = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps(options | {"budget_fit": "entropy"}))
+    options["cluster"]["budget_fit"] = "entropy"
+    (run / "run.json").write_text(json.dumps(options))
     assert main(["cluster", "--run", str(run)]) == 2
     assert f"budget_fit must be 'loss' or 'gates', got 'entropy' (run.json of {run})" in capsys.readouterr().err
     assert not (run / "cluster").exists()
@@ -279,7 +280,7 @@ def test_resume_after_a_kill_in_cluster(finished, cache, tmp_path, monkeypatch) 
     search = _stamps(run)
     harness = Harness(monkeypatch)
     calls = []
-    original = pipeline.cluster
+    original = cluster_stage.cluster
 
     def cluster_once(*args, **kwargs):
         calls.append(1)
@@ -287,7 +288,7 @@ def test_resume_after_a_kill_in_cluster(finished, cache, tmp_path, monkeypatch) 
             raise Crash("killed in k-means")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "cluster", cluster_once)
+    monkeypatch.setattr(cluster_stage, "cluster", cluster_once)
     with pytest.raises(Crash):
         main(_tiny(run, cache))
     assert not (run / "cluster" / "metrics.json").exists()
@@ -350,4 +351,30 @@ def test_retraining_from_a_supernet(finished, cache, tmp_path, monkeypatch) -> N
     search = torch.load(run / "search" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     assert torch.equal(state["gates.out.weight"], search["state_dict"]["gates.out.weight"])
     assert all(stamps[k] == v for k, v in _stamps(run).items() if k.startswith(("search/", "cluster/")))
-    assert json.loads((run / "run.json").read_text())["retrain_init_from"] == str(checkpoint)
+    assert json.loads((run / "run.json").read_text())["retrain"]["init_from"] == str(checkpoint)
+
+
+def test_a_run_with_an_older_flat_run_json_resumes(finished, tmp_path) -> None:
+    """A run directory whose run.json holds the flat options older code wrote (the keys of an `ihas run` made
+    before RunConfig) still drives `ihas cluster --run` and `ihas retrain --run`, to the same numbers."""
+    run = _copy_until(finished[0], tmp_path, "cluster")
+    config = json.loads((run / "run.json").read_text())
+    model, data, gate = config["model"], config["data"], config["gate"]
+    flat = {"command": "run", "data": data["data"], "format": data["format"], "schema": None, "test": None,
+            "rows": data["rows"], "min_count": 1, "batch_size": data["batch_size"], "seed": model["seed"],
+            "cache_dir": data["cache_dir"], "backbone": model["backbone"], "dim": model["dim"],
+            "dnn": ",".join(map(str, model["dnn_hidden_units"])), "lr": model["lr"],
+            "epochs": config["trainer"]["epochs"], "accelerator": "auto", "devices": 1, "num_nodes": 1,
+            "strategy": "auto", "out": str(run), "quiet": True, "threads": 1, "budget": gate["budget"],
+            "sparsity_weight": None, "relaxation": "hard_concrete", "prefix": True, "min_dim": gate["min_dim"],
+            "polarization": 0.1, "gate_lr": 0.003, "warmup_epochs": 1, "init_from": None,
+            "search_checkpoint": "best", "config": None, "k": 4, "candidate_dims": "0,2,4,8", "budget_fit": "loss",
+            "retrain_epochs": 1, "retrain_lr": 0.0005, "baseline_epochs": 1, "no_matched_baseline": False,
+            "group_dense": False, "retrain_init_from": None, "separate": False}
+    (run / "run.json").write_text(json.dumps(flat))
+    assert main(["cluster", "--run", str(run)]) == 0
+    assert main(["retrain", "--run", str(run)]) == 0
+    for stage, keys in (("cluster", ("dims", "group_sizes")), ("retrain", ("test_auc", "test_logloss", "dims"))):
+        expected = json.loads((finished[0] / stage / "metrics.json").read_text())
+        got = json.loads((run / stage / "metrics.json").read_text())
+        assert {k: got[k] for k in keys} == {k: expected[k] for k in keys}, stage

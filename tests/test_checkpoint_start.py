@@ -7,7 +7,6 @@ the starting score it saw before the interruption.
 
 from __future__ import annotations
 
-import argparse
 import copy
 from pathlib import Path
 
@@ -15,8 +14,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from ihas_lightning.cli.common import make_trainer
-from ihas_lightning.cli.train import checkpoint_start, fit_and_test
+from ihas_lightning.run_config import TrainerConfig
+from ihas_lightning.training import checkpoint_start, fit_and_test, make_trainer
 from ihas_lightning.data.datamodule import CTRDataModule
 from ihas_lightning.modules import BackboneModule
 
@@ -44,8 +43,8 @@ def _module(dm: CTRDataModule, lr: float) -> BackboneModule:
     return BackboneModule(dm.schema, dm.vocab_sizes, backbone="DeepFM", dim=4, dnn_hidden_units=(16,), lr=lr, seed=0)
 
 
-def _args() -> argparse.Namespace:
-    return argparse.Namespace(quiet=True, epochs=2, accelerator="cpu")
+def _args() -> TrainerConfig:
+    return TrainerConfig(quiet=True, epochs=2, accelerator="cpu")
 
 
 def _finetune(dm, state, lr: float, out: Path, epochs: int = 2, start_competes: bool = True,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -12,6 +12,7 @@ import pytest
 from ihas_lightning.cli import build_parser, main, wants_quiet
 from ihas_lightning.cli.quiet import CHATTY_LOGGERS, quiet_output
 from ihas_lightning.pipeline import RunDirectory
+from ihas_lightning.run_config import RunConfig, TrainerConfig
 
 
 def _train(tmp_path: Path, *extra: str) -> int:
@@ -62,7 +63,10 @@ def test_commands_on_a_run_are_as_quiet_as_the_run(tmp_path: Path, command: str)
     for run_quiet in (True, False):
         run = RunDirectory(tmp_path / str(run_quiet))
         run.root.mkdir()
-        run.save_options(argparse.Namespace(quiet=run_quiet, backbone="DeepFM"))
+        if run_quiet:
+            run.save_config(RunConfig(trainer=TrainerConfig(quiet=True)))
+        else:                                                             # a run.json of older code: flat options
+            (run.root / "run.json").write_text(json.dumps({"quiet": False, "backbone": "DeepFM"}))
         args = build_parser().parse_args([command, "--run", str(run.root), *extra])
         assert wants_quiet(args) is run_quiet                             # no flag: as the run was started
         assert wants_quiet(build_parser().parse_args([command, "--run", str(run.root), "--quiet", *extra])) is True

@@ -275,17 +275,14 @@ def test_ihas_model_refuses_other_files(dm, tmp_path: Path) -> None:
 def test_fit_and_test_with_an_empty_test_split_keeps_the_best_weights(dm, tmp_path: Path) -> None:
     """A small group of the separate-models variant may have no test rows (Criteo 10k: 11 training rows):
     no test figures then, but the model still ends with its best validation epoch's weights."""
-    import argparse
-
-    from ihas_lightning.cli.common import make_trainer
-    from ihas_lightning.cli.train import fit_and_test
+    from ihas_lightning.run_config import TrainerConfig
+    from ihas_lightning.training import fit_and_test, make_trainer
 
     splits = {"train": dm.split("train").take(np.arange(600)), "val": dm.split("val").take(np.arange(150)),
               "test": dm.split("test").take(np.arange(0))}
     sub = CTRDataModule.from_encoded(splits, dm.encoder, batch_size=128)
     module = routed_module(dm, group_dims=GROUP_DIMS[:1]).train()
-    args = argparse.Namespace(quiet=True, epochs=3, accelerator="cpu")
-    trainer = make_trainer(args, tmp_path, max_epochs=3)
+    trainer = make_trainer(TrainerConfig(quiet=True, epochs=3, accelerator="cpu"), tmp_path, max_epochs=3)
     scores = fit_and_test(module, sub, trainer)
     assert "test_auc" not in scores and 0.0 < scores["val_auc"] < 1.0
     best = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)["state_dict"]

@@ -6,7 +6,6 @@ folder does not exist after the load was refused (and, as the control, that plai
 
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
 from pathlib import Path
@@ -16,7 +15,8 @@ import pytorch_lightning as pl
 import torch
 
 from _retrain_fixtures import retrain_datamodule, routed_module
-from ihas_lightning.cli.common import make_trainer
+from ihas_lightning.run_config import TrainerConfig
+from ihas_lightning.training import make_trainer
 from ihas_lightning.data.synthetic import SyntheticCTR
 from ihas_lightning.model import IHASModel
 from ihas_lightning.modules import BackboneModule, RetrainModule, SearchModule, SupernetModule
@@ -122,7 +122,7 @@ def test_our_lightning_checkpoints_load_resume_and_rebuild_under_weights_only(ki
              "retrain": lambda: routed_module(dm)}[kind]
     cls = {"backbone": BackboneModule, "supernet": SupernetModule, "search": SearchModule,
            "retrain": RetrainModule}[kind]
-    args = argparse.Namespace(quiet=True, epochs=1, accelerator="cpu")
+    args = TrainerConfig(quiet=True, epochs=1, accelerator="cpu")
     pl.seed_everything(0)
     module = build()
     make_trainer(args, tmp_path / "run", max_epochs=1).fit(module, dm)

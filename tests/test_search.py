@@ -20,7 +20,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from ihas_lightning.callbacks import RegularizerWarmup, TemperatureAnnealing
 from ihas_lightning.cli import main
-from ihas_lightning.cli.search import unsettled_gates
+from ihas_lightning.pipeline import unsettled_gates
 from ihas_lightning.data.loader import to_batch
 from ihas_lightning.data.synthetic import SyntheticCTR
 from ihas_lightning.modules import SearchModule

@@ -7,6 +7,7 @@ backbones.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,9 @@ import pytest
 
 from ihas_lightning.backbones import UNSUPPORTED_BACKBONES
 from ihas_lightning.cli import main
-from ihas_lightning.cli.common import datamodule_from_args
 from ihas_lightning.experiments.transfer import TransferConfig, matched_dim
 from ihas_lightning.pipeline import RunDirectory, stage_baseline
+from ihas_lightning.training import datamodule_from_config
 
 TINY = ["--data", "synthetic", "--rows", "3000", "--epochs", "2", "--warmup-epochs", "1", "--retrain-epochs", "1",
         "--baseline-epochs", "1", "--dnn", "16,8", "--dim", "8", "--quiet"]
@@ -80,9 +81,9 @@ def test_transfer_statistics_from_per_seed_metrics(transferred: Path) -> None:
 def test_transfer_seeds_vary_the_model_not_the_split(transferred: Path) -> None:
     # Model seed 0 of DCN, retrained here by hand on the run's own data module (split seed 0), is the
     # transfer's stage: same split, same initialisation, same batch order -> the same numbers.
-    options = RunDirectory(transferred).load_options(quiet=True)
-    options.seed = 0
-    check = stage_baseline(RunDirectory(transferred), options, 16, "check", datamodule_from_args(options),
+    config = RunDirectory(transferred).load_config(quiet=True)
+    config = replace(config, model=replace(config.model, seed=0))
+    check = stage_baseline(RunDirectory(transferred), config, 16, "check", datamodule_from_config(config.data),
                            backbone="DCN")
     seed0 = json.loads((transferred / "transfer/DCN/seed0/uniform16/metrics.json").read_text())
     assert check["test_auc"] == pytest.approx(seed0["test_auc"], abs=1e-6)

@@ -9,7 +9,8 @@ from .searched_checkpoint import BestSearchedCheckpoint
 from .stateful import MissingCallbackStateError, StatefulCallback
 from .supernet_sampler import SupernetSampler
 from .temperature_annealing import TemperatureAnnealing
+from .throughput import ThroughputMeter
 
 __all__ = ["BestSearchedCheckpoint", "GateStatisticsLogger", "MissingCallbackStateError", "OptunaPruning",
-           "RegularizerWarmup", "StatefulCallback", "SupernetSampler", "TemperatureAnnealing", "load_callbacks",
-           "preset_names"]
+           "RegularizerWarmup", "StatefulCallback", "SupernetSampler", "TemperatureAnnealing", "ThroughputMeter",
+           "load_callbacks", "preset_names"]

@@ -6,11 +6,15 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-__all__ = ["main", "build_parser", "wants_quiet"]
+if TYPE_CHECKING:
+    from ..run_config import RunConfig
+
+__all__ = ["main", "build_parser", "parse_run_config", "wants_quiet"]
 
 # Each module defines register(subparsers); a stage's module is imported only when the CLI starts.
-_SUBCOMMANDS = ("train", "search", "pipeline", "supernet", "demo", "transfer", "pim")
+_SUBCOMMANDS = ("train", "search", "pipeline", "report", "supernet", "demo", "transfer", "pim")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name in _SUBCOMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(subparsers)
     return parser
+
+
+def parse_run_config(argv: Sequence[str]) -> RunConfig:
+    """The :class:`RunConfig` that ``ihas`` with ``argv`` (e.g. ``["run", "--k", "4"]``) would run, without
+    running it: for scripts that keep their settings as command lines and call ``run_pipeline`` themselves."""
+    from .common import run_config_from_args
+
+    return run_config_from_args(build_parser().parse_args(list(argv)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,9 +54,9 @@ def wants_quiet(args: argparse.Namespace) -> bool:
         from ..pipeline import RunDirectory
 
         try:
-            quiet = getattr(RunDirectory(args.run).load_options(), "quiet", False)
-        except FileNotFoundError:
-            quiet = False                                   # the command itself reports the missing run
+            quiet = RunDirectory(args.run).load_config().trainer.quiet
+        except (FileNotFoundError, ValueError):
+            quiet = False                                   # the command itself reports the bad or missing run
     return bool(quiet)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from .pipeline import add_run_arguments, run_pipeline
+from .pipeline import add_run_arguments, run_command
 
 __all__ = ["register"]
 
@@ -25,5 +25,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="search -> cluster -> retrain on the bundled synthetic data",
                                    description=__doc__)
     add_run_arguments(parser, epochs=4)
-    parser.set_defaults(handler=run_pipeline, out="runs/demo", rows=300_000, batch_size=2048, lr=3e-3,
+    parser.set_defaults(handler=run_command, out="runs/demo", rows=300_000, batch_size=2048, lr=3e-3,
                         prefix=True, budget=0.6, retrain_epochs=4, retrain_lr=3e-3, quiet=False)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
+from ..pipeline import RunDirectory, run_pipeline, stage_cluster, stage_retrain
+from ..run_config import BUDGET_FITS
+from .common import add_data_arguments, add_trainer_arguments, print_table, run_config_from_args
+from .search import add_search_arguments, print_search
 
-from ..pipeline import (BUDGET_FITS, RunDirectory, collect_metrics, embedding_rows, stage_baseline, stage_cluster,
-                        stage_retrain, stage_separate)
-from .common import add_data_arguments, add_trainer_arguments, datamodule_from_args, print_table
-from .search import add_search_arguments, run_search
-
-__all__ = ["register", "run_pipeline", "add_pipeline_arguments", "add_run_arguments"]
+__all__ = ["register", "run_command", "add_pipeline_arguments", "add_run_arguments"]
 
 
 GROUP_DENSE_HELP = ("retrain with group-specific dense layers: every group gets its own copy of the DNN, cross, "
@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # Retraining keeps each table's first d[c, f] columns, so the search should learn prefixes: with
     # independent gates, cutting the searched network to its groups' first columns dropped validation AUC
     # from 0.7286 to 0.7038 (synthetic, DeepFM); with nested gates the retrained model reached 0.7299.
-    run.set_defaults(handler=run_pipeline, prefix=True)
+    run.set_defaults(handler=run_command, prefix=True)
     for name, handler, text in (("cluster", _run_cluster, "cluster the searched masks of a run"),
                                 ("retrain", _run_retrain, "retrain a run's groups (optionally on another backbone)")):
         sub = subparsers.add_parser(name, help=text)
@@ -70,52 +70,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             sub.add_argument("--group-dense", action="store_true", default=None,
                              help=GROUP_DENSE_HELP + " (default: as the run was started)")
         sub.set_defaults(handler=handler)
-    register_report(subparsers)
 
 
-def _normalise(args: argparse.Namespace) -> argparse.Namespace:
-    args.k = None if args.k == 0 else args.k
-    if args.baseline_epochs is None:
-        args.baseline_epochs = args.epochs + args.retrain_epochs
-    return args
-
-
-def run_pipeline(args: argparse.Namespace) -> dict:
-    args = _normalise(args)
-    run = RunDirectory(args.out)
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.save_options(args)
-    dm = datamodule_from_args(args)
-    if not run.done("search"):
-        run_search(args)
-    stage_cluster(run, args, dm)
-    retrain = stage_retrain(run, args, dm)
-    if getattr(args, "separate", False):
-        stage_separate(run, args, dm)
-    stage_baseline(run, args, args.dim, "baseline", dm)
-    if not args.no_matched_baseline:
-        matched = max(1, round(retrain["embedding_params"] / embedding_rows(dm.vocab_sizes)))
-        stage_baseline(run, args, matched, "baseline_matched", dm)
-    metrics = collect_metrics(run, args)
-    _print_summary(metrics, run)
+def run_command(args: argparse.Namespace) -> dict:
+    """``ihas run`` (and ``ihas demo``): the whole pipeline, printing the search's table and the summary."""
+    config = run_config_from_args(args)
+    metrics = run_pipeline(config, on_stage_done=lambda name, stage: print_search(stage, config))
+    _print_summary(metrics, RunDirectory(config.out))
     return metrics
 
 
 def _run_cluster(args: argparse.Namespace) -> dict:
     run = RunDirectory(args.run)
-    metrics = stage_cluster(run, run.load_options(quiet=args.quiet))
+    metrics = stage_cluster(run, run.load_config(quiet=args.quiet))
     print(f"{metrics['k']} groups, sizes {metrics['group_sizes']}; dims: {metrics['dims']}")
     return metrics
 
 
 def _run_retrain(args: argparse.Namespace) -> dict:
     run = RunDirectory(args.run)
-    options = run.load_options(quiet=args.quiet)
-    stage = "retrain" if args.backbone in (None, options.backbone) else f"retrain_{args.backbone}"
-    if args.group_dense and not getattr(options, "group_dense", False):
-        options.group_dense = True                    # a stage of its own beside the run's shared-dense one
+    config = run.load_config(quiet=args.quiet)
+    stage = "retrain" if args.backbone in (None, config.model.backbone) else f"retrain_{args.backbone}"
+    if args.group_dense and not config.retrain.group_dense:
+        config = replace(config, retrain=replace(config.retrain, group_dense=True))  # a stage beside the run's
         stage += "_group_dense"
-    metrics = stage_retrain(run, options, backbone=args.backbone, stage=stage)
+    metrics = stage_retrain(run, config, backbone=args.backbone, stage=stage)
     print(f"retrained on {metrics['backbone']}: test AUC {metrics['test_auc']:.4f}, "
           f"embedding parameters {metrics['embedding_params']:,}")
     return metrics
@@ -138,17 +117,3 @@ def _print_summary(metrics: dict, run: RunDirectory) -> None:
 def _row(entry: dict) -> list:
     return [entry["test_auc"], entry["test_logloss"], int(entry["embedding_params"]), int(entry["flops_per_sample"])
             if entry["flops_per_sample"] == entry["flops_per_sample"] else "n/a"]
-
-
-
-
-def register_report(subparsers: argparse._SubParsersAction) -> None:
-    sub = subparsers.add_parser("report", help="write DIR/report.md with plots for a finished run")
-    sub.add_argument("--run", required=True, help="run directory made by `ihas run`")
-    sub.set_defaults(handler=_run_report)
-
-
-def _run_report(args: argparse.Namespace) -> None:
-    from ..experiments.report import write_report
-
-    print(f"report: {write_report(args.run)}")

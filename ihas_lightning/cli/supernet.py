@@ -16,9 +16,10 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from ..callbacks.supernet_sampler import SupernetSampler
+from ..data.config import DataConfig
 from ..modules.supernet_module import SupernetModule
-from .common import (add_data_arguments, add_trainer_arguments, datamodule_from_args, make_trainer, parse_widths,
-                     print_table, write_json)
+from ..training import datamodule_from_config, make_trainer, write_json
+from .common import add_data_arguments, add_trainer_arguments, print_table, run_config_from_args
 
 __all__ = ["register", "run_supernet", "run_subnet", "DATA_OPTIONS"]
 
@@ -61,8 +62,9 @@ def run_supernet(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     pl.seed_everything(args.seed, workers=True)
     stage = Path(args.out) / "supernet"
-    dm = datamodule_from_args(args)
-    hidden = parse_widths(args.dnn)
+    config = run_config_from_args(args)
+    dm = datamodule_from_config(config.data, config.trainer.threads)
+    hidden = config.model.dnn_hidden_units
     dims = tuple(int(d) for d in _floats(args.dim_choices, "--dim-choices"))
     steps_per_epoch = math.ceil(len(dm.split("train")) / dm.batch_size)
     warmup = steps_per_epoch if args.warmup_steps is None else args.warmup_steps
@@ -76,7 +78,7 @@ def run_supernet(args: argparse.Namespace) -> dict:
     write_json(stage / "data.json", {k: getattr(args, k) for k in DATA_OPTIONS})
     write_json(stage / "supernet.json", {"sampler": sampler.config.to_dict(), "seed": args.seed,
                                          "backbone": args.backbone, "dim": args.dim, "dnn": list(hidden)})
-    trainer = make_trainer(args, stage, callbacks=[sampler])
+    trainer = make_trainer(config.trainer, stage, callbacks=[sampler])
     last = stage / "checkpoints" / "last.ckpt"
     trainer.fit(module, dm, ckpt_path=str(last) if last.exists() else None)
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
@@ -106,8 +108,7 @@ def run_subnet(args: argparse.Namespace) -> dict:
     checkpoint = Path(args.checkpoint) if args.checkpoint else stage / "checkpoints" / "last.ckpt"
     if not checkpoint.exists():
         raise FileNotFoundError(f"supernet checkpoint {checkpoint} not found")
-    data_args = argparse.Namespace(**json.loads(options_path.read_text()))
-    dm = datamodule_from_args(data_args)
+    dm = datamodule_from_config(DataConfig(**json.loads(options_path.read_text())))
     module = SupernetModule.load_from_checkpoint(str(checkpoint), map_location="cpu")
     subarch = module.parse_subarch(args.dims, args.widths)
     score = module.evaluate_subnet(subarch, dm, finetune_steps=args.finetune_steps)

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import socket
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from .cache import EncodedStore, EncodedWriter, save_encoded
+from .config import DataConfig
 from .encoders import EncodedColumns, FeatureEncoder, FieldVocabulary
 from .fingerprint import content_fingerprint
 from .loader import BatchStream, StreamLoader
@@ -104,6 +106,11 @@ class CTRDataModule(pl.LightningDataModule):
         self.encoder: FeatureEncoder | None = None
         self.splits: dict[str, EncodedColumns | EncodedStore] = {}
         self._contents: dict[str, str] = {}                   # input path -> content fingerprint
+
+    @classmethod
+    def from_config(cls, config: DataConfig) -> CTRDataModule:
+        """A data module with the arguments of ``config``."""
+        return cls(**asdict(config))
 
     @classmethod
     def from_encoded(cls, splits: dict[str, EncodedColumns], encoder: FeatureEncoder, batch_size: int = 1024,

@@ -16,9 +16,6 @@ from typing import Literal
 import numpy as np
 
 from ihas_lightning.data.readers_formats import (
-    AVAZU_SCHEMA,
-    CRITEO_SCHEMA,
-    libfm_schema,
     read_avazu,
     read_criteo,
     read_criteo_1tb,
@@ -35,8 +32,6 @@ from ihas_lightning.data.readers_io import (
     to_sparse,
 )
 from ihas_lightning.data.readers_movielens import (
-    MOVIELENS_1M_SCHEMA,
-    MOVIELENS_100K_SCHEMA,
     read_movielens_1m,
     read_movielens_100k,
 )

@@ -22,17 +22,17 @@ scratch, and differ only in their dimensions.
 
 from __future__ import annotations
 
-import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..backbones import check_backbone_name
-from ..cli.common import datamodule_from_args, write_json
 from ..data.datamodule import CTRDataModule
 from ..pipeline import RunDirectory, embedding_rows, stage_baseline, stage_retrain
+from ..run_config import RunConfig
+from ..training import datamodule_from_config, write_json
 
 __all__ = ["TransferConfig", "check_backbones", "run_transfer", "summarise", "VARIANTS", "METRICS"]
 
@@ -90,16 +90,16 @@ def matched_dim(params: int, rows: int, backbone: str) -> int:
     return min(candidates, key=lambda d: (abs(d - exact), d))
 
 
-def _seeded(options: argparse.Namespace, dm: CTRDataModule, model_seed: int, backbone: str
-            ) -> tuple[argparse.Namespace, CTRDataModule]:
-    """The run's options and split with ``model_seed`` for initialisation and batch order only."""
-    args = argparse.Namespace(**vars(options))
-    args.seed = model_seed
-    if backbone != options.backbone:  # fresh weights: the baselines' schedule (module docstring)
-        args.retrain_epochs, args.retrain_lr = options.baseline_epochs, options.lr
+def _seeded(config: RunConfig, dm: CTRDataModule, model_seed: int, backbone: str
+            ) -> tuple[RunConfig, CTRDataModule]:
+    """The run's config and split with ``model_seed`` for initialisation and batch order only."""
+    seeded_config = replace(config, model=replace(config.model, seed=model_seed))
+    if backbone != config.model.backbone:  # fresh weights: the baselines' schedule (module docstring)
+        seeded_config = replace(seeded_config, retrain=replace(config.retrain, epochs=config.baseline_epochs,
+                                                               lr=config.model.lr))
     seeded = CTRDataModule.from_encoded(dm.splits, dm.encoder, batch_size=dm.batch_size, seed=model_seed,
                                         eval_batch_size=dm.eval_batch_size)
-    return args, seeded
+    return seeded_config, seeded
 
 
 def _stats(values: list[float]) -> dict:
@@ -120,9 +120,13 @@ def summarise(runs: list[dict], dim: int | None) -> dict:
             "flops_per_sample": _finite(runs[0]["flops_per_sample"]), "seeds": [r["model_seed"] for r in runs]}
 
 
-# Options that decide a uniform baseline's result besides its backbone, dimension and model seed.
-_BASELINE_OPTIONS = ("data", "format", "schema", "test", "rows", "min_count", "batch_size", "seed", "dnn", "lr",
-                     "baseline_epochs", "accelerator")
+def _baseline_options(config: RunConfig) -> dict:
+    """The settings that decide a uniform baseline's result besides its backbone, dimension and model seed."""
+    data = config.data
+    return {"data": data.data, "format": data.format, "schema": data.schema, "test": data.test, "rows": data.rows,
+            "min_count": data.min_count, "batch_size": data.batch_size, "seed": data.seed,
+            "dnn": config.model.dnn_hidden_units, "lr": config.model.lr, "baseline_epochs": config.baseline_epochs,
+            "accelerator": config.trainer.accelerator}
 
 
 def _reuse(run: RunDirectory, stage: str, donor: RunDirectory | None, donor_stage: str, dim: int | None) -> None:
@@ -139,8 +143,8 @@ def _reuse(run: RunDirectory, stage: str, donor: RunDirectory | None, donor_stag
 
 
 def _check_donor(run: RunDirectory, donor: RunDirectory) -> None:
-    ours, theirs = vars(run.load_options()), vars(donor.load_options())
-    differ = [k for k in _BASELINE_OPTIONS if ours.get(k) != theirs.get(k)]
+    ours, theirs = _baseline_options(run.load_config()), _baseline_options(donor.load_config())
+    differ = [k for k in ours if ours[k] != theirs[k]]
     if differ:
         raise ValueError(f"baselines_from '{donor.root}' differs from '{run.root}' in {differ}: its baselines "
                          "are not comparable")
@@ -154,25 +158,26 @@ def run_transfer(run_dir: str | Path, config: TransferConfig, quiet: bool | None
     are reused instead of retrained (see :func:`_reuse`).
     """
     run = RunDirectory(run_dir)
-    options = run.load_options(quiet=quiet)  # None: as the run was started
+    config_run = run.load_config(quiet=quiet)  # None: as the run was started
     donor = RunDirectory(baselines_from) if baselines_from else None
     if donor is not None:
         _check_donor(run, donor)
     clusters = run.stage("cluster") / "clusters.json"
     if not clusters.exists():
         raise FileNotFoundError(f"{clusters} is missing: finish the search and clustering first (`ihas run`)")
-    dm = datamodule_from_args(options)  # the run's split (its seed), shared by every stage below
+    dm = datamodule_from_config(config_run.data, config_run.trainer.threads)  # the run's split, for every stage
     rows_total = embedding_rows(dm.vocab_sizes)
     rows = []
     for backbone in config.backbones:
         runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
         dims: dict[str, int | None] = {"ihas": None, "uniform": config.uniform_dim}
         for seed in range(config.seeds):
-            args, seeded = _seeded(options, dm, seed, backbone)
-            own = backbone == options.backbone and seed == options.seed  # `ihas run` trained these already
+            seeded_config, seeded = _seeded(config_run, dm, seed, backbone)
+            own = backbone == config_run.model.backbone and seed == config_run.model.seed  # `ihas run` trained these
             if own:
                 _reuse(run, config.stage(backbone, seed, "ihas"), run, "retrain", None)
-            ihas = stage_retrain(run, args, seeded, backbone=backbone, stage=config.stage(backbone, seed, "ihas"))
+            ihas = stage_retrain(run, seeded_config, seeded, backbone=backbone,
+                                 stage=config.stage(backbone, seed, "ihas"))
             dims["matched"] = matched_dim(ihas["embedding_params"], rows_total, backbone)
             found = {"ihas": ihas}
             for variant in ("uniform", "matched"):
@@ -181,15 +186,15 @@ def run_transfer(run_dir: str | Path, config: TransferConfig, quiet: bool | None
                            "baseline" if variant == "uniform" else "baseline_matched", dims[variant])
                 _reuse(run, config.stage(backbone, seed, variant), donor, config.stage(backbone, seed, variant),
                        dims[variant])
-                found[variant] = stage_baseline(run, args, dims[variant], config.stage(backbone, seed, variant),
-                                                seeded, backbone=backbone)
+                found[variant] = stage_baseline(run, seeded_config, dims[variant],
+                                                config.stage(backbone, seed, variant), seeded, backbone=backbone)
             for variant, metrics in found.items():
                 runs[variant].append({**metrics, "model_seed": seed})
         rows.append({"backbone": backbone, **{v: summarise(runs[v], dims[v]) for v in VARIANTS}})
-    result = {"run": str(run.root), "source_backbone": options.backbone, "dataset": options.data,
-              "format": options.format, "split_seed": options.seed, "model_seeds": list(range(config.seeds)),
-              "search_dim": options.dim, "uniform_dim": config.uniform_dim, "embedding_rows": rows_total,
-              "rows": rows}
+    result = {"run": str(run.root), "source_backbone": config_run.model.backbone, "dataset": config_run.data.data,
+              "format": config_run.data.format, "split_seed": config_run.data.seed,
+              "model_seeds": list(range(config.seeds)), "search_dim": config_run.model.dim,
+              "uniform_dim": config.uniform_dim, "embedding_rows": rows_total, "rows": rows}
     out = run.stage("transfer")
     write_json(out / "transfer.json", result)
     write_markdown(result, out / "transfer.md")

@@ -2,8 +2,10 @@
 
 from .backbone_module import BackboneModule
 from .base import CTRModule, NonFiniteLossError
+from .config import BackboneConfig
 from .retrain_module import RetrainModule
 from .search_module import SearchModule
 from .supernet_module import SupernetModule
 
-__all__ = ["BackboneModule", "CTRModule", "NonFiniteLossError", "RetrainModule", "SearchModule", "SupernetModule"]
+__all__ = ["BackboneConfig", "BackboneModule", "CTRModule", "NonFiniteLossError", "RetrainModule", "SearchModule",
+           "SupernetModule"]

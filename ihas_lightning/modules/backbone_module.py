@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from ..backbones import build_backbone
 from ..data.schema import Schema
 from .base import CTRModule
+from .config import BackboneConfig
 
 __all__ = ["BackboneModule"]
 
@@ -23,6 +24,7 @@ class BackboneModule(CTRModule):
         lr: Adam learning rate (DeepCTR-Torch's default 1e-3).
         seed: the model's initialisation seed.
         options: more constructor arguments of the model (e.g. ``{"cross_num": 3}``).
+        config: all of the above in one :class:`BackboneConfig`; when given, it replaces them.
 
     Example:
         >>> dm = CTRDataModule("synthetic"); dm.prepare_data(); dm.setup()
@@ -32,15 +34,11 @@ class BackboneModule(CTRModule):
 
     def __init__(self, schema: Schema | dict, vocab_sizes: dict[str, int], backbone: str = "DeepFM", dim: int = 16,
                  dnn_hidden_units: Sequence[int] = (256, 128), lr: float = 1e-3, dnn_dropout: float = 0.0,
-                 l2_reg_embedding: float = 1e-5, seed: int = 1024, options: dict | None = None) -> None:
+                 l2_reg_embedding: float = 1e-5, seed: int = 1024, options: dict | None = None, *,
+                 config: BackboneConfig | None = None) -> None:
         super().__init__()
         schema = schema if isinstance(schema, Schema) else Schema.from_dict(schema)
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        self.save_hyperparameters({"schema": schema.to_dict(), "vocab_sizes": dict(vocab_sizes), "backbone": backbone,
-                                   "dim": dim, "dnn_hidden_units": list(dnn_hidden_units), "lr": lr,
-                                   "dnn_dropout": dnn_dropout, "l2_reg_embedding": l2_reg_embedding, "seed": seed,
-                                   "options": options or {}})
-        self.backbone = build_backbone(backbone, schema, vocab_sizes, dim, dnn_hidden_units=dnn_hidden_units,
-                                       seed=seed, dnn_dropout=dnn_dropout, l2_reg_embedding=l2_reg_embedding,
-                                       options=options)
+        config = config or BackboneConfig(backbone, dim, tuple(dnn_hidden_units), lr, dnn_dropout, l2_reg_embedding,
+                                          seed, options or {})
+        self.save_hyperparameters({"schema": schema.to_dict(), "vocab_sizes": dict(vocab_sizes), **config.hparams()})
+        self.backbone = build_backbone(config.backbone, schema, vocab_sizes, config.dim, **config.build_kwargs())

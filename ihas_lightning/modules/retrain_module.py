@@ -26,6 +26,7 @@ from ..data.loader import Batch
 from ..data.schema import Schema
 from ..gates import GateConfig, InstanceGates
 from .base import CTRModule, backbone_weights
+from .config import BackboneConfig
 from .group_dense import GroupDense, dense_parameter_names
 
 __all__ = ["RetrainModule", "prefix_masks"]
@@ -41,7 +42,8 @@ class RetrainModule(CTRModule):
     """Per-group dimensions over shared tables, routed by the searched gates.
 
     Args:
-        schema, vocab_sizes, backbone, dim, dnn_hidden_units, lr, seed, options: as for ``BackboneModule``.
+        schema, vocab_sizes, backbone, dim, dnn_hidden_units, lr, seed, options, dnn_dropout, l2_reg_embedding,
+            config: as for ``BackboneModule``.
         group_dims: (K, F) dimensions per group and field (0 drops the field for that group).
         centroids: (K, F*D) k-means centroids of the deterministic masks (the router).
         gate: the search's gate configuration (the router's gate network is rebuilt from it).
@@ -58,10 +60,14 @@ class RetrainModule(CTRModule):
                  centroids: Sequence[Sequence[float]], gate: GateConfig | dict | None = None,
                  backbone: str = "DeepFM", dim: int = 16, dnn_hidden_units: Sequence[int] = (256, 128),
                  lr: float = 1e-3, seed: int = 1024, options: dict | None = None,
-                 groups_from: str = "router", group_dense: bool = False) -> None:
+                 groups_from: str = "router", group_dense: bool = False, dnn_dropout: float = 0.0,
+                 l2_reg_embedding: float = 1e-5, *, config: BackboneConfig | None = None) -> None:
         super().__init__()
         schema = schema if isinstance(schema, Schema) else Schema.from_dict(schema)
         gate = gate if isinstance(gate, GateConfig) else GateConfig(**(gate or {}))
+        config = config or BackboneConfig(backbone, dim, tuple(dnn_hidden_units), lr, dnn_dropout, l2_reg_embedding,
+                                          seed, options or {})
+        dim = config.dim
         dims = torch.as_tensor(group_dims, dtype=torch.long)
         fields = schema.embedded_fields
         if dims.ndim != 2 or dims.shape[1] != len(fields):
@@ -72,12 +78,9 @@ class RetrainModule(CTRModule):
             raise ValueError(f"groups_from must be 'router' or 'batch', got {groups_from!r}")
         self.save_hyperparameters({"schema": schema.to_dict(), "vocab_sizes": dict(vocab_sizes),
                                    "group_dims": dims.tolist(), "centroids": [list(map(float, c)) for c in centroids],
-                                   "gate": asdict(gate), "backbone": backbone, "dim": dim,
-                                   "dnn_hidden_units": list(dnn_hidden_units), "lr": lr, "seed": seed,
-                                   "options": options or {}, "groups_from": groups_from,
+                                   "gate": asdict(gate), **config.hparams(), "groups_from": groups_from,
                                    "group_dense": bool(group_dense)})
-        self.backbone = build_backbone(backbone, schema, vocab_sizes, dim, dnn_hidden_units=dnn_hidden_units,
-                                       seed=seed, options=options)
+        self.backbone = build_backbone(config.backbone, schema, vocab_sizes, dim, **config.build_kwargs())
         self.gates = InstanceGates(len(fields), dim, gate, field_costs=[float(vocab_sizes[f]) for f in fields])
         self.gates.requires_grad_(False)
         self.register_buffer("centroids", torch.as_tensor(centroids, dtype=torch.float32))     # (K, F*D)

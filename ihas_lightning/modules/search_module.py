@@ -16,6 +16,7 @@ from ..data.schema import Schema
 from ..gates import GateConfig, GateOutput, InstanceGates
 from ..regularizers import decided_share, expected_param_share
 from .base import CTRModule, fused_adam
+from .config import BackboneConfig
 
 __all__ = ["SearchModule"]
 
@@ -31,7 +32,8 @@ class SearchModule(CTRModule):
     scaled by ``regularizer_scale`` (set by :class:`~ihas_lightning.callbacks.RegularizerWarmup`).
 
     Args:
-        schema, vocab_sizes, backbone, dim, dnn_hidden_units, lr, seed, options: as for ``BackboneModule``.
+        schema, vocab_sizes, backbone, dim, dnn_hidden_units, lr, seed, options, dnn_dropout, l2_reg_embedding,
+            config: as for ``BackboneModule``.
         gate_lr: learning rate of the gate network (its own Adam parameter group).
         warmup_epochs: epochs of the plain backbone before the gates switch on.
         gate: a :class:`GateConfig` or its dict (budget, relaxation, prefix, min_dim, ...).
@@ -44,20 +46,21 @@ class SearchModule(CTRModule):
     def __init__(self, schema: Schema | dict, vocab_sizes: dict[str, int], backbone: str = "DeepFM", dim: int = 16,
                  dnn_hidden_units: Sequence[int] = (256, 128), lr: float = 1e-3, gate_lr: float = 1e-3,
                  warmup_epochs: int = 2, gate: GateConfig | dict | None = None, seed: int = 1024,
-                 options: dict | None = None) -> None:
+                 options: dict | None = None, dnn_dropout: float = 0.0, l2_reg_embedding: float = 1e-5, *,
+                 config: BackboneConfig | None = None) -> None:
         super().__init__()
         schema = schema if isinstance(schema, Schema) else Schema.from_dict(schema)
         gate = gate if isinstance(gate, GateConfig) else GateConfig(**(gate or {}))
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
-        if lr <= 0 or gate_lr <= 0:
-            raise ValueError(f"lr and gate_lr must be > 0, got lr={lr}, gate_lr={gate_lr}")
-        self.save_hyperparameters({"schema": schema.to_dict(), "vocab_sizes": dict(vocab_sizes), "backbone": backbone,
-                                   "dim": dim, "dnn_hidden_units": list(dnn_hidden_units), "lr": lr,
-                                   "gate_lr": gate_lr, "warmup_epochs": warmup_epochs, "gate": asdict(gate),
-                                   "seed": seed, "options": options or {}})
-        self.backbone = build_backbone(backbone, schema, vocab_sizes, dim, dnn_hidden_units=dnn_hidden_units,
-                                       seed=seed, options=options)
+        if gate_lr <= 0:
+            raise ValueError(f"gate_lr must be > 0, got {gate_lr}")
+        config = config or BackboneConfig(backbone, dim, tuple(dnn_hidden_units), lr, dnn_dropout, l2_reg_embedding,
+                                          seed, options or {})
+        self.save_hyperparameters({"schema": schema.to_dict(), "vocab_sizes": dict(vocab_sizes), **config.hparams(),
+                                   "gate_lr": gate_lr, "warmup_epochs": warmup_epochs, "gate": asdict(gate)})
+        self.backbone = build_backbone(config.backbone, schema, vocab_sizes, config.dim, **config.build_kwargs())
+        dim = config.dim
         costs = [float(vocab_sizes[f]) for f in schema.embedded_fields]
         self.gates = InstanceGates(len(schema.embedded_fields), dim, gate, field_costs=costs)
         self.gate_config = gate

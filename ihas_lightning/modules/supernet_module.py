@@ -17,6 +17,7 @@ from ..data.loader import Batch
 from ..data.schema import Schema
 from ..supernet import SubArchitecture, SupernetMasks, flops_per_sample
 from .backbone_module import BackboneModule
+from .config import BackboneConfig
 
 __all__ = ["SupernetModule", "SubnetScore"]
 
@@ -50,6 +51,8 @@ class SupernetModule(BackboneModule):
         l2_reg_embedding: DeepCTR-Torch's L2 on the embedding tables. 0 by default: the penalty covers whole
             tables, so it would move the coordinates a step's sub-architecture masks (they should get exactly
             zero gradient) and shrink the rarely-sampled high coordinates towards 0.
+        config: all of the above in one :class:`BackboneConfig` (whose own ``l2_reg_embedding`` default is
+            1e-5: give 0.0 for the reason above); when given, it replaces them.
 
     Example:
         >>> module = SupernetModule(dm.schema, dm.vocab_sizes, backbone="DeepFM", dim=16)
@@ -60,9 +63,11 @@ class SupernetModule(BackboneModule):
 
     def __init__(self, schema: Schema | dict, vocab_sizes: dict[str, int], backbone: str = "DeepFM", dim: int = 16,
                  dnn_hidden_units: Sequence[int] = (256, 128), lr: float = 1e-3, dnn_dropout: float = 0.0,
-                 l2_reg_embedding: float = 0.0, seed: int = 1024, options: dict | None = None) -> None:
-        super().__init__(schema, vocab_sizes, backbone=backbone, dim=dim, dnn_hidden_units=dnn_hidden_units, lr=lr,
-                         dnn_dropout=dnn_dropout, l2_reg_embedding=l2_reg_embedding, seed=seed, options=options)
+                 l2_reg_embedding: float = 0.0, seed: int = 1024, options: dict | None = None, *,
+                 config: BackboneConfig | None = None) -> None:
+        config = config or BackboneConfig(backbone, dim, tuple(dnn_hidden_units), lr, dnn_dropout, l2_reg_embedding,
+                                          seed, options or {})
+        super().__init__(schema, vocab_sizes, config=config)
         self.supernet_masks = SupernetMasks(self.backbone)
 
     def parse_subarch(self, dims: str, widths: str | None = None) -> SubArchitecture:

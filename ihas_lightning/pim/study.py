@@ -25,7 +25,6 @@ embedding tables rounded to that precision (:func:`quantized_tables`).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import json
@@ -88,8 +87,9 @@ _SUPERNETS: dict[str, tuple[Any, Any]] = {}
 
 def load_supernet(run_dir: str | Path) -> tuple[Any, Any]:
     """The trained supernet of ``ihas supernet --out run_dir`` and its data module (cached per process)."""
-    from ..cli.common import datamodule_from_args
+    from ..data.config import DataConfig
     from ..modules.supernet_module import SupernetModule
+    from ..training import datamodule_from_config
 
     stage = Path(run_dir) / "supernet"
     key = str(stage.resolve())
@@ -98,7 +98,7 @@ def load_supernet(run_dir: str | Path) -> tuple[Any, Any]:
         if not options.exists() or not checkpoint.exists():
             raise FileNotFoundError(f"no trained supernet in {stage} (need data.json and checkpoints/last.ckpt): "
                                     f"run `ihas supernet --out {run_dir}` first")
-        dm = datamodule_from_args(argparse.Namespace(**json.loads(options.read_text())))
+        dm = datamodule_from_config(DataConfig(**json.loads(options.read_text())))
         module = SupernetModule.load_from_checkpoint(str(checkpoint), map_location="cpu").eval()
         _SUPERNETS[key] = (module, dm)
     return _SUPERNETS[key]

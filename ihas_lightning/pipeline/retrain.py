@@ -1,0 +1,100 @@
+"""The retrain stage (shared tables at each group's dimensions, warm-started from the search) and the uniform
+baselines on the same split; each writes ``DIR/<stage>/`` (checkpoints, TensorBoard, metrics.json)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytorch_lightning as pl
+import torch
+
+from .. import training
+from ..clustering import ClusterResult
+from ..data.datamodule import CTRDataModule
+from ..model import IHASModel
+from ..modules import BackboneModule, RetrainModule
+from ..run_config import RunConfig
+from ..supernet import SubArchitecture, flops_per_sample
+from .run_directory import RunDirectory
+from .search import load_searched_module
+
+__all__ = ["stage_baseline", "stage_retrain"]
+
+
+def stage_retrain(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None = None,
+                  backbone: str | None = None, stage: str = "retrain") -> dict:
+    """Shared tables at each group's dimensions, warm-started from the search (or, with ``config.retrain.init_from``,
+    from a trained supernet of the run's backbone), fine-tuned on all data."""
+    if run.done(stage):
+        return run.metrics(stage)
+    start = time.perf_counter()
+    pl.seed_everything(config.model.seed, workers=True)
+    dm = dm or training.datamodule_from_config(config.data, config.trainer.threads)
+    search = load_searched_module(run)
+    clusters = ClusterResult.load(run.stage("cluster") / "clusters.json")
+    backbone = backbone or config.model.backbone
+    module = RetrainModule(dm.schema, dm.vocab_sizes, group_dims=clusters.dims.tolist(),
+                           centroids=clusters.centroids.tolist(), gate=dict(search.hparams.gate),
+                           group_dense=config.retrain.group_dense,
+                           config=replace(config.model, backbone=backbone, dim=search.hparams.dim, lr=config.retrain.lr))
+    # Another backbone (transfer): fresh dense layers; the searched tables and router, so that routing holds.
+    same_backbone = backbone == search.hparams.backbone
+    init_from = config.retrain.init_from if same_backbone else None
+    backbone_state = torch.load(init_from, map_location="cpu", weights_only=False)["state_dict"] if init_from else None
+    module.warm_start(search.state_dict(), tables_only=not same_backbone, backbone_state=backbone_state)
+    trainer = training.make_trainer(config.trainer, run.stage(stage), max_epochs=config.retrain.epochs)
+    scores = training.fit_and_test(module, dm, trainer, ckpt_path=run.resume_path(stage), start_competes=True)
+    kept = torch.load(trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=False, mmap=True)
+    share = _group_share(module, dm)
+    model = IHASModel(module, dm.encoder, group_share=share)
+    model.save(run.stage(stage) / "ihas_model.pt")
+    fields = dm.schema.embedded_fields
+    metrics = {"test_auc": scores["test_auc"], "test_logloss": scores["test_logloss"],
+               "val_auc": scores.get("val_auc"), "embedding_params": model.embedding_params,
+               "flops_per_sample": model.flops_per_sample, "groups": module.num_groups,
+               "group_sizes": clusters.group_sizes.tolist(), "group_share_test": share, "backbone": backbone,
+               "dims": {str(c): dict(zip(fields, row)) for c, row in enumerate(module.group_dims.tolist())},
+               "table_widths": module.table_widths,
+               # the tested weights: the starting point (no epoch beat it) or the epoch that did
+               "kept": "start" if kept["global_step"] == 0 else f"epoch {kept['epoch']}",
+               "seconds": time.perf_counter() - start}
+    training.write_json(run.stage(stage) / "metrics.json", metrics)
+    return metrics
+
+
+@torch.no_grad()
+def _group_share(module: RetrainModule, dm: CTRDataModule) -> list[float]:
+    """Share of test samples routed to each group (weights the expected FLOPs per sample)."""
+    module.eval()
+    counts = torch.zeros(module.num_groups)
+    for batch in dm.stream("test", shuffle=False):
+        counts += torch.bincount(module.route(module.backbone.field_embeddings(batch)),
+                                 minlength=module.num_groups).float()
+    return (counts / counts.sum().clamp_min(1)).tolist()
+
+
+def stage_baseline(run: RunDirectory, config: RunConfig, dim: int, stage: str = "baseline",
+                   dm: CTRDataModule | None = None, backbone: str | None = None) -> dict:
+    """The same backbone at a uniform dimension on the same split."""
+    if run.done(stage):
+        return run.metrics(stage)
+    start = time.perf_counter()
+    pl.seed_everything(config.model.seed, workers=True)
+    dm = dm or training.datamodule_from_config(config.data, config.trainer.threads)
+    backbone = backbone or config.model.backbone
+    module = BackboneModule(dm.schema, dm.vocab_sizes, config=replace(config.model, backbone=backbone, dim=dim))
+    trainer = training.make_trainer(config.trainer, run.stage(stage), max_epochs=config.baseline_epochs)
+    scores = training.fit_and_test(module, dm, trainer, ckpt_path=run.resume_path(stage))
+    fields = module.backbone.fields
+    try:
+        flops = flops_per_sample(module.backbone, SubArchitecture(fields, (dim,) * len(fields),
+                                                                  config.model.dnn_hidden_units))
+    except NotImplementedError:
+        flops = float("nan")
+    metrics = {"test_auc": scores["test_auc"], "test_logloss": scores["test_logloss"],
+               "val_auc": scores.get("val_auc"), "embedding_params": module.backbone.embedding_params,
+               "flops_per_sample": flops, "dim": dim, "backbone": backbone,
+               "seconds": time.perf_counter() - start}
+    training.write_json(run.stage(stage) / "metrics.json", metrics)
+    return metrics
