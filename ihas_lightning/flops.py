@@ -181,6 +181,5 @@ class ModelCounts:
 
 def uniform_counts(backbone: CTRBackbone) -> ModelCounts:
     """Counts of a uniform backbone served as built (no router)."""
-    return ModelCounts(embedding_params=backbone.embedding_params, router_params=0,
-                       dense_params=dense_params(backbone), flops_per_sample=flops_or_none(lambda: backbone_flops(backbone)),
-                       router_flops_per_sample=0.0)
+    return ModelCounts(embedding_params=backbone.embedding_params, router_params=0, dense_params=dense_params(backbone),
+                       flops_per_sample=flops_or_none(lambda: backbone_flops(backbone)), router_flops_per_sample=0.0)

@@ -1,4 +1,4 @@
-"""LightningModules: the plain backbone, the search stage, the supernet and the retrained groups (and their router)."""
+"""LightningModules: the plain backbone, the search stage, the supernet, the retrained groups and their router."""
 
 from .backbone_module import BackboneModule
 from .base import CTRModule, NonFiniteLossError

@@ -276,7 +276,7 @@ def _router_keys_as_saved(module: RetrainModule, state: dict[str, Any], prefix: 
     saved_metadata = getattr(state, "_metadata", None)
     if saved_metadata is not None:
         saved_metadata.pop(f"{prefix}router", None)
-        for key in [k for k in saved_metadata if k.startswith(f"{prefix}router.")]:     # router.gates.norm -> gates.norm
+        for key in [k for k in saved_metadata if k.startswith(f"{prefix}router.")]:  # router.gates.norm -> gates.norm
             saved_metadata[prefix + key[len(f"{prefix}router."):]] = saved_metadata.pop(key)
 
 

@@ -292,8 +292,9 @@ class ModelSpec:
 
     def flops_breakdown(self) -> dict[str, float]:
         """FLOPs per sample by stage, as :func:`ihas_lightning.flops.flops_breakdown` counts this shape."""
-        return flops_breakdown(self.embedding_dims, dense_dim=self.dense_dim, lookups_per_sample=self.lookups_per_sample,
-                               dnn_hidden=self.dnn_hidden, interaction=self.interaction, cross_layers=self.cross_layers)
+        return flops_breakdown(self.embedding_dims, dense_dim=self.dense_dim,
+                               lookups_per_sample=self.lookups_per_sample, dnn_hidden=self.dnn_hidden,
+                               interaction=self.interaction, cross_layers=self.cross_layers)
 
     def flops_per_sample(self) -> float:
         return float(sum(self.flops_breakdown().values()))
