@@ -7,4 +7,5 @@ from .router import Router
 from .search_module import SearchModule
 from .supernet_module import SupernetModule
 
-__all__ = ["BackboneModule", "CTRModule", "NonFiniteLossError", "RetrainModule", "Router", "SearchModule", "SupernetModule"]
+__all__ = ["BackboneModule", "CTRModule", "NonFiniteLossError", "RetrainModule", "Router", "SearchModule",
+           "SupernetModule"]
