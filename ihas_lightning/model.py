@@ -15,25 +15,18 @@ from torch import Tensor, nn
 from .data.encoders import FeatureEncoder
 from .data.loader import Batch
 from .data.schema import RawColumns
+from .flops import ModelCounts
 from .modules.base import predict_encoded
 from .modules.retrain_module import RetrainModule
 from .safe_load import load_torch_file
-from .supernet import SubArchitecture, flops_per_sample
 
 __all__ = ["IHASModel", "group_flops"]
 
 
 def group_flops(module: RetrainModule) -> list[float]:
-    """FLOPs per sample of each group's compact model (its dimensions, the full DNN widths)."""
-    backbone = module.backbone
-    widths = tuple(int(w) for w in module.hparams.dnn_hidden_units)
-    out = []
-    for dims in module.group_dims.tolist():
-        try:
-            out.append(flops_per_sample(backbone, SubArchitecture(backbone.fields, dims, widths)))
-        except NotImplementedError:
-            out.append(float("nan"))
-    return out
+    """FLOPs per sample of each group's compact model: ``module.group_flops`` (raises ``NotImplementedError``
+    for a backbone that is not counted, see :mod:`ihas_lightning.flops`)."""
+    return module.group_flops
 
 
 class IHASModel(nn.Module):
@@ -67,17 +60,38 @@ class IHASModel(nn.Module):
 
     @property
     def embedding_params(self) -> int:
+        """The shared tables, each stored once at its widest group's width."""
         return self.module.embedding_params
 
     @property
+    def router_params(self) -> int:
+        """Gate network (weights, biases, BatchNorm statistics, temperature) and the K*F*D centroids."""
+        return self.module.router_params
+
+    @property
+    def footprint_params(self) -> int:
+        """``embedding_params + router_params``: the figure comparisons with uniform models use."""
+        return self.module.footprint_params
+
+    @property
     def dense_params(self) -> int:
-        """Non-embedding parameters: K copies when the groups have their own dense layers."""
+        """Non-embedding, non-router parameters: K copies when the groups have their own dense layers."""
         return self.module.dense_params
 
     @property
-    def flops_per_sample(self) -> float:
-        """Expected FLOPs per sample: each group's compact-model FLOPs weighted by its share of samples."""
-        return float(sum(s * f for s, f in zip(self.group_share, group_flops(self.module))))
+    def router_flops_per_sample(self) -> float:
+        return self.module.router_flops_per_sample
+
+    @property
+    def flops_per_sample(self) -> float | None:
+        """What executes per sample: ``sum_c group_share[c] * group_flops[c] + router_flops_per_sample``;
+        None for a backbone that is not counted (:mod:`ihas_lightning.flops`)."""
+        return self.module.expected_flops(self.group_share)
+
+    @property
+    def counts(self) -> ModelCounts:
+        """All the counts above in one record (its ``to_dict()`` is what metrics files take)."""
+        return self.module.counts(self.group_share)
 
     @torch.no_grad()
     def predict_raw(self, raw: RawColumns, batch_size: int = 8192) -> np.ndarray:

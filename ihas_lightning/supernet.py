@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import CTRBackbone
+from .flops import backbone_flops, dnn_of
 
 __all__ = ["SupernetConfig", "SubArchitecture", "SubArchitectureBatch", "SupernetMasks", "flops_per_sample",
            "dnn_of"]
@@ -203,14 +204,6 @@ def _units(text: str, hidden: int) -> int:
     return units
 
 
-def dnn_of(backbone: CTRBackbone) -> nn.Module | None:
-    """The DeepCTR-Torch ``DNN`` of ``backbone`` (``model.dnn``), or None for a model without one."""
-    dnn = getattr(backbone.model, "dnn", None)
-    if dnn is None or not hasattr(dnn, "linears") or len(dnn.linears) == 0:
-        return None
-    return dnn
-
-
 class SupernetMasks:
     """Prefix masks on a backbone's field embeddings and DNN hidden units, switched per step.
 
@@ -364,37 +357,8 @@ class SupernetMasks:
 
 
 def flops_per_sample(backbone: CTRBackbone, subarch: SubArchitecture | None = None) -> float:
-    """Analytic FLOPs per sample of ``subarch`` run as a compact model (1 multiply-add = 2 FLOPs).
-
-    Embedding pooling, the FM (DeepFM) or vector cross network (DCN), the DNN at the effective widths on the
-    effective input width (sum of d_f plus dense fields) and the output layer, as counted by
-    :meth:`ihas_lightning.pim.config.ModelSpec.flops_breakdown`. Supported: DeepFM, DCN (vector), WDL.
-    """
-    from .pim.config import ModelSpec
-
-    model = backbone.model
-    kind = type(model).__name__
-    subarch = subarch or SubArchitecture.full(backbone.fields, backbone.dim, _hidden(backbone))
-    if kind == "DeepFM":
-        interaction, cross = ("fm" if model.use_fm else "none"), 0
-    elif kind == "DCN":
-        if getattr(model.crossnet, "parameterization", "vector") != "vector":
-            raise NotImplementedError("flops_per_sample counts DCN's vector cross network only")
-        interaction, cross = "cross", int(model.cross_num)
-    elif kind == "WDL":
-        interaction, cross = "none", 0
-    else:
-        raise NotImplementedError(f"flops_per_sample supports DeepFM, DCN and WDL, not {kind}")
-    vocab = [backbone.model.embedding_dict[f].num_embeddings for f in backbone.fields]
-    multi = {m.name: float(m.max_len) for m in backbone.schema.multivalued}
-    spec = ModelSpec(embedding_dims=subarch.dims, vocab_sizes=vocab, dense_dim=len(backbone.schema.dense),
-                     lookups_per_sample=[multi.get(f, 1.0) for f in backbone.fields],
-                     dnn_hidden=subarch.widths if getattr(model, "use_dnn", True) else (),
-                     interaction=interaction, cross_layers=cross if interaction == "cross" else 0,
-                     field_names=backbone.fields)
-    return spec.flops_per_sample()
-
-
-def _hidden(backbone: CTRBackbone) -> tuple[int, ...]:
-    dnn = dnn_of(backbone)
-    return tuple(int(l.out_features) for l in dnn.linears) if dnn is not None else ()
+    """FLOPs per sample of ``subarch`` (default: the full network) run as a compact model: see
+    :func:`ihas_lightning.flops.backbone_flops`, which this calls (raises ``NotImplementedError`` likewise)."""
+    if subarch is None:
+        return backbone_flops(backbone)
+    return backbone_flops(backbone, subarch.dims, subarch.widths)

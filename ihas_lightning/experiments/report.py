@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..flops import format_flops
+
 __all__ = ["write_report"]
 
 
@@ -84,7 +86,7 @@ def write_report(run_dir: str | Path) -> Path:
                      metrics["baseline_matched"]))
     rows.append((f"iHAS, {metrics['ihas']['groups']} groups", metrics["ihas"]))
     table = "\n".join(f"| {name} | {m['test_auc']:.4f} | {m['test_logloss']:.4f} | {int(m['embedding_params']):,} | "
-                      f"{m['flops_per_sample']:,.0f} |" for name, m in rows)
+                      f"{format_flops(m['flops_per_sample'])} |" for name, m in rows)
     search = metrics["search"]
     text = f"""# iHAS run: {metrics['backbone']} on {metrics['dataset']}
 

@@ -1,11 +1,12 @@
-"""LightningModules: the plain backbone, the search stage, the supernet and the retrained groups."""
+"""LightningModules: the plain backbone, the search stage, the supernet, the retrained groups and their router."""
 
 from .backbone_module import BackboneModule
 from .base import CTRModule, NonFiniteLossError
 from .config import BackboneConfig
 from .retrain_module import RetrainModule
+from .router import Router
 from .search_module import SearchModule
 from .supernet_module import SupernetModule
 
-__all__ = ["BackboneConfig", "BackboneModule", "CTRModule", "NonFiniteLossError", "RetrainModule", "SearchModule",
-           "SupernetModule"]
+__all__ = ["BackboneConfig", "BackboneModule", "CTRModule", "NonFiniteLossError", "RetrainModule", "Router",
+           "SearchModule", "SupernetModule"]

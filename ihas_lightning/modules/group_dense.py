@@ -16,11 +16,13 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..flops import is_embedding_table
+
 __all__ = ["GroupDense", "dense_parameter_names", "dense_buffer_names"]
 
 
 def _outside_tables(name: str) -> bool:
-    return ".embedding_dict." not in f".{name}"
+    return not is_embedding_table(name)
 
 
 def dense_parameter_names(backbone: nn.Module) -> list[str]:

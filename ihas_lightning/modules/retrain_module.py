@@ -6,8 +6,9 @@ all training data, each sample through its own group's dimensions. The prototype
 uniform model's AUC with half of its embedding parameters; K separate models trained from scratch on their
 own groups lost 0.005-0.025 AUC (that literal reading is ``groups_from="batch"`` with one group per module).
 
-Routing: the searched gate network (frozen) gives each sample its deterministic mask, the nearest
-centroid its group. It reads the module's own tables, so training and inference route alike.
+Routing: a :class:`~ihas_lightning.modules.router.Router` (the searched gate network, frozen, and the
+centroids) gives each sample its group. It reads the module's own tables, so training and inference route
+alike. Its state keeps the keys RetrainModule checkpoints have always had (``gates.*``, ``centroids``).
 
 ``group_dense=True`` also gives every group its own copy of the dense layers (``group_dense.py``).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,10 +26,12 @@ from torch.func import functional_call
 from ..backbones import build_backbone, narrow_tables
 from ..data.loader import Batch
 from ..data.schema import Schema
+from ..flops import ModelCounts, dense_params, expected_flops, flops_or_none, group_flops
 from ..gates import GateConfig, InstanceGates
 from .base import CTRModule, backbone_weights
 from .config import BackboneConfig
-from .group_dense import GroupDense, dense_parameter_names
+from .group_dense import GroupDense
+from .router import Router
 
 __all__ = ["RetrainModule", "prefix_masks"]
 
@@ -81,9 +85,10 @@ class RetrainModule(CTRModule):
                                    "gate": asdict(gate), **config.hparams(), "groups_from": groups_from,
                                    "group_dense": bool(group_dense)})
         self.backbone = build_backbone(config.backbone, schema, vocab_sizes, dim, **config.build_kwargs())
-        self.gates = InstanceGates(len(fields), dim, gate, field_costs=[float(vocab_sizes[f]) for f in fields])
-        self.gates.requires_grad_(False)
-        self.register_buffer("centroids", torch.as_tensor(centroids, dtype=torch.float32))     # (K, F*D)
+        gates = InstanceGates(len(fields), dim, gate, field_costs=[float(vocab_sizes[f]) for f in fields])
+        self.router = Router(gates, torch.as_tensor(centroids, dtype=torch.float32))          # (K, F*D) centroids
+        self.register_state_dict_post_hook(_router_keys_as_saved)
+        self.register_load_state_dict_pre_hook(_router_keys_as_built)
         self.register_buffer("group_dims", dims)                                                 # (K, F)
         self.register_buffer("group_masks", prefix_masks(dims, dim))                             # (K, F, D)
         self.table_widths = {f: int(dims[:, i].max()) for i, f in enumerate(fields)}
@@ -103,6 +108,16 @@ class RetrainModule(CTRModule):
     @property
     def num_groups(self) -> int:
         return int(self.group_dims.shape[0])
+
+    @property
+    def gates(self) -> InstanceGates:
+        """The router's (frozen) searched gate network."""
+        return self.router.gates
+
+    @property
+    def centroids(self) -> Tensor:
+        """(K, F*D) the router's centroids."""
+        return self.router.centroids
 
     def warm_start(self, search_state: dict[str, Tensor], tables_only: bool = False,
                    backbone_state: dict[str, Tensor] | None = None) -> None:
@@ -133,20 +148,9 @@ class RetrainModule(CTRModule):
         if self.group_params is not None and not any(k.startswith("group_params.") for k in loaded):
             self.group_params.copy_from(self.backbone)            # every group starts from the searched layers
 
-    @torch.no_grad()
     def route(self, embeddings: Tensor) -> Tensor:
-        """(B, F, D) embeddings -> (B,) group ids: deterministic gates, then the nearest centroid.
-
-        Always on the searched BatchNorm statistics, in any mode: Lightning keeps the modes a module comes
-        with, so a fresh module trains with its gates in train mode (batch statistics: other routes).
-        """
-        was_training = self.gates.training
-        self.gates.eval()
-        try:
-            masks = self.gates.deterministic_mask(embeddings).flatten(1)                        # (B, F*D)
-        finally:
-            self.gates.train(was_training)
-        return torch.cdist(masks, self.centroids).argmin(dim=1)                                 # (B,)
+        """(B, F, D) embeddings -> (B,) group ids (:class:`Router`: searched BatchNorm statistics in any mode)."""
+        return self.router(embeddings)
 
     def _group_embeddings(self, embeddings: Tensor) -> Tensor:
         if self._fixed_groups is not None:
@@ -213,12 +217,84 @@ class RetrainModule(CTRModule):
         return self.backbone.embedding_params
 
     @property
+    def router_params(self) -> int:
+        """Everything routing reads at inference (:attr:`Router.num_params`)."""
+        return self.router.num_params
+
+    @property
+    def footprint_params(self) -> int:
+        """Embedding tables plus router: what the model stores beyond its dense layers."""
+        return self.embedding_params + self.router_params
+
+    @property
     def dense_params(self) -> int:
-        """Non-embedding parameters the model predicts with: K copies under ``group_dense``, else one set."""
+        """Non-embedding, non-router parameters the model predicts with: K copies under ``group_dense``."""
         if self.group_params is not None:
             return self.group_params.num_params
-        shared = dict(self.backbone.named_parameters())
-        return int(sum(shared[name].numel() for name in dense_parameter_names(self.backbone)))
+        return dense_params(self.backbone)
+
+    @property
+    def group_flops(self) -> list[float]:
+        """FLOPs per sample of each group's compact model (its dimensions, the full DNN widths); raises
+        ``NotImplementedError`` for a backbone :mod:`ihas_lightning.flops` cannot count."""
+        widths = tuple(int(w) for w in self.hparams.dnn_hidden_units)
+        return group_flops(self.backbone, self.group_dims.tolist(), widths)
+
+    @property
+    def router_flops_per_sample(self) -> float:
+        return self.router.flops_per_sample
+
+    def expected_flops(self, group_share: Sequence[float] | None = None) -> float | None:
+        """FLOPs per sample, router included: ``sum_c share_c * group_flops[c] + router_flops_per_sample``
+        (shares default to 1/K each); None for a backbone that is not counted."""
+        share = list(group_share) if group_share is not None else [1.0 / self.num_groups] * self.num_groups
+        return flops_or_none(lambda: expected_flops(self.group_flops, share, self.router_flops_per_sample))
+
+    @property
+    def flops_per_sample(self) -> float | None:
+        """:meth:`expected_flops` with every group equally likely (``IHASModel`` weighs by measured shares)."""
+        return self.expected_flops()
+
+    def counts(self, group_share: Sequence[float] | None = None) -> ModelCounts:
+        """Parameters and FLOPs per sample in one record (:class:`~ihas_lightning.flops.ModelCounts`)."""
+        return ModelCounts(embedding_params=self.embedding_params, router_params=self.router_params,
+                           dense_params=self.dense_params, flops_per_sample=self.expected_flops(group_share),
+                           router_flops_per_sample=self.router_flops_per_sample)
+
+
+# Checkpoint keys: the router's state is saved under the names it had before the Router existed
+# (``gates.*``, ``centroids``), so old and new RetrainModule checkpoints and IHASModel files are one format.
+_AS_BUILT = (("router.gates.", "gates."), ("router.centroids", "centroids"))
+
+
+def _router_keys_as_saved(module: RetrainModule, state: dict[str, Any], prefix: str, metadata: Any) -> None:
+    """state_dict post-hook: ``router.gates.*`` -> ``gates.*``, ``router.centroids`` -> ``centroids``."""
+    items = [(_renamed(key, prefix, built_first=True), value) for key, value in state.items()]
+    # the centroids were this module's first buffer: first among its keys, as before
+    at = next(i for i, (key, _) in enumerate(items) if key.startswith(prefix))
+    centroids = next(i for i, (key, _) in enumerate(items) if key == f"{prefix}centroids")
+    items.insert(at, items.pop(centroids))
+    state.clear()
+    state.update(items)
+    saved_metadata = getattr(state, "_metadata", None)
+    if saved_metadata is not None:
+        saved_metadata.pop(f"{prefix}router", None)
+        for key in [k for k in saved_metadata if k.startswith(f"{prefix}router.")]:  # router.gates.norm -> gates.norm
+            saved_metadata[prefix + key[len(f"{prefix}router."):]] = saved_metadata.pop(key)
+
+
+def _router_keys_as_built(module: RetrainModule, state: dict[str, Any], prefix: str, *args: Any) -> None:
+    """load_state_dict pre-hook: the saved names back to the router's (``gates.*`` -> ``router.gates.*``)."""
+    for key in [k for k in state if k.startswith((f"{prefix}gates.", f"{prefix}centroids"))]:
+        state[_renamed(key, prefix, built_first=False)] = state.pop(key)
+
+
+def _renamed(key: str, prefix: str, built_first: bool) -> str:
+    for built, saved in _AS_BUILT:
+        old, new = (built, saved) if built_first else (saved, built)
+        if key.startswith(prefix + old):
+            return prefix + new + key[len(prefix + old):]
+    return key
 
 
 def _cut_table(key: str, value: Tensor, target: Tensor) -> Tensor:

@@ -15,7 +15,8 @@ from typing_extensions import override
 
 from ..data.loader import Batch
 from ..data.schema import Schema
-from ..supernet import SubArchitecture, SupernetMasks, flops_per_sample
+from ..flops import backbone_flops, flops_or_none
+from ..supernet import SubArchitecture, SupernetMasks
 from .backbone_module import BackboneModule
 from .config import BackboneConfig
 
@@ -31,7 +32,7 @@ class SubnetScore:
     logloss: float
     embedding_params: int
     embedding_share: float  # of the full supernet's embedding parameters
-    flops_per_sample: float | None
+    flops_per_sample: float | None  # None: a backbone ihas_lightning.flops does not count
     finetune_steps: int
     seconds: float
 
@@ -147,10 +148,7 @@ class SupernetModule(BackboneModule):
             self.train(was_training)
         vocab = {f: self.backbone.model.embedding_dict[f].num_embeddings for f in masks.fields}
         params = subarch.embedding_params(vocab)
-        try:
-            flops = flops_per_sample(self.backbone, subarch)
-        except NotImplementedError:
-            flops = None
+        flops = flops_or_none(lambda: backbone_flops(self.backbone, subarch.dims, subarch.widths))
         return SubnetScore(subarch.to_dict(), auc, logloss, params, params / self.backbone.embedding_params, flops,
                            finetune_steps, time.perf_counter() - start)
 

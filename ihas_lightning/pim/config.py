@@ -12,6 +12,8 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from ..flops import flops_breakdown
+
 Precision = Literal["fp32", "fp16", "int8"]
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 #: x86 cache line = DRAM burst of a 64-bit DDR4 channel (BL8 x 8 B); the host never moves less per access.
@@ -289,28 +291,10 @@ class ModelSpec:
         return sum(v * d for v, d in zip(self.vocab_sizes, self.embedding_dims))
 
     def flops_breakdown(self) -> dict[str, float]:
-        """FLOPs per sample by stage (1 multiply-add = 2 FLOPs).
-
-        pooling: sum of L rows of width D = (L-1)*D adds.  fm: 0.5*((sum v)^2 - sum v^2) over the active
-        fields zero-padded to the widest, = D*(3F+1).  cross (DCN): 5*d per layer on d = concat_dim (dot 2d,
-        scale d, bias d, residual d).  dnn: 2*sum(in*out).  output: 2*width of the final linear (+1 FM add).
-        First-order (linear) logits, biases and activations are not counted.
-        """
-        act = self.active_fields
-        pooling = sum(max(self.lookups_per_sample[i] - 1.0, 0.0) * self.embedding_dims[i] for i in act)
-        fm = cross = 0.0
-        if self.interaction == "fm" and act:
-            d_max = max(self.embedding_dims[i] for i in act)
-            fm = float(d_max * (3 * len(act) + 1))
-        if self.interaction == "cross":
-            cross = 5.0 * self.concat_dim * self.cross_layers
-        widths = (self.concat_dim, *self.dnn_hidden)
-        dnn = 2.0 * sum(a * b for a, b in zip(widths[:-1], widths[1:]))
-        final = self.dnn_hidden[-1] if self.dnn_hidden else 0
-        final += self.concat_dim if self.interaction == "cross" else 0
-        final = final or self.concat_dim  # no DNN and no cross: a linear layer on the concatenation
-        output = 2.0 * final + (1.0 if self.interaction == "fm" else 0.0)
-        return {"pooling": float(pooling), "interaction": fm + cross, "dnn": dnn, "output": output}
+        """FLOPs per sample by stage, as :func:`ihas_lightning.flops.flops_breakdown` counts this shape."""
+        return flops_breakdown(self.embedding_dims, dense_dim=self.dense_dim,
+                               lookups_per_sample=self.lookups_per_sample, dnn_hidden=self.dnn_hidden,
+                               interaction=self.interaction, cross_layers=self.cross_layers)
 
     def flops_per_sample(self) -> float:
         return float(sum(self.flops_breakdown().values()))

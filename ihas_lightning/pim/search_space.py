@@ -175,7 +175,7 @@ def suggest(trial: Any, space: SearchSpace) -> Candidate:
 
 
 def model_spec(space: SearchSpace, subarch: SubArchitecture) -> ModelSpec:
-    """The served shape of ``subarch`` (as :func:`ihas_lightning.supernet.flops_per_sample` counts it)."""
+    """The served shape of ``subarch`` (as :func:`ihas_lightning.flops.backbone_flops` counts it)."""
     return ModelSpec(embedding_dims=subarch.dims, vocab_sizes=space.vocab_sizes, dense_dim=space.dense_dim,
                      lookups_per_sample=space.lookups_per_sample, hot_share=space.hot_share,
                      dnn_hidden=subarch.widths, interaction=space.interaction, cross_layers=space.cross_layers,
