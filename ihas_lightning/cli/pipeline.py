@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from ..pipeline import RunDirectory, run_pipeline, stage_cluster, stage_retrain
 from ..run_config import BUDGET_FITS
+from ..flops import format_flops
 from .common import add_data_arguments, add_trainer_arguments, print_table, run_config_from_args
 from .search import add_search_arguments, print_search
 
@@ -109,11 +110,16 @@ def _print_summary(metrics: dict, run: RunDirectory) -> None:
     if "ihas_separate" in metrics:
         rows.append([f"iHAS separate ({metrics['ihas_separate']['groups']} models)", *_row(metrics["ihas_separate"])])
     print_table(f"ihas run: {metrics['backbone']} on {metrics['dataset']}",
-                ["model", "test AUC", "test logloss", "embedding params", "FLOPs/sample"], rows)
+                ["model", "test AUC", "logloss", "tables", "router", "footprint",
+                 "FLOPs"], rows)
     print(f"run: {run.root}   metrics: {run.root / 'metrics.json'}   report: ihas report --run {run.root}\n"
           f"TensorBoard: tensorboard --logdir {run.root}")
 
 
 def _row(entry: dict) -> list:
-    return [entry["test_auc"], entry["test_logloss"], int(entry["embedding_params"]), int(entry["flops_per_sample"])
-            if entry["flops_per_sample"] == entry["flops_per_sample"] else "n/a"]
+    """Test figures and the whole served size (footprint = tables + router; older runs lack the router count)."""
+    router = entry.get("router_params")
+    footprint = entry.get("footprint_params")
+    return [entry["test_auc"], entry["test_logloss"], int(entry["embedding_params"]),
+            "n/a" if router is None else int(router), "n/a" if footprint is None else int(footprint),
+            format_flops(entry.get("flops_per_sample"))]

@@ -12,10 +12,11 @@ import torch
 from .. import training
 from ..clustering import ClusterResult
 from ..data.datamodule import CTRDataModule
+from ..flops import uniform_counts
 from ..model import IHASModel
 from ..modules import BackboneModule, RetrainModule
 from ..run_config import RunConfig
-from ..supernet import SubArchitecture, flops_per_sample
+from ..safe_load import load_checkpoint_state, load_torch_file
 from .run_directory import RunDirectory
 from .search import load_searched_module
 
@@ -41,18 +42,18 @@ def stage_retrain(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None
     # Another backbone (transfer): fresh dense layers; the searched tables and router, so that routing holds.
     same_backbone = backbone == search.hparams.backbone
     init_from = config.retrain.init_from if same_backbone else None
-    backbone_state = torch.load(init_from, map_location="cpu", weights_only=False)["state_dict"] if init_from else None
+    backbone_state = load_checkpoint_state(init_from, "a checkpoint to start the retraining from") if init_from \
+        else None
     module.warm_start(search.state_dict(), tables_only=not same_backbone, backbone_state=backbone_state)
     trainer = training.make_trainer(config.trainer, run.stage(stage), max_epochs=config.retrain.epochs)
     scores = training.fit_and_test(module, dm, trainer, ckpt_path=run.resume_path(stage), start_competes=True)
-    kept = torch.load(trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=False, mmap=True)
+    kept = load_torch_file(trainer.checkpoint_callback.best_model_path, "the retraining's best checkpoint")
     share = _group_share(module, dm)
     model = IHASModel(module, dm.encoder, group_share=share)
     model.save(run.stage(stage) / "ihas_model.pt")
     fields = dm.schema.embedded_fields
     metrics = {"test_auc": scores["test_auc"], "test_logloss": scores["test_logloss"],
-               "val_auc": scores.get("val_auc"), "embedding_params": model.embedding_params,
-               "flops_per_sample": model.flops_per_sample, "groups": module.num_groups,
+               "val_auc": scores.get("val_auc"), **model.counts.to_dict(), "groups": module.num_groups,
                "group_sizes": clusters.group_sizes.tolist(), "group_share_test": share, "backbone": backbone,
                "dims": {str(c): dict(zip(fields, row)) for c, row in enumerate(module.group_dims.tolist())},
                "table_widths": module.table_widths,
@@ -86,15 +87,9 @@ def stage_baseline(run: RunDirectory, config: RunConfig, dim: int, stage: str = 
     module = BackboneModule(dm.schema, dm.vocab_sizes, config=replace(config.model, backbone=backbone, dim=dim))
     trainer = training.make_trainer(config.trainer, run.stage(stage), max_epochs=config.baseline_epochs)
     scores = training.fit_and_test(module, dm, trainer, ckpt_path=run.resume_path(stage))
-    fields = module.backbone.fields
-    try:
-        flops = flops_per_sample(module.backbone, SubArchitecture(fields, (dim,) * len(fields),
-                                                                  config.model.dnn_hidden_units))
-    except NotImplementedError:
-        flops = float("nan")
     metrics = {"test_auc": scores["test_auc"], "test_logloss": scores["test_logloss"],
-               "val_auc": scores.get("val_auc"), "embedding_params": module.backbone.embedding_params,
-               "flops_per_sample": flops, "dim": dim, "backbone": backbone,
+               "val_auc": scores.get("val_auc"), **uniform_counts(module.backbone).to_dict(), "dim": dim,
+               "backbone": backbone,
                "seconds": time.perf_counter() - start}
     training.write_json(run.stage(stage) / "metrics.json", metrics)
     return metrics

@@ -26,9 +26,13 @@ from .run_directory import RunDirectory, embedding_rows
 from .search import stage_search
 from .separate import stage_separate
 
-__all__ = ["collect_metrics", "matched_baseline_dim", "run_pipeline"]
+__all__ = ["COUNT_KEYS", "collect_metrics", "matched_baseline_dim", "run_pipeline"]
 
 StageHook = Callable[[str, dict], None]
+
+COUNT_KEYS = ("embedding_params", "router_params", "footprint_params", "dense_params", "flops_per_sample")
+"""Size and cost of every model in ``DIR/metrics.json`` (:class:`~ihas_lightning.flops.ModelCounts`): stages
+written before these counts existed report None for the missing ones."""
 
 
 def matched_baseline_dim(embedding_params: int, vocab_sizes: dict[str, int]) -> int:
@@ -67,21 +71,21 @@ def run_pipeline(config: RunConfig, on_stage_done: StageHook | None = None) -> d
 def collect_metrics(run: RunDirectory, config: RunConfig) -> dict:
     """``DIR/metrics.json`` from the stages' own metrics files."""
     search, retrain = run.metrics("search"), run.metrics("retrain")
-    keep = ("test_auc", "test_logloss", "embedding_params", "flops_per_sample")
+    keep = ("test_auc", "test_logloss", "val_auc", *COUNT_KEYS)
     metrics = {
         "dataset": config.data.data, "format": config.data.format, "backbone": config.model.backbone,
-        "baseline": {k: run.metrics("baseline")[k] for k in (*keep, "dim")},
-        "ihas": {**{k: retrain[k] for k in keep}, "groups": retrain["groups"], "group_sizes": retrain["group_sizes"],
+        "baseline": {k: run.metrics("baseline").get(k) for k in (*keep, "dim")},
+        "ihas": {**{k: retrain.get(k) for k in keep}, "groups": retrain["groups"], "group_sizes": retrain["group_sizes"],
                  "dims": retrain["dims"]},
         "search": {"val_auc": search["val_auc"], "mean_active_dims": search["mean_active_dims"],
                    "distinct_masks": search["distinct_masks"]},
         "seconds": {name: run.metrics(name).get("seconds") for name in ("search", "cluster", "retrain", "baseline")},
     }
     if run.done("separate"):
-        metrics["ihas_separate"] = {k: run.metrics("separate")[k] for k in (*keep, "groups")}
+        metrics["ihas_separate"] = {k: run.metrics("separate").get(k) for k in (*keep, "groups")}
         metrics["seconds"]["separate"] = run.metrics("separate").get("seconds")
     if run.done("baseline_matched"):
-        metrics["baseline_matched"] = {k: run.metrics("baseline_matched")[k] for k in (*keep, "dim")}
+        metrics["baseline_matched"] = {k: run.metrics("baseline_matched").get(k) for k in (*keep, "dim")}
         metrics["seconds"]["baseline_matched"] = run.metrics("baseline_matched").get("seconds")
     training.write_json(run.root / "metrics.json", metrics)
     return metrics

@@ -14,23 +14,20 @@ from torchmetrics.functional.classification import binary_auroc
 from .. import training
 from ..clustering import ClusterResult
 from ..data.datamodule import CTRDataModule
-from ..model import group_flops
-from ..modules import RetrainModule, SearchModule
+from ..flops import flops_or_none
+from ..modules import RetrainModule, Router, SearchModule
 from ..run_config import RunConfig
 from .run_directory import RunDirectory
-from .search import load_searched_module, searched_masks
+from .search import load_searched_module
 
 __all__ = ["stage_separate"]
 
 
 @torch.no_grad()
-def _searched_routes(search: SearchModule, centroids: torch.Tensor, dm: CTRDataModule, split: str) -> np.ndarray:
-    """(N,) group of every row of a split, routed as ``RetrainModule.route`` does, on the searched tables."""
-    groups = []
-    for batch in dm.stream(split, shuffle=False):
-        masks = searched_masks(search, batch).flatten(1)                                       # (B, F*D)
-        groups.append(torch.cdist(masks, centroids).argmin(dim=1))                                   # (B,)
-    return torch.cat(groups).numpy()
+def _searched_routes(router: Router, search: SearchModule, dm: CTRDataModule, split: str) -> np.ndarray:
+    """(N,) group of every row of a split, routed by ``router`` on the searched tables."""
+    groups = [router(search.backbone.field_embeddings(batch)) for batch in dm.stream(split, shuffle=False)]
+    return torch.cat(groups).numpy()                                                            # (N,)
 
 
 @torch.no_grad()
@@ -59,10 +56,11 @@ def stage_separate(run: RunDirectory, config: RunConfig, dm: CTRDataModule | Non
     search = load_searched_module(run)
     clusters = ClusterResult.load(run.stage("cluster") / "clusters.json")
     centroids = clusters.centroids.float()
-    routes = {split: _searched_routes(search, centroids, dm, split) for split in ("train", "val", "test")}
+    router = Router.from_search(search, centroids)
+    routes = {split: _searched_routes(router, search, dm, split) for split in ("train", "val", "test")}
     labels = {split: torch.as_tensor(dm.split(split).labels, dtype=torch.float32) for split in ("val", "test")}
     logits = {split: torch.zeros(len(routes[split])) for split in ("val", "test")}
-    groups, params, flops, shares = [], 0, 0.0, []
+    groups, params, dense, flops, shares = [], 0, 0, 0.0, []
     fallback = int(np.bincount(routes["train"], minlength=clusters.k).argmax())  # for groups without rows
     trained: dict[int, RetrainModule] = {}
     for c in range(clusters.k):
@@ -88,7 +86,9 @@ def stage_separate(run: RunDirectory, config: RunConfig, dm: CTRDataModule | Non
             if len(index[split]):
                 logits[split][torch.as_tensor(index[split])] = _logits(module, sub, split)
         params += module.embedding_params
-        flops += share * group_flops(module)[0]
+        dense += module.dense_params
+        group_cost = flops_or_none(lambda: module.group_flops[0])
+        flops = None if flops is None or group_cost is None else flops + share * group_cost
         groups.append({"group": c, "train_rows": int(len(index["train"])), "val_rows": int(len(index["val"])),
                        "test_rows": int(len(index["test"])), "val_auc": scores.get("val_auc"),
                        "test_auc_within_group": scores.get("test_auc"), "embedding_params": module.embedding_params})
@@ -104,7 +104,12 @@ def stage_separate(run: RunDirectory, config: RunConfig, dm: CTRDataModule | Non
     scores.update({f"{split}_logloss": float(F.binary_cross_entropy_with_logits(logits[split], labels[split]))
                    for split in ("val", "test")})
     fields = dm.schema.embedded_fields
-    metrics = {**scores, "embedding_params": int(params), "flops_per_sample": float(flops), "groups": clusters.k,
+    # One router (the searched gates and centroids) serves the K models; each model's own copy is not counted.
+    counts = {"embedding_params": int(params), "router_params": router.num_params, "dense_params": int(dense),
+              "flops_per_sample": None if flops is None else flops + router.flops_per_sample,
+              "router_flops_per_sample": router.flops_per_sample,
+              "footprint_params": int(params) + router.num_params}
+    metrics = {**scores, **counts, "groups": clusters.k,
                "group_share_test": shares, "per_group": groups, "backbone": config.model.backbone,
                "epochs": config.baseline_epochs, "lr": config.model.lr,
                "dims": {str(c): dict(zip(fields, map(int, row))) for c, row in enumerate(clusters.dims.tolist())},
