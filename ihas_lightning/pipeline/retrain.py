@@ -20,7 +20,7 @@ from ..safe_load import load_checkpoint_state, load_torch_file
 from .run_directory import RunDirectory
 from .search import load_searched_module
 
-__all__ = ["stage_baseline", "stage_retrain"]
+__all__ = ["build_retrain_module", "stage_baseline", "stage_retrain"]
 
 
 def stage_retrain(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None = None,
@@ -32,19 +32,9 @@ def stage_retrain(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None
     start = time.perf_counter()
     pl.seed_everything(config.model.seed, workers=True)
     dm = dm or training.datamodule_from_config(config.data, config.trainer.threads)
-    search = load_searched_module(run)
-    clusters = ClusterResult.load(run.stage("cluster") / "clusters.json")
     backbone = backbone or config.model.backbone
-    module = RetrainModule(dm.schema, dm.vocab_sizes, group_dims=clusters.dims.tolist(),
-                           centroids=clusters.centroids.tolist(), gate=dict(search.hparams.gate),
-                           group_dense=config.retrain.group_dense,
-                           config=replace(config.model, backbone=backbone, dim=search.hparams.dim, lr=config.retrain.lr))
-    # Another backbone (transfer): fresh dense layers; the searched tables and router, so that routing holds.
-    same_backbone = backbone == search.hparams.backbone
-    init_from = config.retrain.init_from if same_backbone else None
-    backbone_state = load_checkpoint_state(init_from, "a checkpoint to start the retraining from") if init_from \
-        else None
-    module.warm_start(search.state_dict(), tables_only=not same_backbone, backbone_state=backbone_state)
+    module = build_retrain_module(run, config, dm, backbone)
+    clusters = ClusterResult.load(run.stage("cluster") / "clusters.json")
     trainer = training.make_trainer(config.trainer, run.stage(stage), max_epochs=config.retrain.epochs)
     scores = training.fit_and_test(module, dm, trainer, ckpt_path=run.resume_path(stage), start_competes=True)
     kept = load_torch_file(trainer.checkpoint_callback.best_model_path, "the retraining's best checkpoint")
@@ -62,6 +52,24 @@ def stage_retrain(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None
                "seconds": time.perf_counter() - start}
     training.write_json(run.stage(stage) / "metrics.json", metrics)
     return metrics
+
+
+def build_retrain_module(run: RunDirectory, config: RunConfig, dm: CTRDataModule, backbone: str) -> RetrainModule:
+    """The retraining's starting point: the clustering's groups over the searched tables (and, on the search's
+    backbone, its dense layers; or ``config.retrain.init_from``'s), before any retraining step."""
+    search = load_searched_module(run)
+    clusters = ClusterResult.load(run.stage("cluster") / "clusters.json")
+    module = RetrainModule(dm.schema, dm.vocab_sizes, group_dims=clusters.dims.tolist(),
+                           centroids=clusters.centroids.tolist(), gate=dict(search.hparams.gate),
+                           group_dense=config.retrain.group_dense,
+                           config=replace(config.model, backbone=backbone, dim=search.hparams.dim, lr=config.retrain.lr))
+    # Another backbone (transfer): fresh dense layers; the searched tables and router, so that routing holds.
+    same_backbone = backbone == search.hparams.backbone
+    init_from = config.retrain.init_from if same_backbone else None
+    backbone_state = load_checkpoint_state(init_from, "a checkpoint to start the retraining from") if init_from \
+        else None
+    module.warm_start(search.state_dict(), tables_only=not same_backbone, backbone_state=backbone_state)
+    return module
 
 
 @torch.no_grad()
