@@ -6,6 +6,7 @@ import argparse
 from dataclasses import replace
 
 from ..pipeline import RunDirectory, run_pipeline, stage_cluster, stage_retrain
+from ..pipeline.selection import selection_message
 from ..run_config import BUDGET_FITS
 from ..flops import format_flops
 from .common import add_data_arguments, add_trainer_arguments, print_table, run_config_from_args
@@ -113,6 +114,8 @@ def _print_summary(metrics: dict, run: RunDirectory) -> None:
     print_table(f"ihas run: {metrics['backbone']} on {metrics['dataset']}",
                 ["model", "test AUC", "logloss", "tables", "router", "footprint",
                  "FLOPs"], rows)
+    if "selection" in metrics:
+        print(selection_message(metrics["selection"]))
     print(f"run: {run.root}   metrics: {run.root / 'metrics.json'}   report: ihas report --run {run.root}\n"
           f"TensorBoard: tensorboard --logdir {run.root}")
 

@@ -9,7 +9,7 @@ Stages hand each other files, never hidden state::
     DIR/losses/metrics.json   validation AUC after each step from the search to the retrained model
     DIR/separate/             the separate-models variant: one model per group, trained on its own samples
     DIR/baseline/, DIR/baseline_matched/   uniform-dimension backbones on the same split
-    DIR/metrics.json          everything above in one place
+    DIR/metrics.json          everything above in one place, and which model the run keeps (``selection``)
 
 A stage whose ``metrics.json`` exists is done and is not redone; a stage interrupted during training resumes
 from its ``checkpoints/last.ckpt``.
@@ -26,6 +26,7 @@ from .losses import stage_losses
 from .retrain import stage_baseline, stage_retrain
 from .run_directory import RunDirectory, embedding_rows
 from .search import stage_search
+from .selection import select_model
 from .separate import stage_separate
 
 __all__ = ["COUNT_KEYS", "collect_metrics", "matched_baseline_dim", "run_pipeline"]
@@ -94,5 +95,6 @@ def collect_metrics(run: RunDirectory, config: RunConfig) -> dict:
     if run.done("baseline_matched"):
         metrics["baseline_matched"] = {k: run.metrics("baseline_matched").get(k) for k in (*keep, "dim")}
         metrics["seconds"]["baseline_matched"] = run.metrics("baseline_matched").get("seconds")
+    metrics["selection"] = select_model(metrics)
     training.write_json(run.root / "metrics.json", metrics)
     return metrics
