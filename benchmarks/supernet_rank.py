@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{r['supernet']['warmup_steps']} steps); stand-alone {r['standalone_epochs']} epochs x "
              f"{r['standalone_seeds']} seeds; fine-tune {r['finetune_steps']} last-layer steps; "
              f"{r['rows_train']} train / {r['rows_val']} val rows" for r in results]
-    notes.append("speedup = median stand-alone training seconds / median inherited evaluation seconds (validation split)")
+    notes.append("speedup = median stand-alone training seconds / median inherited evaluation seconds "
+                 "(validation split)")
     notes.append(f"machine: {payload['machine']['cpu']}, {args.threads} torch threads; command: {payload['command']}")
     write_markdown_table(path.with_suffix(".md"), "Supernet rank correlation (Kendall tau)",
                          ["data", "subnets", "tau inherited", "tau fine-tuned", "tau seed vs seed",

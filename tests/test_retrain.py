@@ -217,7 +217,8 @@ def test_fit_dims_to_budget_follows_the_damage_not_the_open_gates() -> None:
 
 @pytest.mark.parametrize("min_dim", [2, 4])
 def test_fit_dims_to_budget_never_goes_below_min_dim(min_dim: int) -> None:
-    fitted = fit_dims_to_budget(DIMS, COSTS, D, 0.01, CANDIDATES, min_dim=min_dim, cost=OPEN_GATES)  # unreachable budget
+    unreachable = 0.01
+    fitted = fit_dims_to_budget(DIMS, COSTS, D, unreachable, CANDIDATES, min_dim=min_dim, cost=OPEN_GATES)
     assert fitted.tolist() == [[min_dim] * 3] * 2                 # best effort: everything at min_dim
     assert stored_param_share(fitted, COSTS, D) == pytest.approx(min_dim / D)
     dropped = fit_dims_to_budget(DIMS, COSTS, D, 0.0, CANDIDATES, min_dim=0, cost=OPEN_GATES)

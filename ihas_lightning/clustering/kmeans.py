@@ -97,8 +97,8 @@ class MiniBatchKMeans:
     of its members and converges without a tuned learning rate.
 
     ``fit`` makes one pass to draw a seeded reservoir sample of ``init_size`` rows, seeds the centers by
-    greedy k-means++ on it (best of ``n_init``, refined by Lloyd steps on the sample), then runs ``iterations`` mini-batch updates, passing over the stream as many
-    times as needed. A center that received no row during a whole pass is re-seeded at the sample point
+    greedy k-means++ on it (best of ``n_init``, refined by Lloyd steps on the sample), then runs ``iterations``
+    mini-batch updates, passing over the stream as many times as needed. A center that received no row during a whole pass is re-seeded at the sample point
     farthest from its nearest center (if no point is farther than 0, e.g. K > distinct points, it stays:
     duplicated centers are harmless, ``predict`` picks the first).
 

@@ -253,7 +253,8 @@ def cluster(
         selection: dict[str, Any] = {"method": "fixed", "k": config.k}
     else:
         source = "validation" if val_feature_stream is not None else "training"
-        eval_stream = stream_passes(val_feature_stream if val_feature_stream is not None else feature_stream, "features")
+        eval_source = val_feature_stream if val_feature_stream is not None else feature_stream
+        eval_stream = stream_passes(eval_source, "features")
         sample = reservoir_sample(
             rechunk(eval_stream(), config.batch_size, f"{source} features", width),
             SILHOUETTE_SAMPLE,
