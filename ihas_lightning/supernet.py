@@ -230,7 +230,8 @@ class SupernetMasks:
         self.fields: tuple[str, ...] = tuple(backbone.fields)
         self.dim = backbone.dim
         dnn = dnn_of(backbone)
-        self.hidden_units: tuple[int, ...] = tuple(int(layer.out_features) for layer in dnn.linears) if dnn is not None else ()
+        linears = dnn.linears if dnn is not None else ()
+        self.hidden_units: tuple[int, ...] = tuple(int(layer.out_features) for layer in linears)
         if config is None:
             defaults = SupernetConfig()
             config = SupernetConfig(dim_choices=tuple(d for d in defaults.dim_choices if d <= self.dim) or (self.dim,))

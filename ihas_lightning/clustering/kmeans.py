@@ -93,14 +93,15 @@ class MiniBatchKMeans:
 
     Each mini-batch assigns its rows to the nearest center, then moves center ``c`` towards the mean of
     its ``n_c`` new members with rate ``n_c / count_c`` (``count_c`` = all rows it ever received): the
-    per-center rate ``1 / count`` of Sculley's algorithm 1, vectorised, so a center is the running mean
+    per-center rate ``1 / count`` of Sculley's algorithm 1, vectorized, so a center is the running mean
     of its members and converges without a tuned learning rate.
 
     ``fit`` makes one pass to draw a seeded reservoir sample of ``init_size`` rows, seeds the centers by
-    greedy k-means++ on it (best of ``n_init``, refined by Lloyd steps on the sample), then runs ``iterations``
-    mini-batch updates, passing over the stream as many times as needed. A center that received no row during a whole pass is re-seeded at the sample point
-    farthest from its nearest center (if no point is farther than 0, e.g. K > distinct points, it stays:
-    duplicated centers are harmless, ``predict`` picks the first).
+    greedy k-means++ on it (best of ``n_init``, refined by Lloyd steps on the sample), then runs
+    ``iterations`` mini-batch updates, passing over the stream as many times as needed. A center that
+    received no row during a whole pass is re-seeded at the sample point farthest from its nearest center
+    (if no point is farther than 0, e.g. K > distinct points, it stays: duplicated centers are harmless,
+    ``predict`` picks the first).
 
     Args:
         k: number of centers.
