@@ -170,7 +170,7 @@ def _mean_std(values: list[float]) -> dict:
             "values": values}
 
 
-def summarise(runs: list[dict]) -> dict:
+def summarize(runs: list[dict]) -> dict:
     summary = {}
     for name, key, _ in VARIANTS:
         summary[name] = {fig: _mean_std([r[key][fig] for r in runs]) for fig in FIGURES}
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict:
                 runs = [done[(d, b, s)] for s in range(args.seeds) if (d, b, s) in done]
                 if runs:
                     cells.append({"dataset": d, "backbone": b, "command": run_args(d, b, 0, "DIR", list(extra)),
-                                  "seeds_done": [r["seed"] for r in runs], "summary": summarise(runs),
+                                  "seeds_done": [r["seed"] for r in runs], "summary": summarize(runs),
                                   "runs": runs})
         results = {"benchmark": "quality", "created": now_iso(), "seeds": args.seeds, "jobs": args.jobs,
                    "seconds": time.perf_counter() - start, "machine": machine_info(), "cells": cells,

@@ -6,7 +6,7 @@ step), draw N sub-architectures spread over embedding-parameter budgets, and sco
 * with inherited weights (``SupernetModule.evaluate_subnet``), without and with NASRec's last-layer
   post-training fine-tune;
 * stand-alone: a fresh backbone with that sub-architecture's masks fixed, trained for the same epochs as
-  the supernet, over ``--seeds`` initialisation/shuffle seeds (mean validation AUC).
+  the supernet, over ``--seeds`` initialization/shuffle seeds (mean validation AUC).
 
 Reported: Kendall tau between the inherited and stand-alone AUCs (also after fine-tuning), the tau between
 two stand-alone seeds (the noise ceiling of any proxy), and the time of one inherited evaluation vs one

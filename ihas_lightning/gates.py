@@ -18,7 +18,7 @@ Two relaxations of the Bernoulli gate are offered (``GateConfig.relaxation``):
   ``init_open_logit = 3`` does not start the gates in Phi's flat tail where gradients vanish.
   The temperature is not used by this relaxation; ``sigma`` is its noise scale.
 
-Throughout, ``prob = P(z > 0)`` is *the* open-probability: regularisers, statistics and the deterministic
+Throughout, ``prob = P(z > 0)`` is *the* open-probability: regularizers, statistics and the deterministic
 evaluation mask ``z = 1[prob >= 0.5]`` all use it. With prefix gates ``prob`` is the cumulative product.
 """
 
@@ -77,7 +77,7 @@ def check_min_dim(min_dim: int, allow_drop_field: bool) -> None:
 
 @dataclass(frozen=True)
 class GateConfig:
-    """Configuration of the instance-wise gates and their regularisers.
+    """Configuration of the instance-wise gates and their regularizers.
 
     Args:
         relaxation: ``"hard_concrete"`` (Louizos et al. 2018) or ``"gaussian"`` (STG, Yamada et al. 2020).
@@ -93,7 +93,7 @@ class GateConfig:
         dual_lr: step size of the dual ascent on the multiplier.
         budget_penalty: weight rho of the damping term ``rho/2 (share - budget)^2`` of the augmented
             Lagrangian (see :class:`BudgetController`); 0 gives plain (two-sided) dual ascent.
-        polarization_weight: weight of the bi-polarisation term ``mean p (1 - p)``.
+        polarization_weight: weight of the bi-polarization term ``mean p (1 - p)``.
         weight_by_vocab: weight each field's dimensions by its vocabulary size in the sparsity term.
         init_open_logit: initial bias of the gate logits (positive: gates start mostly open).
         sigma: noise scale of the Gaussian stochastic gate.
@@ -186,7 +186,7 @@ class BudgetController(nn.Module):
         return float(self.lam.item())
 
     def loss_terms(self, prob: Tensor) -> dict[str, Tensor]:
-        """Regularisation terms for gate open-probabilities ``prob`` of shape ``(B, F, D)``.
+        """Regularization terms for gate open-probabilities ``prob`` of shape ``(B, F, D)``.
 
         Returns ``sparsity`` (``sparsity_weight * share`` without a budget, the augmented Lagrangian above
         with one), ``polarization = polarization_weight * polarization(p)``, ``share`` (the expected
@@ -220,7 +220,7 @@ class BudgetController(nn.Module):
 class GateOutput(NamedTuple):
     """What the gates return; all of shape ``(B, F, D)``.
 
-    ``mask``: z in [0, 1] (binary in eval mode); ``prob``: P(z > 0), used by every regulariser and
+    ``mask``: z in [0, 1] (binary in eval mode); ``prob``: P(z > 0), used by every regularizer and
     statistic; ``logits``: the gate network's raw output ``a``.
     """
 
@@ -236,7 +236,7 @@ def hard_concrete_prob(logits: Tensor, temperature: float | Tensor) -> Tensor:
 
 def hard_concrete_sample(logits: Tensor, temperature: float | Tensor,
                          generator: torch.Generator | None = None) -> Tensor:
-    """A reparameterised hard-concrete sample in [0, 1] (Louizos et al. 2018, eqs. 9-10)."""
+    """A reparameterized hard-concrete sample in [0, 1] (Louizos et al. 2018, eqs. 9-10)."""
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
     u = u.clamp(_U_EPS, 1.0 - _U_EPS)
     s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + logits) / temperature)
@@ -336,7 +336,7 @@ class InstanceGates(nn.Module):
                              training=use_batch_stats, eps=self.norm.eps)
         a = self.out(torch.relu(self.hidden(x)))  # (B, F*D)
         # Bounded in value, straight-through in gradient: p never rounds to exactly 0 or 1, so the
-        # regularisers can always move a gate, and a logit past the bound still gets its gradient.
+        # regularizers can always move a gate, and a logit past the bound still gets its gradient.
         a = a + (a.clamp(-LOGIT_BOUND, LOGIT_BOUND) - a).detach()
         return a.view(batch, self.num_fields, self.dim)  # (B, F, D)
 
@@ -377,7 +377,7 @@ class InstanceGates(nn.Module):
         _, p = self._finish(self._prob(a), self._prob(a))
         return (p >= 0.5).to(p.dtype)
 
-    # -- regularisers (delegated to the controller, whose lambda is in this module's state_dict) ------
+    # -- regularizers (delegated to the controller, whose lambda is in this module's state_dict) ------
     def loss_terms(self, prob: Tensor) -> dict[str, Tensor]:
         """``sparsity``, ``polarization``, ``share``, ``total``: see :meth:`BudgetController.loss_terms`."""
         return self.controller.loss_terms(prob)

@@ -102,7 +102,7 @@ def test_absent_groups_get_no_gradient(dm, backbone: str) -> None:
     assert trainable == {id(p) for p in grouped.parameters() if p.requires_grad}
     assert not any(id(p) in trainable for p in grouped.backbone.parameters() if not p.requires_grad)
     before = {k: v.clone() for k, v in grouped.state_dict().items()}
-    loss = grouped.training_step(batch, 0)                                     # BCE + the regulariser
+    loss = grouped.training_step(batch, 0)                                     # BCE + the regularizer
     loss.backward()
     assert sorted(grouped.last_groups.unique().tolist()) == [0, 2]
     assert all(p.grad is None for p in grouped.group_params[1].parameters())

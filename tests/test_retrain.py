@@ -143,14 +143,14 @@ def test_warm_start_copies_the_first_columns_and_the_router(dm) -> None:
         routed_module(dm).warm_start({k: v for k, v in state.items() if not k.startswith("gates.")})
 
 
-def test_regularisation_reaches_the_narrowed_tables(dm) -> None:
+def test_regularization_reaches_the_narrowed_tables(dm) -> None:
     module = routed_module(dm)
-    regularised = {id(p[1] if isinstance(p, tuple) else p)
+    regularized = {id(p[1] if isinstance(p, tuple) else p)
                    for params, _, _ in module.backbone.model.regularization_weight for p in params}
     tables = [module.backbone.model.embedding_dict[f].weight for f in dm.schema.embedded_fields]
-    assert all(id(t) in regularised for t in tables)
+    assert all(id(t) in regularized for t in tables)
     owned = {id(p) for p in module.parameters()}
-    assert regularised <= owned                                 # no stale full-width table is regularised
+    assert regularized <= owned                                 # no stale full-width table is regularized
     # DeepCTR-Torch's l2_reg_embedding=1e-5 on the (narrowed) tables: scaling C8's 7x2 table by 3 adds
     # 1e-5 * 8 * ||C8||^2 to the loss.
     with torch.no_grad():

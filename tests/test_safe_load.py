@@ -75,7 +75,7 @@ def test_init_from_and_warm_start_loads_refuse_a_crafted_checkpoint_without_runn
     path = _crafted(tmp_path, "supernet.ckpt", {"state_dict": {"backbone.x": _Payload(target)}, "epoch": 3})
     search = SearchModule(schema, vocab, dim=4, dnn_hidden_units=(4,))
     before = {k: v.clone() for k, v in search.state_dict().items()}
-    with pytest.raises(ValueError, match=r"supernet.ckpt' is not a checkpoint to initialise the backbone from "
+    with pytest.raises(ValueError, match=r"supernet.ckpt' is not a checkpoint to initialize the backbone from "
                                          r"\(it holds objects other than tensors"):
         search.init_backbone_from(str(path))
     assert not target.exists()

@@ -24,7 +24,7 @@ class BestSearchedCheckpoint(ModelCheckpoint):
     Args:
         dirpath: folder of the checkpoint.
         filename: its name without ``.ckpt``.
-        monitor: the validation metric to maximise.
+        monitor: the validation metric to maximize.
     """
 
     def __init__(self, dirpath: str | Path, filename: str = "best", monitor: str = "val_auc") -> None:

@@ -6,7 +6,7 @@ retrained models (one per group, section 2.3 of DESIGN.md) can each use the fiel
 asked for. This module does the grouping and the per-group dimensions, and nothing else:
 
 * :class:`MiniBatchKMeans` is mini-batch k-means (Sculley 2010, "Web-scale k-means clustering", WWW:
-  per-center learning rate ``1 / count``) with greedy k-means++ initialisation on a reservoir sample
+  per-center learning rate ``1 / count``) with greedy k-means++ initialization on a reservoir sample
   (Arthur & Vassilvitskii 2007, "k-means++: The Advantages of Careful Seeding", SODA). It is plain
   torch so it streams over data larger than memory and runs on the device of its inputs.
 * :func:`assign_dims` turns each group's histogram of active-gate counts per field into a dimension,

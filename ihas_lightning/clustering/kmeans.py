@@ -232,7 +232,7 @@ class MiniBatchKMeans:
         return self
 
     def partial_fit(self, x: Tensor) -> MiniBatchKMeans:
-        """Update on one batch ``(n, d)`` (cut into ``batch_size`` pieces); initialises on it if unfitted.
+        """Update on one batch ``(n, d)`` (cut into ``batch_size`` pieces); initializes on it if unfitted.
 
         No re-seeding here: a pass over the data is what tells an empty cluster from an unlucky batch.
         """

@@ -55,7 +55,7 @@ class ClusterConfig:
         iterations: number of mini-batch updates (passes over the stream repeat until this many).
         seed: seeds every random choice (reservoir samples, k-means++), so a run is reproducible.
         quantile: statistic of the members' active-gate counts that sets a group's field dimension;
-            0.5 is the median. Higher values favour the members that use more dimensions.
+            0.5 is the median. Higher values favor the members that use more dimensions.
 
     Example:
         >>> ClusterConfig(k=None, k_candidates=(2, 4), candidate_dims=(0, 4, 8, 16)).k_candidates

@@ -28,7 +28,7 @@ class SearchModule(CTRModule):
 
     For ``warmup_epochs`` the plain backbone trains (the prototype lost AUC when the gates started at step
     0); then every sample's (B, F, D) embeddings are multiplied by its gate mask before any branch of the
-    backbone sees them. The loss adds the gates' sparsity (towards ``budget``) and bi-polarisation terms,
+    backbone sees them. The loss adds the gates' sparsity (towards ``budget``) and bi-polarization terms,
     scaled by ``regularizer_scale`` (set by :class:`~ihas_lightning.callbacks.RegularizerWarmup`).
 
     Args:

@@ -4,8 +4,8 @@ Each trial picks a candidate from :mod:`~ihas_lightning.pim.search_space`, score
 trained supernet's inherited weights (validation AUC; the validation batches are read once per process, so
 a trial costs well under a second on CTR data of this size) and its cost with the analytic
 :func:`~ihas_lightning.pim.estimate` against the baseline: the full supernet (every field at the full
-dimension, full DNN widths) served host-only in fp32 at the same batch size. Objectives: maximise AUC,
-minimise ``latency_ratio``, minimise ``energy_ratio``; ``flops_ratio`` is recorded too.
+dimension, full DNN widths) served host-only in fp32 at the same batch size. Objectives: maximize AUC,
+minimize ``latency_ratio``, minimize ``energy_ratio``; ``flops_ratio`` is recorded too.
 
 Constraints (``trial.set_constraint``, Optuna 5; a trial is feasible when every value is <= 0):
 ``capacity`` (> 0 when the cost model finds the configuration infeasible: a table or unit over capacity, a
