@@ -47,13 +47,11 @@ FIGURES = ("test_auc", "test_logloss", "embedding_params", "flops_per_sample")
 PARAM_SHARE_LIMIT = 0.6
 
 # Per data set: where the data is and the options of `ihas run` (chosen on validation AUC only).
-# --prefix: nested gates. Retraining gives group c the *first* d[c, f] columns of each table; with independent
-# gates the searched network had learned to use other columns, and cutting it to prefixes dropped its
-# validation AUC from 0.7286 to 0.7038 on synthetic/DeepFM (seed 0) before any retraining; with nested
-# gates the cut costs 0.7344 -> 0.7333 and the retrained model's validation AUC rose from 0.7205 to 0.7299.
+# --prefix: nested gates. Retraining gives group c the *first* d[c, f] columns of each table, so the search
+# learns prefixes (docs/design.md#21-search-gates).
 # --budget 0.6: the search's target share. The stored share (tables at their widest group's width) is then
-# cut to at most 0.6 by fit_dims_to_budget, and usually lands lower. On synthetic/DeepFM seed 0 (4 retraining
-# epochs, lr 3e-3) budget 0.6 gave validation AUC 0.7397 vs 0.7326 with 0.5, at the same stored share (47%).
+# cut to at most 0.6 by fit_dims_to_budget, and usually lands lower
+# (docs/design.md#42-retraining-schedule-and-starting-point).
 # --budget-fit: `loss` (the default) on synthetic data and Avazu, `gates` on MovieLens and Criteo, chosen on the
 # retrained models' validation AUC (figures in NOTES).
 COMMON = ["--k", "4", "--budget", "0.6", "--prefix", "--quiet", "--threads", "1"]

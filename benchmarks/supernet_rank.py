@@ -63,8 +63,8 @@ def draw_subnets(module: SupernetModule, config: SupernetConfig, n: int, seed: i
     candidates.sort(key=lambda s: (s.embedding_params(vocab), s.dims, s.widths))
     shares = np.array([s.embedding_params(vocab) / full for s in candidates])
     chosen: list[SubArchitecture] = []
-    # Log-spaced budgets: AUC changes most between tiny budgets, and barely among large ones (DESIGN.md 2.3:
-    # uniform dims 1-16 differ by ~0.003 AUC on MovieLens), where ranks are set by seed noise.
+    # Log-spaced budgets: AUC changes most between tiny budgets, and barely among large ones, where ranks are
+    # set by seed noise (see docs/design.md#5-supernet-sampling).
     for target in np.geomspace(max(shares.min(), 1e-4), shares.max(), n):
         order = np.argsort(np.abs(shares - target), kind="stable")
         chosen.append(next(candidates[i] for i in order if candidates[i] not in chosen))

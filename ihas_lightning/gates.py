@@ -20,6 +20,8 @@ Two relaxations of the Bernoulli gate are offered (``GateConfig.relaxation``):
 
 Throughout, ``prob = P(z > 0)`` is *the* open-probability: regularizers, statistics and the deterministic
 evaluation mask ``z = 1[prob >= 0.5]`` all use it. With prefix gates ``prob`` is the cumulative product.
+
+See docs/design.md#21-search-gates.
 """
 
 from __future__ import annotations
@@ -84,8 +86,8 @@ class GateConfig:
         hidden: width of the gate network's hidden layer.
         temperature: initial hard-concrete temperature tau (2/3 as in Louizos et al.); a callback anneals it.
         prefix: nested gates; dimension k is open only if dimensions < k are, so a mask is a dimension size.
-        min_dim: the first ``min_dim`` dimensions of every field are always open (the prototype lost 0.015
-            AUC when the item-id field was dropped entirely). 0 requires ``allow_drop_field=True``.
+        min_dim: the first ``min_dim`` dimensions of every field are always open, so no field is dropped
+            entirely (see docs/design.md#21-search-gates). 0 requires ``allow_drop_field=True``.
         allow_drop_field: permit a field to lose all of its dimensions (only matters with ``min_dim=0``).
         budget: target expected share of the uniform model's embedding parameters, in (0, 1]; the sparsity
             multiplier is then adapted by dual ascent. ``None``: a fixed multiplier ``sparsity_weight``.
@@ -147,15 +149,11 @@ class BudgetController(nn.Module):
     so the gradient on the gates is ``(lambda + budget_penalty * (share - budget)) d share``: an integral
     plus a proportional term, as in PID Lagrangian control (Stooke, Achiam & Abbeel 2020).
 
-    Why not the plain projected ascent ``lambda <- max(0, lambda + dual_lr * (share - budget))``: on the
-    toy of ``tests/test_gates.py`` (16 runs: 2 relaxations x 2 seeds x 2 Adam learning rates x uniform or
-    vocabulary-weighted costs, 400 steps) the integral term lags, the gates overshoot below the budget,
-    ``lambda`` drops to 0 and closed hard-concrete gates (``z == 0`` exactly, so no task gradient) never
-    reopen: 12 of 16 runs ended more than 0.08 below the budget (worst 0.26 for a budget of 0.5). With
-    the damping term and a ``lambda`` allowed to go negative (rewarding open gates when the share is
-    below target, so the budget is a *target*, as DESIGN.md's ``|E - target|`` says) all 16 ended within
-    0.06 of it. ``lambda`` starts at ``config.sparsity_weight``. With ``budget=None`` the term is the
-    plain, fixed L0 penalty ``sparsity_weight * share`` and :meth:`update` does nothing.
+    ``lambda`` may go negative, rewarding open gates while the share is below the budget: the budget is a
+    target, not a ceiling. The damping term and the signed ``lambda`` keep closed hard-concrete gates from
+    overshooting below it for good (see docs/design.md#22-search-budget-and-regularizers). ``lambda`` starts
+    at ``config.sparsity_weight``. With ``budget=None`` the term is the plain, fixed L0 penalty
+    ``sparsity_weight * share`` and :meth:`update` does nothing.
 
     ``lambda`` is a buffer, so it is saved in ``state_dict`` and a resumed run continues exactly.
 

@@ -11,6 +11,8 @@ cost parameters, so :func:`expected_param_share` counts them, but they are no de
 
 These are pure functions; the gates' adaptive sparsity multiplier that combines them,
 :class:`ihas_lightning.gates.BudgetController`, lives with the gates.
+
+See docs/design.md#22-search-budget-and-regularizers.
 """
 
 from __future__ import annotations
@@ -74,10 +76,9 @@ def polarization(prob: Tensor, min_dim: int = 0, settled: float = POLARIZATION_S
     bi-polarization objective, Yu et al. 2023). Returns 0 when no gate is a decision.
 
     The value is exact, but a gate with ``p < settled`` or ``p > 1 - settled`` gets no gradient from
-    this term: its gradient ``(1 - 2p) p (1 - p)`` is tiny there yet always pushes outwards, and Adam
-    rescales tiny gradients to full steps, so without the dead zone the gate logits run away until
-    ``sigmoid`` rounds ``p`` to exactly 1 in float32 and no loss can close the gate again (seen on a toy:
-    logits 3 -> 29 in 100 Adam steps, after which a budget multiplier of 10 closed nothing).
+    this term (a dead zone): there its gradient is tiny yet always points outwards, and Adam would rescale
+    it to full steps until no loss could move the gate again. See
+    docs/design.md#22-search-budget-and-regularizers.
     """
     _check_3d(prob, "prob")
     free = prob[..., min_dim:]  # (B, F, D - min_dim)

@@ -14,7 +14,7 @@ no sub-architecture applied, the masks are not in the graph at all and the super
 
 :class:`SupernetMasks` installs the masks on a :class:`~ihas_lightning.backbones.CTRBackbone` (through its
 ``embedding_transform`` and forward hooks on the DNN's activation layers); the training-time sampling
-schedule lives in :class:`~ihas_lightning.callbacks.SupernetSampler`.
+schedule lives in :class:`~ihas_lightning.callbacks.SupernetSampler`. See docs/design.md#5-supernet-sampling.
 
 Example:
     >>> masks = SupernetMasks(backbone, SupernetConfig(dim_choices=(2, 4, 8, 16)))

@@ -16,8 +16,7 @@ class RegularizerWarmup(GatedStepSchedule):
     """Scale the sparsity and bi-polarization terms from ``start`` to 1 over ``steps`` gated steps.
 
     Full regularization from the first gated step closes gates before the gate network has learned which
-    samples need which dimensions (DESIGN.md section 2.1: a large raw multiplier closed every gate within
-    one epoch).
+    samples need which dimensions. See docs/design.md#23-search-schedule.
 
     Args:
         steps: gated training steps to reach full weight.

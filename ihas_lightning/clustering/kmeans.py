@@ -177,10 +177,10 @@ class MiniBatchKMeans:
     def _init(self, sample: Tensor) -> None:
         """Best of ``n_init`` k-means++ seedings, each refined by Lloyd steps on the sample.
 
-        One seeding can put two centers in one planted group and one center across two (seen on a 4-group
-        toy); keeping the seeding of lowest sample inertia, as scikit-learn's ``n_init`` does, and refining
-        it on the in-memory sample (Bradley & Fayyad 1998, "Refining Initial Points for K-Means
-        Clustering") avoids most of that for the price of a few passes over ``init_size`` rows.
+        One seeding can put two centers in one group and one center across two; keeping the seeding of
+        lowest sample inertia, as scikit-learn's ``n_init`` does, and refining it on the in-memory sample
+        (Bradley & Fayyad 1998, "Refining Initial Points for K-Means Clustering") avoids most of that for
+        the price of a few passes over ``init_size`` rows. See docs/design.md#31-clustering-grouping-the-masks.
         """
         best, best_inertia = None, math.inf
         for _ in range(self.n_init):

@@ -46,8 +46,8 @@ class ClusterConfig:
         k_candidates: the K tried when ``k`` is None, strictly increasing, each >= 2.
         candidate_dims: the dimensions a group's field may get, strictly increasing. Values above the
             backbone's ``D`` are ignored and ``D`` itself is always allowed, so a field can keep full width.
-        min_dim: a group's field never gets fewer dimensions than this (the prototype lost 0.015 AUC when
-            the item-id field was dropped), unless ``allow_drop_field`` and the statistic is 0.
+        min_dim: a group's field never gets fewer dimensions than this, unless ``allow_drop_field`` and the
+            statistic is 0 (see docs/design.md#32-clustering-per-group-dimensions).
         allow_drop_field: a group may drop a field (dimension 0) when its typical member uses none of it.
         feature: what k-means runs on: the flattened binary masks (``"mask"``) or the masked embeddings
             ``e * z`` (``"masked_embedding"``), both of width ``F * D``.

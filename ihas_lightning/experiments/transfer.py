@@ -1,4 +1,4 @@
-"""Transferability (DESIGN.md section 2.6): a run's searched groups and dimensions on other backbones.
+"""Transferability: a run's searched groups and dimensions on other backbones.
 
 A run searched on backbone A. For every target backbone B this retrains A's groups (the searched router and
 the per-group dimensions) on B, and trains B at a uniform dimension (16 by default) and at the uniform
@@ -17,7 +17,7 @@ Schedule. Except on the searched backbone itself (where the groups warm-start fr
 starting point competes with the fine-tuning's epochs, as in ``ihas run``), the retrained groups start from
 fresh weights, so they get the uniform baselines' schedule (``baseline_epochs`` at ``lr``) rather than the
 short fine-tuning schedule of ``ihas run``: all three variants of a target then train equally long from
-scratch, and differ only in their dimensions.
+scratch, and differ only in their dimensions. See docs/design.md#7-transferability.
 """
 
 from __future__ import annotations

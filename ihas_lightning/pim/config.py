@@ -3,6 +3,7 @@
 Every number below is a named constant with where it comes from.  "ASSUMPTION" marks numbers we chose
 (no public figure for exactly this quantity); "CALIBRATED" marks numbers chosen so that the analytic model
 reproduces a published end-result (documented at the constant).  The cost model lives in ``cost_model``.
+See docs/design.md#6-pim-co-design.
 """
 from __future__ import annotations
 

@@ -34,6 +34,7 @@ synchronization and scheduling detail beyond a fixed per-batch overhead, inter-u
 unit, DMA splitting of rows larger than one transfer, row alignment, int8 per-row scale/bias, first-order
 (linear) logits, biases and activations, DNN weight traffic, data layout/transposition costs, and power
 management.  Several device constants are our assumptions or calibrations; see ``config``.
+See docs/design.md#6-pim-co-design.
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ storage, sharing the trials. Running again continues the same study (``load_if_e
 raises is recorded as FAIL with its error in ``user_attrs["error"]``, and the study goes on.
 
 Precision is part of the accuracy too: fp16 and int8 (symmetric, per-row scale) trials are scored with the
-embedding tables rounded to that precision (:func:`quantized_tables`).
+embedding tables rounded to that precision (:func:`quantized_tables`). See docs/design.md#6-pim-co-design.
 """
 
 from __future__ import annotations
@@ -219,8 +219,9 @@ def make_storage(url: str, heartbeat_s: int | None = 30) -> optuna.storages.Base
 
 def _sqlite_connection(path: str) -> sqlite3.Connection:
     """SQLite in WAL mode with synchronous=NORMAL: several local worker processes read while one writes, and a
-    commit does not wait for an fsync (about 3x faster trials here; safe against a crashed process, only a
-    power cut can lose the last commits). The 60 s timeout rides out other workers' write locks."""
+    commit does not wait for an fsync (safe against a crashed process; only a power cut can lose the last
+    commits). The 60 s timeout rides out other workers' write locks. See docs/design.md#9-engineering-measurements.
+    """
     connection = sqlite3.connect(path, timeout=60, check_same_thread=False)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")

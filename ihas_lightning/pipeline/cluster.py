@@ -38,14 +38,9 @@ def _prefix_logloss(module: SearchModule, dm: CTRDataModule, result: ClusterResu
     """Validation logloss of the searched backbone when every row, in the group the clustering gives it,
     keeps the first ``dims[c, f]`` columns of each field: what ``--budget-fit loss`` narrows by.
 
-    Why the loss and not the gates: the search prices a gate by its field's vocabulary, so the gates of small
-    noise fields stay open for free while a large field's gates close under pressure; counting open gates
-    then cut a large, informative field first (synthetic data: field A, rank-8 signal, to 4 dimensions while
-    pure-noise fields kept 16). The groups stay as the searched tables route them. The retraining routes on
-    its narrowed tables, which sent 0-66% of validation rows to another group in the quality runs checked
-    (Avazu most); re-centering the router on narrowed-table masks lowered the retrained validation AUC on 4
-    of 4 Avazu runs, so it was left out. It reads the validation split (at most ``max_rows`` rows), as
-    ``--k 0`` does to choose K.
+    The groups stay as the searched tables route them (the router is not re-centered on narrowed-table
+    masks). It reads the validation split (at most ``max_rows`` rows), as ``--k 0`` does to choose K. Why
+    the loss and not the gates: see docs/design.md#33-clustering-fitting-the-budget.
     """
     batches, groups, rows = [], [], 0
     with torch.no_grad():
