@@ -24,7 +24,7 @@ from ihas_lightning.pipeline import unsettled_gates
 from ihas_lightning.data.loader import to_batch
 from ihas_lightning.data.synthetic import SyntheticCTR
 from ihas_lightning.modules import SearchModule
-from _search_fixtures import (  # noqa: E402  (tests/ is on sys.path: pytest's rootdir-relative import)
+from _search_fixtures import (  # tests/ is on sys.path: pytest's rootdir-relative import
     STEPS_PER_EPOCH, schedule_callbacks, tiny_datamodule, tiny_search, tiny_trainer, weights_of,
 )
 
