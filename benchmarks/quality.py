@@ -47,13 +47,11 @@ FIGURES = ("test_auc", "test_logloss", "embedding_params", "flops_per_sample")
 PARAM_SHARE_LIMIT = 0.6
 
 # Per data set: where the data is and the options of `ihas run` (chosen on validation AUC only).
-# --prefix: nested gates. Retraining gives group c the *first* d[c, f] columns of each table; with independent
-# gates the searched network had learned to use other columns, and cutting it to prefixes dropped its
-# validation AUC from 0.7286 to 0.7038 on synthetic/DeepFM (seed 0) before any retraining; with nested
-# gates the cut costs 0.7344 -> 0.7333 and the retrained model's validation AUC rose from 0.7205 to 0.7299.
+# --prefix: nested gates. Retraining gives group c the *first* d[c, f] columns of each table, so the search
+# learns prefixes (docs/design.md#21-search-gates).
 # --budget 0.6: the search's target share. The stored share (tables at their widest group's width) is then
-# cut to at most 0.6 by fit_dims_to_budget, and usually lands lower. On synthetic/DeepFM seed 0 (4 retraining
-# epochs, lr 3e-3) budget 0.6 gave validation AUC 0.7397 vs 0.7326 with 0.5, at the same stored share (47%).
+# cut to at most 0.6 by fit_dims_to_budget, and usually lands lower
+# (docs/design.md#42-retraining-schedule-and-starting-point).
 # --budget-fit: `loss` (the default) on synthetic data and Avazu, `gates` on MovieLens and Criteo, chosen on the
 # retrained models' validation AUC (figures in NOTES).
 COMMON = ["--k", "4", "--budget", "0.6", "--prefix", "--quiet", "--threads", "1"]
@@ -170,7 +168,7 @@ def _mean_std(values: list[float]) -> dict:
             "values": values}
 
 
-def summarise(runs: list[dict]) -> dict:
+def summarize(runs: list[dict]) -> dict:
     summary = {}
     for name, key, _ in VARIANTS:
         summary[name] = {fig: _mean_std([r[key][fig] for r in runs]) for fig in FIGURES}
@@ -303,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict:
                 runs = [done[(d, b, s)] for s in range(args.seeds) if (d, b, s) in done]
                 if runs:
                     cells.append({"dataset": d, "backbone": b, "command": run_args(d, b, 0, "DIR", list(extra)),
-                                  "seeds_done": [r["seed"] for r in runs], "summary": summarise(runs),
+                                  "seeds_done": [r["seed"] for r in runs], "summary": summarize(runs),
                                   "runs": runs})
         results = {"benchmark": "quality", "created": now_iso(), "seeds": args.seeds, "jobs": args.jobs,
                    "seconds": time.perf_counter() - start, "machine": machine_info(), "cells": cells,

@@ -20,7 +20,8 @@ __all__ = ["BUDGET_FITS", "ClusterOptions", "RetrainConfig", "RunConfig", "Searc
            "parse_ints", "parse_widths"]
 
 BUDGET_FITS = ("auto", "loss", "gates")
-"""How the cluster stage narrows the shared tables to the budget: measured validation logloss, or open gates."""
+"""How the cluster stage narrows the shared tables to the budget: measured validation logloss, open gates, or
+both with the better kept on validation AUC (see docs/design.md#33-clustering-fitting-the-budget)."""
 
 
 def parse_widths(text: str) -> tuple[int, ...]:

@@ -41,8 +41,8 @@ def add_trainer_arguments(parser: argparse.ArgumentParser, epochs: int = 3) -> N
     group.add_argument("--out", default="runs/default", help="run directory")
     group.add_argument("--quiet", action="store_true", help="no progress bar")
     group.add_argument("--threads", type=int, default=1,
-                       help="CPU threads for torch (default 1: CTR models this small gain little from more, and "
-                            "two threads on a busy 2-core machine ran 6x slower here); 0 = torch's default")
+                       help="CPU threads for torch (default 1: CTR models this small gain little from more; see "
+                            "docs/design.md#9-engineering-measurements); 0 = torch's default")
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:

@@ -58,9 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run = subparsers.add_parser("run", help="search -> cluster -> retrain, and the uniform baselines",
                                 description=__doc__)
     add_run_arguments(run, epochs=5)
-    # Retraining keeps each table's first d[c, f] columns, so the search should learn prefixes: with
-    # independent gates, cutting the searched network to its groups' first columns dropped validation AUC
-    # from 0.7286 to 0.7038 (synthetic, DeepFM); with nested gates the retrained model reached 0.7299.
+    # Retraining keeps each table's first d[c, f] columns, so the search learns prefixes (nested gates):
+    # see docs/design.md#21-search-gates.
     run.set_defaults(handler=run_command, prefix=True)
     for name, handler, text in (("cluster", _run_cluster, "cluster the searched masks of a run"),
                                 ("retrain", _run_retrain, "retrain a run's groups (optionally on another backbone)")):
