@@ -62,7 +62,8 @@ def build_retrain_module(run: RunDirectory, config: RunConfig, dm: CTRDataModule
     module = RetrainModule(dm.schema, dm.vocab_sizes, group_dims=clusters.dims.tolist(),
                            centroids=clusters.centroids.tolist(), gate=dict(search.hparams.gate),
                            group_dense=config.retrain.group_dense,
-                           config=replace(config.model, backbone=backbone, dim=search.hparams.dim, lr=config.retrain.lr))
+                           config=replace(config.model, backbone=backbone, dim=search.hparams.dim,
+                                          lr=config.retrain.lr))
     # Another backbone (transfer): fresh dense layers; the searched tables and router, so that routing holds.
     same_backbone = backbone == search.hparams.backbone
     init_from = config.retrain.init_from if same_backbone else None

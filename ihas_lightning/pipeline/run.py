@@ -80,8 +80,8 @@ def collect_metrics(run: RunDirectory, config: RunConfig) -> dict:
     metrics = {
         "dataset": config.data.data, "format": config.data.format, "backbone": config.model.backbone,
         "baseline": {k: run.metrics("baseline").get(k) for k in (*keep, "dim")},
-        "ihas": {**{k: retrain.get(k) for k in keep}, "groups": retrain["groups"], "group_sizes": retrain["group_sizes"],
-                 "dims": retrain["dims"]},
+        "ihas": {**{k: retrain.get(k) for k in keep}, "groups": retrain["groups"],
+                 "group_sizes": retrain["group_sizes"], "dims": retrain["dims"]},
         "search": {"val_auc": search["val_auc"], "mean_active_dims": search["mean_active_dims"],
                    "distinct_masks": search["distinct_masks"]},
         "seconds": {name: run.metrics(name).get("seconds") for name in ("search", "cluster", "retrain", "baseline")},
