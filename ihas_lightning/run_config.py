@@ -207,7 +207,8 @@ class RunConfig:
         return cls(
             out=get("out", "runs/default"),
             data=DataConfig(data=get("data", "synthetic"), format=get("format"), schema=get("schema"),
-                            test=get("test"), rows=get("rows", 60_000), seed=get("seed", 0),
+                            test=get("test"), rows=get("rows", 60_000),
+                            seed=get("seed", 0) if get("split_seed") is None else get("split_seed"),
                             min_count=get("min_count", 1), batch_size=get("batch_size", 1024),
                             cache_dir=get("cache_dir")),
             model=BackboneConfig(backbone=get("backbone", "DeepFM"), dim=get("dim", 16),

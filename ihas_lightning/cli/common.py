@@ -23,7 +23,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--rows", type=int, default=60_000, help="rows of synthetic data (default 60000)")
     group.add_argument("--min-count", type=int, default=1, help="rarer categories map to the OOV id")
     group.add_argument("--batch-size", type=int, default=1024)
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--seed", type=int, default=0, help="seeds the split and every model's initialization")
+    group.add_argument("--split-seed", type=int, default=None,
+                       help="seeds the train/val/test split instead (default: --seed), so that several --seed "
+                            "values train on one fixed split")
     group.add_argument("--cache-dir", default=None, help="encoded-data cache (default ~/.cache/ihas_lightning)")
 
 
