@@ -15,6 +15,7 @@ from ..data.datamodule import CTRDataModule
 from ..model import IHASModel
 from ..modules import BackboneModule, RetrainModule
 from ..run_config import RunConfig
+from ..safe_load import load_checkpoint_state
 from ..supernet import SubArchitecture, flops_per_sample
 from .run_directory import RunDirectory
 from .search import load_searched_module
@@ -41,11 +42,11 @@ def stage_retrain(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None
     # Another backbone (transfer): fresh dense layers; the searched tables and router, so that routing holds.
     same_backbone = backbone == search.hparams.backbone
     init_from = config.retrain.init_from if same_backbone else None
-    backbone_state = torch.load(init_from, map_location="cpu", weights_only=False)["state_dict"] if init_from else None
+    backbone_state = load_checkpoint_state(init_from, "a checkpoint to retrain from") if init_from else None
     module.warm_start(search.state_dict(), tables_only=not same_backbone, backbone_state=backbone_state)
     trainer = training.make_trainer(config.trainer, run.stage(stage), max_epochs=config.retrain.epochs)
     scores = training.fit_and_test(module, dm, trainer, ckpt_path=run.resume_path(stage), start_competes=True)
-    kept = torch.load(trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=False, mmap=True)
+    kept = torch.load(trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=True, mmap=True)
     share = _group_share(module, dm)
     model = IHASModel(module, dm.encoder, group_share=share)
     model.save(run.stage(stage) / "ihas_model.pt")
