@@ -19,8 +19,7 @@ def read_json(path: str | Path, what: str = "a JSON file") -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"'{path}' is not valid JSON ({what}): {error.msg} at line {error.lineno} column "
-                         f"{error.colno}") from None
+        raise ValueError(f"'{path}' is not valid JSON ({what}): {error}") from None
 
 
 def read_json_object(path: str | Path, what: str = "a JSON file") -> dict[str, Any]:

@@ -77,6 +77,9 @@ class RunDirectory:
         if not path.exists():
             raise FileNotFoundError(f"'{self.root}' is not a run directory (no run.json): start it with `ihas run`")
         saved = read_json_object(path, "a run's configuration")
+        if not saved:
+            raise ValueError(f"'{path}' (a run's configuration) is empty: restore it, or start the run over with "
+                             "`ihas run --restart`")
         recorded_root = saved.pop(_ROOT_KEY, None)
         try:
             config = RunConfig.from_dict(saved)
