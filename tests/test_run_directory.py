@@ -35,12 +35,18 @@ def test_start_stores_absolute_paths_resolved_from_the_current_folder(tmp_path: 
 def test_other_result_options_are_refused_and_nothing_changes(tmp_path: Path) -> None:
     run = RunDirectory(tmp_path)
     first = run.start(_config(tmp_path))
+    (tmp_path / "retrain_DCN").mkdir()                         # a stage begun: the options it depends on are set
     before = (tmp_path / "run.json").read_bytes()
     other = replace(first, retrain=RetrainConfig(epochs=7), data=replace(first.data, seed=4))
     with pytest.raises(ValueError, match=r"other options \(--seed 0 -> 4; --retrain-epochs 2 -> 7\); its results "
                                          r"would be relabelled: use a new --out, or --restart"):
         run.start(other)
     assert (tmp_path / "run.json").read_bytes() == before
+    (tmp_path / "retrain_DCN").rmdir()
+    (tmp_path / "search").mkdir()                              # the retraining not begun: its options may change
+    with pytest.raises(ValueError, match=r"other options \(--seed 0 -> 4\);"):
+        run.start(other)
+    assert run.start(replace(first, retrain=RetrainConfig(epochs=7))).retrain.epochs == 7
     # how it runs may change: threads, quiet, cache, devices, extra stages
     execution = replace(first, trainer=TrainerConfig(threads=4, quiet=True, devices=2, accelerator="cpu"),
                         data=replace(first.data, cache_dir=str(tmp_path / "c")), separate=True)

@@ -111,12 +111,13 @@ class RunDirectory:
         """Make the folder the run of ``config`` (paths made absolute): write ``run.json`` for a new folder,
         check a finished or interrupted one is the same run, or with ``restart`` clear its stages first.
 
-        A folder whose ``run.json`` holds other result options raises a ValueError naming them, and nothing
-        in it changes. Returns the config as written.
+        A folder whose ``run.json`` holds other result options for a stage already started raises a ValueError
+        naming them, and nothing in it changes (an option of a stage not yet begun may change: see
+        ``option_differences``). Returns the config as written.
         """
         config = absolute_paths(config)
         if (self.root / "run.json").exists() and not restart:
-            differences = option_differences(self.load_config(), config)
+            differences = option_differences(self.load_config(), config, self.started())
             if differences:
                 raise ValueError(f"'{self.root}' holds a run with other options ({'; '.join(differences)}); its "
                                  "results would be relabelled: use a new --out, or --restart to clear its stages "
@@ -126,6 +127,12 @@ class RunDirectory:
         self.root.mkdir(parents=True, exist_ok=True)
         self.save_config(config)
         return config
+
+    def started(self) -> frozenset[str]:
+        """The run's stages that have a folder (finished or interrupted); ``retrain_*`` count as ``retrain``."""
+        return frozenset("retrain" if entry.name.startswith("retrain_") else entry.name
+                         for entry in self.root.iterdir() if entry.is_dir()
+                         and (entry.name in _RUN_STAGES or entry.name.startswith("retrain_")))
 
     def clear(self) -> None:
         """Remove the run's stages, ``metrics.json`` and ``run.json`` (see ``_RUN_STAGES``)."""

@@ -62,12 +62,34 @@ def _flag(name: str) -> str:
     return _FLAGS.get(name, "--" + name.rsplit(".", 1)[-1].replace("_", "-"))
 
 
-def option_differences(old: RunConfig, new: RunConfig) -> list[str]:
-    """``"--dim 16 -> 8"`` for every result option (see the module's doc) that differs, each flag once."""
+_AFTER_SEARCH = frozenset({"search", "cluster", "retrain", "separate", "baseline_matched"})
+_STAGES_OF = {  # the stages whose results a group of options shapes; any other option shapes every stage
+    "gate": _AFTER_SEARCH, "search": _AFTER_SEARCH, "trainer.epochs": _AFTER_SEARCH,
+    "cluster": frozenset({"cluster", "retrain", "separate", "baseline_matched"}),
+    "retrain": frozenset({"retrain", "baseline_matched"}),
+    "baseline_epochs": frozenset({"baseline", "baseline_matched", "separate"}),
+}
+
+
+def _shapes(name: str, started: frozenset[str] | None) -> bool:
+    """Whether option ``name`` shaped one of the ``started`` stages (None: every stage counts as started)."""
+    if started is None:
+        return True
+    stages = _STAGES_OF.get(name, _STAGES_OF.get(name.split(".")[0]))
+    return stages is None and bool(started) or bool(stages and started & stages)
+
+
+def option_differences(old: RunConfig, new: RunConfig, started: frozenset[str] | None = None) -> list[str]:
+    """``"--dim 16 -> 8"`` for every result option (see the module's doc) that differs, each flag once.
+
+    With ``started`` (the stages with a folder, finished or interrupted; ``retrain_<backbone>`` counts as
+    ``retrain``), an option that only shapes stages not yet started may change: e.g. ``--retrain-init-from``
+    on a run whose search and clustering are done and whose retraining has not begun.
+    """
     before, after = _flatten(old), _flatten(new)
     seen: dict[str, str] = {}
     for name, value in after.items():
-        if name in EXECUTION_OPTIONS or before.get(name) == value:
+        if name in EXECUTION_OPTIONS or before.get(name) == value or not _shapes(name, started):
             continue
         flag = _flag(name)
         seen.setdefault(flag, f"{flag} {_show(before.get(name))} -> {_show(value)}")
