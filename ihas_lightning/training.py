@@ -93,7 +93,7 @@ def fit_and_test(module: pl.LightningModule, dm: pl.LightningDataModule, trainer
     results = trainer.test(module, dm, ckpt_path=best or None, verbose=False)
     if not results:  # an empty test split (a small group of the separate-models variant): no test figures
         if best:      # but the module still ends with the best weights, as after a test
-            module.load_state_dict(torch.load(best, map_location=module.device, weights_only=False)["state_dict"])
+            module.load_state_dict(torch.load(best, map_location=module.device, weights_only=True)["state_dict"])
         return val
     return {**val, **{k: float(v) for k, v in results[0].items()}}
 

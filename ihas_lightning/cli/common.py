@@ -20,7 +20,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                        help="reader; guessed from --data when omitted")
     group.add_argument("--schema", default=None, help="schema file (JSON/YAML) for csv/tsv/parquet")
     group.add_argument("--test", default=None, help="separate test file; validation then comes from --data")
-    group.add_argument("--rows", type=int, default=60_000, help="rows of synthetic data (default 60000)")
+    group.add_argument("--rows", type=int, default=None,
+                       help="rows of synthetic data (default 60000); a data file is read whole: --rows with one "
+                            "is refused")
     group.add_argument("--min-count", type=int, default=1, help="rarer categories map to the OOV id")
     group.add_argument("--batch-size", type=int, default=1024)
     group.add_argument("--seed", type=int, default=0, help="seeds the split and every model's initialization")
@@ -50,7 +52,11 @@ def add_trainer_arguments(parser: argparse.ArgumentParser, epochs: int = 3) -> N
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     """The :class:`RunConfig` of a command's options (those it lacks keep ``ihas run``'s defaults)."""
-    return RunConfig.from_options({k: v for k, v in vars(args).items() if k not in ("handler", "command")})
+    config = RunConfig.from_options({k: v for k, v in vars(args).items() if k not in ("handler", "command")})
+    if getattr(args, "rows", None) is not None and not config.data.synthetic:
+        raise ValueError(f"--rows sets the size of synthetic data, and '{config.data.data}' is a file read whole: "
+                         "drop --rows (or take a sample of the file)")
+    return config
 
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

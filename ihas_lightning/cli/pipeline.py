@@ -52,6 +52,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
     add_trainer_arguments(parser, epochs=epochs)
     add_search_arguments(parser)
     add_pipeline_arguments(parser)
+    parser.add_argument("--restart", action="store_true",
+                        help="clear the stages of a run already in --out and start over (without it, a folder "
+                             "holding a run with other data, model or training options is refused)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,14 +80,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_command(args: argparse.Namespace) -> dict:
     """``ihas run`` (and ``ihas demo``): the whole pipeline, printing the search's table and the summary."""
     config = run_config_from_args(args)
-    metrics = run_pipeline(config, on_stage_done=lambda name, stage: print_search(stage, config))
+    metrics = run_pipeline(config, on_stage_done=lambda name, stage: print_search(stage, config),
+                           restart=args.restart)
     _print_summary(metrics, RunDirectory(config.out))
     return metrics
 
 
 def _run_cluster(args: argparse.Namespace) -> dict:
     run = RunDirectory(args.run)
-    metrics = stage_cluster(run, run.load_config(quiet=args.quiet))
+    config = run.load_config(quiet=args.quiet)
+    with run.lock("ihas cluster"):
+        metrics = stage_cluster(run, config)
     print(f"{metrics['k']} groups, sizes {metrics['group_sizes']}; dims: {metrics['dims']}")
     return metrics
 
@@ -96,7 +102,8 @@ def _run_retrain(args: argparse.Namespace) -> dict:
     if args.group_dense and not config.retrain.group_dense:
         config = replace(config, retrain=replace(config.retrain, group_dense=True))  # a stage beside the run's
         stage += "_group_dense"
-    metrics = stage_retrain(run, config, backbone=args.backbone, stage=stage)
+    with run.lock("ihas retrain"):
+        metrics = stage_retrain(run, config, backbone=args.backbone, stage=stage)
     print(f"retrained on {metrics['backbone']}: test AUC {metrics['test_auc']:.4f}, "
           f"embedding parameters {metrics['embedding_params']:,}")
     return metrics

@@ -172,7 +172,11 @@ class ClusterResult:
 
     @classmethod
     def load(cls, path: str | Path) -> ClusterResult:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"'{path}' is not a clustering result ({type(error).__name__}: {error}): remove its "
+                             "folder and rerun the command") from None
 
 
 def _json_float(value: float) -> float | None:

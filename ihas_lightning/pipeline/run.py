@@ -43,18 +43,23 @@ def matched_baseline_dim(embedding_params: int, vocab_sizes: dict[str, int]) -> 
     return max(1, round(embedding_params / embedding_rows(vocab_sizes)))
 
 
-def run_pipeline(config: RunConfig, on_stage_done: StageHook | None = None) -> dict:
+def run_pipeline(config: RunConfig, on_stage_done: StageHook | None = None, restart: bool = False) -> dict:
     """Run every stage not yet done in ``config.out``; write and return ``DIR/metrics.json``.
 
     ``on_stage_done(name, metrics)`` is called after the search stage ran here (the CLI prints its table).
+    The folder is locked while it runs; one that holds a run with other result options is refused, or with
+    ``restart`` cleared first (see ``RunDirectory.start``). The paths of ``config`` are made absolute.
 
     Example:
         >>> metrics = run_pipeline(RunConfig(out="runs/demo", trainer=TrainerConfig(epochs=3, quiet=True)))
         >>> metrics["ihas"]["test_auc"], metrics["baseline"]["test_auc"]
     """
     run = RunDirectory(config.out)
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.save_config(config)
+    with run.lock("ihas run"):
+        return _run_stages(run, run.start(config, restart=restart), on_stage_done)
+
+
+def _run_stages(run: RunDirectory, config: RunConfig, on_stage_done: StageHook | None) -> dict:
     dm = training.datamodule_from_config(config.data, config.trainer.threads)
     if not run.done("search"):
         search = stage_search(run, config)    # with a data module of its own (see stage_search)

@@ -110,7 +110,7 @@ def stage_search(run: RunDirectory, config: RunConfig) -> dict:
         # The metrics (and the gate statistics) describe the kept epoch, the one the later stages read.
         trainer.validate(module, dm, ckpt_path=str(kept), verbose=False)
     metrics = {**search_metrics(module, trainer), "checkpoint": kept.name,
-               "epoch": int(torch.load(kept, map_location="cpu", weights_only=False)["epoch"]),
+               "epoch": int(torch.load(kept, map_location="cpu", weights_only=True)["epoch"]),
                "seconds": time.perf_counter() - start}
     unsettled = unsettled_gates(metrics, config.gate.budget)
     metrics["gates_settled"] = unsettled is None
