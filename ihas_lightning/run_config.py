@@ -190,7 +190,7 @@ class RunConfig:
             object.__setattr__(self, "baseline_epochs", self.trainer.epochs + self.retrain.epochs)
         check_at_least("baseline_epochs", self.baseline_epochs, 1)
         if self.search.warmup_epochs >= self.trainer.epochs:
-            # the gates switch on after the warm-up: with no epoch left they stay as initialised
+            # the gates switch on after the warm-up: with no epoch left they stay as initialized
             raise ValueError(f"warmup_epochs={self.search.warmup_epochs} leaves no gated epoch of epochs="
                              f"{self.trainer.epochs}: the gates would stay untrained (--warmup-epochs must be "
                              "below --epochs)")

@@ -182,7 +182,7 @@ CASES = [
     Case("not a run folder", ["retrain", "--run", "{tmp}"], 2, "is not a run directory (no run.json)"),
     Case("crafted --init-from", ["run", *RUN, "--init-from", "{tmp}/evil.ckpt", "--out", "{tmp}/out",
                                  "--cache-dir", "{cache}"], 2,
-         "'{tmp}/evil.ckpt' is not a checkpoint to initialise the backbone from (it holds objects other than",
+         "'{tmp}/evil.ckpt' is not a checkpoint to initialize the backbone from (it holds objects other than",
          setup=lambda tmp, run: _crafted_checkpoint(tmp) and (
              lambda: None if not (tmp / "ran").exists() else pytest.fail("the checkpoint's payload ran"))),
     Case("crafted --retrain-init-from", ["retrain", "--run", "{run}"], 2,
