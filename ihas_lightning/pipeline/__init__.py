@@ -1,18 +1,23 @@
 """The iHAS pipeline as stages over one run directory: search -> cluster -> retrain, plus the baselines.
 
 One module per job: ``run_directory`` (paths and ``run.json``), ``search``, ``cluster``, ``retrain`` (and the
-uniform baselines), ``separate`` (the separate-models variant), ``run`` (the whole run and its metrics).
+plain baselines), ``baselines`` (the equal-footprint ones: matched, mixed-dimension), ``fieldwise`` (K = 1),
+``separate`` (the separate-models variant), ``run`` (the whole run and its metrics).
 """
 
+from ..footprint_dims import matched_field_dims, mde_field_dims
 from ..run_config import BUDGET_FITS
+from .baselines import MDE_ALPHAS, stage_matched_baseline, stage_mde_baseline
 from .cluster import stage_cluster
+from .fieldwise import stage_fieldwise
 from .retrain import stage_baseline, stage_retrain
-from .run import collect_metrics, matched_baseline_dim, run_pipeline
+from .run import collect_metrics, run_pipeline
 from .run_directory import RunDirectory, embedding_rows
 from .search import (load_searched_module, search_metrics, searched_checkpoint, searched_masks, stage_search,
                      unsettled_gates)
 from .separate import stage_separate
 
-__all__ = ["BUDGET_FITS", "RunDirectory", "collect_metrics", "embedding_rows", "load_searched_module",
-           "matched_baseline_dim", "run_pipeline", "search_metrics", "searched_checkpoint", "searched_masks",
-           "stage_baseline", "stage_cluster", "stage_retrain", "stage_search", "stage_separate", "unsettled_gates"]
+__all__ = ["BUDGET_FITS", "MDE_ALPHAS", "RunDirectory", "collect_metrics", "embedding_rows", "load_searched_module",
+           "matched_field_dims", "mde_field_dims", "run_pipeline", "search_metrics", "searched_checkpoint",
+           "searched_masks", "stage_baseline", "stage_cluster", "stage_fieldwise", "stage_matched_baseline",
+           "stage_mde_baseline", "stage_retrain", "stage_search", "stage_separate", "unsettled_gates"]

@@ -74,10 +74,12 @@ def _prefix_logloss(module: SearchModule, dm: CTRDataModule, result: ClusterResu
     return logloss
 
 
-def stage_cluster(run: RunDirectory, run_config: RunConfig, dm: CTRDataModule | None = None) -> dict:
-    """Deterministic gates over the training set -> mini-batch k-means -> per-group dimensions."""
-    if run.done("cluster"):
-        return run.metrics("cluster")
+def stage_cluster(run: RunDirectory, run_config: RunConfig, dm: CTRDataModule | None = None,
+                  stage: str = "cluster") -> dict:
+    """Deterministic gates over the training set -> mini-batch k-means -> per-group dimensions, written to
+    ``DIR/<stage>/`` (the field-wise variant clusters the same search with K = 1 into ``DIR/fieldwise_cluster/``)."""
+    if run.done(stage):
+        return run.metrics(stage)
     budget_fit = run_config.cluster.budget_fit
     start = time.perf_counter()
     dm = dm or training.datamodule_from_config(run_config.data, run_config.trainer.threads)
@@ -101,11 +103,11 @@ def stage_cluster(run: RunDirectory, run_config: RunConfig, dm: CTRDataModule | 
                                       for m in train_masks()))
         result = replace(result, dims=fit_dims_to_budget(result.dims, costs, dim, budget, config.dims_for(dim),
                                                          config.min_dim, cost=cost))
-    run.stage("cluster").mkdir(parents=True, exist_ok=True)
-    result.save(run.stage("cluster") / "clusters.json")
+    run.stage(stage).mkdir(parents=True, exist_ok=True)
+    result.save(run.stage(stage) / "clusters.json")
     metrics = {"k": result.k, "group_sizes": result.group_sizes.tolist(),
                "dims": {str(c): dict(zip(fields, map(int, row))) for c, row in enumerate(result.dims.tolist())},
                "dims_before_budget": searched_dims.tolist(), "budget": budget, "budget_fit": budget_fit,
                "selection": result.selection, "seconds": time.perf_counter() - start}
-    training.write_json(run.stage("cluster") / "metrics.json", metrics)
+    training.write_json(run.stage(stage) / "metrics.json", metrics)
     return metrics

@@ -1,0 +1,116 @@
+"""Per-field embedding widths that meet a parameter target: the equal-footprint baselines' dimensions.
+
+Two rules, both returning ``{field: width}`` whose tables hold ``sum(vocab[f] * width[f])`` parameters:
+
+* :func:`matched_field_dims` (baseline (b), uniform at iHAS's footprint): every field gets ``d`` or ``d + 1``.
+* :func:`mde_field_dims` (baseline (g), mixed-dimension embeddings): widths proportional to
+  ``vocab ** -alpha`` (Ginart et al. 2019), then rounded onto the target with the same +1 rule.
+
+The +1 rule (:func:`remainder_fields`) is deterministic: fields in descending vocabulary order (ties: schema
+order); two greedy passes over them, one that adds a field only while the sum stays at or below the remainder
+("fits"), one that adds a field whenever that brings the sum closer to the remainder ("closer"); the pass
+whose sum is nearer the remainder is kept (a tie keeps "fits", which never overshoots). Where the
+vocabularies are too coarse to come within 1% of the target (a single huge field), the result is the
+closest these passes find, and :func:`footprint_gap` says how far it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+__all__ = ["footprint_gap", "matched_field_dims", "mde_field_dims", "remainder_fields", "table_params", "width_label"]
+
+
+def table_params(field_dims: Mapping[str, int], vocab_sizes: Mapping[str, int]) -> int:
+    """Embedding parameters of tables at ``field_dims``: ``sum(vocab[f] * dims[f])``."""
+    return int(sum(int(vocab_sizes[f]) * int(d) for f, d in field_dims.items()))
+
+
+def footprint_gap(params: int, target: int) -> float:
+    """Relative gap ``(params - target) / target`` (positive: above the target)."""
+    if target <= 0:
+        raise ValueError(f"the parameter target must be > 0, got {target}")
+    return (int(params) - int(target)) / int(target)
+
+
+def remainder_fields(remainder: int, vocab_sizes: Mapping[str, int], eligible: Sequence[str]) -> list[str]:
+    """The ``eligible`` fields whose vocabularies sum nearest ``remainder`` by the module's deterministic
+    two-pass greedy rule (descending vocabulary, ties in the given order; "fits" kept on a tie)."""
+    order = sorted(eligible, key=lambda f: -int(vocab_sizes[f]))       # stable: ties keep the given order
+    fits, fits_sum, closer, closer_sum = [], 0, [], 0
+    for f in order:
+        v = int(vocab_sizes[f])
+        if fits_sum + v <= remainder:
+            fits.append(f)
+            fits_sum += v
+        if abs(remainder - closer_sum - v) < abs(remainder - closer_sum):
+            closer.append(f)
+            closer_sum += v
+    return closer if abs(remainder - closer_sum) < abs(remainder - fits_sum) else fits
+
+
+def matched_field_dims(target_params: int, vocab_sizes: Mapping[str, int],
+                       fields: Sequence[str] | None = None) -> dict[str, int]:
+    """Every field ``d`` or ``d + 1`` columns (``d >= 1``), tables nearest ``target_params``.
+
+    ``d = max(1, target // rows)`` with ``rows = sum(vocab)``; the fields that get ``d + 1`` fill the
+    remainder ``target - d * rows`` (:func:`remainder_fields`). ``fields`` (default: ``vocab_sizes``' order) is
+    the schema order, which breaks ties. Example: vocabularies a=10, b=30, c=60 and target 240 give d=2 and
+    a remainder of 40 = a + b: ``{"a": 3, "b": 3, "c": 2}``, exactly 240.
+    """
+    fields = list(fields if fields is not None else vocab_sizes)
+    if not fields:
+        raise ValueError("no fields to give dimensions to")
+    rows = sum(int(vocab_sizes[f]) for f in fields)
+    base = max(1, int(target_params) // rows)
+    wider = set(remainder_fields(int(target_params) - base * rows, vocab_sizes, fields))
+    return {f: base + (f in wider) for f in fields}
+
+
+def mde_field_dims(target_params: int, vocab_sizes: Mapping[str, int], alpha: float, max_dim: int,
+                   fields: Sequence[str] | None = None) -> dict[str, int]:
+    """Mixed-dimension widths: field f's width proportional to ``vocab[f] ** -alpha``, tables nearest
+    ``target_params``, integers in ``[1, max_dim]``.
+
+    Ginart et al. 2019, "Mixed Dimension Embeddings with Application to Memory-Efficient Recommendation
+    Systems" (arXiv 1909.11810), power-law rule in block form, as their reference ``md_solver`` (DLRM,
+    ``tricks/md_embedding_bag.py``) computes it from each block's row count ``n``: ``d = lambda * n ** -alpha``
+    with ``lambda = B / sum(n ** (1 - alpha))`` for a parameter budget ``B``. One block per field here, so a
+    field's popularity per row is ``1 / vocab`` and larger vocabularies get fewer columns for ``alpha > 0``;
+    ``alpha = 0`` is uniform. The continuous widths are clamped to ``[1, max_dim]`` (``lambda`` found by
+    bisection so that the clamped widths meet the budget), floored, and the remainder filled with +1 columns by
+    :func:`remainder_fields` over the fields below ``max_dim``.
+    """
+    fields = list(fields if fields is not None else vocab_sizes)
+    if not fields:
+        raise ValueError("no fields to give dimensions to")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if max_dim < 1:
+        raise ValueError(f"max_dim must be >= 1, got {max_dim}")
+    vocab = {f: int(vocab_sizes[f]) for f in fields}
+    shape = {f: float(vocab[f]) ** -alpha for f in fields}
+
+    def widths(scale: float) -> dict[str, float]:
+        return {f: min(float(max_dim), max(1.0, scale * shape[f])) for f in fields}
+
+    def params(scale: float) -> float:
+        return sum(vocab[f] * w for f, w in widths(scale).items())
+
+    low, high = 0.0, max_dim / min(shape.values())            # at ``high`` every field is at max_dim
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (middle, high) if params(middle) < target_params else (low, middle)
+    dims = {f: int(w) for f, w in widths(high).items()}        # floored
+    remainder = int(target_params) - table_params(dims, vocab)
+    wider = set(remainder_fields(remainder, vocab, [f for f in fields if dims[f] < max_dim]))
+    return {f: dims[f] + (f in wider) for f in fields}
+
+
+def width_label(entry: Mapping) -> str:
+    """A plain baseline's widths from its metrics: ``uniform dim 8``, or ``dims 7-8`` when its fields differ
+    (``"dim"`` None, ``"dims"`` per field)."""
+    if entry.get("dim") is not None:
+        return f"uniform dim {entry['dim']}"
+    widths = list(entry["dims"].values())
+    return f"dims {min(widths)}-{max(widths)}"
