@@ -78,8 +78,8 @@ def mde_field_dims(target_params: int, vocab_sizes: Mapping[str, int], alpha: fl
     with ``lambda = B / sum(n ** (1 - alpha))`` for a parameter budget ``B``. One block per field here, so a
     field's popularity per row is ``1 / vocab`` and larger vocabularies get fewer columns for ``alpha > 0``;
     ``alpha = 0`` is uniform. The continuous widths are clamped to ``[1, max_dim]`` (``lambda`` found by
-    bisection so that the clamped widths meet the budget), floored, and the remainder filled with +1 columns by
-    :func:`remainder_fields` over the fields below ``max_dim``.
+    bisection so that the clamped widths meet the budget), floored, and brought onto the target by
+    :func:`_rounded_onto_target`.
     """
     fields = list(fields if fields is not None else vocab_sizes)
     if not fields:
@@ -101,16 +101,28 @@ def mde_field_dims(target_params: int, vocab_sizes: Mapping[str, int], alpha: fl
     for _ in range(200):
         middle = (low + high) / 2
         low, high = (middle, high) if params(middle) < target_params else (low, middle)
-    dims = {f: int(w) for f, w in widths(high).items()}        # floored
-    remainder = int(target_params) - table_params(dims, vocab)
-    wider = set(remainder_fields(remainder, vocab, [f for f in fields if dims[f] < max_dim]))
-    return {f: dims[f] + (f in wider) for f in fields}
+    floored = {f: int(w) for f, w in widths(high).items()}
+    return _rounded_onto_target(floored, vocab, int(target_params), max_dim)
 
 
-def width_label(entry: Mapping) -> str:
-    """A plain baseline's widths from its metrics: ``uniform dim 8``, or ``dims 7-8`` when its fields differ
-    (``"dim"`` None, ``"dims"`` per field)."""
-    if entry.get("dim") is not None:
-        return f"uniform dim {entry['dim']}"
-    widths = list(entry["dims"].values())
-    return f"dims {min(widths)}-{max(widths)}"
+def _rounded_onto_target(floored: dict[str, int], vocab: Mapping[str, int], target: int,
+                         max_dim: int) -> dict[str, int]:
+    """Floored widths brought onto ``target`` by +1 columns (:func:`remainder_fields` over the fields below
+    ``max_dim``). When that stays short (coarse vocabularies), also tried: one more column on the
+    smallest-vocabulary field below ``max_dim`` that covers the rest, the excess taken back as -1 columns on the
+    other fields above 1 column (:func:`remainder_fields` again). The nearer of the two is kept (a tie: the first).
+    """
+    def adjusted(dims: dict[str, int], fields: Sequence[str], step: int) -> dict[str, int]:
+        return {f: d + step * (f in fields) for f, d in dims.items()}
+
+    filled = adjusted(floored, remainder_fields(target - table_params(floored, vocab), vocab,
+                                                [f for f in floored if floored[f] < max_dim]), 1)
+    short = target - table_params(filled, vocab)
+    covering = sorted((f for f in filled if filled[f] < max_dim and vocab[f] >= short), key=lambda f: int(vocab[f]))
+    if short <= 0 or not covering:
+        return filled
+    over = adjusted(filled, covering[:1], 1)
+    excess = table_params(over, vocab) - target
+    trimmed = adjusted(over, remainder_fields(excess, vocab, [f for f in over if over[f] > 1 and f != covering[0]]),
+                       -1)
+    return trimmed if abs(table_params(trimmed, vocab) - target) < short else filled
