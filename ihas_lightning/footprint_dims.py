@@ -126,3 +126,12 @@ def _rounded_onto_target(floored: dict[str, int], vocab: Mapping[str, int], targ
     trimmed = adjusted(over, remainder_fields(excess, vocab, [f for f in over if over[f] > 1 and f != covering[0]]),
                        -1)
     return trimmed if abs(table_params(trimmed, vocab) - target) < short else filled
+
+
+def width_label(entry: Mapping) -> str:
+    """A plain baseline's widths from its metrics: ``uniform dim 8``, or ``dims 7-8`` when its fields differ
+    (``"dim"`` None, ``"dims"`` per field)."""
+    if entry.get("dim") is not None:
+        return f"uniform dim {entry['dim']}"
+    widths = list(entry["dims"].values())
+    return f"dims {min(widths)}-{max(widths)}"
