@@ -4,7 +4,9 @@ Two rules, both returning ``{field: width}`` whose tables hold ``sum(vocab[f] * 
 
 * :func:`matched_field_dims` (baseline (b), uniform at iHAS's footprint): every field gets ``d`` or ``d + 1``.
 * :func:`mde_field_dims` (baseline (g), mixed-dimension embeddings): widths proportional to
-  ``vocab ** -alpha`` (Ginart et al. 2019), then rounded onto the target with the same +1 rule.
+  ``vocab ** -alpha`` (Ginart et al. 2019), floored, then brought onto the target with the same +1 rule (and,
+  where that stays short, one column more on a field and the excess taken back from others). The target wins
+  over the power law's order: two fields can end one column out of it.
 
 The +1 rule (:func:`remainder_fields`) is deterministic: fields in descending vocabulary order (ties: schema
 order); two greedy passes over them, one that adds a field only while the sum stays at or below the remainder
