@@ -8,15 +8,20 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from ihas_lightning.cli import build_parser, main
 from ihas_lightning.cli.common import run_config_from_args
 from ihas_lightning.footprint_dims import footprint_gap, table_params
+from ihas_lightning.model import IHASModel
 from ihas_lightning.pipeline import MDE_ALPHAS, RunDirectory
 from ihas_lightning.training import datamodule_from_config
 
+# --budget 0.3 keeps iHAS's footprint (tables + router) below uniform-8's tables, so the mixed-dimension
+# candidates differ instead of all sitting at --dim.
 TINY = ["--data", "synthetic", "--rows", "2000", "--epochs", "1", "--warmup-epochs", "0", "--retrain-epochs", "1",
-        "--baseline-epochs", "1", "--dnn", "16", "--dim", "8", "--k", "2", "--budget", "0.3", "--min-dim", "1", "--seed", "1", "--quiet"]
+        "--baseline-epochs", "1", "--dnn", "16", "--dim", "8", "--k", "2", "--budget", "0.3", "--min-dim", "1",
+        "--seed", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +103,18 @@ def test_collected_metrics_list_the_new_stages(run: RunDirectory) -> None:
     for name in ("baseline_mde", "fieldwise"):
         assert metrics["seconds"][name] > 0
     assert metrics["baseline"]["embedding_params"] == 8 * sum(_vocab(run).values())
+
+
+def test_a_one_group_model_routes_without_its_router(run: RunDirectory) -> None:
+    model = IHASModel.load(run.stage("fieldwise") / "ihas_model.pt")
+    module = model.module
+    assert module.num_groups == 1 and module.router_params == 0 and module.router_flops_per_sample == 0.0
+    assert module.router.num_params > 0                      # stored for the checkpoint format, never run
+    config = run.load_config()
+    batch = next(iter(datamodule_from_config(config.data, config.trainer.threads).val_dataloader()))
+    calls = []
+    module.router.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        groups = module.route(module.backbone.field_embeddings(batch))
+        model(batch)
+    assert groups.tolist() == [0] * len(batch["label"]) and calls == []

@@ -149,7 +149,10 @@ class RetrainModule(CTRModule):
             self.group_params.copy_from(self.backbone)            # every group starts from the searched layers
 
     def route(self, embeddings: Tensor) -> Tensor:
-        """(B, F, D) embeddings -> (B,) group ids (:class:`Router`: searched BatchNorm statistics in any mode)."""
+        """(B, F, D) embeddings -> (B,) group ids (:class:`Router`: searched BatchNorm statistics in any mode);
+        with one group every sample is group 0 and the router does not run (its counts are 0)."""
+        if self.num_groups == 1:
+            return torch.zeros(embeddings.shape[0], dtype=torch.long, device=embeddings.device)
         return self.router(embeddings)
 
     def _group_embeddings(self, embeddings: Tensor) -> Tensor:
