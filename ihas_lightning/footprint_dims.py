@@ -4,9 +4,9 @@ Two rules, both returning ``{field: width}`` whose tables hold ``sum(vocab[f] * 
 
 * :func:`matched_field_dims` (baseline (b), uniform at iHAS's footprint): every field gets ``d`` or ``d + 1``.
 * :func:`mde_field_dims` (baseline (g), mixed-dimension embeddings): widths proportional to
-  ``vocab ** -alpha`` (Ginart et al. 2019), floored, then brought onto the target with the same +1 rule (and,
-  where that stays short, one column more on a field and the excess taken back from others). The target wins
-  over the power law's order: two fields can end one column out of it.
+  ``vocab ** -alpha`` (Ginart et al. 2019), floored, +1 columns by largest fractional part while they fit,
+  then the rest with the same +1 rule (and, where that stays short, one column more on a field and the excess
+  taken back from others). The target wins over the power law's order: two fields can end a column out of it.
 
 The +1 rule (:func:`remainder_fields`) is deterministic: fields in descending vocabulary order (ties: schema
 order); two greedy passes over them, one that adds a field only while the sum stays at or below the remainder
@@ -20,7 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-__all__ = ["footprint_gap", "matched_field_dims", "mde_field_dims", "remainder_fields", "table_params", "width_label"]
+__all__ = ["TOLERANCE", "footprint_gap", "matched_field_dims", "mde_field_dims", "remainder_fields", "table_params", "width_label"]
+
+
+TOLERANCE = 0.01
+"""The relative gap to the target that the rules aim within (issue 16: the baselines match iHAS's footprint
+within 1%)."""
 
 
 def table_params(field_dims: Mapping[str, int], vocab_sizes: Mapping[str, int]) -> int:
@@ -103,30 +108,52 @@ def mde_field_dims(target_params: int, vocab_sizes: Mapping[str, int], alpha: fl
     for _ in range(200):
         middle = (low + high) / 2
         low, high = (middle, high) if params(middle) < target_params else (low, middle)
-    floored = {f: int(w) for f, w in widths(high).items()}
-    return _rounded_onto_target(floored, vocab, int(target_params), max_dim)
+    return _rounded_onto_target(widths(high), vocab, int(target_params), max_dim)
 
 
-def _rounded_onto_target(floored: dict[str, int], vocab: Mapping[str, int], target: int,
+def _rounded_onto_target(continuous: dict[str, float], vocab: Mapping[str, int], target: int,
                          max_dim: int) -> dict[str, int]:
-    """Floored widths brought onto ``target`` by +1 columns (:func:`remainder_fields` over the fields below
-    ``max_dim``). When that stays short (coarse vocabularies), also tried: one more column on the
-    smallest-vocabulary field below ``max_dim`` that covers the rest, the excess taken back as -1 columns on the
-    other fields above 1 column (:func:`remainder_fields` again). The nearer of the two is kept (a tie: the first).
-    """
-    def adjusted(dims: dict[str, int], fields: Sequence[str], step: int) -> dict[str, int]:
-        return {f: d + step * (f in fields) for f, d in dims.items()}
+    """Continuous widths in ``[1, max_dim]`` to integers near ``target``.
 
-    filled = adjusted(floored, remainder_fields(target - table_params(floored, vocab), vocab,
-                                                [f for f in floored if floored[f] < max_dim]), 1)
+    First choice, the power law's order kept: floored, then +1 column by largest fractional part first while it
+    fits, the rest by :func:`_filled`. It is kept when within :data:`TOLERANCE` of the target; otherwise the
+    nearer of it and the plain :func:`_filled` of the floored widths (a tie: the first).
+    """
+    floored = {f: int(w) for f, w in continuous.items()}
+    remainder = target - table_params(floored, vocab)
+    raised = []
+    for f in sorted(continuous, key=lambda f: floored[f] - continuous[f]):       # largest fraction first
+        if continuous[f] > floored[f] and floored[f] < max_dim and vocab[f] <= remainder:
+            raised.append(f)
+            remainder -= vocab[f]
+    ordered = _filled(_adjusted(floored, raised, 1), vocab, target, max_dim, fixed=raised)
+    if abs(footprint_gap(table_params(ordered, vocab), target)) <= TOLERANCE:
+        return ordered
+    plain = _filled(floored, vocab, target, max_dim)
+    nearer = abs(table_params(plain, vocab) - target) < abs(table_params(ordered, vocab) - target)
+    return plain if nearer else ordered
+
+
+def _adjusted(dims: dict[str, int], fields: Sequence[str], step: int) -> dict[str, int]:
+    return {f: d + step * (f in fields) for f, d in dims.items()}
+
+
+def _filled(dims: dict[str, int], vocab: Mapping[str, int], target: int, max_dim: int,
+            fixed: Sequence[str] = ()) -> dict[str, int]:
+    """``dims`` brought up to ``target`` by +1 columns (:func:`remainder_fields` over the fields below
+    ``max_dim`` and not ``fixed``). When that stays short (coarse vocabularies), also tried: one more column on
+    the smallest-vocabulary such field that covers the rest, the excess taken back as -1 columns on the other
+    fields above 1 column; the nearer is kept (a tie: the first)."""
+    free = [f for f in dims if dims[f] < max_dim and f not in fixed]
+    filled = _adjusted(dims, remainder_fields(target - table_params(dims, vocab), vocab, free), 1)
     short = target - table_params(filled, vocab)
     covering = sorted((f for f in filled if filled[f] < max_dim and vocab[f] >= short), key=lambda f: int(vocab[f]))
     if short <= 0 or not covering:
         return filled
-    over = adjusted(filled, covering[:1], 1)
+    over = _adjusted(filled, covering[:1], 1)
     excess = table_params(over, vocab) - target
-    trimmed = adjusted(over, remainder_fields(excess, vocab, [f for f in over if over[f] > 1 and f != covering[0]]),
-                       -1)
+    trimmed = _adjusted(over, remainder_fields(excess, vocab, [f for f in over if over[f] > 1 and f != covering[0]]),
+                        -1)
     return trimmed if abs(table_params(trimmed, vocab) - target) < short else filled
 
 
