@@ -26,7 +26,7 @@ if TYPE_CHECKING:                       # only for hints: the PIM cost model imp
 
 __all__ = ["COUNTED_BACKBONES", "ModelCounts", "backbone_flops", "dense_params", "dnn_of", "expected_flops",
            "flops_breakdown", "flops_or_none", "format_flops", "group_flops", "is_embedding_table", "router_flops",
-           "uniform_counts"]
+           "stored_widths", "uniform_counts"]
 
 COUNTED_BACKBONES = ("DeepFM", "DCN", "WDL")
 
@@ -179,7 +179,15 @@ class ModelCounts:
         return {**asdict(self), "footprint_params": self.footprint_params}
 
 
+def stored_widths(backbone: CTRBackbone) -> tuple[int, ...]:
+    """Each embedded field's table width as stored (``backbone.dim`` for all of them unless narrowed)."""
+    return tuple(int(backbone.model.embedding_dict[f].embedding_dim) for f in backbone.fields)
+
+
 def uniform_counts(backbone: CTRBackbone) -> ModelCounts:
-    """Counts of a uniform backbone served as built (no router)."""
+    """Counts of a plain backbone served as stored, no router: its tables at their own widths (one uniform
+    dimension, or per-field widths after ``narrow_tables``) and its FLOPs at those widths."""
+    dims = stored_widths(backbone)
     return ModelCounts(embedding_params=backbone.embedding_params, router_params=0, dense_params=dense_params(backbone),
-                       flops_per_sample=flops_or_none(lambda: backbone_flops(backbone)), router_flops_per_sample=0.0)
+                       flops_per_sample=flops_or_none(lambda: backbone_flops(backbone, dims=dims)),
+                       router_flops_per_sample=0.0)

@@ -165,8 +165,11 @@ class RunConfig:
         trainer: the Trainer of every stage; ``trainer.epochs`` are the search's.
         baseline_epochs: epochs of the uniform baselines and of the separate models; ``None``: search plus
             retraining epochs (stored resolved).
-        matched_baseline: also train the uniform baseline with iHAS's embedding parameters.
+        matched_baseline: also train the baseline at iHAS's footprint (every field d or d+1 columns).
         separate: also train the separate-models variant.
+        mde_baseline: also train the mixed-dimension baseline at iHAS's footprint (alpha chosen on validation).
+        fieldwise: also cluster the search with one group and retrain it (the field-wise variant; on by
+            default, so that a run compares instance-wise groups with field-wise dimensions on validation).
 
     Example:
         >>> config = RunConfig(out="runs/dcn", model=BackboneConfig("DCN", seed=0), separate=True)
@@ -184,6 +187,8 @@ class RunConfig:
     baseline_epochs: int | None = None
     matched_baseline: bool = True
     separate: bool = False
+    mde_baseline: bool = False
+    fieldwise: bool = True
 
     def __post_init__(self) -> None:
         if self.baseline_epochs is None:
@@ -251,4 +256,5 @@ class RunConfig:
                                   strategy=get("strategy", "auto"), quiet=bool(get("quiet", False)),
                                   threads=get("threads", 0)),
             baseline_epochs=get("baseline_epochs"), matched_baseline=not get("no_matched_baseline", False),
-            separate=bool(get("separate", False)))
+            separate=bool(get("separate", False)), mde_baseline=bool(get("mde_baseline", False)),
+            fieldwise=bool(get("fieldwise", False)))

@@ -152,7 +152,10 @@ def test_run_writes_metrics_and_report(finished) -> None:
     for entry in (baseline, ihas):
         assert 0.3 < entry["test_auc"] < 0.8 and 0.2 < entry["test_logloss"] < 1.0
         assert entry["flops_per_sample"] > 0
-    assert metrics["baseline_matched"]["dim"] == round(ihas["embedding_params"] / 1901)
+    matched = metrics["baseline_matched"]                      # every field d or d+1, at iHAS's footprint
+    assert max(matched["dims"].values()) - min(matched["dims"].values()) <= 1
+    assert matched["embedding_params"] == sum(v * matched["dims"][f] for v, f in zip(vocab, FIELDS))
+    assert matched["target_footprint"] == ihas["footprint_params"] and abs(matched["footprint_gap"]) <= 0.01
     assert metrics["search"]["distinct_masks"] >= 1
     assert 2 <= metrics["search"]["mean_active_dims"]["overall"] <= 8
     model = IHASModel.load(run / "retrain" / "ihas_model.pt")

@@ -9,6 +9,7 @@ from ..pipeline import RunDirectory, run_pipeline, stage_cluster, stage_retrain
 from ..pipeline.selection import selection_message
 from ..run_config import BUDGET_FITS
 from ..flops import format_flops
+from ..footprint_dims import width_label
 from .common import add_data_arguments, add_trainer_arguments, print_table, run_config_from_args
 from .search import add_search_arguments, print_search
 
@@ -35,7 +36,15 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--baseline-epochs", type=int, default=None,
                        help="epochs of the uniform baselines (default: search + retrain epochs)")
     group.add_argument("--no-matched-baseline", action="store_true",
-                       help="skip the uniform baseline with iHAS's embedding parameters")
+                       help="skip the baseline at iHAS's footprint (tables + router; every field d or d+1 columns)")
+    group.add_argument("--mde-baseline", action="store_true",
+                       help="also train mixed-dimension embeddings (Ginart et al. 2019: a field's width proportional "
+                            "to vocabulary^-alpha) at iHAS's footprint, alpha chosen on validation AUC "
+                            "(DIR/baseline_mde/, one training per alpha)")
+    group.add_argument("--fieldwise", action=argparse.BooleanOptionalAction, default=True,
+                       help="also cluster the search with one group and retrain it: field-wise dimensions, no "
+                            "router (DIR/fieldwise/); the run keeps it when it beats iHAS on validation "
+                            "(default: on)")
     group.add_argument("--group-dense", action="store_true", help=GROUP_DENSE_HELP)
     group.add_argument("--retrain-init-from", default=None, metavar="CKPT",
                        help="start the retraining's tables and dense layers from this checkpoint of the run's "
@@ -112,8 +121,12 @@ def _run_retrain(args: argparse.Namespace) -> dict:
 def _print_summary(metrics: dict, run: RunDirectory) -> None:
     rows = [["uniform dim " + str(metrics["baseline"]["dim"]), *_row(metrics["baseline"])]]
     if "baseline_matched" in metrics:
-        rows.append(["uniform dim " + str(metrics["baseline_matched"]["dim"]) + " (matched)",
-                     *_row(metrics["baseline_matched"])])
+        rows.append([width_label(metrics["baseline_matched"]) + " (matched)", *_row(metrics["baseline_matched"])])
+    if "baseline_mde" in metrics:
+        mde = metrics["baseline_mde"]
+        rows.append([f"mixed dims, alpha {mde['kept_alpha']:g} ({width_label(mde)})", *_row(mde)])
+    if "fieldwise" in metrics:
+        rows.append(["field-wise (1 group)", *_row(metrics["fieldwise"])])
     rows.append([f"iHAS ({metrics['ihas']['groups']} groups)", *_row(metrics["ihas"])])
     if "ihas_separate" in metrics:
         rows.append([f"iHAS separate ({metrics['ihas_separate']['groups']} models)", *_row(metrics["ihas_separate"])])

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..flops import format_flops
+from ..footprint_dims import width_label
 
 __all__ = ["write_report"]
 
@@ -58,7 +59,8 @@ def _auc_vs_params(metrics: dict, path: Path) -> None:
     axis.plot([m["embedding_params"] for m in uniform], [m["test_auc"] for m in uniform], "o--",
               color="tab:gray", label="uniform dimension")
     for m in uniform:
-        axis.annotate(f"d={m['dim']}", (m["embedding_params"], m["test_auc"]), fontsize=7)
+        axis.annotate(f"d={m['dim']}" if m.get("dim") is not None else width_label(m),
+                      (m["embedding_params"], m["test_auc"]), fontsize=7)
     axis.plot([metrics["ihas"]["embedding_params"]], [metrics["ihas"]["test_auc"]], "*", markersize=12,
               color="tab:red", label="iHAS")
     axis.set_xlabel("embedding parameters")
@@ -82,8 +84,7 @@ def write_report(run_dir: str | Path) -> Path:
     _auc_vs_params(metrics, root / "auc_vs_params.png")
     rows = [("uniform d=%d" % metrics["baseline"]["dim"], metrics["baseline"])]
     if "baseline_matched" in metrics:
-        rows.append(("uniform d=%d (parameter-matched)" % metrics["baseline_matched"]["dim"],
-                     metrics["baseline_matched"]))
+        rows.append((width_label(metrics["baseline_matched"]) + " (footprint-matched)", metrics["baseline_matched"]))
     rows.append((f"iHAS, {metrics['ihas']['groups']} groups", metrics["ihas"]))
     table = "\n".join(f"| {name} | {m['test_auc']:.4f} | {m['test_logloss']:.4f} | {int(m['embedding_params']):,} | "
                       f"{format_flops(m['flops_per_sample'])} |" for name, m in rows)

@@ -1,10 +1,11 @@
-"""``BackboneModule``: any supported DeepCTR-Torch model at one uniform embedding dimension."""
+"""``BackboneModule``: any supported DeepCTR-Torch model at one uniform embedding dimension, or at per-field
+widths (``field_dims``: the equal-footprint baselines)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from ..backbones import build_backbone
+from ..backbones import build_backbone, narrow_tables
 from ..data.schema import Schema
 from .base import CTRModule
 from .config import BackboneConfig
@@ -25,6 +26,10 @@ class BackboneModule(CTRModule):
         seed: the model's initialization seed.
         options: more constructor arguments of the model (e.g. ``{"cross_num": 3}``).
         config: all of the above in one :class:`BackboneConfig`; when given, it replaces them.
+        field_dims: per-field widths (every embedded field, each >= 1): the backbone is built at
+            ``dim = max(field_dims)`` (replacing ``config.dim``) and each table is stored at its own width
+            (``narrow_tables``), zero-padded to ``dim`` on the way in, which is exact for FM inner products and
+            linear layers. None (default): every table at ``dim``.
 
     Example:
         >>> dm = CTRDataModule("synthetic"); dm.prepare_data(); dm.setup()
@@ -35,10 +40,35 @@ class BackboneModule(CTRModule):
     def __init__(self, schema: Schema | dict, vocab_sizes: dict[str, int], backbone: str = "DeepFM", dim: int = 16,
                  dnn_hidden_units: Sequence[int] = (256, 128), lr: float = 1e-3, dnn_dropout: float = 0.0,
                  l2_reg_embedding: float = 1e-5, seed: int = 1024, options: dict | None = None, *,
-                 config: BackboneConfig | None = None) -> None:
+                 config: BackboneConfig | None = None, field_dims: Mapping[str, int] | None = None) -> None:
         super().__init__()
         schema = schema if isinstance(schema, Schema) else Schema.from_dict(schema)
         config = config or BackboneConfig(backbone, dim, tuple(dnn_hidden_units), lr, dnn_dropout, l2_reg_embedding,
                                           seed, options or {})
-        self.save_hyperparameters({"schema": schema.to_dict(), "vocab_sizes": dict(vocab_sizes), **config.hparams()})
+        hparams = {"schema": schema.to_dict(), "vocab_sizes": dict(vocab_sizes)}
+        if field_dims is not None:
+            field_dims = _checked_field_dims(field_dims, schema.embedded_fields)
+            config = BackboneConfig(**{**config.hparams(), "dim": max(field_dims.values())})
+            hparams["field_dims"] = field_dims
+        self.save_hyperparameters({**hparams, **config.hparams()})
         self.backbone = build_backbone(config.backbone, schema, vocab_sizes, config.dim, **config.build_kwargs())
+        if field_dims is not None:
+            narrow_tables(self.backbone, field_dims)
+
+    @property
+    def field_dims(self) -> dict[str, int]:
+        """Each embedded field's stored width (``dim`` for all of them without ``field_dims``)."""
+        tables = self.backbone.model.embedding_dict
+        return {f: int(tables[f].embedding_dim) for f in self.backbone.fields}
+
+
+def _checked_field_dims(field_dims: Mapping[str, int], fields: Sequence[str]) -> dict[str, int]:
+    """``field_dims`` in schema order; a ValueError names a missing, unknown or non-positive field."""
+    missing = [f for f in fields if f not in field_dims]
+    unknown = [f for f in field_dims if f not in fields]
+    if missing or unknown:
+        raise ValueError(f"field_dims must give every embedded field a width: missing {missing}, unknown {unknown}")
+    bad = {f: d for f, d in field_dims.items() if isinstance(d, bool) or int(d) != d or d < 1}
+    if bad:
+        raise ValueError(f"field_dims must be integers >= 1, got {bad}")
+    return {f: int(field_dims[f]) for f in fields}

@@ -148,7 +148,10 @@ class RetrainModule(CTRModule):
             self.group_params.copy_from(self.backbone)            # every group starts from the searched layers
 
     def route(self, embeddings: Tensor) -> Tensor:
-        """(B, F, D) embeddings -> (B,) group ids (:class:`Router`: searched BatchNorm statistics in any mode)."""
+        """(B, F, D) embeddings -> (B,) group ids (:class:`Router`: searched BatchNorm statistics in any mode);
+        with one group every sample is group 0 and the router does not run (its counts are 0)."""
+        if self.num_groups == 1:
+            return torch.zeros(embeddings.shape[0], dtype=torch.long, device=embeddings.device)
         return self.router(embeddings)
 
     def _group_embeddings(self, embeddings: Tensor) -> Tensor:
@@ -217,8 +220,9 @@ class RetrainModule(CTRModule):
 
     @property
     def router_params(self) -> int:
-        """Everything routing reads at inference (:attr:`Router.num_params`)."""
-        return self.router.num_params
+        """Everything routing reads at inference (:attr:`Router.num_params`); 0 with one group, where every
+        sample goes to group 0 and the served model needs no router (the field-wise variant)."""
+        return 0 if self.num_groups == 1 else self.router.num_params
 
     @property
     def footprint_params(self) -> int:
@@ -241,7 +245,8 @@ class RetrainModule(CTRModule):
 
     @property
     def router_flops_per_sample(self) -> float:
-        return self.router.flops_per_sample
+        """The router's FLOPs per sample; 0 with one group (nothing to route)."""
+        return 0.0 if self.num_groups == 1 else self.router.flops_per_sample
 
     def expected_flops(self, group_share: Sequence[float] | None = None) -> float | None:
         """FLOPs per sample, router included: ``sum_c share_c * group_flops[c] + router_flops_per_sample``

@@ -81,10 +81,12 @@ class PrefixScorer:
         return float(binary_auroc(torch.cat(self.batch_logits(dims)), self.labels.long()))
 
 
-def stage_cluster(run: RunDirectory, run_config: RunConfig, dm: CTRDataModule | None = None) -> dict:
-    """Deterministic gates over the training set -> mini-batch k-means -> per-group dimensions."""
-    if run.done("cluster"):
-        return run.metrics("cluster")
+def stage_cluster(run: RunDirectory, run_config: RunConfig, dm: CTRDataModule | None = None,
+                  stage: str = "cluster") -> dict:
+    """Deterministic gates over the training set -> mini-batch k-means -> per-group dimensions, written to
+    ``DIR/<stage>/`` (the field-wise variant clusters the same search with K = 1 into ``DIR/fieldwise_cluster/``)."""
+    if run.done(stage):
+        return run.metrics(stage)
     budget_fit = run_config.cluster.budget_fit
     start = time.perf_counter()
     dm = dm or training.datamodule_from_config(run_config.data, run_config.trainer.threads)
@@ -124,12 +126,12 @@ def stage_cluster(run: RunDirectory, run_config: RunConfig, dm: CTRDataModule | 
         else:
             dims = fitted(budget_fit)
         result = replace(result, dims=dims)
-    run.stage("cluster").mkdir(parents=True, exist_ok=True)
-    result.save(run.stage("cluster") / "clusters.json")
+    run.stage(stage).mkdir(parents=True, exist_ok=True)
+    result.save(run.stage(stage) / "clusters.json")
     metrics = {"k": result.k, "group_sizes": result.group_sizes.tolist(),
                "dims": {str(c): dict(zip(fields, map(int, row))) for c, row in enumerate(result.dims.tolist())},
                "dims_before_budget": searched_dims.tolist(), "budget": budget, "budget_fit": budget_fit,
                "budget_fit_asked": run_config.cluster.budget_fit, "budget_fit_candidates": candidates,
                "selection": result.selection, "seconds": time.perf_counter() - start}
-    training.write_json(run.stage("cluster") / "metrics.json", metrics)
+    training.write_json(run.stage(stage) / "metrics.json", metrics)
     return metrics

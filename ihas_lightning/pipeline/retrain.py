@@ -4,7 +4,9 @@ baselines on the same split; each writes ``DIR/<stage>/`` (checkpoints, TensorBo
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -24,17 +26,18 @@ __all__ = ["build_retrain_module", "stage_baseline", "stage_retrain"]
 
 
 def stage_retrain(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None = None,
-                  backbone: str | None = None, stage: str = "retrain") -> dict:
+                  backbone: str | None = None, stage: str = "retrain", clusters_from: str = "cluster") -> dict:
     """Shared tables at each group's dimensions, warm-started from the search (or, with ``config.retrain.init_from``,
-    from a trained supernet of the run's backbone), fine-tuned on all data."""
+    from a trained supernet of the run's backbone), fine-tuned on all data; the groups are those of
+    ``DIR/<clusters_from>/clusters.json``."""
     if run.done(stage):
         return run.metrics(stage)
     start = time.perf_counter()
     pl.seed_everything(config.model.seed, workers=True)
     dm = dm or training.datamodule_from_config(config.data, config.trainer.threads)
     backbone = backbone or config.model.backbone
-    module = build_retrain_module(run, config, dm, backbone)
-    clusters = ClusterResult.load(run.stage("cluster") / "clusters.json")
+    module = build_retrain_module(run, config, dm, backbone, clusters_from)
+    clusters = ClusterResult.load(run.stage(clusters_from) / "clusters.json")
     trainer = training.make_trainer(config.trainer, run.stage(stage), max_epochs=config.retrain.epochs)
     scores = training.fit_and_test(module, dm, trainer, ckpt_path=run.resume_path(stage), start_competes=True)
     kept = load_torch_file(trainer.checkpoint_callback.best_model_path, "the retraining's best checkpoint")
@@ -54,11 +57,13 @@ def stage_retrain(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None
     return metrics
 
 
-def build_retrain_module(run: RunDirectory, config: RunConfig, dm: CTRDataModule, backbone: str) -> RetrainModule:
-    """The retraining's starting point: the clustering's groups over the searched tables (and, on the search's
-    backbone, its dense layers; or ``config.retrain.init_from``'s), before any retraining step."""
+def build_retrain_module(run: RunDirectory, config: RunConfig, dm: CTRDataModule, backbone: str,
+                         clusters_from: str = "cluster") -> RetrainModule:
+    """The retraining's starting point: the groups of ``DIR/<clusters_from>/clusters.json`` over the searched
+    tables (and, on the search's backbone, its dense layers; or ``config.retrain.init_from``'s), before any
+    retraining step."""
     search = load_searched_module(run)
-    clusters = ClusterResult.load(run.stage("cluster") / "clusters.json")
+    clusters = ClusterResult.load(run.stage(clusters_from) / "clusters.json")
     module = RetrainModule(dm.schema, dm.vocab_sizes, group_dims=clusters.dims.tolist(),
                            centroids=clusters.centroids.tolist(), gate=dict(search.hparams.gate),
                            group_dense=config.retrain.group_dense,
@@ -85,20 +90,31 @@ def _group_share(module: RetrainModule, dm: CTRDataModule) -> list[float]:
 
 
 def stage_baseline(run: RunDirectory, config: RunConfig, dim: int, stage: str = "baseline",
-                   dm: CTRDataModule | None = None, backbone: str | None = None) -> dict:
-    """The same backbone at a uniform dimension on the same split."""
+                   dm: CTRDataModule | None = None, backbone: str | None = None,
+                   field_dims: Mapping[str, int] | None = None, extra: Mapping[str, Any] | None = None) -> dict:
+    """The same backbone at a uniform dimension on the same split; with ``field_dims``, at those per-field
+    widths instead (``dim`` is then ignored; ``"dim"`` in the metrics is the common width, or None when the
+    fields differ, and ``"dims"`` lists them). ``extra`` entries are added to the stage's metrics."""
     if run.done(stage):
         return run.metrics(stage)
     start = time.perf_counter()
     pl.seed_everything(config.model.seed, workers=True)
     dm = dm or training.datamodule_from_config(config.data, config.trainer.threads)
     backbone = backbone or config.model.backbone
-    module = BackboneModule(dm.schema, dm.vocab_sizes, config=replace(config.model, backbone=backbone, dim=dim))
+    module = BackboneModule(dm.schema, dm.vocab_sizes, config=replace(config.model, backbone=backbone, dim=dim),
+                            field_dims=field_dims)
     trainer = training.make_trainer(config.trainer, run.stage(stage), max_epochs=config.baseline_epochs)
     scores = training.fit_and_test(module, dm, trainer, ckpt_path=run.resume_path(stage))
+    widths = {} if field_dims is None else {"dim": _common_width(module.field_dims), "dims": module.field_dims}
     metrics = {"test_auc": scores["test_auc"], "test_logloss": scores["test_logloss"],
-               "val_auc": scores.get("val_auc"), **uniform_counts(module.backbone).to_dict(), "dim": dim,
+               "val_auc": scores.get("val_auc"), **uniform_counts(module.backbone).to_dict(), "dim": dim, **widths,
                "backbone": backbone,
-               "seconds": time.perf_counter() - start}
+               **(extra or {}), "seconds": time.perf_counter() - start}
     training.write_json(run.stage(stage) / "metrics.json", metrics)
     return metrics
+
+
+def _common_width(field_dims: Mapping[str, int]) -> int | None:
+    """The width every field shares, or None when they differ."""
+    widths = set(field_dims.values())
+    return widths.pop() if len(widths) == 1 else None

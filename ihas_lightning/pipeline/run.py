@@ -8,7 +8,10 @@ Stages hand each other files, never hidden state::
     DIR/retrain/              RetrainModule checkpoints, TensorBoard, metrics.json, ihas_model.pt
     DIR/losses/metrics.json   validation AUC after each step from the search to the retrained model
     DIR/separate/             the separate-models variant: one model per group, trained on its own samples
-    DIR/baseline/, DIR/baseline_matched/   uniform-dimension backbones on the same split
+    DIR/baseline/             the uniform baseline at the run's dimension, on the same split
+    DIR/baseline_matched/     fields at d or d+1 columns, tables at iHAS's footprint (``baselines``)
+    DIR/baseline_mde/         mixed-dimension embeddings at iHAS's footprint, alpha chosen on validation (opt-in)
+    DIR/fieldwise_cluster/, DIR/fieldwise/   the search clustered with K = 1 and retrained (opt-in)
     DIR/metrics.json          everything above in one place, and which model the run keeps (``selection``)
 
 A stage whose ``metrics.json`` exists is done and is not redone; a stage interrupted during training resumes
@@ -21,26 +24,23 @@ from collections.abc import Callable
 
 from .. import training
 from ..run_config import RunConfig
+from .baselines import stage_matched_baseline, stage_mde_baseline
 from .cluster import stage_cluster
+from .fieldwise import stage_fieldwise
 from .losses import stage_losses
 from .retrain import stage_baseline, stage_retrain
-from .run_directory import RunDirectory, embedding_rows
+from .run_directory import RunDirectory
 from .search import stage_search
 from .selection import select_model
 from .separate import stage_separate
 
-__all__ = ["COUNT_KEYS", "collect_metrics", "matched_baseline_dim", "run_pipeline"]
+__all__ = ["COUNT_KEYS", "collect_metrics", "run_pipeline"]
 
 StageHook = Callable[[str, dict], None]
 
 COUNT_KEYS = ("embedding_params", "router_params", "footprint_params", "dense_params", "flops_per_sample")
 """Size and cost of every model in ``DIR/metrics.json`` (:class:`~ihas_lightning.flops.ModelCounts`): stages
 written before these counts existed report None for the missing ones."""
-
-
-def matched_baseline_dim(embedding_params: int, vocab_sizes: dict[str, int]) -> int:
-    """The uniform dimension nearest ``embedding_params`` (at least 1): the matched baseline's."""
-    return max(1, round(embedding_params / embedding_rows(vocab_sizes)))
 
 
 def run_pipeline(config: RunConfig, on_stage_done: StageHook | None = None, restart: bool = False) -> dict:
@@ -72,10 +72,20 @@ def _run_stages(run: RunDirectory, config: RunConfig, on_stage_done: StageHook |
     if config.separate:
         stage_separate(run, config, dm)
     stage_baseline(run, config, config.model.dim, "baseline", dm)
+    target = _footprint(retrain)
     if config.matched_baseline:
-        matched = matched_baseline_dim(retrain["embedding_params"], dm.vocab_sizes)
-        stage_baseline(run, config, matched, "baseline_matched", dm)
+        stage_matched_baseline(run, config, target, dm)
+    if config.mde_baseline:
+        stage_mde_baseline(run, config, target, dm)
+    if config.fieldwise:
+        stage_fieldwise(run, config, dm)
     return collect_metrics(run, config)
+
+
+def _footprint(retrain: dict) -> int:
+    """iHAS's footprint (tables + router), the equal-footprint baselines' target; a retraining written before
+    the router was counted gives its tables."""
+    return int(retrain.get("footprint_params") or retrain["embedding_params"])
 
 
 def collect_metrics(run: RunDirectory, config: RunConfig) -> dict:
@@ -97,9 +107,13 @@ def collect_metrics(run: RunDirectory, config: RunConfig) -> dict:
     if run.done("separate"):
         metrics["ihas_separate"] = {k: run.metrics("separate").get(k) for k in (*keep, "groups")}
         metrics["seconds"]["separate"] = run.metrics("separate").get("seconds")
-    if run.done("baseline_matched"):
-        metrics["baseline_matched"] = {k: run.metrics("baseline_matched").get(k) for k in (*keep, "dim")}
-        metrics["seconds"]["baseline_matched"] = run.metrics("baseline_matched").get("seconds")
+    footprint = ("dims", "target_footprint", "footprint_gap")
+    extras = {"baseline_matched": ("dim", *footprint), "baseline_mde": (*footprint, "kept_alpha", "candidates"),
+              "fieldwise": ("groups", "dims")}
+    for stage, more in extras.items():
+        if run.done(stage):
+            metrics[stage] = {k: run.metrics(stage).get(k) for k in (*keep, *more)}
+            metrics["seconds"][stage] = run.metrics(stage).get("seconds")
     metrics["selection"] = select_model(metrics)
     training.write_json(run.root / "metrics.json", metrics)
     return metrics

@@ -11,7 +11,7 @@ between an interrupted command and the one resuming it:
 - ``trainer.accelerator``, ``devices``, ``num_nodes``, ``strategy``: every stage resumes on other hardware and
   on any number of ranks (README, "Scale"); the figures then differ by float rounding and DDP's batch split,
   which is the point of moving a run to a GPU;
-- ``separate`` and ``matched_baseline``: they add a stage (or leave one out) without changing the others.
+- ``separate``, ``matched_baseline``, ``fieldwise`` and ``mde_baseline``: they add a stage (or leave one out) without changing the others.
 
 Paths (data, test, schema, cache, the ``--init-from`` checkpoints, a callbacks YAML) are stored absolute, so
 that a command started from another folder reads the same files.
@@ -30,7 +30,8 @@ __all__ = ["EXECUTION_OPTIONS", "absolute_paths", "option_differences", "path_op
 
 EXECUTION_OPTIONS = frozenset({
     "out", "trainer.quiet", "trainer.threads", "data.cache_dir", "data.in_memory", "trainer.accelerator",
-    "trainer.devices", "trainer.num_nodes", "trainer.strategy", "separate", "matched_baseline"})
+    "trainer.devices", "trainer.num_nodes", "trainer.strategy", "separate", "matched_baseline", "fieldwise",
+    "mde_baseline"})
 """Dotted ``RunConfig`` fields that may differ between two commands on one run folder."""
 
 # the command-line flag of a dotted field, where it is not ``--`` + the field's last part
@@ -62,12 +63,15 @@ def _flag(name: str) -> str:
     return _FLAGS.get(name, "--" + name.rsplit(".", 1)[-1].replace("_", "-"))
 
 
-_AFTER_SEARCH = frozenset({"search", "cluster", "retrain", "separate", "baseline_matched"})
+_FOOTPRINT_MATCHED = frozenset({"baseline_matched", "baseline_mde"})   # their target is iHAS's footprint
+_AFTER_CLUSTER = frozenset({"cluster", "retrain", "losses", "separate", "fieldwise_cluster", "fieldwise",
+                            *_FOOTPRINT_MATCHED})
+_AFTER_SEARCH = frozenset({"search", *_AFTER_CLUSTER})
 _STAGES_OF = {  # the stages whose results a group of options shapes; any other option shapes every stage
     "gate": _AFTER_SEARCH, "search": _AFTER_SEARCH, "trainer.epochs": _AFTER_SEARCH,
-    "cluster": frozenset({"cluster", "retrain", "separate", "baseline_matched"}),
-    "retrain": frozenset({"retrain", "baseline_matched"}),
-    "baseline_epochs": frozenset({"baseline", "baseline_matched", "separate"}),
+    "cluster": _AFTER_CLUSTER,
+    "retrain": frozenset({"retrain", "losses", "fieldwise", *_FOOTPRINT_MATCHED}),
+    "baseline_epochs": frozenset({"baseline", "separate", *_FOOTPRINT_MATCHED}),
 }
 
 
