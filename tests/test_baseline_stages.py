@@ -40,9 +40,9 @@ def _vocab(run: RunDirectory) -> dict[str, int]:
 def test_the_flags_reach_the_run_config() -> None:
     parser = build_parser()
     default = run_config_from_args(parser.parse_args(["run"]))
-    assert (default.mde_baseline, default.fieldwise, default.matched_baseline) == (False, False, True)
-    both = run_config_from_args(parser.parse_args(["run", "--mde-baseline", "--fieldwise"]))
-    assert both.mde_baseline and both.fieldwise
+    assert (default.mde_baseline, default.fieldwise, default.matched_baseline) == (False, True, True)
+    both = run_config_from_args(parser.parse_args(["run", "--mde-baseline", "--no-fieldwise"]))
+    assert both.mde_baseline and not both.fieldwise
 
 
 def test_matched_baseline_meets_ihas_footprint(run: RunDirectory) -> None:

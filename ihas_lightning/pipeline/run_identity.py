@@ -11,7 +11,8 @@ between an interrupted command and the one resuming it:
 - ``trainer.accelerator``, ``devices``, ``num_nodes``, ``strategy``: every stage resumes on other hardware and
   on any number of ranks (README, "Scale"); the figures then differ by float rounding and DDP's batch split,
   which is the point of moving a run to a GPU;
-- ``separate``, ``matched_baseline``, ``fieldwise`` and ``mde_baseline``: they add a stage (or leave one out) without changing the others.
+- ``separate``, ``matched_baseline``, ``fieldwise``, ``mde_baseline``: they add a stage (or leave one out)
+  without changing the others.
 
 Paths (data, test, schema, cache, the ``--init-from`` checkpoints, a callbacks YAML) are stored absolute, so
 that a command started from another folder reads the same files.
