@@ -17,6 +17,7 @@ from ..model import IHASModel
 from ..modules import BackboneModule, RetrainModule
 from ..run_config import RunConfig
 from ..safe_load import load_checkpoint_state, load_torch_file
+from .router_fit import fit_linear_router, routing_agreement
 from .run_directory import RunDirectory
 from .search import load_searched_module
 
@@ -26,7 +27,11 @@ __all__ = ["stage_baseline", "stage_retrain"]
 def stage_retrain(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None = None,
                   backbone: str | None = None, stage: str = "retrain") -> dict:
     """Shared tables at each group's dimensions, warm-started from the search (or, with ``config.retrain.init_from``,
-    from a trained supernet of the run's backbone), fine-tuned on all data."""
+    from a trained supernet of the run's backbone), fine-tuned on all data, behind ``config.retrain.router``
+    (the linear router is fitted on the warm-started tables' training rows before the fine-tuning).
+
+    ``metrics.json`` also gives the router's agreement with the searched routing on validation rows at the
+    start and at the end of the retraining (its tables move; the router reads them)."""
     if run.done(stage):
         return run.metrics(stage)
     start = time.perf_counter()
@@ -37,7 +42,7 @@ def stage_retrain(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None
     backbone = backbone or config.model.backbone
     module = RetrainModule(dm.schema, dm.vocab_sizes, group_dims=clusters.dims.tolist(),
                            centroids=clusters.centroids.tolist(), gate=dict(search.hparams.gate),
-                           group_dense=config.retrain.group_dense,
+                           group_dense=config.retrain.group_dense, router=config.retrain.router,
                            config=replace(config.model, backbone=backbone, dim=search.hparams.dim, lr=config.retrain.lr))
     # Another backbone (transfer): fresh dense layers; the searched tables and router, so that routing holds.
     same_backbone = backbone == search.hparams.backbone
@@ -45,6 +50,9 @@ def stage_retrain(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None
     backbone_state = load_checkpoint_state(init_from, "a checkpoint to start the retraining from") if init_from \
         else None
     module.warm_start(search.state_dict(), tables_only=not same_backbone, backbone_state=backbone_state)
+    fit_agreement = fit_linear_router(module, search, clusters, dm, seed=config.model.seed) \
+        if config.retrain.router == "linear" else None
+    start_agreement = routing_agreement(module, search, clusters, dm)
     trainer = training.make_trainer(config.trainer, run.stage(stage), max_epochs=config.retrain.epochs)
     scores = training.fit_and_test(module, dm, trainer, ckpt_path=run.resume_path(stage), start_competes=True)
     kept = load_torch_file(trainer.checkpoint_callback.best_model_path, "the retraining's best checkpoint")
@@ -59,6 +67,9 @@ def stage_retrain(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None
                "table_widths": module.table_widths,
                # the tested weights: the starting point (no epoch beat it) or the epoch that did
                "kept": "start" if kept["global_step"] == 0 else f"epoch {kept['epoch']}",
+               "router": config.retrain.router, "router_fit_agreement": fit_agreement,
+               "router_agreement_val_start": start_agreement,
+               "router_agreement_val": routing_agreement(module, search, clusters, dm),
                "seconds": time.perf_counter() - start}
     training.write_json(run.stage(stage) / "metrics.json", metrics)
     return metrics
