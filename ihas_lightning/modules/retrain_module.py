@@ -133,16 +133,16 @@ class RetrainModule(CTRModule):
 
     @property
     def gates(self) -> InstanceGates:
-        """The gate router's (frozen) searched gate network; AttributeError under the linear router."""
+        """The gate router's (frozen) searched gate network; ValueError under the linear router."""
         if not isinstance(self.router, Router):
-            raise AttributeError(f"a RetrainModule with the {self.hparams.router!r} router has no gate network")
+            raise ValueError(f"a RetrainModule with the {self.hparams.router!r} router has no gate network")
         return self.router.gates
 
     @property
     def centroids(self) -> Tensor:
-        """(K, F*D) the gate router's centroids; AttributeError under the linear router."""
+        """(K, F*D) the gate router's centroids; ValueError under the linear router."""
         if not isinstance(self.router, Router):
-            raise AttributeError(f"a RetrainModule with the {self.hparams.router!r} router has no centroids")
+            raise ValueError(f"a RetrainModule with the {self.hparams.router!r} router has no centroids")
         return self.router.centroids
 
     def warm_start(self, search_state: dict[str, Tensor], tables_only: bool = False,
