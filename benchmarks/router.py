@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--json", default=str(RESULTS_DIR / "router.json"))
     parser.add_argument("--markdown", default=str(RESULTS_DIR / "router.md"))
     args = parser.parse_args()
+    commit = _git_commit()                              # the code the cells run with
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     cells = []
@@ -186,10 +187,10 @@ def main() -> None:
                        statistics.fmean(c["candidates"][name]["params"] / c["linear"]["embedding_params"]
                                         for c in cells)] for name in candidates]
     command = shlex.join([sys.executable, *sys.argv])
-    write_json(args.json, {"benchmark": "router", "created": now_iso(), "git_commit": _git_commit(),
+    write_json(args.json, {"benchmark": "router", "created": now_iso(), "git_commit": commit,
                            "command": command, "settings": COMMON, "summary": summary, "cells": cells,
                            "machine": machine_info()})
-    notes = [f"command: `{command}`; git commit {_git_commit()}; `ihas run` defaults with {' '.join(COMMON)}.",
+    notes = [f"command: `{command}`; git commit {commit}; `ihas run` defaults with {' '.join(COMMON)}.",
              "router params (share of the footprint = tables + that router); linear FLOPs as a share of the served "
              "model's FLOPs per sample (router included).",
              "largest group: the agreement of sending every row to the largest training group (the floor).",

@@ -17,7 +17,7 @@ from .gates import GateConfig
 from .modules.config import BackboneConfig
 from .modules.retrain_module import ROUTERS
 
-__all__ = ["BUDGET_FITS", "ROUTERS", "ClusterOptions", "RetrainConfig", "RunConfig", "SearchConfig", "TrainerConfig",
+__all__ = ["BUDGET_FITS", "ClusterOptions", "RetrainConfig", "RunConfig", "SearchConfig", "TrainerConfig",
            "parse_ints", "parse_widths"]
 
 BUDGET_FITS = ("loss", "gates")

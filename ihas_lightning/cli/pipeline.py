@@ -6,7 +6,8 @@ import argparse
 from dataclasses import replace
 
 from ..pipeline import RunDirectory, run_pipeline, stage_cluster, stage_retrain
-from ..run_config import BUDGET_FITS, ROUTERS
+from ..modules.retrain_module import ROUTERS
+from ..run_config import BUDGET_FITS
 from ..flops import format_flops
 from .common import add_data_arguments, add_trainer_arguments, print_table, run_config_from_args
 from .search import add_search_arguments, print_search
