@@ -20,13 +20,7 @@ from .modules.base import predict_encoded
 from .modules.retrain_module import RetrainModule
 from .safe_load import load_torch_file
 
-__all__ = ["IHASModel", "group_flops"]
-
-
-def group_flops(module: RetrainModule) -> list[float]:
-    """FLOPs per sample of each group's compact model: ``module.group_flops`` (raises ``NotImplementedError``
-    for a backbone that is not counted, see :mod:`ihas_lightning.flops`)."""
-    return module.group_flops
+__all__ = ["IHASModel"]
 
 
 class IHASModel(nn.Module):

@@ -20,7 +20,7 @@ from .modules.retrain_module import ROUTERS
 __all__ = ["BUDGET_FITS", "ClusterOptions", "RetrainConfig", "RunConfig", "SearchConfig", "TrainerConfig",
            "parse_ints", "parse_widths"]
 
-BUDGET_FITS = ("loss", "gates")
+BUDGET_FITS = ("auto", "loss", "gates")
 """How the cluster stage narrows the shared tables to the budget: measured validation logloss, or open gates."""
 
 
@@ -108,7 +108,7 @@ class ClusterOptions:
 
     k: int | None = 4
     candidate_dims: tuple[int, ...] = (0, 2, 4, 8, 16)
-    budget_fit: str = "loss"
+    budget_fit: str = "auto"
 
     def __post_init__(self) -> None:
         if self.k == 0:
@@ -117,7 +117,7 @@ class ClusterOptions:
             raise ValueError(f"k must be >= 1, or 0 to choose it on validation data, got {self.k}")
         object.__setattr__(self, "candidate_dims", tuple(int(d) for d in self.candidate_dims))
         if self.budget_fit not in BUDGET_FITS:
-            raise ValueError(f"budget_fit must be 'loss' or 'gates', got {self.budget_fit!r}")
+            raise ValueError(f"budget_fit must be one of {', '.join(BUDGET_FITS)}, got {self.budget_fit!r}")
 
 
 @dataclass(frozen=True)

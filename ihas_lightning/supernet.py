@@ -34,8 +34,7 @@ from torch import Tensor, nn
 from .backbones import CTRBackbone
 from .flops import backbone_flops, dnn_of
 
-__all__ = ["SupernetConfig", "SubArchitecture", "SubArchitectureBatch", "SupernetMasks", "flops_per_sample",
-           "dnn_of"]
+__all__ = ["SupernetConfig", "SubArchitecture", "SubArchitectureBatch", "SupernetMasks", "flops_per_sample"]
 
 
 @dataclass(frozen=True)

@@ -175,14 +175,20 @@ def test_run_writes_metrics_and_report(finished) -> None:
 
 @torch.no_grad()
 def test_the_budget_fit_scores_dimensions_by_validation_logloss(finished) -> None:
-    """``--budget-fit loss`` (the default) scores candidate dimensions by the searched model's validation
-    logloss, each row cut to its group's first columns; checked against zeroing embeddings by hand."""
+    """``--budget-fit loss`` scores candidate dimensions by the searched model's validation logloss, each row
+    cut to its group's first columns; checked against zeroing embeddings by hand. ``auto`` (the default)
+    keeps the fit whose narrowed searched model has the higher validation AUC."""
     run = pipeline.RunDirectory(finished[0])
-    assert run.metrics("cluster")["budget_fit"] == "loss"
+    cluster = run.metrics("cluster")
+    assert cluster["budget_fit_asked"] == "auto"
+    candidates = {c["fit"]: c for c in cluster["budget_fit_candidates"]}
+    assert set(candidates) == {"loss", "gates"}
+    assert cluster["budget_fit"] == max(candidates, key=lambda fit: (candidates[fit]["val_auc"], fit == "loss"))
+    assert candidates[cluster["budget_fit"]]["dims"] == [list(row.values()) for row in cluster["dims"].values()]
     dm = training.datamodule_from_config(run.load_config().data)
     search = pipeline.load_searched_module(run)
     clusters = ClusterResult.load(run.stage("cluster") / "clusters.json")
-    logloss = cluster_stage._prefix_logloss(search, dm, clusters)
+    logloss = cluster_stage.PrefixScorer(search, dm, clusters).logloss
 
     def by_hand(group: int | None = None, field: int = 0) -> float:
         """Validation logloss without gates; ``group``'s rows (as the clustering routes them) lose ``field``."""
@@ -217,7 +223,7 @@ def test_an_unknown_budget_fit_is_refused_before_any_work(finished, tmp_path, ca
     options["cluster"]["budget_fit"] = "entropy"
     (run / "run.json").write_text(json.dumps(options))
     assert main(["cluster", "--run", str(run)]) == 2
-    assert f"budget_fit must be 'loss' or 'gates', got 'entropy' (run.json of {run})" in capsys.readouterr().err
+    assert f"budget_fit must be one of auto, loss, gates, got 'entropy' (run.json of {run})" in capsys.readouterr().err
     assert not (run / "cluster").exists()
 
 

@@ -49,7 +49,8 @@ def test_a_flat_run_json_of_older_code_loads_into_a_run_config(tmp_path: Path) -
 
 def test_the_cli_options_give_the_flat_run_json_s_config() -> None:
     argv = ["run", "--rows", "6000", "--epochs", "2", "--retrain-epochs", "1", "--dnn", "32,16", "--out",
-            "/tmp/base/run", "--separate", "--quiet", "--cache-dir", "/tmp/base/cache", "--seed", "3"]
+            "/tmp/base/run", "--separate", "--quiet", "--cache-dir", "/tmp/base/cache", "--seed", "3",
+            "--budget-fit", "loss"]                    # that run's default; the default is now 'auto'
     old = RunConfig.from_dict(FLAT_RUN_JSON)
     assert old.retrain.router == "gates"                            # what the run was made with
     new = run_config_from_args(build_parser().parse_args(argv))
@@ -73,7 +74,7 @@ def test_run_json_round_trip_and_k_zero(tmp_path: Path) -> None:
 
 def test_a_refused_value_names_run_json(tmp_path: Path) -> None:
     (tmp_path / "run.json").write_text(json.dumps({**FLAT_RUN_JSON, "budget_fit": "entropy"}))
-    with pytest.raises(ValueError, match=r"budget_fit must be 'loss' or 'gates', got 'entropy' \(run.json of "):
+    with pytest.raises(ValueError, match=r"budget_fit must be one of auto, loss, gates, got 'entropy' \(run.json of "):
         RunDirectory(tmp_path).load_config()
     with pytest.raises(ValueError, match="--dnn must be comma-separated integers, got '32,x'"):
         RunConfig.from_options({"dnn": "32,x"})

@@ -31,10 +31,11 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cluster and retrain")
     group.add_argument("--k", type=int, default=4, help="number of groups; 0 chooses it on validation data")
     group.add_argument("--candidate-dims", default="0,2,4,8,16", help="dimensions a group's field may get")
-    group.add_argument("--budget-fit", choices=BUDGET_FITS, default="loss",
+    group.add_argument("--budget-fit", choices=BUDGET_FITS, default="auto",
                        help="how the stored tables are narrowed to the search's --budget: 'loss' narrows the field "
                             "that costs the searched model the least validation logloss per parameter saved, "
-                            "'gates' the one whose members lose the fewest open gates (no forward passes)")
+                            "'gates' the one whose members lose the fewest open gates; 'auto' (default) fits both "
+                            "and keeps the one whose narrowed searched model has the higher validation AUC")
     group.add_argument("--retrain-epochs", type=int, default=2)
     group.add_argument("--retrain-lr", type=float, default=5e-4)
     group.add_argument("--baseline-epochs", type=int, default=None,

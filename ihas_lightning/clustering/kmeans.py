@@ -12,7 +12,8 @@ from torch import Tensor
 
 from .streams import Stream, as_rows, is_int, rechunk, reservoir_sample, stream_passes
 
-__all__ = ["SILHOUETTE_SAMPLE", "MiniBatchKMeans", "adjusted_rand_index", "nearest_centroid", "silhouette_score"]
+__all__ = ["SILHOUETTE_SAMPLE", "MiniBatchKMeans", "adjusted_rand_index", "kmeans_assign",
+           "silhouette_score"]
 
 _LLOYD_STEPS = 10  # refinement of each k-means++ seeding on the in-memory init sample
 SILHOUETTE_SAMPLE = 2000  # pairwise distances of the subsample: 2000^2 float64 = 32 MB
@@ -247,7 +248,7 @@ class MiniBatchKMeans:
     def predict(self, x: Tensor) -> Tensor:
         """Index ``(n,)`` int64 of the nearest center for ``x`` ``(n, d)`` or ``(n, F, D)``."""
         x = as_rows(x, "predict", 0, self.centroids.shape[1])
-        return nearest_centroid(x.to(self.centroids.device), self.centroids)
+        return kmeans_assign(x.to(self.centroids.device), self.centroids)
 
     def inertia(self, stream: Stream) -> float:
         """Sum over the stream of squared distances to the nearest center (lower is tighter)."""
@@ -294,8 +295,12 @@ class MiniBatchKMeans:
         return km
 
 
-def nearest_centroid(x: Tensor, c: Tensor) -> Tensor:
-    """Index ``(n,)`` of the nearest of the centers ``c`` ``(K, d)`` for each row of ``x`` ``(n, d)``."""
+def kmeans_assign(x: Tensor, c: Tensor) -> Tensor:
+    """Index ``(n,)`` of the nearest of the centers ``c`` ``(K, d)`` for each row of ``x`` ``(n, d)``.
+
+    k-means' own assignment, by the squared-distance expansion (fast on large batches); on near-ties it can
+    differ from the served routing rule, :func:`ihas_lightning.modules.router.nearest_centroid`.
+    """
     return _sq_dists(x.to(c.dtype), c).argmin(1)  # (n,) int64
 
 

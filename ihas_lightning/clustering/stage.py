@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..gates import check_min_dim
 from .dims import active_count_histogram, assign_dims
-from .kmeans import SILHOUETTE_SAMPLE, MiniBatchKMeans, nearest_centroid, silhouette_score
+from .kmeans import SILHOUETTE_SAMPLE, MiniBatchKMeans, kmeans_assign, silhouette_score
 from .streams import Stream, as_rows, is_int, rechunk, reservoir_sample, stream_passes
 
 __all__ = ["ClusterConfig", "ClusterResult", "cluster"]
@@ -136,7 +136,7 @@ class ClusterResult:
     def predict(self, features: Tensor) -> Tensor:
         """Group ``(n,)`` of each row of ``features`` ``(n, d)`` or ``(n, F, D)``: the nearest centroid."""
         x = as_rows(features, "features", 0, self.centroids.shape[1])
-        return nearest_centroid(x.to(self.centroids.device), self.centroids)
+        return kmeans_assign(x.to(self.centroids.device), self.centroids)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe plain lists and numbers."""

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
+from torchmetrics.functional.classification import binary_auroc
 
 from .. import training
 from ..clustering import (ClusterConfig, ClusterResult, active_count_histogram, cluster, fit_dims_to_budget,
@@ -20,7 +21,7 @@ from ..run_config import RunConfig
 from .run_directory import RunDirectory
 from .search import load_searched_module, searched_masks
 
-__all__ = ["stage_cluster"]
+__all__ = ["PrefixScorer", "stage_cluster"]
 
 
 def _mask_stream(module: SearchModule, dm: CTRDataModule, split: str) -> Callable[[], Iterator[torch.Tensor]]:
@@ -33,45 +34,52 @@ def _mask_stream(module: SearchModule, dm: CTRDataModule, split: str) -> Callabl
     return stream
 
 
-def _prefix_logloss(module: SearchModule, dm: CTRDataModule, result: ClusterResult,
-                    max_rows: int = 32_768) -> Callable[[torch.Tensor], float]:
-    """Validation logloss of the searched backbone when every row, in the group the clustering gives it,
-    keeps the first ``dims[c, f]`` columns of each field: what ``--budget-fit loss`` narrows by.
+class PrefixScorer:
+    """The searched backbone on validation rows when every row, in the group the clustering gives it, keeps
+    the first ``dims[c, f]`` columns of each field: what ``--budget-fit loss`` narrows by (:meth:`logloss`)
+    and what ``--budget-fit auto`` chooses a fit by (:meth:`auc`).
 
     Why the loss and not the gates: the search prices a gate by its field's vocabulary, so the gates of small
-    noise fields stay open for free while a large field's gates close under pressure; counting open gates
-    then cut a large, informative field first (synthetic data: field A, rank-8 signal, to 4 dimensions while
-    pure-noise fields kept 16). The groups stay as the searched tables route them. The retraining routes on
-    its narrowed tables, which sent 0-66% of validation rows to another group in the quality runs checked
-    (Avazu most); re-centering the router on narrowed-table masks lowered the retrained validation AUC on 4
-    of 4 Avazu runs, so it was left out. It reads the validation split (at most ``max_rows`` rows), as
-    ``--k 0`` does to choose K.
+    noise fields stay open for free while a large field's gates close under pressure. The groups stay as the
+    searched tables route them. It reads the validation split (at most ``max_rows`` rows), as ``--k 0`` does
+    to choose K. See docs/design.md#33-clustering-fitting-the-budget.
     """
-    batches, groups, rows = [], [], 0
-    with torch.no_grad():
-        for batch in dm.stream("val", shuffle=False):
-            batches.append(batch)
-            groups.append(result.predict(searched_masks(module, batch).flatten(1)))
-            rows += len(groups[-1])
-            if rows >= max_rows:
-                break
-    if rows == 0:
-        raise ValueError("--budget-fit loss scores dimensions on validation rows, and the validation split is "
-                         "empty: give it rows, or use --budget-fit gates")
-    backbone, dim = module.backbone, module.hparams.dim
+
+    def __init__(self, module: SearchModule, dm: CTRDataModule, result: ClusterResult, max_rows: int = 32_768) -> None:
+        self.module, self.batches, self.groups, rows = module, [], [], 0
+        with torch.no_grad():
+            for batch in dm.stream("val", shuffle=False):
+                self.batches.append(batch)
+                self.groups.append(result.predict(searched_masks(module, batch).flatten(1)))
+                rows += len(self.groups[-1])
+                if rows >= max_rows:
+                    break
+        if rows == 0:
+            raise ValueError("--budget-fit loss and auto score dimensions on validation rows, and the validation "
+                             "split is empty: give it rows, or use --budget-fit gates")
+        self.rows = rows
+        self.labels = torch.cat([batch["label"] for batch in self.batches])                     # (N,)
 
     @torch.no_grad()
-    def logloss(dims: torch.Tensor) -> float:
-        masks, total = prefix_masks(dims, dim), 0.0
-        transform = backbone.embedding_transform
+    def batch_logits(self, dims: torch.Tensor) -> list[torch.Tensor]:
+        """Logits of each validation batch read, every group at its prefix ``dims`` (K, F)."""
+        backbone = self.module.backbone
+        masks, transform, out = prefix_masks(dims, self.module.hparams.dim), backbone.embedding_transform, []
         try:
-            for batch, group in zip(batches, groups):
+            for batch, group in zip(self.batches, self.groups):
                 backbone.embedding_transform = lambda e, m=masks[group]: e * m
-                total += float(F.binary_cross_entropy_with_logits(backbone(batch), batch["label"], reduction="sum"))
+                out.append(backbone(batch))                                                      # (B,)
         finally:
             backbone.embedding_transform = transform
-        return total / rows
-    return logloss
+        return out
+
+    def logloss(self, dims: torch.Tensor) -> float:
+        total = sum(float(F.binary_cross_entropy_with_logits(logits, batch["label"], reduction="sum"))
+                    for logits, batch in zip(self.batch_logits(dims), self.batches))
+        return total / self.rows
+
+    def auc(self, dims: torch.Tensor) -> float:
+        return float(binary_auroc(torch.cat(self.batch_logits(dims)), self.labels.long()))
 
 
 def stage_cluster(run: RunDirectory, run_config: RunConfig, dm: CTRDataModule | None = None) -> dict:
@@ -92,20 +100,37 @@ def stage_cluster(run: RunDirectory, run_config: RunConfig, dm: CTRDataModule | 
                      config, val_feature_stream=lambda: (m.flatten(1) for m in val_masks()))
     searched_dims = result.dims
     budget = module.hparams.gate.get("budget")
+    candidates: list[dict] = []
     if budget is not None:
         costs = [float(dm.vocab_sizes[f]) for f in fields]
-        if budget_fit == "loss":
-            cost = loss_increase(_prefix_logloss(module, dm, result))
+        scorer = PrefixScorer(module, dm, result) if budget_fit in ("loss", "auto") else None
+
+        def fitted(fit: str) -> torch.Tensor:
+            if fit == "loss":
+                cost = loss_increase(scorer.logloss)
+            else:
+                cost = open_gate_cost(sum(active_count_histogram(m, result.predict(m.flatten(1)), result.k)
+                                          for m in train_masks()))
+            return fit_dims_to_budget(result.dims, costs, dim, budget, config.dims_for(dim), config.min_dim,
+                                      cost=cost)
+
+        if budget_fit == "auto":
+            # Both fits, each scored by the narrowed searched model's validation AUC; ties keep 'loss'.
+            candidates = [{"fit": fit, "dims": fitted(fit)} for fit in ("loss", "gates")]
+            for candidate in candidates:
+                candidate["val_auc"] = scorer.auc(candidate["dims"])
+            kept = max(candidates, key=lambda c: c["val_auc"])
+            budget_fit, dims = kept["fit"], kept["dims"]
+            candidates = [{"fit": c["fit"], "val_auc": c["val_auc"], "dims": c["dims"].tolist()} for c in candidates]
         else:
-            cost = open_gate_cost(sum(active_count_histogram(m, result.predict(m.flatten(1)), result.k)
-                                      for m in train_masks()))
-        result = replace(result, dims=fit_dims_to_budget(result.dims, costs, dim, budget, config.dims_for(dim),
-                                                         config.min_dim, cost=cost))
+            dims = fitted(budget_fit)
+        result = replace(result, dims=dims)
     run.stage("cluster").mkdir(parents=True, exist_ok=True)
     result.save(run.stage("cluster") / "clusters.json")
     metrics = {"k": result.k, "group_sizes": result.group_sizes.tolist(),
                "dims": {str(c): dict(zip(fields, map(int, row))) for c, row in enumerate(result.dims.tolist())},
                "dims_before_budget": searched_dims.tolist(), "budget": budget, "budget_fit": budget_fit,
+               "budget_fit_asked": run_config.cluster.budget_fit, "budget_fit_candidates": candidates,
                "selection": result.selection, "seconds": time.perf_counter() - start}
     training.write_json(run.stage("cluster") / "metrics.json", metrics)
     return metrics

@@ -21,7 +21,7 @@ from .router_fit import fit_linear_router, routing_agreement
 from .run_directory import RunDirectory
 from .search import load_searched_module
 
-__all__ = ["stage_baseline", "stage_retrain"]
+__all__ = ["build_retrain_module", "stage_baseline", "stage_retrain"]
 
 
 def stage_retrain(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None = None,
@@ -37,21 +37,10 @@ def stage_retrain(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None
     start = time.perf_counter()
     pl.seed_everything(config.model.seed, workers=True)
     dm = dm or training.datamodule_from_config(config.data, config.trainer.threads)
-    search = load_searched_module(run)
-    clusters = ClusterResult.load(run.stage("cluster") / "clusters.json")
     backbone = backbone or config.model.backbone
-    module = RetrainModule(dm.schema, dm.vocab_sizes, group_dims=clusters.dims.tolist(),
-                           centroids=clusters.centroids.tolist(), gate=dict(search.hparams.gate),
-                           group_dense=config.retrain.group_dense, router=config.retrain.router,
-                           config=replace(config.model, backbone=backbone, dim=search.hparams.dim, lr=config.retrain.lr))
-    # Another backbone (transfer): fresh dense layers; the searched tables and router, so that routing holds.
-    same_backbone = backbone == search.hparams.backbone
-    init_from = config.retrain.init_from if same_backbone else None
-    backbone_state = load_checkpoint_state(init_from, "a checkpoint to start the retraining from") if init_from \
-        else None
-    module.warm_start(search.state_dict(), tables_only=not same_backbone, backbone_state=backbone_state)
-    fit_agreement = fit_linear_router(module, search, clusters, dm, seed=config.model.seed) \
-        if config.retrain.router == "linear" else None
+    module = build_retrain_module(run, config, dm, backbone)
+    clusters = ClusterResult.load(run.stage("cluster") / "clusters.json")
+    search = load_searched_module(run)
     start_agreement = routing_agreement(module, search, clusters, dm)
     trainer = training.make_trainer(config.trainer, run.stage(stage), max_epochs=config.retrain.epochs)
     scores = training.fit_and_test(module, dm, trainer, ckpt_path=run.resume_path(stage), start_competes=True)
@@ -67,12 +56,33 @@ def stage_retrain(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None
                "table_widths": module.table_widths,
                # the tested weights: the starting point (no epoch beat it) or the epoch that did
                "kept": "start" if kept["global_step"] == 0 else f"epoch {kept['epoch']}",
-               "router": config.retrain.router, "router_fit_agreement": fit_agreement,
+               "router": config.retrain.router,
                "router_agreement_val_start": start_agreement,
                "router_agreement_val": routing_agreement(module, search, clusters, dm),
                "seconds": time.perf_counter() - start}
     training.write_json(run.stage(stage) / "metrics.json", metrics)
     return metrics
+
+
+def build_retrain_module(run: RunDirectory, config: RunConfig, dm: CTRDataModule, backbone: str) -> RetrainModule:
+    """The retraining's starting point: the clustering's groups over the searched tables (and, on the search's
+    backbone, its dense layers; or ``config.retrain.init_from``'s), before any retraining step, behind
+    ``config.retrain.router`` (the linear one fitted to the searched routing of the training rows)."""
+    search = load_searched_module(run)
+    clusters = ClusterResult.load(run.stage("cluster") / "clusters.json")
+    module = RetrainModule(dm.schema, dm.vocab_sizes, group_dims=clusters.dims.tolist(),
+                           centroids=clusters.centroids.tolist(), gate=dict(search.hparams.gate),
+                           group_dense=config.retrain.group_dense, router=config.retrain.router,
+                           config=replace(config.model, backbone=backbone, dim=search.hparams.dim, lr=config.retrain.lr))
+    # Another backbone (transfer): fresh dense layers; the searched tables and router, so that routing holds.
+    same_backbone = backbone == search.hparams.backbone
+    init_from = config.retrain.init_from if same_backbone else None
+    backbone_state = load_checkpoint_state(init_from, "a checkpoint to start the retraining from") if init_from \
+        else None
+    module.warm_start(search.state_dict(), tables_only=not same_backbone, backbone_state=backbone_state)
+    if config.retrain.router == "linear":                        # fitted on the tables it will read
+        fit_linear_router(module, search, clusters, dm, seed=config.model.seed)
+    return module
 
 
 @torch.no_grad()

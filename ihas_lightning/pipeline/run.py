@@ -6,6 +6,7 @@ Stages hand each other files, never hidden state::
     DIR/search/               SearchModule checkpoints, TensorBoard, metrics.json
     DIR/cluster/clusters.json centroids, per-group dimensions, group sizes
     DIR/retrain/              RetrainModule checkpoints, TensorBoard, metrics.json, ihas_model.pt
+    DIR/losses/metrics.json   validation AUC after each step from the search to the retrained model
     DIR/separate/             the separate-models variant: one model per group, trained on its own samples
     DIR/baseline/, DIR/baseline_matched/   uniform-dimension backbones on the same split
     DIR/metrics.json          everything above in one place
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from .. import training
 from ..run_config import RunConfig
 from .cluster import stage_cluster
+from .losses import stage_losses
 from .retrain import stage_baseline, stage_retrain
 from .run_directory import RunDirectory, embedding_rows
 from .search import stage_search
@@ -59,6 +61,8 @@ def run_pipeline(config: RunConfig, on_stage_done: StageHook | None = None) -> d
             on_stage_done("search", search)
     stage_cluster(run, config, dm)
     retrain = stage_retrain(run, config, dm)
+    if len(dm.split("val")):
+        stage_losses(run, config, dm)
     if config.separate:
         stage_separate(run, config, dm)
     stage_baseline(run, config, config.model.dim, "baseline", dm)
@@ -81,6 +85,9 @@ def collect_metrics(run: RunDirectory, config: RunConfig) -> dict:
                    "distinct_masks": search["distinct_masks"]},
         "seconds": {name: run.metrics(name).get("seconds") for name in ("search", "cluster", "retrain", "baseline")},
     }
+    if run.done("losses"):
+        metrics["losses"] = [{k: step.get(k) for k in ("step", "val_auc", "change")}
+                             for step in run.metrics("losses")["steps"]]
     if run.done("separate"):
         metrics["ihas_separate"] = {k: run.metrics("separate").get(k) for k in (*keep, "groups")}
         metrics["seconds"]["separate"] = run.metrics("separate").get("seconds")
