@@ -42,7 +42,8 @@ from ihas_lightning.cli import parse_run_config  # noqa: E402
 from ihas_lightning.clustering import ClusterResult  # noqa: E402
 from ihas_lightning.modules import LinearRouter  # noqa: E402
 from ihas_lightning.paths import shared_data_dir  # noqa: E402
-from ihas_lightning.pipeline import RunDirectory, load_searched_module, stage_cluster, stage_retrain, stage_search  # noqa: E402
+from ihas_lightning.pipeline import (RunDirectory, load_searched_module, stage_cluster, stage_retrain,  # noqa: E402
+                                     stage_search)
 from ihas_lightning.pipeline.router_fit import searched_routes  # noqa: E402
 
 DATASETS = {
@@ -197,7 +198,8 @@ def main() -> None:
              "agreement: share of validation rows the router sends to the searched routing's group (clustering of "
              "the searched masks), on the retrained model's own tables; 'start' = before the retraining.",
              f"val AUC, linear - gates: mean {summary['val_auc_linear_minus_gates_mean']:+.4f}, "
-             f"min {summary['val_auc_linear_minus_gates_min']:+.4f}, max {summary['val_auc_linear_minus_gates_max']:+.4f} "
+             f"min {summary['val_auc_linear_minus_gates_min']:+.4f}, "
+             f"max {summary['val_auc_linear_minus_gates_max']:+.4f} "
              f"over {len(cells)} cells."]
     write_markdown_table(args.markdown, "Router: the searched gates vs a linear router on the first min_dim columns",
                          ["data", "backbone", "seed", "K", "gates params", "linear params", "linear FLOPs",

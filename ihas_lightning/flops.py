@@ -25,8 +25,8 @@ if TYPE_CHECKING:                       # only for hints: the PIM cost model imp
     from .backbones import CTRBackbone
 
 __all__ = ["COUNTED_BACKBONES", "ModelCounts", "backbone_flops", "dense_params", "dnn_of", "expected_flops",
-           "flops_breakdown", "flops_or_none", "format_flops", "group_flops", "is_embedding_table", "linear_router_flops",
-           "router_flops", "uniform_counts"]
+           "flops_breakdown", "flops_or_none", "format_flops", "group_flops", "is_embedding_table",
+           "linear_router_flops", "router_flops", "uniform_counts"]
 
 COUNTED_BACKBONES = ("DeepFM", "DCN", "WDL")
 
