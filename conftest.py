@@ -11,8 +11,8 @@ from ihas_lightning.paths import shared_data_dir
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Tiny models: one thread is as fast, deterministic, and immune to a busy second core (two threads on
-    a loaded 2-core machine made small matmuls stall, 6-10x slower)."""
+    """Tiny models: one thread is as fast, deterministic, and immune to a busy second core (see
+    docs/design.md#9-engineering-measurements)."""
     import torch
 
     torch.set_num_threads(1)

@@ -24,6 +24,7 @@ import torch
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 __all__ = ["RESULTS_DIR", "LightningEpochClock", "Timer", "add_speed_arguments", "best_of", "machine_info", "now_iso",
+           "provenance",
            "setup_speed_run", "silenced_stdout", "speed_notes", "sync", "time_one_epoch", "write_json",
            "write_markdown_table"]
 
@@ -105,7 +106,26 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
     return info
 
 
+def provenance() -> dict[str, Any]:
+    """The commit the measured code is at (``dirty`` when the tree has uncommitted changes) and the command."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD") or None,
+            "dirty": bool(git("status", "--porcelain", "--", "ihas_lightning")),
+            "command": " ".join(["python", *sys.argv])}
+
+
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
+    """``payload`` as JSON, with its :func:`provenance` (commit and command) unless it records one already."""
+    payload = {**payload, "provenance": payload.get("provenance") or provenance()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")

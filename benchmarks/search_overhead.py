@@ -1,12 +1,12 @@
 """Search-stage overhead: training throughput of ``SearchModule`` (gates on) vs the plain ``BackboneModule``.
 
 Both sides train the same DeepCTR-Torch model (DeepFM, DCN) with the same feature columns, DNN widths,
-initialisation seed, Adam learning rate and batch size, in the same ``Trainer`` settings, on the same
+initialization seed, Adam learning rate and batch size, in the same ``Trainer`` settings, on the same
 synthetic Criteo-shaped rows (``benchmarks/throughput.py``'s ``make_data``: 26 sparse fields with
 Criteo-like cardinalities capped at 200k rows, 13 dense fields). The search side has its gates on from the
 first step (``warmup_epochs=0``) with the stage's callbacks (``TemperatureAnnealing``,
 ``RegularizerWarmup``): gate network, relaxed Bernoulli sampling, masking, sparsity/budget and
-bi-polarisation terms, the dual step, and the per-step gate logging. Only training is timed, from
+bi-polarization terms, the dual step, and the per-step gate logging. Only training is timed, from
 ``on_train_epoch_start`` to ``on_train_epoch_end`` (no validation: ``limit_val_batches=0``). Runs
 alternate between the sides, ``--repeats`` times each; the best run of each side counts (the least
 disturbed one on a shared machine). ``ratio = search / plain``; the target is >= 0.7.
@@ -51,7 +51,7 @@ def run(side: str, name: str, splits, encoder, hidden: tuple[int, ...], device: 
     else:
         module = BackboneModule(encoder.schema, encoder.vocab_sizes, **common)
     if device.startswith("cuda"):
-        module.backbone.model.device = device  # DeepCTR's regulariser allocates on model.device
+        module.backbone.model.device = device  # DeepCTR's regularizer allocates on model.device
     return time_one_epoch(module, splits, encoder, BATCH_SIZE, device, callbacks)
 
 

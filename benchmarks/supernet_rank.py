@@ -6,7 +6,7 @@ step), draw N sub-architectures spread over embedding-parameter budgets, and sco
 * with inherited weights (``SupernetModule.evaluate_subnet``), without and with NASRec's last-layer
   post-training fine-tune;
 * stand-alone: a fresh backbone with that sub-architecture's masks fixed, trained for the same epochs as
-  the supernet, over ``--seeds`` initialisation/shuffle seeds (mean validation AUC).
+  the supernet, over ``--seeds`` initialization/shuffle seeds (mean validation AUC).
 
 Reported: Kendall tau between the inherited and stand-alone AUCs (also after fine-tuning), the tau between
 two stand-alone seeds (the noise ceiling of any proxy), and the time of one inherited evaluation vs one
@@ -63,8 +63,8 @@ def draw_subnets(module: SupernetModule, config: SupernetConfig, n: int, seed: i
     candidates.sort(key=lambda s: (s.embedding_params(vocab), s.dims, s.widths))
     shares = np.array([s.embedding_params(vocab) / full for s in candidates])
     chosen: list[SubArchitecture] = []
-    # Log-spaced budgets: AUC changes most between tiny budgets, and barely among large ones (DESIGN.md 2.3:
-    # uniform dims 1-16 differ by ~0.003 AUC on MovieLens), where ranks are set by seed noise.
+    # Log-spaced budgets: AUC changes most between tiny budgets, and barely among large ones, where ranks are
+    # set by seed noise (see docs/design.md#5-supernet-sampling).
     for target in np.geomspace(max(shares.min(), 1e-4), shares.max(), n):
         order = np.argsort(np.abs(shares - target), kind="stable")
         chosen.append(next(candidates[i] for i in order if candidates[i] not in chosen))
@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{r['supernet']['warmup_steps']} steps); stand-alone {r['standalone_epochs']} epochs x "
              f"{r['standalone_seeds']} seeds; fine-tune {r['finetune_steps']} last-layer steps; "
              f"{r['rows_train']} train / {r['rows_val']} val rows" for r in results]
-    notes.append("speedup = median stand-alone training seconds / median inherited evaluation seconds (validation split)")
+    notes.append("speedup = median stand-alone training seconds / median inherited evaluation seconds "
+                 "(validation split)")
     notes.append(f"machine: {payload['machine']['cpu']}, {args.threads} torch threads; command: {payload['command']}")
     write_markdown_table(path.with_suffix(".md"), "Supernet rank correlation (Kendall tau)",
                          ["data", "subnets", "tau inherited", "tau fine-tuned", "tau seed vs seed",

@@ -99,7 +99,7 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4f}" + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
 
 
-def summarise(dataset: str, seeds: list[dict]) -> tuple[list[list], str]:
+def summarize(dataset: str, seeds: list[dict]) -> tuple[list[list], str]:
     table = []
     for name in VARIANTS:
         runs = [s[name] for s in seeds]
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
             seeds.append(run_seed(dataset, seed, root / dataset / str(seed)))
             print(f"{dataset} seed {seed}: " + ", ".join(f"{n} {seeds[-1][n]['retrain_val_auc']:.4f}"
                                                           for n in VARIANTS), flush=True)
-        rows, verdict = summarise(dataset, seeds)
+        rows, verdict = summarize(dataset, seeds)
         results["datasets"][dataset] = {"runs": seeds, "verdict": verdict}
         table += rows
         verdicts.append(verdict)

@@ -1,7 +1,7 @@
 """Training throughput: DeepCTR-Torch's own ``fit`` vs our ``BackboneModule`` in a Lightning ``Trainer``.
 
 Both sides train the same model class (DeepFM, DCN) with identical feature columns, DNN widths,
-initialisation seed, L2 terms, Adam (lr 1e-3) and batch size on the same synthetic Criteo-shaped rows
+initialization seed, L2 terms, Adam (lr 1e-3) and batch size on the same synthetic Criteo-shaped rows
 (26 sparse fields with Criteo-like cardinalities capped at 200k rows, 13 dense fields). Only the training
 epoch is timed: from the epoch-start to the epoch-end callback of each side (DeepCTR-Torch's
 ``on_epoch_begin``/``on_epoch_end``, Lightning's ``on_train_epoch_start``/``on_train_epoch_end``), so

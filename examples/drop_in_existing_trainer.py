@@ -19,7 +19,7 @@ in an ordinary ``pl.Trainer``. ``train_search`` is the same script after the swa
      trainer.fit(model, dm)
 
 The data module, the Trainer, its logger and checkpointing stay as they were. ``warmup_epochs`` trains the
-plain backbone first; the callbacks anneal the gates' temperature, warm the sparsity/polarisation terms
+plain backbone first; the callbacks anneal the gates' temperature, warm the sparsity/polarization terms
 up and draw the gate heatmap in TensorBoard. After ``fit``, ``model.last_val_summary`` has the searched
 gates' statistics on the validation split (mean active dimensions per field, distinct masks, ...), and
 the checkpoint is what the clustering stage reads.

@@ -53,8 +53,8 @@ BACKBONES = ("DeepFM", "DCN", "DCNMix", "WDL", "xDeepFM", "AutoInt", "NFM", "PNN
 _SPARSE_ONLY = ("AFM", "CCPM")
 UNSUPPORTED_BACKBONES = {
     "ONN": "builds its own field-aware embedding tables for every field pair and reads X directly",
-    "DIN": "needs user-behaviour sequence features and reads them from X directly",
-    "DIEN": "needs user-behaviour sequence features and reads them from X directly",
+    "DIN": "needs user-behavior sequence features and reads them from X directly",
+    "DIEN": "needs user-behavior sequence features and reads them from X directly",
     "MLR": "takes region/base/bias feature columns, not linear and DNN feature columns",
 }
 
@@ -167,8 +167,8 @@ class CTRBackbone(nn.Module):
         """DeepCTR-Torch's L1/L2 terms, which its own ``fit`` adds to the loss.
 
         Same sums as ``BaseModel.get_regularization_loss``, which allocates its accumulator on the device
-        named at construction and so fails once the model has moved to a GPU. ``replace`` maps a regularised
-        parameter to the tensors regularised in its place (per-group copies of the dense layers trained
+        named at construction and so fails once the model has moved to a GPU. ``replace`` maps a regularized
+        parameter to the tensors regularized in its place (per-group copies of the dense layers trained
         instead of it); by default each parameter stands for itself.
         """
         total = self.model.out.bias.new_zeros(()) if hasattr(self.model.out, "bias") else torch.zeros(())
@@ -315,8 +315,8 @@ def narrow_tables(backbone: CTRBackbone, widths: dict[str, int]) -> None:
     """Store field ``f``'s table at ``widths[f]`` columns, keeping its first columns (the shared-table layout
     of the retraining stage: group c uses the first d[c, f] columns, so a table is as wide as its widest group).
 
-    DeepCTR-Torch's regularisation list holds the parameters captured at construction; the new tables
-    replace the old ones in it, so ``get_regularization_loss`` keeps regularising what is trained.
+    DeepCTR-Torch's regularization list holds the parameters captured at construction; the new tables
+    replace the old ones in it, so ``get_regularization_loss`` keeps regularizing what is trained.
     """
     replaced: dict[int, nn.Parameter] = {}
     for name, width in widths.items():

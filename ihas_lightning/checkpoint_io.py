@@ -26,7 +26,7 @@ __all__ = ["AtomicCheckpointIO"]
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose local saves go through a temporary file in the target's own folder.
 
-    Remote paths (``s3://``, ...) keep Lightning's own behaviour.
+    Remote paths (``s3://``, ...) keep Lightning's own behavior.
 
     Example:
         >>> trainer = pl.Trainer(plugins=[AtomicCheckpointIO()], callbacks=[ModelCheckpoint(save_last=True)])

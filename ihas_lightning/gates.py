@@ -18,8 +18,10 @@ Two relaxations of the Bernoulli gate are offered (``GateConfig.relaxation``):
   ``init_open_logit = 3`` does not start the gates in Phi's flat tail where gradients vanish.
   The temperature is not used by this relaxation; ``sigma`` is its noise scale.
 
-Throughout, ``prob = P(z > 0)`` is *the* open-probability: regularisers, statistics and the deterministic
+Throughout, ``prob = P(z > 0)`` is *the* open-probability: regularizers, statistics and the deterministic
 evaluation mask ``z = 1[prob >= 0.5]`` all use it. With prefix gates ``prob`` is the cumulative product.
+
+See docs/design.md#21-search-gates.
 """
 
 from __future__ import annotations
@@ -77,15 +79,15 @@ def check_min_dim(min_dim: int, allow_drop_field: bool) -> None:
 
 @dataclass(frozen=True)
 class GateConfig:
-    """Configuration of the instance-wise gates and their regularisers.
+    """Configuration of the instance-wise gates and their regularizers.
 
     Args:
         relaxation: ``"hard_concrete"`` (Louizos et al. 2018) or ``"gaussian"`` (STG, Yamada et al. 2020).
         hidden: width of the gate network's hidden layer.
         temperature: initial hard-concrete temperature tau (2/3 as in Louizos et al.); a callback anneals it.
         prefix: nested gates; dimension k is open only if dimensions < k are, so a mask is a dimension size.
-        min_dim: the first ``min_dim`` dimensions of every field are always open (the prototype lost 0.015
-            AUC when the item-id field was dropped entirely). 0 requires ``allow_drop_field=True``.
+        min_dim: the first ``min_dim`` dimensions of every field are always open, so no field is dropped
+            entirely (see docs/design.md#21-search-gates). 0 requires ``allow_drop_field=True``.
         allow_drop_field: permit a field to lose all of its dimensions (only matters with ``min_dim=0``).
         budget: target expected share of the uniform model's embedding parameters, in (0, 1]; the sparsity
             multiplier is then adapted by dual ascent. ``None``: a fixed multiplier ``sparsity_weight``.
@@ -93,7 +95,7 @@ class GateConfig:
         dual_lr: step size of the dual ascent on the multiplier.
         budget_penalty: weight rho of the damping term ``rho/2 (share - budget)^2`` of the augmented
             Lagrangian (see :class:`BudgetController`); 0 gives plain (two-sided) dual ascent.
-        polarization_weight: weight of the bi-polarisation term ``mean p (1 - p)``.
+        polarization_weight: weight of the bi-polarization term ``mean p (1 - p)``.
         weight_by_vocab: weight each field's dimensions by its vocabulary size in the sparsity term.
         init_open_logit: initial bias of the gate logits (positive: gates start mostly open).
         sigma: noise scale of the Gaussian stochastic gate.
@@ -147,15 +149,11 @@ class BudgetController(nn.Module):
     so the gradient on the gates is ``(lambda + budget_penalty * (share - budget)) d share``: an integral
     plus a proportional term, as in PID Lagrangian control (Stooke, Achiam & Abbeel 2020).
 
-    Why not the plain projected ascent ``lambda <- max(0, lambda + dual_lr * (share - budget))``: on the
-    toy of ``tests/test_gates.py`` (16 runs: 2 relaxations x 2 seeds x 2 Adam learning rates x uniform or
-    vocabulary-weighted costs, 400 steps) the integral term lags, the gates overshoot below the budget,
-    ``lambda`` drops to 0 and closed hard-concrete gates (``z == 0`` exactly, so no task gradient) never
-    reopen: 12 of 16 runs ended more than 0.08 below the budget (worst 0.26 for a budget of 0.5). With
-    the damping term and a ``lambda`` allowed to go negative (rewarding open gates when the share is
-    below target, so the budget is a *target*, as DESIGN.md's ``|E - target|`` says) all 16 ended within
-    0.06 of it. ``lambda`` starts at ``config.sparsity_weight``. With ``budget=None`` the term is the
-    plain, fixed L0 penalty ``sparsity_weight * share`` and :meth:`update` does nothing.
+    ``lambda`` may go negative, rewarding open gates while the share is below the budget: the budget is a
+    target, not a ceiling. The damping term and the signed ``lambda`` keep closed hard-concrete gates from
+    overshooting below it for good (see docs/design.md#22-search-budget-and-regularizers). ``lambda`` starts
+    at ``config.sparsity_weight``. With ``budget=None`` the term is the plain, fixed L0 penalty
+    ``sparsity_weight * share`` and :meth:`update` does nothing.
 
     ``lambda`` is a buffer, so it is saved in ``state_dict`` and a resumed run continues exactly.
 
@@ -186,7 +184,7 @@ class BudgetController(nn.Module):
         return float(self.lam.item())
 
     def loss_terms(self, prob: Tensor) -> dict[str, Tensor]:
-        """Regularisation terms for gate open-probabilities ``prob`` of shape ``(B, F, D)``.
+        """Regularization terms for gate open-probabilities ``prob`` of shape ``(B, F, D)``.
 
         Returns ``sparsity`` (``sparsity_weight * share`` without a budget, the augmented Lagrangian above
         with one), ``polarization = polarization_weight * polarization(p)``, ``share`` (the expected
@@ -220,7 +218,7 @@ class BudgetController(nn.Module):
 class GateOutput(NamedTuple):
     """What the gates return; all of shape ``(B, F, D)``.
 
-    ``mask``: z in [0, 1] (binary in eval mode); ``prob``: P(z > 0), used by every regulariser and
+    ``mask``: z in [0, 1] (binary in eval mode); ``prob``: P(z > 0), used by every regularizer and
     statistic; ``logits``: the gate network's raw output ``a``.
     """
 
@@ -236,7 +234,7 @@ def hard_concrete_prob(logits: Tensor, temperature: float | Tensor) -> Tensor:
 
 def hard_concrete_sample(logits: Tensor, temperature: float | Tensor,
                          generator: torch.Generator | None = None) -> Tensor:
-    """A reparameterised hard-concrete sample in [0, 1] (Louizos et al. 2018, eqs. 9-10)."""
+    """A reparameterized hard-concrete sample in [0, 1] (Louizos et al. 2018, eqs. 9-10)."""
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
     u = u.clamp(_U_EPS, 1.0 - _U_EPS)
     s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + logits) / temperature)
@@ -336,7 +334,7 @@ class InstanceGates(nn.Module):
                              training=use_batch_stats, eps=self.norm.eps)
         a = self.out(torch.relu(self.hidden(x)))  # (B, F*D)
         # Bounded in value, straight-through in gradient: p never rounds to exactly 0 or 1, so the
-        # regularisers can always move a gate, and a logit past the bound still gets its gradient.
+        # regularizers can always move a gate, and a logit past the bound still gets its gradient.
         a = a + (a.clamp(-LOGIT_BOUND, LOGIT_BOUND) - a).detach()
         return a.view(batch, self.num_fields, self.dim)  # (B, F, D)
 
@@ -377,7 +375,7 @@ class InstanceGates(nn.Module):
         _, p = self._finish(self._prob(a), self._prob(a))
         return (p >= 0.5).to(p.dtype)
 
-    # -- regularisers (delegated to the controller, whose lambda is in this module's state_dict) ------
+    # -- regularizers (delegated to the controller, whose lambda is in this module's state_dict) ------
     def loss_terms(self, prob: Tensor) -> dict[str, Tensor]:
         """``sparsity``, ``polarization``, ``share``, ``total``: see :meth:`BudgetController.loss_terms`."""
         return self.controller.loss_terms(prob)

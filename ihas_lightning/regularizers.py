@@ -1,4 +1,4 @@
-"""Regularisers and gate statistics for instance-wise embedding-dimension gates (iHAS search stage).
+"""Regularizers and gate statistics for instance-wise embedding-dimension gates (iHAS search stage).
 
 All functions take the gates' open-probabilities ``prob`` (or a mask) of shape ``(B, F, D)``:
 batch, fields, dimensions. ``prob[b, f, k]`` is the probability that dimension ``k`` of field ``f`` is
@@ -11,6 +11,8 @@ cost parameters, so :func:`expected_param_share` counts them, but they are no de
 
 These are pure functions; the gates' adaptive sparsity multiplier that combines them,
 :class:`ihas_lightning.gates.BudgetController`, lives with the gates.
+
+See docs/design.md#22-search-budget-and-regularizers.
 """
 
 from __future__ import annotations
@@ -69,15 +71,14 @@ def expected_param_share(prob: Tensor, field_costs: Tensor | Sequence[float] | N
 def polarization(prob: Tensor, min_dim: int = 0, settled: float = POLARIZATION_SETTLED) -> Tensor:
     """Mean ``p (1 - p)`` over the gates that are decisions (dimensions ``k >= min_dim``).
 
-    Zero exactly when every gate's open-probability is 0 or 1; minimising it makes the deterministic
+    Zero exactly when every gate's open-probability is 0 or 1; minimizing it makes the deterministic
     selection ``1[p >= 0.5]`` of the clustering stage agree with what was trained (iHAS's
-    bi-polarisation objective, Yu et al. 2023). Returns 0 when no gate is a decision.
+    bi-polarization objective, Yu et al. 2023). Returns 0 when no gate is a decision.
 
     The value is exact, but a gate with ``p < settled`` or ``p > 1 - settled`` gets no gradient from
-    this term: its gradient ``(1 - 2p) p (1 - p)`` is tiny there yet always pushes outwards, and Adam
-    rescales tiny gradients to full steps, so without the dead zone the gate logits run away until
-    ``sigmoid`` rounds ``p`` to exactly 1 in float32 and no loss can close the gate again (seen on a toy:
-    logits 3 -> 29 in 100 Adam steps, after which a budget multiplier of 10 closed nothing).
+    this term (a dead zone): there its gradient is tiny yet always points outwards, and Adam would rescale
+    it to full steps until no loss could move the gate again. See
+    docs/design.md#22-search-budget-and-regularizers.
     """
     _check_3d(prob, "prob")
     free = prob[..., min_dim:]  # (B, F, D - min_dim)

@@ -18,10 +18,17 @@ from .modules.config import BackboneConfig
 from .modules.retrain_module import ROUTERS
 
 __all__ = ["BUDGET_FITS", "ClusterOptions", "RetrainConfig", "RunConfig", "SearchConfig", "TrainerConfig",
-           "parse_ints", "parse_widths"]
+           "check_at_least", "parse_ints", "parse_widths"]
 
 BUDGET_FITS = ("auto", "loss", "gates")
-"""How the cluster stage narrows the shared tables to the budget: measured validation logloss, or open gates."""
+"""How the cluster stage narrows the shared tables to the budget: measured validation logloss, open gates, or
+both with the better kept on validation AUC (see docs/design.md#33-clustering-fitting-the-budget)."""
+
+
+def check_at_least(name: str, value: Any, minimum: int, note: str = "") -> None:
+    """A ValueError naming ``name`` unless ``value`` is an int >= ``minimum`` (a bool is not a count)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}{' ' + note if note else ''}, got {value!r}")
 
 
 def parse_widths(text: str) -> tuple[int, ...]:
@@ -64,8 +71,10 @@ class TrainerConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.threads < 0:
-            raise ValueError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
+        check_at_least("epochs", self.epochs, 1)
+        check_at_least("devices", self.devices, 1)
+        check_at_least("num_nodes", self.num_nodes, 1)
+        check_at_least("threads", self.threads, 0, "(0: torch's default)")
 
 
 @dataclass(frozen=True)
@@ -92,8 +101,7 @@ class SearchConfig:
             raise ValueError(f"checkpoint must be 'best' or 'last', got {self.checkpoint!r}")
         if not (math.isfinite(self.gate_lr) and self.gate_lr > 0):
             raise ValueError(f"gate_lr must be > 0, got {self.gate_lr}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        check_at_least("warmup_epochs", self.warmup_epochs, 0)
 
 
 @dataclass(frozen=True)
@@ -113,9 +121,11 @@ class ClusterOptions:
     def __post_init__(self) -> None:
         if self.k == 0:
             object.__setattr__(self, "k", None)
-        if self.k is not None and self.k < 1:
+        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
             raise ValueError(f"k must be >= 1, or 0 to choose it on validation data, got {self.k}")
         object.__setattr__(self, "candidate_dims", tuple(int(d) for d in self.candidate_dims))
+        if not self.candidate_dims or min(self.candidate_dims) < 0:
+            raise ValueError(f"candidate_dims must be dimensions >= 0, got {self.candidate_dims}")
         if self.budget_fit not in BUDGET_FITS:
             raise ValueError(f"budget_fit must be one of {', '.join(BUDGET_FITS)}, got {self.budget_fit!r}")
 
@@ -141,6 +151,7 @@ class RetrainConfig:
     router: str = "linear"
 
     def __post_init__(self) -> None:
+        check_at_least("retrain epochs", self.epochs, 1)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"retrain lr must be > 0, got {self.lr}")
         if self.router not in ROUTERS:
@@ -184,6 +195,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.baseline_epochs is None:
             object.__setattr__(self, "baseline_epochs", self.trainer.epochs + self.retrain.epochs)
+        check_at_least("baseline_epochs", self.baseline_epochs, 1)
+        if self.search.warmup_epochs >= self.trainer.epochs:
+            # the gates switch on after the warm-up: with no epoch left they stay as initialized
+            raise ValueError(f"warmup_epochs={self.search.warmup_epochs} leaves no gated epoch of epochs="
+                             f"{self.trainer.epochs}: the gates would stay untrained (--warmup-epochs must be "
+                             "below --epochs)")
 
     def to_dict(self) -> dict[str, Any]:
         """What ``run.json`` holds."""
@@ -212,10 +229,14 @@ class RunConfig:
         sparsity = get("sparsity_weight")
         min_dim = get("min_dim", 2)
         candidate_dims = get("candidate_dims", "0,2,4,8,16")
+        epochs, rows = get("epochs", 5), get("rows")
+        # a command without search options (ihas train, ihas supernet) has no warm-up to leave a gated epoch
+        default_warmup = max(0, min(1, epochs - 1)) if isinstance(epochs, int) else 1
         return cls(
             out=get("out", "runs/default"),
             data=DataConfig(data=get("data", "synthetic"), format=get("format"), schema=get("schema"),
-                            test=get("test"), rows=get("rows", 60_000), seed=get("seed", 0),
+                            test=get("test"), rows=60_000 if rows is None else rows,
+                            seed=get("seed", 0) if get("split_seed") is None else get("split_seed"),
                             min_count=get("min_count", 1), batch_size=get("batch_size", 1024),
                             cache_dir=get("cache_dir")),
             model=BackboneConfig(backbone=get("backbone", "DeepFM"), dim=get("dim", 16),
@@ -225,7 +246,7 @@ class RunConfig:
                             sparsity_weight=sparsity or 0.0, relaxation=get("relaxation", "hard_concrete"),
                             prefix=get("prefix", False), min_dim=min_dim, allow_drop_field=min_dim == 0,
                             polarization_weight=get("polarization", 0.1)),
-            search=SearchConfig(gate_lr=get("gate_lr", 3e-3), warmup_epochs=get("warmup_epochs", 1),
+            search=SearchConfig(gate_lr=get("gate_lr", 3e-3), warmup_epochs=get("warmup_epochs", default_warmup),
                                 init_from=get("init_from"), checkpoint=get("search_checkpoint", "last"),
                                 callbacks=get("config")),
             cluster=ClusterOptions(k=get("k", 4), budget_fit=get("budget_fit", "loss"),
@@ -234,7 +255,7 @@ class RunConfig:
             retrain=RetrainConfig(epochs=get("retrain_epochs", 2), lr=get("retrain_lr", 5e-4),
                                   group_dense=bool(get("group_dense", False)),
                                   init_from=get("retrain_init_from"), router=get("router", "gates")),
-            trainer=TrainerConfig(epochs=get("epochs", 5), accelerator=get("accelerator", "auto"),
+            trainer=TrainerConfig(epochs=epochs, accelerator=get("accelerator", "auto"),
                                   devices=get("devices", 1), num_nodes=get("num_nodes", 1),
                                   strategy=get("strategy", "auto"), quiet=bool(get("quiet", False)),
                                   threads=get("threads", 0)),

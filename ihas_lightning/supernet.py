@@ -14,7 +14,7 @@ no sub-architecture applied, the masks are not in the graph at all and the super
 
 :class:`SupernetMasks` installs the masks on a :class:`~ihas_lightning.backbones.CTRBackbone` (through its
 ``embedding_transform`` and forward hooks on the DNN's activation layers); the training-time sampling
-schedule lives in :class:`~ihas_lightning.callbacks.SupernetSampler`.
+schedule lives in :class:`~ihas_lightning.callbacks.SupernetSampler`. See docs/design.md#5-supernet-sampling.
 
 Example:
     >>> masks = SupernetMasks(backbone, SupernetConfig(dim_choices=(2, 4, 8, 16)))
@@ -229,7 +229,8 @@ class SupernetMasks:
         self.fields: tuple[str, ...] = tuple(backbone.fields)
         self.dim = backbone.dim
         dnn = dnn_of(backbone)
-        self.hidden_units: tuple[int, ...] = tuple(int(l.out_features) for l in dnn.linears) if dnn is not None else ()
+        linears = dnn.linears if dnn is not None else ()
+        self.hidden_units: tuple[int, ...] = tuple(int(layer.out_features) for layer in linears)
         if config is None:
             defaults = SupernetConfig()
             config = SupernetConfig(dim_choices=tuple(d for d in defaults.dim_choices if d <= self.dim) or (self.dim,))

@@ -93,7 +93,7 @@ def fit_and_test(module: pl.LightningModule, dm: pl.LightningDataModule, trainer
     results = trainer.test(module, dm, ckpt_path=best or None, verbose=False)
     if not results:  # an empty test split (a small group of the separate-models variant): no test figures
         if best:      # but the module still ends with the best weights, as after a test
-            module.load_state_dict(torch.load(best, map_location=module.device, weights_only=False)["state_dict"])
+            module.load_state_dict(torch.load(best, map_location=module.device, weights_only=True)["state_dict"])
         return val
     return {**val, **{k: float(v) for k, v in results[0].items()}}
 
@@ -102,10 +102,8 @@ def checkpoint_start(module: pl.LightningModule, dm: pl.LightningDataModule, tra
     """Validate ``module`` as it is and make it the trainer's best checkpoint so far; return its score.
 
     An epoch must then beat the starting weights to replace them: early stopping that can stop at step 0.
-    In the quality benchmark no retraining epoch beat its starting point on 4 of 10 Criteo 10k and 7 of 10
-    Avazu runs (Criteo DCN seed 2: validation AUC 0.7825 at the start, 0.7751 after one epoch). The score
-    lives in the checkpoint callback's state, so a resumed fit keeps it. Returns None when the trainer
-    monitors no metric.
+    The score lives in the checkpoint callback's state, so a resumed fit keeps it. Returns None when the
+    trainer monitors no metric. See docs/design.md#42-retraining-schedule-and-starting-point.
     """
     best = trainer.checkpoint_callback
     if not isinstance(best, ModelCheckpoint) or not best.monitor:

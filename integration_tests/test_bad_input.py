@@ -152,7 +152,7 @@ def test_ids_above_2_pow_24_pass_exactly() -> None:
 
 
 class _PoisonAt(Callback):
-    """Sets one output weight to NaN before training step ``step`` (a diverged optimiser, reproducibly)."""
+    """Sets one output weight to NaN before training step ``step`` (a diverged optimizer, reproducibly)."""
 
     def __init__(self, step: int) -> None:
         self.step = step

@@ -62,7 +62,8 @@ def test_state_round_trips_through_a_weights_only_checkpoint(cls, tmp_path: Path
     first = trainer(tmp_path, [callback], max_epochs=2, logger=logger)
     first.fit(module, dm)
     state = callback.state_dict()
-    # the state really moved: 12 gated steps (warm-up epoch 0), 24 sampled steps, 1 logged validation (gates on in epoch 1)
+    # the state really moved: 12 gated steps (warm-up epoch 0), 24 sampled steps, 1 logged validation
+    # (gates on in epoch 1)
     expected = {TemperatureAnnealing: {"step": STEPS_PER_EPOCH}, RegularizerWarmup: {"step": STEPS_PER_EPOCH},
                 GateStatisticsLogger: {"logged": 1}}.get(cls)
     if expected is not None:

@@ -2,7 +2,7 @@
 ``_ddp_script.py`` in a subprocess (Lightning re-runs the script for rank 1).
 
 * the search stage and the supernet train; at every step an audit callback all-gathers what each rank applies
-  (the supernet's sampled sub-architecture; the search's temperature, regulariser scale, gate-on flag and a
+  (the supernet's sampled sub-architecture; the search's temperature, regularizer scale, gate-on flag and a
   checksum of the gate network) and fails on any difference;
 * every training sample is seen exactly once per epoch across the ranks (dense column I4 holds the row index);
 * the checkpoint rank 0 wrote mid-epoch resumes on 2 ranks and ends where the uninterrupted run ended.

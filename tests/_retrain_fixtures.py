@@ -1,11 +1,9 @@
-"""Shared by the retraining test files: tiny synthetic data and a RetrainModule whose router spreads samples
-over all its groups."""
+"""Shared by the retraining test files: the layout of a tiny routed model and a RetrainModule whose router
+spreads samples over all its groups (the data is the ``retrain_dm`` fixture of ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -24,14 +22,6 @@ GROUP_DIMS = [
     [4, 2, 8, 8, 4, 4, 8, 2],
 ]
 GATE = {"budget": 0.5}
-
-
-def retrain_datamodule(cache_dir: Path) -> CTRDataModule:
-    """2000 synthetic rows (1600 for training), batches of 256."""
-    dm = CTRDataModule("synthetic", rows=2000, batch_size=256, seed=0, cache_dir=str(cache_dir))
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
 
 
 def sample_batch(dm: CTRDataModule, split: str = "val", n: int = 200) -> Batch:

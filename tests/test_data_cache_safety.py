@@ -50,8 +50,8 @@ def test_a_file_rewritten_in_place_with_the_same_size_and_mtime_is_read_again(cr
 
     second = ready(CTRDataModule(str(criteo_copy), format="criteo", cache_dir=str(cache), seed=0))
     assert second.cache_dir != first.cache_dir
-    relabelled = np.concatenate([second.split(n).labels for n in ("train", "val", "test")])
-    np.testing.assert_array_equal(relabelled, 1.0 - labels)
+    relabeled = np.concatenate([second.split(n).labels for n in ("train", "val", "test")])
+    np.testing.assert_array_equal(relabeled, 1.0 - labels)
 
 
 def test_a_movielens_folder_whose_ratings_were_cut_in_place_is_read_again(data_dir: Path, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """Encoders: id layout (0 missing, 1 OOV, 2.. known), fitting on the training split only, JSON round trip,
-integer-id vocabularies, dense log1p + standardisation and multi-valued padding, on small tables and on
+integer-id vocabularies, dense log1p + standardization and multi-valued padding, on small tables and on
 the real Criteo and MovieLens-100K samples."""
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def test_integer_id_vocabulary() -> None:
 
 def test_dense_log1p_standardisation_missing_to_zero() -> None:
     x = [0.0, np.e - 1, np.nan, -5.0, 3.0]     # log_dense: log1p(max(x, 0)) -> 0, 1, nan, 0, log 4
-    z = [1.0, 2.0, 3.0, np.nan, 5.0]           # plain standardisation
+    z = [1.0, 2.0, 3.0, np.nan, 5.0]           # plain standardization
     train = toy(a=["p"] * 5, b=["u"] * 5, x=x, z=z, tags=[["t"]] * 5)
     encoder = FeatureEncoder(TOY_SCHEMA).fit(train)
     logx = np.array([0.0, 1.0, 0.0, np.log(4.0)])

@@ -18,22 +18,16 @@ from ihas_lightning.data.datamodule import CTRDataModule
 from ihas_lightning.model import IHASModel
 from ihas_lightning.modules import RetrainModule
 from ihas_lightning.modules.group_dense import dense_parameter_names
-from _retrain_fixtures import (  # noqa: E402  (tests/ is on sys.path: pytest's rootdir-relative import)
-    retrain_datamodule, routed_module, sample_batch, take_rows,
-)
+
+from _retrain_fixtures import routed_module, sample_batch, take_rows
 
 BACKBONES = ["DeepFM", "DCN"]
 
 
-@pytest.fixture(scope="module")
-def dm(cache_dir) -> CTRDataModule:
-    return retrain_datamodule(cache_dir)
-
-
-def _shared(dm: CTRDataModule, backbone: str, seed: int = 7, **kwargs) -> RetrainModule:
+def _shared(retrain_dm: CTRDataModule, backbone: str, seed: int = 7, **kwargs) -> RetrainModule:
     """A shared-dense RetrainModule whose router splits samples across all groups, its dense layers perturbed
     (at DeepCTR's std 1e-4 the groups' copies would barely differ)."""
-    return routed_module(dm, backbone=backbone, seed=seed, dense_std=0.2, **kwargs)
+    return routed_module(retrain_dm, backbone=backbone, seed=seed, dense_std=0.2, **kwargs)
 
 
 def _grouped(shared: RetrainModule) -> RetrainModule:
@@ -52,10 +46,10 @@ def _perturb(module: RetrainModule, group: int, seed: int) -> None:
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 @torch.no_grad()
-def test_fresh_copies_reproduce_the_shared_model(dm, backbone: str) -> None:
-    shared = _shared(dm, backbone)
+def test_fresh_copies_reproduce_the_shared_model(retrain_dm, backbone: str) -> None:
+    shared = _shared(retrain_dm, backbone)
     grouped = _grouped(shared)
-    batch = sample_batch(dm)
+    batch = sample_batch(retrain_dm)
     expected = shared(batch)
     torch.testing.assert_close(grouped(batch), expected, rtol=0, atol=1e-6)
     assert torch.equal(grouped.last_groups, shared.last_groups)
@@ -76,9 +70,9 @@ def test_fresh_copies_reproduce_the_shared_model(dm, backbone: str) -> None:
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 @torch.no_grad()
-def test_a_group_copy_moves_only_its_own_samples(dm, backbone: str) -> None:
-    grouped = _grouped(_shared(dm, backbone))
-    batch = sample_batch(dm)
+def test_a_group_copy_moves_only_its_own_samples(retrain_dm, backbone: str) -> None:
+    grouped = _grouped(_shared(retrain_dm, backbone))
+    batch = sample_batch(retrain_dm)
     before = grouped(batch)
     groups = grouped.last_groups
     _perturb(grouped, group=1, seed=5)
@@ -91,9 +85,9 @@ def test_a_group_copy_moves_only_its_own_samples(dm, backbone: str) -> None:
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.filterwarnings("ignore:.*self.trainer. reference is not registered")
-def test_absent_groups_get_no_gradient(dm, backbone: str) -> None:
-    grouped = _grouped(_shared(dm, backbone)).train()
-    batch = sample_batch(dm, "train", n=256)
+def test_absent_groups_get_no_gradient(retrain_dm, backbone: str) -> None:
+    grouped = _grouped(_shared(retrain_dm, backbone)).train()
+    batch = sample_batch(retrain_dm, "train", n=256)
     with torch.no_grad():
         groups = grouped.route(grouped.backbone.field_embeddings(batch))
     batch = take_rows(batch, (groups != 1).nonzero().squeeze(1))                   # groups 0 and 2 only
@@ -102,7 +96,7 @@ def test_absent_groups_get_no_gradient(dm, backbone: str) -> None:
     assert trainable == {id(p) for p in grouped.parameters() if p.requires_grad}
     assert not any(id(p) in trainable for p in grouped.backbone.parameters() if not p.requires_grad)
     before = {k: v.clone() for k, v in grouped.state_dict().items()}
-    loss = grouped.training_step(batch, 0)                                     # BCE + the regulariser
+    loss = grouped.training_step(batch, 0)                                     # BCE + the regularizer
     loss.backward()
     assert sorted(grouped.last_groups.unique().tolist()) == [0, 2]
     assert all(p.grad is None for p in grouped.group_params[1].parameters())
@@ -120,12 +114,12 @@ def test_absent_groups_get_no_gradient(dm, backbone: str) -> None:
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 @torch.no_grad()
-def test_interleaved_groups_come_back_in_order(dm, backbone: str) -> None:
-    shared = _shared(dm, backbone)
+def test_interleaved_groups_come_back_in_order(retrain_dm, backbone: str) -> None:
+    shared = _shared(retrain_dm, backbone)
     grouped = _grouped(shared)
     for group in range(3):
         _perturb(grouped, group, seed=10 + group)
-    batch = sample_batch(dm, "train", n=300)
+    batch = sample_batch(retrain_dm, "train", n=300)
     groups = grouped.route(grouped.backbone.field_embeddings(batch))
     rows = [(groups == g).nonzero().squeeze(1) for g in range(3)]
     n = min(len(r) for r in rows)
@@ -149,10 +143,10 @@ def test_interleaved_groups_come_back_in_order(dm, backbone: str) -> None:
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 @torch.no_grad()
-def test_state_dict_and_ihas_model_round_trip(dm, backbone: str, tmp_path: Path) -> None:
-    grouped = _grouped(_shared(dm, backbone))
+def test_state_dict_and_ihas_model_round_trip(retrain_dm, backbone: str, tmp_path: Path) -> None:
+    grouped = _grouped(_shared(retrain_dm, backbone))
     _perturb(grouped, group=2, seed=3)
-    batch = sample_batch(dm, "test")
+    batch = sample_batch(retrain_dm, "test")
     expected = grouped(batch)
     torch.save(grouped.state_dict(), tmp_path / "state.pt")
     fresh = RetrainModule(**grouped.hparams)
@@ -160,27 +154,28 @@ def test_state_dict_and_ihas_model_round_trip(dm, backbone: str, tmp_path: Path)
     fresh.load_state_dict(torch.load(tmp_path / "state.pt"))
     torch.testing.assert_close(fresh.eval()(batch), expected, rtol=0, atol=0)
 
-    model = IHASModel(grouped, dm.encoder, group_share=[0.5, 0.3, 0.2])
+    model = IHASModel(grouped, retrain_dm.encoder, group_share=[0.5, 0.3, 0.2])
     model.save(tmp_path / "ihas.pt")
     loaded = IHASModel.load(tmp_path / "ihas.pt").eval()
     assert loaded.module.hparams.group_dense is True
     torch.testing.assert_close(loaded(batch), expected, rtol=0, atol=0)
-    assert loaded.dense_params == model.dense_params == 3 * IHASModel(_shared(dm, backbone)).dense_params
+    assert loaded.dense_params == model.dense_params == 3 * IHASModel(_shared(retrain_dm, backbone)).dense_params
     assert loaded.flops_per_sample == model.flops_per_sample                   # same compute per sample
-    assert model.flops_per_sample == IHASModel(_shared(dm, backbone), group_share=[0.5, 0.3, 0.2]).flops_per_sample
+    shared_model = IHASModel(_shared(retrain_dm, backbone), group_share=[0.5, 0.3, 0.2])
+    assert model.flops_per_sample == shared_model.flops_per_sample
 
 
 @pytest.mark.filterwarnings("ignore:.*eval mode at the start of training")  # the frozen router, by design
-def test_lightning_checkpoint_round_trip(dm, tmp_path: Path) -> None:
-    grouped = _grouped(_shared(dm, "DeepFM")).train()
+def test_lightning_checkpoint_round_trip(retrain_dm, tmp_path: Path) -> None:
+    grouped = _grouped(_shared(retrain_dm, "DeepFM")).train()
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", devices=1,
                          logger=False, enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False, default_root_dir=str(tmp_path))
-    trainer.fit(grouped, datamodule=dm)
+    trainer.fit(grouped, datamodule=retrain_dm)
     assert isinstance(trainer.optimizers[0], torch.optim.Adam) and trainer.optimizers[0].defaults["fused"]
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     loaded = RetrainModule.load_from_checkpoint(tmp_path / "last.ckpt")
-    batch = sample_batch(dm, "test")
+    batch = sample_batch(retrain_dm, "test")
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(batch), grouped.eval()(batch), rtol=0, atol=0)
         trained = [not torch.equal(grouped.group_params[g].model__out__bias, grouped.group_params[0].model__out__bias)
@@ -189,13 +184,13 @@ def test_lightning_checkpoint_round_trip(dm, tmp_path: Path) -> None:
 
 
 @torch.no_grad()
-def test_batch_groups_with_group_dense(dm) -> None:
+def test_batch_groups_with_group_dense(retrain_dm) -> None:
     """``groups_from="batch"`` with the router's own assignment gives the routed logits exactly."""
-    routed = _grouped(_shared(dm, "DeepFM"))
+    routed = _grouped(_shared(retrain_dm, "DeepFM"))
     _perturb(routed, 0, seed=1)
     batched = RetrainModule(**{**routed.hparams, "groups_from": "batch"})
     batched.load_state_dict(routed.state_dict())
-    batch = sample_batch(dm)
+    batch = sample_batch(retrain_dm)
     logits = routed(batch)
     torch.testing.assert_close(batched.eval()({**batch, "group": routed.last_groups}), logits, rtol=0, atol=0)
     with pytest.raises(KeyError, match="needs batch\\['group'\\]"):
@@ -211,13 +206,13 @@ def test_cli_flag() -> None:
     assert parser.parse_args(["retrain", "--run", "x", "--group-dense"]).group_dense is True
 
 
-def test_batchnorm_statistics_are_kept_per_group(dm) -> None:
+def test_batchnorm_statistics_are_kept_per_group(retrain_dm) -> None:
     """AFN's BatchNorm statistics: a training pass over group 0's rows moves group 0's copies only, and the
     other groups still predict as before."""
-    grouped = _grouped(_shared(dm, "AFN"))
+    grouped = _grouped(_shared(retrain_dm, "AFN"))
     names = grouped.group_params.buffer_names
     assert any(name.endswith("running_mean") for name in names)
-    batch = sample_batch(dm)
+    batch = sample_batch(retrain_dm)
     with torch.no_grad():
         before_logits = grouped(batch)
     groups = grouped.last_groups.clone()

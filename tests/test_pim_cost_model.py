@@ -192,7 +192,7 @@ def test_recnmp_memory_latency_and_energy():
     host = estimate(EMB_SPEC, PIMConfig.baseline())
     nmp = estimate(EMB_SPEC, PIMConfig.for_device("recnmp", partitioning="table"))
     speedup = host.breakdown["embedding"] / nmp.breakdown["embedding"]
-    # Rank-level parallelism (8 ranks/channel) is modelled, RankCache/scheduling are not, so the model must
+    # Rank-level parallelism (8 ranks/channel) is modeled, RankCache/scheduling are not, so the model must
     # stay at or below the paper's "up to 9.8x" while keeping most of it (>= half).
     assert RECNMP.default_num_units == 64
     assert C.RECNMP_MAX_LATENCY_SPEEDUP / 2 <= speedup <= C.RECNMP_MAX_LATENCY_SPEEDUP

@@ -151,7 +151,8 @@ def test_a_missing_file_lists_the_presets(tmp_path) -> None:
 def test_the_search_cli_refuses_a_code_running_config(tmp_path, capsys) -> None:
     marker = tmp_path / "ran"
     config = _yaml(tmp_path, f"callbacks:\n  - class_path: os.system\n    init_args: {{command: 'touch {marker}'}}\n")
-    code = main(["search", "--data", "synthetic", "--rows", "400", "--epochs", "1", "--dnn", "8",
+    code = main(["search", "--data", "synthetic", "--rows", "400", "--epochs", "1", "--warmup-epochs", "0",
+                 "--dnn", "8",
                  "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--quiet",
                  "--config", str(config)])
     assert code == 2 and not marker.exists()

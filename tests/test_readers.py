@@ -206,10 +206,10 @@ def test_movielens_1m_tiny_files(tmp_path: Path) -> None:
     assert read_movielens_1m(tmp_path / "ml", min_rating=5).labels.tolist() == [1, 0, 0]
     with pytest.raises(ValueError, match="min_rating"):
         read_movielens_1m(tmp_path / "ml", min_rating=0)
-    # CRLF line ends and a rating spelt "05" take the line-by-line path: the same rows.
+    # CRLF line ends and a rating spelled "05" take the line-by-line path: the same rows.
     crlf = read_movielens_1m(write_movielens_1m(tmp_path / "ml", ratings.replace("\n", "\r\n")))
-    spelt = read_movielens_1m(write_movielens_1m(tmp_path / "ml", ratings.replace("::5::", "::05::")))
-    for other in (crlf, spelt):
+    spelled = read_movielens_1m(write_movielens_1m(tmp_path / "ml", ratings.replace("::5::", "::05::")))
+    for other in (crlf, spelled):
         assert other.labels.tolist() == raw.labels.tolist() and other.multivalued == raw.multivalued
         assert all(other.sparse[n].tolist() == raw.sparse[n].tolist() for n in MOVIELENS_1M_SCHEMA.sparse)
 

@@ -123,3 +123,11 @@ def test_hparams_of_older_checkpoints_still_build_every_module() -> None:
     table = "backbone.model.embedding_dict.C1.weight"
     assert torch.equal(search.state_dict()[table], plain.state_dict()[table])    # same seed, same tables
 
+
+
+def test_split_seed_fixes_the_split_while_seed_draws_the_initialization() -> None:
+    args = build_parser().parse_args(["run", "--seed", "3", "--split-seed", "0"])
+    config = run_config_from_args(args)
+    assert (config.data.seed, config.model.seed) == (0, 3)
+    config = run_config_from_args(build_parser().parse_args(["run", "--seed", "3"]))
+    assert (config.data.seed, config.model.seed) == (3, 3)

@@ -14,13 +14,15 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from _retrain_fixtures import retrain_datamodule, routed_module
-from ihas_lightning.run_config import TrainerConfig
-from ihas_lightning.training import make_trainer
+from ihas_lightning.data.datamodule import CTRDataModule
 from ihas_lightning.data.synthetic import SyntheticCTR
 from ihas_lightning.model import IHASModel
 from ihas_lightning.modules import BackboneModule, RetrainModule, SearchModule, SupernetModule
+from ihas_lightning.run_config import TrainerConfig
 from ihas_lightning.safe_load import load_checkpoint_state, load_torch_file
+from ihas_lightning.training import make_trainer
+
+from _retrain_fixtures import routed_module
 
 
 class _Payload:
@@ -75,7 +77,7 @@ def test_init_from_and_warm_start_loads_refuse_a_crafted_checkpoint_without_runn
     path = _crafted(tmp_path, "supernet.ckpt", {"state_dict": {"backbone.x": _Payload(target)}, "epoch": 3})
     search = SearchModule(schema, vocab, dim=4, dnn_hidden_units=(4,))
     before = {k: v.clone() for k, v in search.state_dict().items()}
-    with pytest.raises(ValueError, match=r"supernet.ckpt' is not a checkpoint to initialise the backbone from "
+    with pytest.raises(ValueError, match=r"supernet.ckpt' is not a checkpoint to initialize the backbone from "
                                          r"\(it holds objects other than tensors"):
         search.init_backbone_from(str(path))
     assert not target.exists()
@@ -99,8 +101,8 @@ def test_a_legacy_format_file_still_loads(tmp_path: Path) -> None:
     assert torch.equal(load_checkpoint_state(tmp_path / "old.pt")["w"], torch.arange(3.0))
 
 
-def test_our_model_file_loads_under_weights_only(tmp_path: Path) -> None:
-    dm = retrain_datamodule(tmp_path / "cache")
+def test_our_model_file_loads_under_weights_only(retrain_dm: CTRDataModule, tmp_path: Path) -> None:
+    dm = retrain_dm
     model = IHASModel(routed_module(dm), dm.encoder, group_share=[0.2, 0.3, 0.5])
     model.save(tmp_path / "ihas_model.pt")
     data = torch.load(tmp_path / "ihas_model.pt", weights_only=True)
@@ -111,10 +113,11 @@ def test_our_model_file_loads_under_weights_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["backbone", "supernet", "search", "retrain"])
-def test_our_lightning_checkpoints_load_resume_and_rebuild_under_weights_only(kind: str, tmp_path: Path) -> None:
+def test_our_lightning_checkpoints_load_resume_and_rebuild_under_weights_only(kind: str, retrain_dm: CTRDataModule,
+                                                                             tmp_path: Path) -> None:
     """Lightning's own loading (``load_from_checkpoint``, ``fit(ckpt_path=...)``) with ``weights_only=True``:
     hyperparameters, the encoder and every callback's state are plain values and tensors."""
-    dm = retrain_datamodule(tmp_path / "cache")
+    dm = retrain_dm
     common = {"dim": 8, "dnn_hidden_units": (16,), "seed": 3}
     build = {"backbone": lambda: BackboneModule(dm.schema, dm.vocab_sizes, **common),
              "supernet": lambda: SupernetModule(dm.schema, dm.vocab_sizes, **common),

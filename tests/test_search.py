@@ -1,5 +1,5 @@
 """iHAS search stage in Lightning: exact removal in real backbones, instance-wise selection on planted
-data, what the regularisers do, exact resume and ``ihas search``. The callbacks are in
+data, what the regularizers do, exact resume and ``ihas search``. The callbacks are in
 ``test_search_callbacks.py``.
 
 Every run here is on CPU with one torch thread (several times faster than the default pool on a small
@@ -24,7 +24,7 @@ from ihas_lightning.pipeline import unsettled_gates
 from ihas_lightning.data.loader import to_batch
 from ihas_lightning.data.synthetic import SyntheticCTR
 from ihas_lightning.modules import SearchModule
-from _search_fixtures import (  # noqa: E402  (tests/ is on sys.path: pytest's rootdir-relative import)
+from _search_fixtures import (  # tests/ is on sys.path: pytest's rootdir-relative import
     STEPS_PER_EPOCH, schedule_callbacks, tiny_datamodule, tiny_search, tiny_trainer, weights_of,
 )
 
@@ -111,7 +111,7 @@ def test_gates_are_instance_wise_on_planted_segments(cache_dir) -> None:
     assert module.last_val_summary["distinct_masks"] > 20
 
 
-# -- regularisers ------------------------------------------------------------------------------------
+# -- regularizers ------------------------------------------------------------------------------------
 
 def _tiny_search_summary(cache_dir: Path, gate: dict, epochs: int = 3) -> dict:
     pl.seed_everything(0)
@@ -132,7 +132,7 @@ def test_larger_sparsity_weight_keeps_fewer_dims(cache_dir) -> None:
 
 
 def test_polarization_raises_the_decided_share(cache_dir) -> None:
-    """Same sparsity (1.0): without bi-polarisation the gates hover undecided between 0.1 and 0.9
+    """Same sparsity (1.0): without bi-polarization the gates hover undecided between 0.1 and 0.9
     (decided share ~0.0); weight 2.0 pushes them to 0 or 1 (~0.93)."""
     off = _tiny_search_summary(cache_dir, {"budget": None, "sparsity_weight": 1.0, "polarization_weight": 0.0})
     on = _tiny_search_summary(cache_dir, {"budget": None, "sparsity_weight": 1.0, "polarization_weight": 2.0})

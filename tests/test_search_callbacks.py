@@ -13,7 +13,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from ihas_lightning.callbacks import GateStatisticsLogger, RegularizerWarmup, TemperatureAnnealing
 from ihas_lightning.modules import SearchModule
-from _search_fixtures import (  # noqa: E402  (tests/ is on sys.path: pytest's rootdir-relative import)
+from _search_fixtures import (  # tests/ is on sys.path: pytest's rootdir-relative import
     STEPS_PER_EPOCH, schedule_callbacks, tiny_datamodule, tiny_search, tiny_trainer,
 )
 

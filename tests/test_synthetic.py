@@ -179,7 +179,7 @@ def test_raw_matches_chunks(gen: SyntheticCTR, data: SyntheticChunk) -> None:
     for f, name in enumerate(gen.schema.sparse):
         tokens = raw.sparse[name]
         assert tokens.dtype == object and all(isinstance(t, str) and len(t) == 8 for t in tokens[:50])
-        # Tokens are a one-to-one relabelling of the ids.
+        # Tokens are a one-to-one relabeling of the ids.
         ids = data.sparse[:5000, f]
         assert len(set(zip(tokens, ids))) == len(set(tokens)) == len(set(ids))
     for j, name in enumerate(gen.schema.dense):

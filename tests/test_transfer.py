@@ -80,7 +80,7 @@ def test_transfer_statistics_from_per_seed_metrics(transferred: Path) -> None:
 
 def test_transfer_seeds_vary_the_model_not_the_split(transferred: Path) -> None:
     # Model seed 0 of DCN, retrained here by hand on the run's own data module (split seed 0), is the
-    # transfer's stage: same split, same initialisation, same batch order -> the same numbers.
+    # transfer's stage: same split, same initialization, same batch order -> the same numbers.
     config = RunDirectory(transferred).load_config(quiet=True)
     config = replace(config, model=replace(config.model, seed=0))
     check = stage_baseline(RunDirectory(transferred), config, 16, "check", datamodule_from_config(config.data),

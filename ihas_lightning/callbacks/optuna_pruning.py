@@ -3,7 +3,7 @@
 ``optuna_integration.PyTorchLightningPruningCallback`` imports ``lightning.pytorch``, and a callback of that
 package breaks a ``pytorch_lightning`` Trainer (the two packages' classes differ): this is the same idea
 on ``pytorch_lightning.Callback``. Multi-objective studies cannot prune (``Trial.report`` raises for them),
-so such a trial is refused when the callback is built.
+so such a trial is refused when the callback is built. See docs/design.md#6-pim-co-design.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Warm the gate regularisers up linearly after the gates switch on."""
+"""Warm the gate regularizers up linearly after the gates switch on."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ __all__ = ["RegularizerWarmup"]
 
 
 class RegularizerWarmup(GatedStepSchedule):
-    """Scale the sparsity and bi-polarisation terms from ``start`` to 1 over ``steps`` gated steps.
+    """Scale the sparsity and bi-polarization terms from ``start`` to 1 over ``steps`` gated steps.
 
-    Full regularisation from the first gated step closes gates before the gate network has learnt which
-    samples need which dimensions (DESIGN.md section 2.1: a large raw multiplier closed every gate within
-    one epoch).
+    Full regularization from the first gated step closes gates before the gate network has learned which
+    samples need which dimensions. See docs/design.md#23-search-schedule.
 
     Args:
         steps: gated training steps to reach full weight.

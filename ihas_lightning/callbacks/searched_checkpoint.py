@@ -17,14 +17,13 @@ class BestSearchedCheckpoint(ModelCheckpoint):
     """``best.ckpt`` of the search: the gated epoch with the highest ``val_auc``.
 
     CTR models often peak after one or two epochs and then overfit (the "one-epoch phenomenon", Zhang et
-    al. 2022). On Criteo 10k (DeepFM, seed 0) the search's last epoch had validation AUC 0.702 against 0.727
-    at its best gated epoch, and the retraining warm-started from it reached 0.698 against 0.731.
-    Warm-up epochs train the plain backbone: their gates are untrained, so they do not compete.
+    al. 2022), so clustering reads the best gated epoch, not the last. Warm-up epochs train the plain
+    backbone: their gates are untrained, so they do not compete. See docs/design.md#23-search-schedule.
 
     Args:
         dirpath: folder of the checkpoint.
         filename: its name without ``.ckpt``.
-        monitor: the validation metric to maximise.
+        monitor: the validation metric to maximize.
     """
 
     def __init__(self, dirpath: str | Path, filename: str = "best", monitor: str = "val_auc") -> None:

@@ -27,6 +27,7 @@ class SupernetSampler(StatefulCallback):
     (broadcast from rank 0 at ``setup``), and every draw consumes the same amount of randomness whatever its
     outcome, so all ranks apply the same sub-architecture at every step without a collective per step. The
     generator state and the step counter live in the checkpoint: a resumed run continues the same sequence.
+    See docs/design.md#5-supernet-sampling.
 
     Args:
         dim_choices, width_choices, per_sample, warmup_steps, sample_widths: see :class:`SupernetConfig`.

@@ -18,7 +18,7 @@ class TemperatureAnnealing(GatedStepSchedule):
 
     A high temperature keeps gate samples soft while the gate network learns; a low one makes training
     samples close to the deterministic masks used after the search (Louizos et al. 2018 use 2/3 fixed;
-    annealing is the usual Gumbel/concrete practice, Jang et al. 2017).
+    annealing is the usual Gumbel/concrete practice, Jang et al. 2017). See docs/design.md#23-search-schedule.
 
     Args:
         start: temperature when the gates switch on.

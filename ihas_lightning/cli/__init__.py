@@ -20,6 +20,8 @@ _SUBCOMMANDS = ("train", "search", "pipeline", "report", "supernet", "demo", "tr
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ihas", description="iHAS embedding-dimension search for DeepCTR-Torch "
                                      "models in PyTorch Lightning")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of its one-line message")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in _SUBCOMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(subparsers)
@@ -35,15 +37,26 @@ def parse_run_config(argv: Sequence[str]) -> RunConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``ihas`` with ``argv``; returns the exit code: 0, 2 after an expected error (one line on stderr,
+    see ``errors.EXPECTED_ERRORS``; the traceback with ``--debug``), 130 after Ctrl+C."""
     args = build_parser().parse_args(argv)
+    from .errors import EXPECTED_ERRORS, INTERRUPTED_EXIT_CODE, describe, interrupt_flag
     from .quiet import quiet_output
 
-    try:
-        with quiet_output(wants_quiet(args)):
-            args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"ihas {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    with interrupt_flag() as interrupted:
+        try:
+            with quiet_output(wants_quiet(args)):
+                args.handler(args)
+        except (KeyboardInterrupt, SystemExit) as stop:
+            if not (isinstance(stop, KeyboardInterrupt) or interrupted()):
+                raise
+            print(f"ihas {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+            return INTERRUPTED_EXIT_CODE
+        except EXPECTED_ERRORS as error:
+            if args.debug:
+                raise
+            print(f"ihas {args.command}: error: {describe(error)}", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -55,7 +68,7 @@ def wants_quiet(args: argparse.Namespace) -> bool:
 
         try:
             quiet = RunDirectory(args.run).load_config().trainer.quiet
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):
             quiet = False                                   # the command itself reports the bad or missing run
     return bool(quiet)
 

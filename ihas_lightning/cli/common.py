@@ -20,10 +20,15 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                        help="reader; guessed from --data when omitted")
     group.add_argument("--schema", default=None, help="schema file (JSON/YAML) for csv/tsv/parquet")
     group.add_argument("--test", default=None, help="separate test file; validation then comes from --data")
-    group.add_argument("--rows", type=int, default=60_000, help="rows of synthetic data (default 60000)")
+    group.add_argument("--rows", type=int, default=None,
+                       help="rows of synthetic data (default 60000); a data file is read whole: --rows with one "
+                            "is refused")
     group.add_argument("--min-count", type=int, default=1, help="rarer categories map to the OOV id")
     group.add_argument("--batch-size", type=int, default=1024)
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--seed", type=int, default=0, help="seeds the split and every model's initialization")
+    group.add_argument("--split-seed", type=int, default=None,
+                       help="seeds the train/val/test split instead (default: --seed), so that several --seed "
+                            "values train on one fixed split")
     group.add_argument("--cache-dir", default=None, help="encoded-data cache (default ~/.cache/ihas_lightning)")
 
 
@@ -41,13 +46,17 @@ def add_trainer_arguments(parser: argparse.ArgumentParser, epochs: int = 3) -> N
     group.add_argument("--out", default="runs/default", help="run directory")
     group.add_argument("--quiet", action="store_true", help="no progress bar")
     group.add_argument("--threads", type=int, default=1,
-                       help="CPU threads for torch (default 1: CTR models this small gain little from more, and "
-                            "two threads on a busy 2-core machine ran 6x slower here); 0 = torch's default")
+                       help="CPU threads for torch (default 1: CTR models this small gain little from more; see "
+                            "docs/design.md#9-engineering-measurements); 0 = torch's default")
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     """The :class:`RunConfig` of a command's options (those it lacks keep ``ihas run``'s defaults)."""
-    return RunConfig.from_options({k: v for k, v in vars(args).items() if k not in ("handler", "command")})
+    config = RunConfig.from_options({k: v for k, v in vars(args).items() if k not in ("handler", "command")})
+    if getattr(args, "rows", None) is not None and not config.data.synthetic:
+        raise ValueError(f"--rows sets the size of synthetic data, and '{config.data.data}' is a file read whole: "
+                         "drop --rows (or take a sample of the file)")
+    return config
 
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -3,13 +3,10 @@
 The synthetic generator plants two user segments: one whose clicks depend on fields C1 and C2 through a
 rank-8 interaction, one that depends on C3 only. The search should give them different dimensions.
 
-Its defaults were chosen on validation AUC (synthetic, DeepFM, seed 0; benchmarks/quality.py): nested gates
-(retraining gives each group the *first* d[c, f] columns; independent gates had learned other columns, and
-the retrained model's validation AUC was 0.7205 vs 0.7299 nested), 4 retraining epochs at lr 3e-3 (0.7326),
-and a search budget of 0.6 (0.7397; ``fit_dims_to_budget`` then caps the stored tables at 60% of the uniform
-model's parameters, and they land at about 52%). The tables are narrowed by measured validation logloss
-(``--budget-fit loss``): counting open gates instead cut the informative field C1 to 4 dimensions while noise
-fields kept 16, and the retrained validation AUC was 0.7474 vs 0.7518 (seed 0).
+Its defaults were chosen on validation AUC (synthetic, DeepFM, seed 0): nested gates (retraining gives each
+group the *first* d[c, f] columns), 4 retraining epochs at lr 3e-3, a search budget of 0.6
+(``fit_dims_to_budget`` then caps the stored tables at 60% of the uniform model's parameters), and tables
+narrowed by measured validation logloss (``--budget-fit loss``). See docs/design.md#8-synthetic-data-and-the-demo.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from ..pipeline import RunDirectory, run_pipeline, stage_cluster, stage_retrain
 from ..modules.retrain_module import ROUTERS
+from ..pipeline.selection import selection_message
 from ..run_config import BUDGET_FITS
 from ..flops import format_flops
 from .common import add_data_arguments, add_trainer_arguments, print_table, run_config_from_args
@@ -59,15 +60,17 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
     add_trainer_arguments(parser, epochs=epochs)
     add_search_arguments(parser)
     add_pipeline_arguments(parser)
+    parser.add_argument("--restart", action="store_true",
+                        help="clear the stages of a run already in --out and start over (without it, a folder "
+                             "holding a run with other data, model or training options is refused)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     run = subparsers.add_parser("run", help="search -> cluster -> retrain, and the uniform baselines",
                                 description=__doc__)
     add_run_arguments(run, epochs=5)
-    # Retraining keeps each table's first d[c, f] columns, so the search should learn prefixes: with
-    # independent gates, cutting the searched network to its groups' first columns dropped validation AUC
-    # from 0.7286 to 0.7038 (synthetic, DeepFM); with nested gates the retrained model reached 0.7299.
+    # Retraining keeps each table's first d[c, f] columns, so the search learns prefixes (nested gates):
+    # see docs/design.md#21-search-gates.
     run.set_defaults(handler=run_command, prefix=True)
     for name, handler, text in (("cluster", _run_cluster, "cluster the searched masks of a run"),
                                 ("retrain", _run_retrain, "retrain a run's groups (optionally on another backbone)")):
@@ -88,14 +91,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_command(args: argparse.Namespace) -> dict:
     """``ihas run`` (and ``ihas demo``): the whole pipeline, printing the search's table and the summary."""
     config = run_config_from_args(args)
-    metrics = run_pipeline(config, on_stage_done=lambda name, stage: print_search(stage, config))
+    metrics = run_pipeline(config, on_stage_done=lambda name, stage: print_search(stage, config),
+                           restart=args.restart)
     _print_summary(metrics, RunDirectory(config.out))
     return metrics
 
 
 def _run_cluster(args: argparse.Namespace) -> dict:
     run = RunDirectory(args.run)
-    metrics = stage_cluster(run, run.load_config(quiet=args.quiet))
+    config = run.load_config(quiet=args.quiet)
+    with run.lock("ihas cluster"):
+        metrics = stage_cluster(run, config)
     print(f"{metrics['k']} groups, sizes {metrics['group_sizes']}; dims: {metrics['dims']}")
     return metrics
 
@@ -110,7 +116,8 @@ def _run_retrain(args: argparse.Namespace) -> dict:
     if args.router not in (None, config.retrain.router):
         config = replace(config, retrain=replace(config.retrain, router=args.router))
         stage += f"_{args.router}"
-    metrics = stage_retrain(run, config, backbone=args.backbone, stage=stage)
+    with run.lock("ihas retrain"):
+        metrics = stage_retrain(run, config, backbone=args.backbone, stage=stage)
     print(f"retrained on {metrics['backbone']}: test AUC {metrics['test_auc']:.4f}, "
           f"embedding parameters {metrics['embedding_params']:,}")
     return metrics
@@ -127,6 +134,8 @@ def _print_summary(metrics: dict, run: RunDirectory) -> None:
     print_table(f"ihas run: {metrics['backbone']} on {metrics['dataset']}",
                 ["model", "test AUC", "logloss", "tables", "router", "footprint",
                  "FLOPs"], rows)
+    if "selection" in metrics:
+        print(selection_message(metrics["selection"]))
     print(f"run: {run.root}   metrics: {run.root / 'metrics.json'}   report: ihas report --run {run.root}\n"
           f"TensorBoard: tensorboard --logdir {run.root}")
 

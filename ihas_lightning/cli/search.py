@@ -34,7 +34,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
                        help="nested gates: a field's mask is a dimension size (default for `ihas run`, whose "
                             "groups keep each table's first columns)")
     group.add_argument("--min-dim", type=int, default=2, help="dimensions every field keeps (0 drops fields)")
-    group.add_argument("--polarization", type=float, default=0.1, help="bi-polarisation weight")
+    group.add_argument("--polarization", type=float, default=0.1, help="bi-polarization weight")
     group.add_argument("--gate-lr", type=float, default=3e-3)
     group.add_argument("--warmup-epochs", type=int, default=1, help="plain-backbone epochs before the gates")
     group.add_argument("--init-from", default=None,

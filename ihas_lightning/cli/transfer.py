@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backbones", required=True,
                         help="comma-separated targets, e.g. DCN,DeepFM,xDeepFM,AutoInt,WDL,NFM,PNN")
     parser.add_argument("--seeds", type=int, default=3,
-                        help="model seeds 0..N-1 (initialisation, batch order); the split stays the run's")
+                        help="model seeds 0..N-1 (initialization, batch order); the split stays the run's")
     parser.add_argument("--uniform-dim", type=int, default=16, help="dimension of the uniform baseline")
     parser.add_argument("--baselines-from", default=None,
                         help="another run on the same split whose finished uniform baselines are reused")

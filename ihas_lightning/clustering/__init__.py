@@ -2,11 +2,11 @@
 
 After the search stage, every sample has a deterministic mask ``z = 1[p >= 0.5]`` of shape ``(F, D)``.
 iHAS (Yu et al., CIKM 2023, arXiv 2309.07967) groups samples whose masks look alike, so that a handful of
-retrained models (one per group, section 2.3 of DESIGN.md) can each use the field dimensions its members
+retrained models (one per group, sharing tables) can each use the field dimensions its members
 asked for. This module does the grouping and the per-group dimensions, and nothing else:
 
 * :class:`MiniBatchKMeans` is mini-batch k-means (Sculley 2010, "Web-scale k-means clustering", WWW:
-  per-center learning rate ``1 / count``) with greedy k-means++ initialisation on a reservoir sample
+  per-center learning rate ``1 / count``) with greedy k-means++ initialization on a reservoir sample
   (Arthur & Vassilvitskii 2007, "k-means++: The Advantages of Careful Seeding", SODA). It is plain
   torch so it streams over data larger than memory and runs on the device of its inputs.
 * :func:`assign_dims` turns each group's histogram of active-gate counts per field into a dimension,
@@ -16,7 +16,7 @@ asked for. This module does the grouping and the per-group dimensions, and nothi
 
 Choosing K: ``ClusterConfig.k`` fixes it; with ``k = None`` the K with the best mean silhouette (Rousseeuw
 1987) on a seeded subsample is taken. The pipeline calls :func:`cluster` once per run, and nothing chooses K
-by the validation AUC of the retrained groups.
+by the validation AUC of the retrained groups. See docs/design.md#31-clustering-grouping-the-masks.
 """
 
 from .dims import (NarrowingCost, active_count_histogram, assign_dims, fit_dims_to_budget, loss_increase, narrowed,

@@ -44,7 +44,7 @@ def assign_dims(
     snapped *up* to the nearest candidate so that the typical member keeps every dimension it used, and
     raised to ``min_dim`` first unless ``allow_drop_field`` and the statistic is 0 (then the field is
     dropped for the group: dimension 0, or the smallest candidate if 0 is not one). Snapping to
-    candidates keeps the number of distinct table widths small (DESIGN.md 2.2).
+    candidates keeps the number of distinct table widths small. See docs/design.md#32-clustering-per-group-dimensions.
 
     A group without members (possible when K exceeds the distinct samples) takes the statistic of all
     samples, so the router can still send a new sample there.
@@ -107,7 +107,8 @@ def open_gate_cost(count_hist: Tensor) -> NarrowingCost:
     Gates are counted from the searched dimensions, not the current ones, so a second cut of a field pays
     for the first again and cuts spread over the fields. Every open gate counts alike, so this cannot tell a
     gate the search kept open because it helps from one it kept open because it was cheap (a field with a
-    small vocabulary costs the regularizer almost nothing): :func:`loss_increase` measures instead.
+    small vocabulary costs the regularizer almost nothing): :func:`loss_increase` measures instead. See
+    docs/design.md#33-clustering-fitting-the-budget.
     """
     hist = count_hist.double()
     counts = torch.arange(hist.shape[-1], dtype=torch.float64, device=hist.device)          # (D+1,)
@@ -145,6 +146,7 @@ def fit_dims_to_budget(dims: Tensor, field_costs: Sequence[float], dim: int, bud
     the whole table at 16, and the search's budget (an *expected* share per sample) says nothing about that
     maximum. Greedily (a knapsack heuristic), the field whose next narrower width has the lowest ``cost`` per
     parameter saved is narrowed, until the stored share meets the budget or every field is at ``min_dim``.
+    See docs/design.md#33-clustering-fitting-the-budget.
 
     Args:
         dims: (K, F) dimensions from :func:`assign_dims`.

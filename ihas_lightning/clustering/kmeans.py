@@ -94,14 +94,15 @@ class MiniBatchKMeans:
 
     Each mini-batch assigns its rows to the nearest center, then moves center ``c`` towards the mean of
     its ``n_c`` new members with rate ``n_c / count_c`` (``count_c`` = all rows it ever received): the
-    per-center rate ``1 / count`` of Sculley's algorithm 1, vectorised, so a center is the running mean
+    per-center rate ``1 / count`` of Sculley's algorithm 1, vectorized, so a center is the running mean
     of its members and converges without a tuned learning rate.
 
     ``fit`` makes one pass to draw a seeded reservoir sample of ``init_size`` rows, seeds the centers by
-    greedy k-means++ on it (best of ``n_init``, refined by Lloyd steps on the sample), then runs ``iterations`` mini-batch updates, passing over the stream as many
-    times as needed. A center that received no row during a whole pass is re-seeded at the sample point
-    farthest from its nearest center (if no point is farther than 0, e.g. K > distinct points, it stays:
-    duplicated centers are harmless, ``predict`` picks the first).
+    greedy k-means++ on it (best of ``n_init``, refined by Lloyd steps on the sample), then runs
+    ``iterations`` mini-batch updates, passing over the stream as many times as needed. A center that
+    received no row during a whole pass is re-seeded at the sample point farthest from its nearest center
+    (if no point is farther than 0, e.g. K > distinct points, it stays: duplicated centers are harmless,
+    ``predict`` picks the first).
 
     Args:
         k: number of centers.
@@ -177,10 +178,10 @@ class MiniBatchKMeans:
     def _init(self, sample: Tensor) -> None:
         """Best of ``n_init`` k-means++ seedings, each refined by Lloyd steps on the sample.
 
-        One seeding can put two centers in one planted group and one center across two (seen on a 4-group
-        toy); keeping the seeding of lowest sample inertia, as scikit-learn's ``n_init`` does, and refining
-        it on the in-memory sample (Bradley & Fayyad 1998, "Refining Initial Points for K-Means
-        Clustering") avoids most of that for the price of a few passes over ``init_size`` rows.
+        One seeding can put two centers in one group and one center across two; keeping the seeding of
+        lowest sample inertia, as scikit-learn's ``n_init`` does, and refining it on the in-memory sample
+        (Bradley & Fayyad 1998, "Refining Initial Points for K-Means Clustering") avoids most of that for
+        the price of a few passes over ``init_size`` rows. See docs/design.md#31-clustering-grouping-the-masks.
         """
         best, best_inertia = None, math.inf
         for _ in range(self.n_init):
@@ -232,7 +233,7 @@ class MiniBatchKMeans:
         return self
 
     def partial_fit(self, x: Tensor) -> MiniBatchKMeans:
-        """Update on one batch ``(n, d)`` (cut into ``batch_size`` pieces); initialises on it if unfitted.
+        """Update on one batch ``(n, d)`` (cut into ``batch_size`` pieces); initializes on it if unfitted.
 
         No re-seeding here: a pass over the data is what tells an empty cluster from an unlucky batch.
         """

@@ -46,8 +46,8 @@ class ClusterConfig:
         k_candidates: the K tried when ``k`` is None, strictly increasing, each >= 2.
         candidate_dims: the dimensions a group's field may get, strictly increasing. Values above the
             backbone's ``D`` are ignored and ``D`` itself is always allowed, so a field can keep full width.
-        min_dim: a group's field never gets fewer dimensions than this (the prototype lost 0.015 AUC when
-            the item-id field was dropped), unless ``allow_drop_field`` and the statistic is 0.
+        min_dim: a group's field never gets fewer dimensions than this, unless ``allow_drop_field`` and the
+            statistic is 0 (see docs/design.md#32-clustering-per-group-dimensions).
         allow_drop_field: a group may drop a field (dimension 0) when its typical member uses none of it.
         feature: what k-means runs on: the flattened binary masks (``"mask"``) or the masked embeddings
             ``e * z`` (``"masked_embedding"``), both of width ``F * D``.
@@ -55,7 +55,7 @@ class ClusterConfig:
         iterations: number of mini-batch updates (passes over the stream repeat until this many).
         seed: seeds every random choice (reservoir samples, k-means++), so a run is reproducible.
         quantile: statistic of the members' active-gate counts that sets a group's field dimension;
-            0.5 is the median. Higher values favour the members that use more dimensions.
+            0.5 is the median. Higher values favor the members that use more dimensions.
 
     Example:
         >>> ClusterConfig(k=None, k_candidates=(2, 4), candidate_dims=(0, 4, 8, 16)).k_candidates
@@ -172,7 +172,11 @@ class ClusterResult:
 
     @classmethod
     def load(cls, path: str | Path) -> ClusterResult:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"'{path}' is not a clustering result ({type(error).__name__}: {error}): remove its "
+                             "folder and rerun the command") from None
 
 
 def _json_float(value: float) -> float | None:
@@ -253,7 +257,8 @@ def cluster(
         selection: dict[str, Any] = {"method": "fixed", "k": config.k}
     else:
         source = "validation" if val_feature_stream is not None else "training"
-        eval_stream = stream_passes(val_feature_stream if val_feature_stream is not None else feature_stream, "features")
+        eval_source = val_feature_stream if val_feature_stream is not None else feature_stream
+        eval_stream = stream_passes(eval_source, "features")
         sample = reservoir_sample(
             rechunk(eval_stream(), config.batch_size, f"{source} features", width),
             SILHOUETTE_SAMPLE,

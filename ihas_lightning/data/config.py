@@ -33,3 +33,21 @@ class DataConfig:
     eval_batch_size: int | None = None
     cache_dir: str | None = None
     in_memory: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("rows", 1), ("min_count", 1), ("batch_size", 1), ("seed", 0)):
+            _check_count(name, getattr(self, name), minimum)
+        if self.eval_batch_size is not None:
+            _check_count("eval_batch_size", self.eval_batch_size, 1)
+        if not isinstance(self.data, str) or not self.data:
+            raise ValueError(f"data must be a file or folder path, or 'synthetic', got {self.data!r}")
+
+    @property
+    def synthetic(self) -> bool:
+        """The bundled generator (``rows`` applies), not a file (read whole)."""
+        return self.data == "synthetic" or self.format == "synthetic"
+
+
+def _check_count(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -36,7 +36,7 @@ __all__ = ["CTRDataModule", "check_both_classes", "remove_stale_temporaries", "s
 
 SPLITS = ("train", "val", "test")
 # A model is trained on train and chosen by val's AUC, undefined with one class (torchmetrics reports 0.0
-# and the search would pick an epoch by it). The test split may hold unlabelled rows (predictions only).
+# and the search would pick an epoch by it). The test split may hold unlabeled rows (predictions only).
 _NEED_BOTH_CLASSES = ("train", "val")
 _IN_MEMORY_ROWS = 2_000_000
 
@@ -253,7 +253,7 @@ class CTRDataModule(pl.LightningDataModule):
         schema = generator.schema
         # The encoder turns the generator's raw rows (``SyntheticCTR.raw``: hex tokens, counts) into exactly
         # what the cache holds, so ``predict_raw`` on them sees what training saw: ids + 2, and dense counts
-        # log1p-ed and standardised with statistics of the first training chunk (raw counts in the hundreds
+        # log1p-ed and standardized with statistics of the first training chunk (raw counts in the hundreds
         # make DCN's cross network overflow).
         encoder = FeatureEncoder(schema)
         encoder.vocabularies = {name: FieldVocabulary([str(t) for t in generator.tokens(f)])

@@ -98,7 +98,7 @@ class FieldVocabulary:
 class FeatureEncoder:
     """Turns :class:`RawColumns` into :class:`EncodedColumns` with vocabularies and dense statistics.
 
-    Dense fields: missing -> 0 after standardisation (the training mean); ``schema.log_dense`` fields get
+    Dense fields: missing -> 0 after standardization (the training mean); ``schema.log_dense`` fields get
     ``log1p(max(x, 0))`` first, since counts in CTR logs are heavy-tailed.
 
     Args:
@@ -156,8 +156,8 @@ class FeatureEncoder:
             if self.schema.sparse else np.zeros((n, 0), dtype=np.int64)
         dense = np.zeros((n, len(self.schema.dense)), dtype=np.float32)
         if self.schema.dense:
-            standardised = (self._transform_dense_raw(raw) - self.dense_mean) / self.dense_std
-            dense = np.nan_to_num(standardised, nan=0.0).astype(np.float32)
+            standardized = (self._transform_dense_raw(raw) - self.dense_mean) / self.dense_std
+            dense = np.nan_to_num(standardized, nan=0.0).astype(np.float32)
         multi = [self._encode_multi(raw, f.name, f.max_len) for f in self.schema.multivalued]
         multi_array = np.concatenate(multi, axis=1) if multi else np.zeros((n, 0), dtype=np.int64)
         return EncodedColumns(raw.labels.astype(np.float32), sparse.astype(np.int64), dense, multi_array)

@@ -23,6 +23,7 @@ from ihas_lightning.data.readers_formats import (
 )
 from ihas_lightning.data.readers_io import (
     PathLike,
+    check_dense_range,
     columns_to_raw,
     parse_dense,
     parse_labels,
@@ -126,10 +127,7 @@ def _read_parquet(path: PathLike, schema: Schema, *, ignore_extra: bool) -> RawC
         values = numeric(name)
         if values is None:
             values = parse_dense(_texts(table.column(name).to_pylist()), rows, source=source, column=name)
-        infinite = np.flatnonzero(np.isinf(values))
-        if infinite.size:
-            raise DataFormatError(f"expected a finite number, got {values[infinite[0]]}", source=source,
-                                  line=int(infinite[0]) + 1, column=name)
+        check_dense_range(values, rows, source=source, column=name)
         dense[name] = values
     multivalued = {}
     for field in schema.multivalued:

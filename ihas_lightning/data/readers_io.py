@@ -32,6 +32,7 @@ __all__ = [
     "select_columns",
     "parse_labels",
     "parse_dense",
+    "check_dense_range",
     "to_sparse",
     "split_multivalued",
     "columns_to_raw",
@@ -192,12 +193,23 @@ def parse_dense(values: Sequence[str], lines: Sequence[int], *, source: str, col
                 raise DataFormatError(f"expected a number or an empty field, got {v!r}", source=source,
                                       line=lines[i], column=column) from None
         raise
-    infinite = np.flatnonzero(np.isinf(out))
-    if infinite.size:
-        i = int(infinite[0])
-        raise DataFormatError(f"expected a finite number, got {values[i]!r}", source=source, line=lines[i],
-                              column=column)
+    check_dense_range(out, lines, source=source, column=column, texts=values)
     return out
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_dense_range(values: np.ndarray, lines: Sequence[int], *, source: str, column: str,
+                      texts: Sequence[str] | None = None) -> None:
+    """A DataFormatError naming the file, line and column of the first value that is infinite or too large for
+    float32 (the models' dtype: 1e200 would become inf there, far from where it came from). NaN is missing."""
+    bad = np.flatnonzero(np.abs(np.nan_to_num(values, nan=0.0)) > _FLOAT32_MAX)
+    if bad.size:
+        i = int(bad[0])
+        shown = repr(texts[i]) if texts is not None else str(values[i])
+        reason = "a finite number" if np.isinf(values[i]) else "a number within float32's range (|x| <= 3.4e38)"
+        raise DataFormatError(f"expected {reason}, got {shown}", source=source, line=lines[i], column=column)
 
 
 def to_sparse(values: Sequence[str]) -> np.ndarray:

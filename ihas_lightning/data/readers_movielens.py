@@ -87,7 +87,7 @@ def read_movielens_100k(directory: PathLike, *, min_rating: int = 4) -> RawColum
     """MovieLens-100K ``u.data`` joined with ``u.user``, ``u.item`` and ``u.genre``, in ``u.data``'s row order.
 
     Label: ``rating >= min_rating``. ``age`` is bucketed (see :func:`_age_bucket`); ``zip_prefix`` is the
-    first three characters of the zip code (the US sectional centre, a coarser location than ``zip``'s 795
+    first three characters of the zip code (the US sectional center, a coarser location than ``zip``'s 795
     values); ``release_year`` comes from the release date (``""`` when missing); ``genres`` from the flags.
     """
     if not 1 <= min_rating <= 5:
@@ -265,7 +265,7 @@ def _ml1m_ratings_fast(path: Path, user_ids: Sequence[str], movie_ids: Sequence[
 
     Returns None, leaving the file to :func:`_ml1m_ratings_exact` (which names the bad line), unless the result
     is sure to equal that one's: only ASCII without tabs or carriage returns (pyarrow would split on those), four
-    fields on every line, ratings spelt ``1``..``5`` and ids found in ``users.dat``/``movies.dat``.
+    fields on every line, ratings spelled ``1``..``5`` and ids found in ``users.dat``/``movies.dat``.
     """
     import pyarrow as pa
     import pyarrow.compute as pc

@@ -105,6 +105,16 @@ class Schema:
             raise ValueError(f"schema: unknown keys {extra}; expected some of {sorted(known)}")
         if "label" not in data or ("sparse" not in data and "multivalued" not in data):
             raise ValueError("schema: 'label' and 'sparse' (or 'multivalued') are required")
+        if not isinstance(data["label"], str):
+            raise ValueError(f"schema: 'label' must be a column name (a string), got {data['label']!r}")
+        for key in ("sparse", "dense", "log_dense"):
+            value = data.get(key, [])
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"schema: '{key}' must be a list of column names (strings), got {value!r}")
+        multivalued = data.get("multivalued", [])
+        if not isinstance(multivalued, (list, tuple)) or not all(isinstance(m, Mapping) for m in multivalued):
+            raise ValueError(f"schema: 'multivalued' must be a list of mappings with 'name' (and 'separator', "
+                             f"'max_len'), got {multivalued!r}")
         return cls(label=data["label"], sparse=tuple(data.get("sparse", ())), dense=tuple(data.get("dense", ())),
                    multivalued=tuple(data.get("multivalued", ())), log_dense=tuple(data.get("log_dense", ())))
 
@@ -116,15 +126,23 @@ class Schema:
         """Read a schema from JSON or YAML (by suffix)."""
         path = Path(path)
         text = path.read_text()
-        if path.suffix in {".yaml", ".yml"}:
-            import yaml
+        try:
+            if path.suffix in {".yaml", ".yml"}:
+                import yaml
 
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except ValueError as error:  # json.JSONDecodeError
+            raise ValueError(f"schema file '{path}' cannot be read: {error}") from None
+        except Exception as error:  # noqa: BLE001  yaml.YAMLError (yaml is not imported for JSON)
+            raise ValueError(f"schema file '{path}' cannot be read: {error}".replace("\n", " ")) from None
         if not isinstance(data, Mapping):
             raise ValueError(f"schema file '{path}': expected a mapping, got {type(data).__name__}")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"schema file '{path}': {error}") from None
 
 
 @dataclass

@@ -22,7 +22,7 @@ hidden parameters. Per-segment intercepts are calibrated so that every segment's
 Everything is pure numpy and deterministic. The hidden parameters ("the world") come from the
 generator's ``seed`` only; rows come from ``(world seed, data seed, block index)`` over fixed internal
 blocks of :data:`BLOCK_ROWS` rows, so the streamed rows do not depend on ``chunk_rows`` and the first
-``n`` rows of a larger request equal a request for ``n`` rows.
+``n`` rows of a larger request equal a request for ``n`` rows. See docs/design.md#8-synthetic-data-and-the-demo.
 
 Example:
     >>> gen = SyntheticCTR(SyntheticConfig(), seed=0)

@@ -1,4 +1,4 @@
-"""Transferability (DESIGN.md section 2.6): a run's searched groups and dimensions on other backbones.
+"""Transferability: a run's searched groups and dimensions on other backbones.
 
 A run searched on backbone A. For every target backbone B this retrains A's groups (the searched router and
 the per-group dimensions) on B, and trains B at a uniform dimension (16 by default) and at the uniform
@@ -10,14 +10,14 @@ dimension with iHAS's embedding parameters ("matched"), all on the run's own spl
     DIR/transfer/transfer.json, transfer.md, transfer.png
 
 Seeds. The split comes from the run's ``seed`` (``run.json``) and never changes here; seed ``k`` is the
-*model seed*: weight initialisation and the order of training batches. A stage whose ``metrics.json``
+*model seed*: weight initialization and the order of training batches. A stage whose ``metrics.json``
 exists is done and is not redone.
 
 Schedule. Except on the searched backbone itself (where the groups warm-start from the search and that
 starting point competes with the fine-tuning's epochs, as in ``ihas run``), the retrained groups start from
 fresh weights, so they get the uniform baselines' schedule (``baseline_epochs`` at ``lr``) rather than the
 short fine-tuning schedule of ``ihas run``: all three variants of a target then train equally long from
-scratch, and differ only in their dimensions.
+scratch, and differ only in their dimensions. See docs/design.md#7-transferability.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from ..pipeline import RunDirectory, embedding_rows, stage_baseline, stage_retra
 from ..run_config import RunConfig
 from ..training import datamodule_from_config, write_json
 
-__all__ = ["TransferConfig", "check_backbones", "run_transfer", "summarise", "VARIANTS", "METRICS"]
+__all__ = ["TransferConfig", "check_backbones", "run_transfer", "summarize", "VARIANTS", "METRICS"]
 
 VARIANTS = ("ihas", "uniform", "matched")
 METRICS = ("test_auc", "test_logloss")
@@ -57,7 +57,7 @@ class TransferConfig:
 
     Args:
         backbones: target DeepCTR-Torch models (see ``BACKBONES``).
-        seeds: model seeds ``0 .. seeds-1`` (initialisation and batch order; the split stays the run's).
+        seeds: model seeds ``0 .. seeds-1`` (initialization and batch order; the split stays the run's).
         uniform_dim: the uniform baseline's dimension.
     """
 
@@ -92,7 +92,7 @@ def matched_dim(params: int, rows: int, backbone: str) -> int:
 
 def _seeded(config: RunConfig, dm: CTRDataModule, model_seed: int, backbone: str
             ) -> tuple[RunConfig, CTRDataModule]:
-    """The run's config and split with ``model_seed`` for initialisation and batch order only."""
+    """The run's config and split with ``model_seed`` for initialization and batch order only."""
     seeded_config = replace(config, model=replace(config.model, seed=model_seed))
     if backbone != config.model.backbone:  # fresh weights: the baselines' schedule (module docstring)
         seeded_config = replace(seeded_config, retrain=replace(config.retrain, epochs=config.baseline_epochs,
@@ -113,7 +113,7 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def summarise(runs: list[dict], dim: int | None) -> dict:
+def summarize(runs: list[dict], dim: int | None) -> dict:
     """One variant of one backbone: mean/std over seeds of the metrics, and its size (same for every seed)."""
     return {"dim": dim, **{m: _stats([r[m] for r in runs]) for m in METRICS},
             "embedding_params": int(runs[0]["embedding_params"]),
@@ -190,7 +190,7 @@ def run_transfer(run_dir: str | Path, config: TransferConfig, quiet: bool | None
                                                 config.stage(backbone, seed, variant), seeded, backbone=backbone)
             for variant, metrics in found.items():
                 runs[variant].append({**metrics, "model_seed": seed})
-        rows.append({"backbone": backbone, **{v: summarise(runs[v], dims[v]) for v in VARIANTS}})
+        rows.append({"backbone": backbone, **{v: summarize(runs[v], dims[v]) for v in VARIANTS}})
     result = {"run": str(run.root), "source_backbone": config_run.model.backbone, "dataset": config_run.data.data,
               "format": config_run.data.format, "split_seed": config_run.data.seed,
               "model_seeds": list(range(config.seeds)), "search_dim": config_run.model.dim,

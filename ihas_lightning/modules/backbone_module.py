@@ -22,7 +22,7 @@ class BackboneModule(CTRModule):
         dim: embedding dimension of every field.
         dnn_hidden_units: DNN widths.
         lr: Adam learning rate (DeepCTR-Torch's default 1e-3).
-        seed: the model's initialisation seed.
+        seed: the model's initialization seed.
         options: more constructor arguments of the model (e.g. ``{"cross_num": 3}``).
         config: all of the above in one :class:`BackboneConfig`; when given, it replaces them.
 

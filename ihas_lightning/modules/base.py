@@ -42,8 +42,8 @@ class NonFiniteLossError(FloatingPointError):
 class CTRModule(pl.LightningModule):
     """Base class: subclasses build ``self.backbone`` and may add terms in :meth:`extra_loss`.
 
-    The loss is BCE on logits plus DeepCTR-Torch's regularisation loss divided by the batch size (its
-    own ``fit`` sums the BCE over the batch and adds the regulariser once; dividing both by B keeps the
+    The loss is BCE on logits plus DeepCTR-Torch's regularization loss divided by the batch size (its
+    own ``fit`` sums the BCE over the batch and adds the regularizer once; dividing both by B keeps the
     same balance with a mean loss).
     """
 
@@ -67,7 +67,7 @@ class CTRModule(pl.LightningModule):
         return self.backbone(batch)
 
     def extra_loss(self, batch: Batch, logits: Tensor) -> Tensor | None:
-        """Further terms of the training loss (gate regularisers, ...); logged by the subclass."""
+        """Further terms of the training loss (gate regularizers, ...); logged by the subclass."""
         return None
 
     def regularization_loss(self) -> Tensor:
@@ -138,7 +138,7 @@ class CTRModule(pl.LightningModule):
     def init_backbone_from(self, checkpoint_path: str) -> int:
         """Copy the backbone's weights from another module's checkpoint (a trained supernet, a plain backbone)
         of the same backbone, schema and dimension; returns the number of tensors copied."""
-        state = load_checkpoint_state(checkpoint_path, "a checkpoint to initialise the backbone from")
+        state = load_checkpoint_state(checkpoint_path, "a checkpoint to initialize the backbone from")
         wanted = backbone_weights(state, self.state_dict(), f"checkpoint '{checkpoint_path}'")
         self.load_state_dict(wanted, strict=False)
         return len(wanted)

@@ -16,7 +16,7 @@ __all__ = ["BackboneConfig"]
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """A DeepCTR-Torch backbone and its optimiser settings.
+    """A DeepCTR-Torch backbone and its optimizer settings.
 
     Args:
         backbone: DeepCTR-Torch model name (see ``ihas_lightning.backbones.BACKBONES``).
@@ -25,7 +25,7 @@ class BackboneConfig:
         lr: Adam learning rate (DeepCTR-Torch's default 1e-3).
         dnn_dropout: dropout of the DNN layers.
         l2_reg_embedding: DeepCTR-Torch's L2 on the embedding tables.
-        seed: the model's initialisation seed.
+        seed: the model's initialization seed.
         options: more constructor arguments of the model (e.g. ``{"cross_num": 3}``).
 
     Example:

@@ -6,7 +6,7 @@ weights). That costs K times the dense parameters; the embedding tables, the bul
 ``RetrainModule(group_dense=True)`` runs each group's rows through the one backbone with ``functional_call``
 and that group's copies in place of the backbone's own dense parameters (which are then frozen and unused).
 Buffers outside the tables (AFN's BatchNorm statistics) are copied per group too, so that each group keeps
-the statistics of its own rows.
+the statistics of its own rows. See docs/design.md#43-retraining-separate-models-and-group-specific-dense-layers.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """``RetrainModule``: one compact model per group, sharing each field's table, behind a router.
 
-DESIGN.md section 2.3: group c uses the first ``d[c, f]`` columns of field f's table, stored once at the
-width of its widest group; all groups are warm-started from the searched weights and fine-tuned jointly on
-all training data, each sample through its own group's dimensions. The prototype measured this at the
-uniform model's AUC with half of its embedding parameters; K separate models trained from scratch on their
-own groups lost 0.005-0.025 AUC (that literal reading is ``groups_from="batch"`` with one group per module).
+Group c uses the first ``d[c, f]`` columns of field f's table, stored once at the width of its widest
+group; all groups are warm-started from the searched weights and fine-tuned jointly on all training data,
+each sample through its own group's dimensions. (K separate models, each trained on its own group, are
+``groups_from="batch"`` with one group per module.) See docs/design.md#41-retraining-shared-tables-and-the-router.
 
 Routing (``router``): ``"gates"``, a :class:`~ihas_lightning.modules.router.Router` (the searched gate network,
 frozen, and the centroids; the default for checkpoints written before the choice existed), or ``"linear"``, a
@@ -152,7 +151,7 @@ class RetrainModule(CTRModule):
 
         ``tables_only`` (another backbone than the searched one) takes the embedding and first-order tables
         and the router only: the router reads this module's tables, and on fresh random tables the searched
-        gate network sends nearly every sample to one group (measured: 92-100% on MovieLens-100K).
+        gate network sends nearly every sample to one group (see docs/design.md#7-transferability).
         ``backbone_state`` (a trained supernet's ``state_dict``, same backbone and dimension) supplies the
         backbone instead, tables and dense layers; the router's gate network still comes from the search.
         """

@@ -35,6 +35,7 @@ class Router(nn.Module):
 
     Always gates on the searched BatchNorm statistics, whatever the mode: Lightning keeps the modes a module
     comes with, so a fresh module trains with its gates in train mode (batch statistics: other routes).
+    See docs/design.md#41-retraining-shared-tables-and-the-router.
 
     Args:
         gates: the searched gate network; frozen here (``requires_grad=False``) and owned by the router.

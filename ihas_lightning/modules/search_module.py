@@ -24,12 +24,13 @@ _GATE_KEYS = tuple(f.name for f in fields(GateConfig))
 
 
 class SearchModule(CTRModule):
-    """Backbone + instance-wise Bernoulli gates (iHAS search stage, DESIGN.md section 2.1).
+    """Backbone + instance-wise Bernoulli gates (iHAS search stage).
 
-    For ``warmup_epochs`` the plain backbone trains (the prototype lost AUC when the gates started at step
-    0); then every sample's (B, F, D) embeddings are multiplied by its gate mask before any branch of the
-    backbone sees them. The loss adds the gates' sparsity (towards ``budget``) and bi-polarisation terms,
-    scaled by ``regularizer_scale`` (set by :class:`~ihas_lightning.callbacks.RegularizerWarmup`).
+    For ``warmup_epochs`` the plain backbone trains; then every sample's (B, F, D) embeddings are multiplied
+    by its gate mask before any branch of the backbone sees them. The loss adds the gates' sparsity (towards
+    ``budget``) and bi-polarization terms, scaled by ``regularizer_scale`` (set by
+    :class:`~ihas_lightning.callbacks.RegularizerWarmup`). See docs/design.md#21-search-gates and
+    docs/design.md#23-search-schedule.
 
     Args:
         schema, vocab_sizes, backbone, dim, dnn_hidden_units, lr, seed, options, dnn_dropout, l2_reg_embedding,

@@ -51,7 +51,8 @@ class SupernetModule(BackboneModule):
         dim: the supernet's (largest) embedding dimension.
         l2_reg_embedding: DeepCTR-Torch's L2 on the embedding tables. 0 by default: the penalty covers whole
             tables, so it would move the coordinates a step's sub-architecture masks (they should get exactly
-            zero gradient) and shrink the rarely-sampled high coordinates towards 0.
+            zero gradient) and shrink the rarely-sampled high coordinates towards 0
+            (see docs/design.md#5-supernet-sampling).
         config: all of the above in one :class:`BackboneConfig` (whose own ``l2_reg_embedding`` default is
             1e-5: give 0.0 for the reason above); when given, it replaces them.
 

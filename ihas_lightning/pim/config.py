@@ -3,6 +3,7 @@
 Every number below is a named constant with where it comes from.  "ASSUMPTION" marks numbers we chose
 (no public figure for exactly this quantity); "CALIBRATED" marks numbers chosen so that the analytic model
 reproduces a published end-result (documented at the constant).  The cost model lives in ``cost_model``.
+See docs/design.md#6-pim-co-design.
 """
 from __future__ import annotations
 
@@ -65,12 +66,12 @@ RECNMP_RANKS_PER_CHANNEL = 8  # largest configuration studied: 4 DIMMs x 2 ranks
 # ---------------------------------------------------------------- our assumptions ------------------
 HOST_RANDOM_ACCESS_EFFICIENCY = 0.5  # ASSUMPTION: share of peak DDR bandwidth reached by random 64 B reads
 HOST_GEMM_EFFICIENCY = 0.2  # ASSUMPTION: share of AVX-512 peak reached by small-batch MLP inference
-HOST_PJ_PER_FLOP = 10.0  # ASSUMPTION: vector FLOP incl. amortised instruction overhead (Horowitz: ~70 pJ/scalar instr.)
+HOST_PJ_PER_FLOP = 10.0  # ASSUMPTION: vector FLOP incl. amortized instruction overhead (Horowitz: ~70 pJ/scalar instr.)
 DRAM_STATIC_W_PER_CHANNEL = 3.0  # ASSUMPTION: background+refresh of 2 RDIMMs; CPU idle power not attributed
 UPMEM_MRAM_PJ_PER_BYTE = 50.0  # ASSUMPTION: in-chip bank access, no off-chip I/O (~1/3 of DRAM_PJ_PER_BYTE)
 UPMEM_PJ_PER_OP = 150.0  # ASSUMPTION: emulated fp op = tens of DPU instructions
 UPMEM_STATIC_W_PER_DPU = 0.012  # ASSUMPTION: ~1.5 W background per 128-DPU DIMM
-UPMEM_LAUNCH_S = 50e-6  # ASSUMPTION: DPU program launch + synchronisation per batch
+UPMEM_LAUNCH_S = 50e-6  # ASSUMPTION: DPU program launch + synchronization per batch
 HBM_PIM_PJ_PER_BYTE = 0.3 * HBM2_PJ_PER_BYTE  # CALIBRATED: in-bank access ~30% of an external HBM2 access,
 #   so that a memory-bound op shows Samsung's ~70% energy reduction (no public per-bit breakdown).
 HBM_PIM_MODE_SWITCH_S = 1e-6  # ASSUMPTION: PIM mode entry/exit per batch
@@ -253,7 +254,7 @@ class ModelSpec:
     field_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass normalisation)
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass normalization)
         dims, vocab = tuple(int(d) for d in self.embedding_dims), tuple(int(v) for v in self.vocab_sizes)
         n = len(dims)
         if len(vocab) != n:

@@ -30,10 +30,11 @@ Per batch of B samples:
 
 Left out: CPU caches and PIM-side caches (RecNMP's RankCache, hot-row replication), DRAM row-buffer hits and
 bank conflicts, refresh, contention between host and PIM traffic on shared channels, host-PIM
-synchronisation and scheduling detail beyond a fixed per-batch overhead, inter-unit load beyond the busiest
+synchronization and scheduling detail beyond a fixed per-batch overhead, inter-unit load beyond the busiest
 unit, DMA splitting of rows larger than one transfer, row alignment, int8 per-row scale/bias, first-order
 (linear) logits, biases and activations, DNN weight traffic, data layout/transposition costs, and power
 management.  Several device constants are our assumptions or calibrations; see ``config``.
+See docs/design.md#6-pim-co-design.
 """
 from __future__ import annotations
 

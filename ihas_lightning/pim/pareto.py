@@ -28,7 +28,7 @@ def dashboard_command(storage_url: str) -> str:
 
 
 def pareto_points(study: optuna.Study, space: SearchSpace | None = None) -> list[dict[str, Any]]:
-    """The feasible non-dominated trials (Optuna's ``best_trials`` honours constraints), best AUC first."""
+    """The feasible non-dominated trials (Optuna's ``best_trials`` honors constraints), best AUC first."""
     points = []
     for trial in study.best_trials:
         attrs = trial.user_attrs
@@ -61,7 +61,7 @@ def write_markdown(path: Path, points: Sequence[dict], title: str, notes: Sequen
 
 
 def plot_front(path: Path, study: optuna.Study, points: Sequence[dict], baseline_auc: float | None) -> None:
-    """AUC against latency ratio: every complete trial in grey, the front coloured by energy ratio."""
+    """AUC against latency ratio: every complete trial in gray, the front colored by energy ratio."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -4,8 +4,8 @@ Each trial picks a candidate from :mod:`~ihas_lightning.pim.search_space`, score
 trained supernet's inherited weights (validation AUC; the validation batches are read once per process, so
 a trial costs well under a second on CTR data of this size) and its cost with the analytic
 :func:`~ihas_lightning.pim.estimate` against the baseline: the full supernet (every field at the full
-dimension, full DNN widths) served host-only in fp32 at the same batch size. Objectives: maximise AUC,
-minimise ``latency_ratio``, minimise ``energy_ratio``; ``flops_ratio`` is recorded too.
+dimension, full DNN widths) served host-only in fp32 at the same batch size. Objectives: maximize AUC,
+minimize ``latency_ratio``, minimize ``energy_ratio``; ``flops_ratio`` is recorded too.
 
 Constraints (``trial.set_constraint``, Optuna 5; a trial is feasible when every value is <= 0):
 ``capacity`` (> 0 when the cost model finds the configuration infeasible: a table or unit over capacity, a
@@ -20,7 +20,7 @@ storage, sharing the trials. Running again continues the same study (``load_if_e
 raises is recorded as FAIL with its error in ``user_attrs["error"]``, and the study goes on.
 
 Precision is part of the accuracy too: fp16 and int8 (symmetric, per-row scale) trials are scored with the
-embedding tables rounded to that precision (:func:`quantized_tables`).
+embedding tables rounded to that precision (:func:`quantized_tables`). See docs/design.md#6-pim-co-design.
 """
 
 from __future__ import annotations
@@ -219,8 +219,9 @@ def make_storage(url: str, heartbeat_s: int | None = 30) -> optuna.storages.Base
 
 def _sqlite_connection(path: str) -> sqlite3.Connection:
     """SQLite in WAL mode with synchronous=NORMAL: several local worker processes read while one writes, and a
-    commit does not wait for an fsync (about 3x faster trials here; safe against a crashed process, only a
-    power cut can lose the last commits). The 60 s timeout rides out other workers' write locks."""
+    commit does not wait for an fsync (safe against a crashed process; only a power cut can lose the last
+    commits). The 60 s timeout rides out other workers' write locks. See docs/design.md#9-engineering-measurements.
+    """
     connection = sqlite3.connect(path, timeout=60, check_same_thread=False)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")

@@ -39,10 +39,9 @@ class PrefixScorer:
     the first ``dims[c, f]`` columns of each field: what ``--budget-fit loss`` narrows by (:meth:`logloss`)
     and what ``--budget-fit auto`` chooses a fit by (:meth:`auc`).
 
-    Why the loss and not the gates: the search prices a gate by its field's vocabulary, so the gates of small
-    noise fields stay open for free while a large field's gates close under pressure. The groups stay as the
-    searched tables route them. It reads the validation split (at most ``max_rows`` rows), as ``--k 0`` does
-    to choose K. See docs/design.md#33-clustering-fitting-the-budget.
+    The groups stay as the searched tables route them (the router is not re-centered on narrowed-table
+    masks). It reads the validation split (at most ``max_rows`` rows), as ``--k 0`` does to choose K. Why
+    the loss and not the gates: see docs/design.md#33-clustering-fitting-the-budget.
     """
 
     def __init__(self, module: SearchModule, dm: CTRDataModule, result: ClusterResult, max_rows: int = 32_768) -> None:

@@ -73,11 +73,12 @@ def build_retrain_module(run: RunDirectory, config: RunConfig, dm: CTRDataModule
     module = RetrainModule(dm.schema, dm.vocab_sizes, group_dims=clusters.dims.tolist(),
                            centroids=clusters.centroids.tolist(), gate=dict(search.hparams.gate),
                            group_dense=config.retrain.group_dense, router=config.retrain.router,
-                           config=replace(config.model, backbone=backbone, dim=search.hparams.dim, lr=config.retrain.lr))
+                           config=replace(config.model, backbone=backbone, dim=search.hparams.dim,
+                                          lr=config.retrain.lr))
     # Another backbone (transfer): fresh dense layers; the searched tables and router, so that routing holds.
     same_backbone = backbone == search.hparams.backbone
     init_from = config.retrain.init_from if same_backbone else None
-    backbone_state = load_checkpoint_state(init_from, "a checkpoint to start the retraining from") if init_from \
+    backbone_state = load_checkpoint_state(init_from, "a checkpoint to retrain from") if init_from \
         else None
     module.warm_start(search.state_dict(), tables_only=not same_backbone, backbone_state=backbone_state)
     if config.retrain.router == "linear":                        # fitted on the tables it will read

@@ -9,7 +9,7 @@ Stages hand each other files, never hidden state::
     DIR/losses/metrics.json   validation AUC after each step from the search to the retrained model
     DIR/separate/             the separate-models variant: one model per group, trained on its own samples
     DIR/baseline/, DIR/baseline_matched/   uniform-dimension backbones on the same split
-    DIR/metrics.json          everything above in one place
+    DIR/metrics.json          everything above in one place, and which model the run keeps (``selection``)
 
 A stage whose ``metrics.json`` exists is done and is not redone; a stage interrupted during training resumes
 from its ``checkpoints/last.ckpt``.
@@ -26,6 +26,7 @@ from .losses import stage_losses
 from .retrain import stage_baseline, stage_retrain
 from .run_directory import RunDirectory, embedding_rows
 from .search import stage_search
+from .selection import select_model
 from .separate import stage_separate
 
 __all__ = ["COUNT_KEYS", "collect_metrics", "matched_baseline_dim", "run_pipeline"]
@@ -42,18 +43,23 @@ def matched_baseline_dim(embedding_params: int, vocab_sizes: dict[str, int]) -> 
     return max(1, round(embedding_params / embedding_rows(vocab_sizes)))
 
 
-def run_pipeline(config: RunConfig, on_stage_done: StageHook | None = None) -> dict:
+def run_pipeline(config: RunConfig, on_stage_done: StageHook | None = None, restart: bool = False) -> dict:
     """Run every stage not yet done in ``config.out``; write and return ``DIR/metrics.json``.
 
     ``on_stage_done(name, metrics)`` is called after the search stage ran here (the CLI prints its table).
+    The folder is locked while it runs; one that holds a run with other result options is refused, or with
+    ``restart`` cleared first (see ``RunDirectory.start``). The paths of ``config`` are made absolute.
 
     Example:
         >>> metrics = run_pipeline(RunConfig(out="runs/demo", trainer=TrainerConfig(epochs=3, quiet=True)))
         >>> metrics["ihas"]["test_auc"], metrics["baseline"]["test_auc"]
     """
     run = RunDirectory(config.out)
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.save_config(config)
+    with run.lock("ihas run"):
+        return _run_stages(run, run.start(config, restart=restart), on_stage_done)
+
+
+def _run_stages(run: RunDirectory, config: RunConfig, on_stage_done: StageHook | None) -> dict:
     dm = training.datamodule_from_config(config.data, config.trainer.threads)
     if not run.done("search"):
         search = stage_search(run, config)    # with a data module of its own (see stage_search)
@@ -79,8 +85,8 @@ def collect_metrics(run: RunDirectory, config: RunConfig) -> dict:
     metrics = {
         "dataset": config.data.data, "format": config.data.format, "backbone": config.model.backbone,
         "baseline": {k: run.metrics("baseline").get(k) for k in (*keep, "dim")},
-        "ihas": {**{k: retrain.get(k) for k in keep}, "groups": retrain["groups"], "group_sizes": retrain["group_sizes"],
-                 "dims": retrain["dims"]},
+        "ihas": {**{k: retrain.get(k) for k in keep}, "groups": retrain["groups"],
+                 "group_sizes": retrain["group_sizes"], "dims": retrain["dims"]},
         "search": {"val_auc": search["val_auc"], "mean_active_dims": search["mean_active_dims"],
                    "distinct_masks": search["distinct_masks"]},
         "seconds": {name: run.metrics(name).get("seconds") for name in ("search", "cluster", "retrain", "baseline")},
@@ -94,5 +100,6 @@ def collect_metrics(run: RunDirectory, config: RunConfig) -> dict:
     if run.done("baseline_matched"):
         metrics["baseline_matched"] = {k: run.metrics("baseline_matched").get(k) for k in (*keep, "dim")}
         metrics["seconds"]["baseline_matched"] = run.metrics("baseline_matched").get("seconds")
+    metrics["selection"] = select_model(metrics)
     training.write_json(run.root / "metrics.json", metrics)
     return metrics

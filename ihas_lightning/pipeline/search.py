@@ -39,10 +39,10 @@ def unsettled_gates(metrics: dict, budget: float | None, min_decided: float = 0.
                     budget_slack: float = 0.1) -> str | None:
     """Why the kept search epoch's gates tell little about the samples, or None when they settled.
 
-    On small data the best validation epoch can come before the gates have learned anything: on Criteo 10k
-    (8,000 training rows, 31 steps an epoch) every kept epoch had fewer than a third of its gates decided and
-    an expected parameter share of 1.0 at a budget of 0.6, so the clustering fitted the budget from nearly
-    uniform gates (one group held 94-100% of the rows).
+    On small data the best validation epoch can come before the gates have learned anything; the clustering
+    then fits the budget from nearly uniform gates. Unsettled means fewer than ``min_decided`` of the gates
+    decided, or an expected parameter share more than ``budget_slack`` above ``budget``. See
+    docs/design.md#23-search-schedule.
     """
     decided, share = metrics.get("decided_share"), metrics.get("expected_param_share")
     reasons = []
@@ -110,7 +110,7 @@ def stage_search(run: RunDirectory, config: RunConfig) -> dict:
         # The metrics (and the gate statistics) describe the kept epoch, the one the later stages read.
         trainer.validate(module, dm, ckpt_path=str(kept), verbose=False)
     metrics = {**search_metrics(module, trainer), "checkpoint": kept.name,
-               "epoch": int(torch.load(kept, map_location="cpu", weights_only=False)["epoch"]),
+               "epoch": int(torch.load(kept, map_location="cpu", weights_only=True)["epoch"]),
                "seconds": time.perf_counter() - start}
     unsettled = unsettled_gates(metrics, config.gate.budget)
     metrics["gates_settled"] = unsettled is None

@@ -46,8 +46,8 @@ def stage_separate(run: RunDirectory, config: RunConfig, dm: CTRDataModule | Non
     since it starts from scratch) on the group's training rows, its best epoch chosen on the group's
     validation rows. Test AUC/logloss are over the whole test set, from the union of the groups'
     predictions; embedding parameters are the sum over the K models; FLOPs per sample are weighted by the
-    groups' shares of the test set. DESIGN.md 2.3: the prototype found this 0.005-0.025 AUC below
-    uniform-16 at K times the parameters; it is the comparison point for the shared-table default.
+    groups' shares of the test set. It is the comparison point for the shared-table default: see
+    docs/design.md#43-retraining-separate-models-and-group-specific-dense-layers.
     """
     if run.done("separate"):
         return run.metrics("separate")
