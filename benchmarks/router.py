@@ -123,7 +123,10 @@ def run_cell(dataset: str, backbone: str, seed: int, root: Path) -> dict:
     dm = training.datamodule_from_config(config.data, config.trainer.threads)
     cluster = stage_cluster(run, config, dm)
     cell = {"dataset": dataset, "backbone": backbone, "seed": seed, "k": cluster["k"],
-            "group_sizes": cluster["group_sizes"], "command": shlex.join(["ihas", *argv])}
+            "group_sizes": cluster["group_sizes"], "command": shlex.join(["ihas", *argv]),
+            # routing can change the model only where the groups' dimensions differ
+            "distinct_group_dims": len({tuple(row) for row in ClusterResult.load(
+                run.stage("cluster") / "clusters.json").dims.tolist()})}
     for router in ROUTERS:
         routed = replace(config, retrain=replace(config.retrain, router=router))
         m = stage_retrain(run, routed, dm, stage=f"retrain_{router}")
@@ -142,7 +145,7 @@ def _summary_rows(cells: list[dict]) -> list[list]:
     rows = []
     for c in cells:
         g, lin = c["gates"], c["linear"]
-        rows.append([c["dataset"], c["backbone"], c["seed"], c["k"],
+        rows.append([c["dataset"], c["backbone"], c["seed"], f"{c['k']} ({c['distinct_group_dims']})",
                      f"{g['router_params']:,} ({g['router_param_share']:.0%})",
                      f"{lin['router_params']:,} ({lin['router_param_share']:.1%})",
                      "n/a" if lin["router_flop_share"] is None else f"{lin['router_flop_share']:.1%}",
@@ -194,6 +197,8 @@ def main() -> None:
     notes = [f"command: `{command}`; git commit {commit}; `ihas run` defaults with {' '.join(COMMON)}.",
              "router params (share of the footprint = tables + that router); linear FLOPs as a share of the served "
              "model's FLOPs per sample (router included).",
+             "K (distinct dims): groups, and how many distinct dimension rows they have (1: routing cannot "
+             "change the model, so both routers give the same AUC).",
              "largest group: the agreement of sending every row to the largest training group (the floor).",
              "agreement: share of validation rows the router sends to the searched routing's group (clustering of "
              "the searched masks), on the retrained model's own tables; 'start' = before the retraining.",
@@ -202,7 +207,7 @@ def main() -> None:
              f"max {summary['val_auc_linear_minus_gates_max']:+.4f} "
              f"over {len(cells)} cells."]
     write_markdown_table(args.markdown, "Router: the searched gates vs a linear router on the first min_dim columns",
-                         ["data", "backbone", "seed", "K", "gates params", "linear params", "linear FLOPs",
+                         ["data", "backbone", "seed", "K (distinct dims)", "gates params", "linear params", "linear FLOPs",
                           "largest group", "gates agree", "linear agree start", "linear agree end", "val AUC gates",
                           "val AUC linear", "diff"], _summary_rows(cells), notes)
     with Path(args.markdown).open("a") as out:
