@@ -25,8 +25,8 @@ if TYPE_CHECKING:                       # only for hints: the PIM cost model imp
     from .backbones import CTRBackbone
 
 __all__ = ["COUNTED_BACKBONES", "ModelCounts", "backbone_flops", "dense_params", "dnn_of", "expected_flops",
-           "flops_breakdown", "flops_or_none", "format_flops", "group_flops", "is_embedding_table", "router_flops",
-           "stored_widths", "uniform_counts"]
+           "flops_breakdown", "flops_or_none", "format_flops", "group_flops", "is_embedding_table",
+           "linear_router_flops", "router_flops", "stored_widths", "uniform_counts"]
 
 COUNTED_BACKBONES = ("DeepFM", "DCN", "WDL")
 
@@ -118,6 +118,12 @@ def router_flops(num_fields: int, dim: int, hidden: int, num_groups: int) -> flo
     """
     width = num_fields * dim
     return float(2 * width + 2 * width * hidden + 2 * hidden * width + 3 * num_groups * width)
+
+
+def linear_router_flops(features: int, num_groups: int) -> float:
+    """FLOPs per sample of a linear router: ``2*P*K`` for P input features and K groups (a multiply-add per
+    weight; the bias takes the place of the first add). The argmax is comparisons, not counted."""
+    return float(2 * features * num_groups)
 
 
 def expected_flops(per_group: Sequence[float], group_share: Sequence[float], router: float) -> float:

@@ -1,4 +1,5 @@
-"""``IHASModel``: the routed model a user ships: gates -> nearest centroid -> that group's dimensions.
+"""``IHASModel``: the routed model a user ships: its router (a linear map of every field's first columns, or the
+searched gates and nearest centroid) -> that group's dimensions.
 
 One ``nn.Module``, one file: it saves its configuration, weights and the encoders together, loads with
 :meth:`IHASModel.load`, and predicts on raw rows.
@@ -59,7 +60,8 @@ class IHASModel(nn.Module):
 
     @property
     def router_params(self) -> int:
-        """Gate network (weights, biases, BatchNorm statistics, temperature) and the K*F*D centroids."""
+        """Everything routing reads: the linear router's weights and biases, or the gate network (weights, biases,
+        BatchNorm statistics, temperature) and the K*F*D centroids."""
         return self.module.router_params
 
     @property

@@ -15,6 +15,7 @@ from typing import Any
 from .data.config import DataConfig
 from .gates import GateConfig
 from .modules.config import BackboneConfig
+from .modules.retrain_module import ROUTERS
 
 __all__ = ["BUDGET_FITS", "ClusterOptions", "RetrainConfig", "RunConfig", "SearchConfig", "TrainerConfig",
            "check_at_least", "parse_ints", "parse_widths"]
@@ -138,17 +139,23 @@ class RetrainConfig:
         lr: its learning rate.
         group_dense: every group its own copy of the dense layers (see ``RetrainModule``).
         init_from: a checkpoint of the run's backbone (a trained supernet) to start from instead of the search.
+        router: one of :data:`~ihas_lightning.modules.retrain_module.ROUTERS`: ``"linear"`` (a linear map of
+            every field's first ``min_dim`` columns, fitted to the searched routing) or ``"gates"`` (the
+            searched gate network and centroids; a run.json without the field had it).
     """
 
     epochs: int = 2
     lr: float = 5e-4
     group_dense: bool = False
     init_from: str | None = None
+    router: str = "linear"
 
     def __post_init__(self) -> None:
         check_at_least("retrain epochs", self.epochs, 1)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"retrain lr must be > 0, got {self.lr}")
+        if self.router not in ROUTERS:
+            raise ValueError(f"router must be one of {ROUTERS}, got {self.router!r}")
 
 
 @dataclass(frozen=True)
@@ -211,6 +218,8 @@ class RunConfig:
             return cls.from_options(data)
         parts = {"data": DataConfig, "model": BackboneConfig, "gate": GateConfig, "search": SearchConfig,
                  "cluster": ClusterOptions, "retrain": RetrainConfig, "trainer": TrainerConfig}
+        if isinstance(data.get("retrain"), Mapping) and "router" not in data["retrain"]:
+            data = {**data, "retrain": {**data["retrain"], "router": "gates"}}   # run before the choice existed
         return cls(**{k: parts[k](**v) if k in parts else v for k, v in data.items()})
 
     @classmethod
@@ -250,7 +259,7 @@ class RunConfig:
                                    if isinstance(candidate_dims, str) else tuple(candidate_dims)),
             retrain=RetrainConfig(epochs=get("retrain_epochs", 2), lr=get("retrain_lr", 5e-4),
                                   group_dense=bool(get("group_dense", False)),
-                                  init_from=get("retrain_init_from")),
+                                  init_from=get("retrain_init_from"), router=get("router", "gates")),
             trainer=TrainerConfig(epochs=epochs, accelerator=get("accelerator", "auto"),
                                   devices=get("devices", 1), num_nodes=get("num_nodes", 1),
                                   strategy=get("strategy", "auto"), quiet=bool(get("quiet", False)),

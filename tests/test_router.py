@@ -1,4 +1,5 @@
-"""The router: searched gates -> deterministic masks -> nearest centroid, its checkpoint keys and its counts.
+"""The routers: searched gates -> deterministic masks -> nearest centroid, and the linear router on every field's
+first columns; their checkpoint keys, counts, fitting and the loading of older checkpoints.
 
 Tiny model throughout: 3 fields, vocabulary 10, dimension 4, DNN (8,), gate network of 5 hidden units, K=2.
 """
@@ -14,7 +15,7 @@ import torch
 from ihas_lightning.data.schema import Schema
 from ihas_lightning.gates import GateConfig, InstanceGates
 from ihas_lightning.model import IHASModel
-from ihas_lightning.modules import RetrainModule, Router, SearchModule
+from ihas_lightning.modules import LinearRouter, RetrainModule, Router, SearchModule
 from ihas_lightning.modules.router import nearest_centroid
 
 SCHEMA = Schema(label="y", sparse=("a", "b", "c"))
@@ -199,3 +200,100 @@ def test_an_uncounted_backbone_reports_none() -> None:
     model = IHASModel(module)
     assert model.flops_per_sample is None and model.counts.flops_per_sample is None
     assert model.router_flops_per_sample == 336.0 and model.router_params == 186           # still counted
+
+
+# -- the linear router -----------------------------------------------------------------------------------
+
+def _linear_module(seed: int = 0) -> RetrainModule:
+    torch.manual_seed(seed)
+    return RetrainModule(SCHEMA, VOCAB, group_dims=GROUP_DIMS, centroids=torch.rand(2, F * D).tolist(), gate=GATE,
+                         dim=D, dnn_hidden_units=(8,), seed=seed, router="linear")
+
+
+def _planted(n: int, seed: int, k: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, F, D) embeddings whose group (n,) is set by the first 2 columns of every field (K well-apart
+    centres there), the other columns pure noise ten times larger."""
+    g = torch.Generator().manual_seed(seed)
+    groups = torch.randint(0, k, (n,), generator=g)
+    centres = torch.randn(k, F, 2, generator=torch.Generator().manual_seed(99)) * 3.0            # (K, F, 2)
+    e = 10.0 * torch.randn(n, F, D, generator=g)
+    e[:, :, :2] = centres[groups] + 0.3 * torch.randn(n, F, 2, generator=g)
+    return e, groups
+
+
+def test_linear_router_counts_by_hand() -> None:
+    module = _linear_module()
+    # min_dim 2 (GateConfig's default) columns of 3 fields -> 6 features; K = 2: 6*2 weights + 2 biases
+    assert module.hparams.router == "linear" and module.hparams.router_columns == 2
+    assert module.router.num_params == module.router_params == 6 * 2 + 2 == 14
+    # 2 groups x 6 multiply-adds
+    assert module.router.flops_per_sample == module.router_flops_per_sample == 2 * 6 * 2 == 24
+    assert module.footprint_params == 80 + 14 == 94                 # tables as in the gate router's hand count
+    assert module.flops_per_sample == 0.5 * 185 + 0.5 * 95 + 24 == 164.0
+    assert IHASModel(module, group_share=[0.75, 0.25]).counts.to_dict() == {
+        "embedding_params": 80, "router_params": 14, "dense_params": 113, "flops_per_sample": 0.75 * 185 + 0.25 * 95
+        + 24, "router_flops_per_sample": 24.0, "footprint_params": 94}
+    assert LinearRouter(num_fields=26, columns=2, num_groups=4).num_params == 26 * 2 * 4 + 4 == 212
+
+
+@torch.no_grad()
+def test_linear_router_routes_by_its_affine_map_of_the_first_columns() -> None:
+    router = LinearRouter(F, 2, 3)
+    router.weight.copy_(torch.randn(3, F * 2, generator=torch.Generator().manual_seed(4)))
+    router.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    e = _embeddings()
+    hand = (e[:, :, :2].reshape(len(e), -1) @ router.weight.T + router.bias).argmax(1)
+    assert torch.equal(router(e), hand)
+    e2 = e.clone()
+    e2[:, :, 2:] = 100.0                                            # columns it does not read
+    assert torch.equal(router(e2), hand)
+    with pytest.raises(ValueError, match=r"expected \(B, 3, >= 2\) embeddings, got \(4, 2, 4\)"):
+        router(torch.zeros(4, 2, 4))
+
+
+def test_linear_router_recovers_a_planted_routing_exactly() -> None:
+    e, groups = _planted(600, seed=0)
+    router = LinearRouter(F, 2, 3)
+    assert router.fit(router.features(e), groups, seed=0) == 1.0                             # training rows
+    held_out, held_groups = _planted(400, seed=1)
+    assert float((router(held_out) == held_groups).float().mean()) == 1.0                    # new rows
+
+
+def test_linear_router_fit_is_deterministic_and_seeded() -> None:
+    e, groups = _planted(300, seed=2)
+    a, b, c = LinearRouter(F, 2, 3), LinearRouter(F, 2, 3), LinearRouter(F, 2, 3)
+    a.fit(a.features(e), groups, seed=5)
+    b.fit(b.features(e), groups, seed=5)
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    assert a.weight.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"groups must lie in \[0, 3\), got 3..3"):
+        c.fit(c.features(e), torch.full((300,), 3), seed=0)
+
+
+def test_linear_router_round_trips_through_an_ihas_model_file(tmp_path: Path) -> None:
+    module = _linear_module(seed=0)
+    e, _ = _planted(200, seed=3, k=2)
+    module.router.fit(module.router.features(e), (e[:, 0, 0] > 0).long(), seed=0)
+    assert sorted(k for k in module.state_dict() if "router" in k or "gates" in k or "centroids" in k) == \
+        ["router.bias", "router.weight"]
+    IHASModel(module).save(tmp_path / "ihas_model.pt")
+    loaded = IHASModel.load(tmp_path / "ihas_model.pt").module
+    assert isinstance(loaded.router, LinearRouter) and loaded.router_params == 14
+    assert torch.equal(loaded.route(e), module.route(e)) and len(module.route(e).unique()) == 2
+    with pytest.raises(ValueError, match="'linear' router has no gate network"):
+        loaded.gates
+
+
+def test_a_checkpoint_without_a_router_kind_loads_as_the_gate_router(tmp_path: Path) -> None:
+    module = _module(seed=0)
+    hparams = dict(module.hparams)
+    del hparams["router"], hparams["router_columns"]                # as written before the choice existed
+    torch.save({"hparams": hparams, "state_dict": module.state_dict(), "encoder": None, "group_share": [0.5, 0.5],
+                "format": "ihas-model/1"}, tmp_path / "old.pt")
+    loaded = IHASModel.load(tmp_path / "old.pt").module
+    assert isinstance(loaded.router, Router) and loaded.hparams.router == "gates"
+    assert list(loaded.state_dict()) == SAVED_KEYS
+    e = _embeddings()
+    assert torch.equal(loaded.route(e), module.route(e)) and loaded.router_params == 186
+    with pytest.raises(ValueError, match=r"router must be one of \('gates', 'linear'\), got 'tree'"):
+        RetrainModule(SCHEMA, VOCAB, group_dims=GROUP_DIMS, centroids=torch.rand(2, 12).tolist(), router="tree")

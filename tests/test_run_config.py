@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,14 @@ def test_the_cli_options_give_the_flat_run_json_s_config() -> None:
     argv = ["run", "--rows", "6000", "--epochs", "2", "--retrain-epochs", "1", "--dnn", "32,16", "--out",
             "/tmp/base/run", "--separate", "--quiet", "--cache-dir", "/tmp/base/cache", "--seed", "3",
             "--budget-fit", "loss", "--no-fieldwise"]  # that run's defaults; now 'auto' and field-wise on
-    assert run_config_from_args(build_parser().parse_args(argv)) == RunConfig.from_dict(FLAT_RUN_JSON)
+    old = RunConfig.from_dict(FLAT_RUN_JSON)
+    assert old.retrain.router == "gates"                            # what the run was made with
+    new = run_config_from_args(build_parser().parse_args(argv))
+    assert new.retrain.router == "linear"                           # today's default
+    assert new == replace(old, retrain=replace(old.retrain, router="linear"))
+    nested = RunConfig().to_dict()
+    del nested["retrain"]["router"]                                 # a nested run.json from before the choice
+    assert RunConfig.from_dict(nested).retrain.router == "gates"
 
 
 def test_run_json_round_trip_and_k_zero(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import replace
 
 from ..pipeline import RunDirectory, run_pipeline, stage_cluster, stage_retrain
+from ..modules.retrain_module import ROUTERS
 from ..pipeline.selection import selection_message
 from ..run_config import BUDGET_FITS
 from ..flops import format_flops
@@ -20,6 +21,12 @@ GROUP_DENSE_HELP = ("retrain with group-specific dense layers: every group gets 
                     "output and other non-embedding layers (started from the searched ones; the embedding tables "
                     "stay shared), so groups whose samples differ can fit their own feature interactions; costs "
                     "K times the dense parameters")
+
+
+ROUTER_HELP = ("how the retrained model routes a sample to its group: 'linear' (default) maps every field's first "
+               "min_dim columns to the groups, fitted to the searched routing on training rows (a few hundred "
+               "numbers); 'gates' keeps the searched gate network and K*F*D centroids (larger than the tables "
+               "on small data); benchmarks/results/router.md compares them")
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +53,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                             "router (DIR/fieldwise/); the run keeps it when it beats iHAS on validation "
                             "(default: on)")
     group.add_argument("--group-dense", action="store_true", help=GROUP_DENSE_HELP)
+    group.add_argument("--router", choices=ROUTERS, default="linear", help=ROUTER_HELP)
     group.add_argument("--retrain-init-from", default=None, metavar="CKPT",
                        help="start the retraining's tables and dense layers from this checkpoint of the run's "
                             "backbone (a trained supernet: DIR/supernet/checkpoints/last.ckpt) instead of the "
@@ -83,6 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             sub.add_argument("--backbone", default=None, help="retrain on another DeepCTR-Torch backbone")
             sub.add_argument("--group-dense", action="store_true", default=None,
                              help=GROUP_DENSE_HELP + " (default: as the run was started)")
+            sub.add_argument("--router", choices=ROUTERS, default=None,
+                             help=ROUTER_HELP + " (default: as the run was started; another router retrains into "
+                                  "DIR/retrain_<router>)")
         sub.set_defaults(handler=handler)
 
 
@@ -111,6 +122,9 @@ def _run_retrain(args: argparse.Namespace) -> dict:
     if args.group_dense and not config.retrain.group_dense:
         config = replace(config, retrain=replace(config.retrain, group_dense=True))  # a stage beside the run's
         stage += "_group_dense"
+    if args.router not in (None, config.retrain.router):
+        config = replace(config, retrain=replace(config.retrain, router=args.router))
+        stage += f"_{args.router}"
     with run.lock("ihas retrain"):
         metrics = stage_retrain(run, config, backbone=args.backbone, stage=stage)
     print(f"retrained on {metrics['backbone']}: test AUC {metrics['test_auc']:.4f}, "

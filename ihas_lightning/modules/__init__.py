@@ -3,10 +3,11 @@
 from .backbone_module import BackboneModule
 from .base import CTRModule, NonFiniteLossError
 from .config import BackboneConfig
+from .linear_router import LinearRouter
 from .retrain_module import RetrainModule
 from .router import Router
 from .search_module import SearchModule
 from .supernet_module import SupernetModule
 
-__all__ = ["BackboneConfig", "BackboneModule", "CTRModule", "NonFiniteLossError", "RetrainModule", "Router",
-           "SearchModule", "SupernetModule"]
+__all__ = ["BackboneConfig", "BackboneModule", "CTRModule", "LinearRouter", "NonFiniteLossError", "RetrainModule",
+           "Router", "SearchModule", "SupernetModule"]

@@ -5,9 +5,12 @@ group; all groups are warm-started from the searched weights and fine-tuned join
 each sample through its own group's dimensions. (K separate models, each trained on its own group, are
 ``groups_from="batch"`` with one group per module.) See docs/design.md#41-retraining-shared-tables-and-the-router.
 
-Routing: a :class:`~ihas_lightning.modules.router.Router` (the searched gate network, frozen, and the
-centroids) gives each sample its group. It reads the module's own tables, so training and inference route
-alike. Its state keeps the keys RetrainModule checkpoints have always had (``gates.*``, ``centroids``).
+Routing (``router``): ``"gates"``, a :class:`~ihas_lightning.modules.router.Router` (the searched gate network,
+frozen, and the centroids; the default for checkpoints written before the choice existed), or ``"linear"``, a
+:class:`~ihas_lightning.modules.linear_router.LinearRouter` on the first ``router_columns`` columns of every
+field, fitted by the pipeline before retraining (``pipeline/router_fit.py``). Either reads the module's own
+tables, so training and inference route alike. The gate router's state keeps the keys RetrainModule
+checkpoints have always had (``gates.*``, ``centroids``); the linear one's are ``router.weight``/``router.bias``.
 
 ``group_dense=True`` also gives every group its own copy of the dense layers (``group_dense.py``).
 """
@@ -30,9 +33,13 @@ from ..gates import GateConfig, InstanceGates
 from .base import CTRModule, backbone_weights
 from .config import BackboneConfig
 from .group_dense import GroupDense
+from .linear_router import LinearRouter
 from .router import Router
 
-__all__ = ["RetrainModule", "prefix_masks"]
+__all__ = ["ROUTERS", "RetrainModule", "prefix_masks"]
+
+ROUTERS = ("gates", "linear")
+"""The router kinds a RetrainModule can serve with (``router=``)."""
 
 
 def prefix_masks(group_dims: Tensor, dim: int) -> Tensor:
@@ -48,8 +55,8 @@ class RetrainModule(CTRModule):
         schema, vocab_sizes, backbone, dim, dnn_hidden_units, lr, seed, options, dnn_dropout, l2_reg_embedding,
             config: as for ``BackboneModule``.
         group_dims: (K, F) dimensions per group and field (0 drops the field for that group).
-        centroids: (K, F*D) k-means centroids of the deterministic masks (the router).
-        gate: the search's gate configuration (the router's gate network is rebuilt from it).
+        centroids: (K, F*D) k-means centroids of the deterministic masks (the gate router's).
+        gate: the search's gate configuration (the gate router's network is rebuilt from it).
         groups_from: ``"router"`` (default) routes every sample; ``"batch"`` reads ``batch["group"]``
             (precomputed assignments, for the separate-models variant).
         group_dense: give every group its own copy of the backbone's non-embedding parameters (DNN, cross
@@ -57,6 +64,10 @@ class RetrainModule(CTRModule):
             started from the shared ones; the tables stay shared. The backbone's own dense parameters are
             then frozen and unused. K times the dense parameters; under DDP it needs
             ``find_unused_parameters`` (a batch may miss a group).
+        router: one of :data:`ROUTERS`; ``"linear"`` starts unfitted (every sample to group 0) until
+            ``module.router.fit`` runs.
+        router_columns: the leading columns of every field the linear router reads; default
+            ``max(1, gate.min_dim)`` (columns every group keeps).
     """
 
     def __init__(self, schema: Schema | dict, vocab_sizes: dict[str, int], group_dims: Sequence[Sequence[int]],
@@ -64,7 +75,8 @@ class RetrainModule(CTRModule):
                  backbone: str = "DeepFM", dim: int = 16, dnn_hidden_units: Sequence[int] = (256, 128),
                  lr: float = 1e-3, seed: int = 1024, options: dict | None = None,
                  groups_from: str = "router", group_dense: bool = False, dnn_dropout: float = 0.0,
-                 l2_reg_embedding: float = 1e-5, *, config: BackboneConfig | None = None) -> None:
+                 l2_reg_embedding: float = 1e-5, router: str = "gates", router_columns: int | None = None, *,
+                 config: BackboneConfig | None = None) -> None:
         super().__init__()
         schema = schema if isinstance(schema, Schema) else Schema.from_dict(schema)
         gate = gate if isinstance(gate, GateConfig) else GateConfig(**(gate or {}))
@@ -79,13 +91,23 @@ class RetrainModule(CTRModule):
             raise ValueError(f"group_dims must lie in [0, {dim}], got {dims.min().item()}..{dims.max().item()}")
         if groups_from not in ("router", "batch"):
             raise ValueError(f"groups_from must be 'router' or 'batch', got {groups_from!r}")
+        if router not in ROUTERS:
+            raise ValueError(f"router must be one of {ROUTERS}, got {router!r}")
+        columns = router_columns if router_columns is not None else min(dim, max(1, gate.min_dim))
+        if router == "linear" and not 1 <= columns <= dim:
+            raise ValueError(f"router_columns must lie in [1, {dim}], got {columns}")
         self.save_hyperparameters({"schema": schema.to_dict(), "vocab_sizes": dict(vocab_sizes),
                                    "group_dims": dims.tolist(), "centroids": [list(map(float, c)) for c in centroids],
                                    "gate": asdict(gate), **config.hparams(), "groups_from": groups_from,
-                                   "group_dense": bool(group_dense)})
+                                   "group_dense": bool(group_dense), "router": router,
+                                   "router_columns": int(columns)})
         self.backbone = build_backbone(config.backbone, schema, vocab_sizes, dim, **config.build_kwargs())
-        gates = InstanceGates(len(fields), dim, gate, field_costs=[float(vocab_sizes[f]) for f in fields])
-        self.router = Router(gates, torch.as_tensor(centroids, dtype=torch.float32))          # (K, F*D) centroids
+        self.router: Router | LinearRouter
+        if router == "linear":
+            self.router = LinearRouter(len(fields), columns, len(dims))
+        else:
+            gates = InstanceGates(len(fields), dim, gate, field_costs=[float(vocab_sizes[f]) for f in fields])
+            self.router = Router(gates, torch.as_tensor(centroids, dtype=torch.float32))      # (K, F*D) centroids
         self.register_state_dict_post_hook(_router_keys_as_saved)
         self.register_load_state_dict_pre_hook(_router_keys_as_built)
         self.register_buffer("group_dims", dims)                                                 # (K, F)
@@ -110,17 +132,22 @@ class RetrainModule(CTRModule):
 
     @property
     def gates(self) -> InstanceGates:
-        """The router's (frozen) searched gate network."""
+        """The gate router's (frozen) searched gate network; ValueError under the linear router."""
+        if not isinstance(self.router, Router):
+            raise ValueError(f"a RetrainModule with the {self.hparams.router!r} router has no gate network")
         return self.router.gates
 
     @property
     def centroids(self) -> Tensor:
-        """(K, F*D) the router's centroids."""
+        """(K, F*D) the gate router's centroids; ValueError under the linear router."""
+        if not isinstance(self.router, Router):
+            raise ValueError(f"a RetrainModule with the {self.hparams.router!r} router has no centroids")
         return self.router.centroids
 
     def warm_start(self, search_state: dict[str, Tensor], tables_only: bool = False,
                    backbone_state: dict[str, Tensor] | None = None) -> None:
-        """Start from a search checkpoint's weights: backbone (tables cut to their widths) and gates.
+        """Start from a search checkpoint's weights: backbone (tables cut to their widths) and, for the gate
+        router, the gates (the linear router is fitted afterwards, on these tables).
 
         ``tables_only`` (another backbone than the searched one) takes the embedding and first-order tables
         and the router only: the router reads this module's tables, and on fresh random tables the searched
@@ -137,7 +164,7 @@ class RetrainModule(CTRModule):
             if tables_only and not key.startswith(shared):
                 continue
             loaded[key] = _cut_table(key, value, own[key])
-        missing = [k for k in own if k.startswith("gates.") and k not in loaded]
+        missing = [k for k in own if k.startswith("gates.") and k not in loaded]  # none under the linear router
         if missing:
             raise ValueError(f"the search state has no router weights {missing[:3]}...")
         if backbone_state is not None:
@@ -148,8 +175,9 @@ class RetrainModule(CTRModule):
             self.group_params.copy_from(self.backbone)            # every group starts from the searched layers
 
     def route(self, embeddings: Tensor) -> Tensor:
-        """(B, F, D) embeddings -> (B,) group ids (:class:`Router`: searched BatchNorm statistics in any mode);
-        with one group every sample is group 0 and the router does not run (its counts are 0)."""
+        """(B, F, D) embeddings -> (B,) group ids (the gate :class:`Router` uses the searched BatchNorm
+        statistics in any mode); with one group every sample is group 0 and the router does not run (its
+        counts are 0)."""
         if self.num_groups == 1:
             return torch.zeros(embeddings.shape[0], dtype=torch.long, device=embeddings.device)
         return self.router(embeddings)
@@ -273,6 +301,8 @@ _AS_BUILT = (("router.gates.", "gates."), ("router.centroids", "centroids"))
 
 def _router_keys_as_saved(module: RetrainModule, state: dict[str, Any], prefix: str, metadata: Any) -> None:
     """state_dict post-hook: ``router.gates.*`` -> ``gates.*``, ``router.centroids`` -> ``centroids``."""
+    if f"{prefix}router.centroids" not in state:                  # the linear router: its keys as built
+        return
     items = [(_renamed(key, prefix, built_first=True), value) for key, value in state.items()]
     # the centroids were this module's first buffer: first among its keys, as before
     at = next(i for i, (key, _) in enumerate(items) if key.startswith(prefix))

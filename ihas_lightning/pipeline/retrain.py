@@ -19,6 +19,7 @@ from ..model import IHASModel
 from ..modules import BackboneModule, RetrainModule
 from ..run_config import RunConfig
 from ..safe_load import load_checkpoint_state, load_torch_file
+from .router_fit import fit_linear_router, routing_agreement
 from .run_directory import RunDirectory
 from .search import load_searched_module
 
@@ -28,8 +29,12 @@ __all__ = ["build_retrain_module", "stage_baseline", "stage_retrain"]
 def stage_retrain(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None = None,
                   backbone: str | None = None, stage: str = "retrain", clusters_from: str = "cluster") -> dict:
     """Shared tables at each group's dimensions, warm-started from the search (or, with ``config.retrain.init_from``,
-    from a trained supernet of the run's backbone), fine-tuned on all data; the groups are those of
-    ``DIR/<clusters_from>/clusters.json``."""
+    from a trained supernet of the run's backbone), fine-tuned on all data, behind ``config.retrain.router``
+    (the linear router is fitted on the warm-started tables' training rows before the fine-tuning); the groups
+    are those of ``DIR/<clusters_from>/clusters.json``.
+
+    ``metrics.json`` also gives the router's agreement with the searched routing on validation rows at the
+    start and at the end of the retraining (its tables move; the router reads them)."""
     if run.done(stage):
         return run.metrics(stage)
     start = time.perf_counter()
@@ -38,6 +43,8 @@ def stage_retrain(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None
     backbone = backbone or config.model.backbone
     module = build_retrain_module(run, config, dm, backbone, clusters_from)
     clusters = ClusterResult.load(run.stage(clusters_from) / "clusters.json")
+    search = load_searched_module(run)
+    start_agreement = routing_agreement(module, search, clusters, dm)
     trainer = training.make_trainer(config.trainer, run.stage(stage), max_epochs=config.retrain.epochs)
     scores = training.fit_and_test(module, dm, trainer, ckpt_path=run.resume_path(stage), start_competes=True)
     kept = load_torch_file(trainer.checkpoint_callback.best_model_path, "the retraining's best checkpoint")
@@ -52,6 +59,9 @@ def stage_retrain(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None
                "table_widths": module.table_widths,
                # the tested weights: the starting point (no epoch beat it) or the epoch that did
                "kept": "start" if kept["global_step"] == 0 else f"epoch {kept['epoch']}",
+               "router": config.retrain.router,
+               "router_agreement_val_start": start_agreement,
+               "router_agreement_val": routing_agreement(module, search, clusters, dm),
                "seconds": time.perf_counter() - start}
     training.write_json(run.stage(stage) / "metrics.json", metrics)
     return metrics
@@ -61,12 +71,13 @@ def build_retrain_module(run: RunDirectory, config: RunConfig, dm: CTRDataModule
                          clusters_from: str = "cluster") -> RetrainModule:
     """The retraining's starting point: the groups of ``DIR/<clusters_from>/clusters.json`` over the searched
     tables (and, on the search's backbone, its dense layers; or ``config.retrain.init_from``'s), before any
-    retraining step."""
+    retraining step, behind ``config.retrain.router`` (the linear one fitted to the searched routing of the
+    training rows; with one group nothing routes)."""
     search = load_searched_module(run)
     clusters = ClusterResult.load(run.stage(clusters_from) / "clusters.json")
     module = RetrainModule(dm.schema, dm.vocab_sizes, group_dims=clusters.dims.tolist(),
                            centroids=clusters.centroids.tolist(), gate=dict(search.hparams.gate),
-                           group_dense=config.retrain.group_dense,
+                           group_dense=config.retrain.group_dense, router=config.retrain.router,
                            config=replace(config.model, backbone=backbone, dim=search.hparams.dim,
                                           lr=config.retrain.lr))
     # Another backbone (transfer): fresh dense layers; the searched tables and router, so that routing holds.
@@ -75,6 +86,8 @@ def build_retrain_module(run: RunDirectory, config: RunConfig, dm: CTRDataModule
     backbone_state = load_checkpoint_state(init_from, "a checkpoint to retrain from") if init_from \
         else None
     module.warm_start(search.state_dict(), tables_only=not same_backbone, backbone_state=backbone_state)
+    if config.retrain.router == "linear" and module.num_groups > 1:       # fitted on the tables it will read
+        fit_linear_router(module, search, clusters, dm, seed=config.model.seed)
     return module
 
 
