@@ -353,7 +353,8 @@ def test_retraining_from_a_supernet(finished, cache, tmp_path, monkeypatch) -> N
 
     monkeypatch.setattr(RetrainModule, "warm_start", warm_start)
     stamps = _stamps(run)
-    assert main(_tiny(run, cache) + ["--retrain-init-from", str(checkpoint)]) == 0
+    # the gate router: its weights are the search's, whatever starts the tables and dense layers
+    assert main(_tiny(run, cache) + ["--retrain-init-from", str(checkpoint), "--router", "gates"]) == 0
     state = seen["state"]
     for key in ("backbone.model.dnn.linears.0.weight", "backbone.model.dnn_linear.weight"):
         assert torch.equal(state[key], supernet[key]), key
