@@ -144,8 +144,8 @@ class RetrainConfig:
             searched gate network and centroids; a run.json without the field had it).
     """
 
-    epochs: int = 2
-    lr: float = 5e-4
+    epochs: int = 4
+    lr: float = 1e-3
     group_dense: bool = False
     init_from: str | None = None
     router: str = "linear"
@@ -190,7 +190,7 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     cluster: ClusterOptions = field(default_factory=ClusterOptions)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(epochs=4))  # `ihas run`'s search
     baseline_epochs: int | None = None
     matched_baseline: bool = True
     separate: bool = False

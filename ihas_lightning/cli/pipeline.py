@@ -38,8 +38,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                             "that costs the searched model the least validation logloss per parameter saved, "
                             "'gates' the one whose members lose the fewest open gates; 'auto' (default) fits both "
                             "and keeps the one whose narrowed searched model has the higher validation AUC")
-    group.add_argument("--retrain-epochs", type=int, default=2)
-    group.add_argument("--retrain-lr", type=float, default=5e-4)
+    group.add_argument("--retrain-epochs", type=int, default=4)
+    group.add_argument("--retrain-lr", type=float, default=1e-3)
     group.add_argument("--baseline-epochs", type=int, default=None,
                        help="epochs of the uniform baselines (default: search + retrain epochs)")
     group.add_argument("--no-matched-baseline", action="store_true",
@@ -77,7 +77,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     run = subparsers.add_parser("run", help="search -> cluster -> retrain, and the uniform baselines",
                                 description=__doc__)
-    add_run_arguments(run, epochs=5)
+    add_run_arguments(run, epochs=4)
     # Retraining keeps each table's first d[c, f] columns, so the search learns prefixes (nested gates):
     # see docs/design.md#21-search-gates.
     run.set_defaults(handler=run_command, prefix=True)
