@@ -380,9 +380,12 @@ def test_a_run_with_an_older_flat_run_json_resumes(finished, tmp_path) -> None:
             "strategy": "auto", "out": str(run), "quiet": True, "threads": 1, "budget": gate["budget"],
             "sparsity_weight": None, "relaxation": "hard_concrete", "prefix": True, "min_dim": gate["min_dim"],
             "polarization": 0.1, "gate_lr": 0.003, "warmup_epochs": 1, "init_from": None,
-            "search_checkpoint": "best", "config": None, "k": 4, "candidate_dims": "0,2,4,8", "budget_fit": "loss",
-            "retrain_epochs": 1, "retrain_lr": 0.0005, "baseline_epochs": 1, "no_matched_baseline": False,
-            "group_dense": False, "retrain_init_from": None, "separate": False}
+            "search_checkpoint": "best", "config": None, "k": 4, "candidate_dims": "0,2,4,8",
+            "retrain_epochs": 1, "baseline_epochs": 1, "no_matched_baseline": False,
+            "group_dense": False, "retrain_init_from": None, "separate": False,
+            # options whose defaults changed since: the flat file names the finished run's values
+            "budget_fit": config["cluster"]["budget_fit"], "retrain_lr": config["retrain"]["lr"],
+            "router": config["retrain"]["router"]}
     (run / "run.json").write_text(json.dumps(flat))
     assert main(["cluster", "--run", str(run)]) == 0
     assert main(["retrain", "--run", str(run)]) == 0

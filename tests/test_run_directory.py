@@ -13,7 +13,7 @@ from ihas_lightning import DataConfig, RunConfig
 from ihas_lightning.pipeline import RunDirectory
 from ihas_lightning.pipeline.run_directory import RunLockedError
 from ihas_lightning.pipeline.run_identity import option_differences
-from ihas_lightning.run_config import RetrainConfig, TrainerConfig
+from ihas_lightning.run_config import RetrainConfig
 
 
 def _config(root: Path, **data) -> RunConfig:
@@ -39,7 +39,7 @@ def test_other_result_options_are_refused_and_nothing_changes(tmp_path: Path) ->
     (tmp_path / "retrain_DCN").mkdir()                         # a stage begun: the options it depends on are set
     before = (tmp_path / "run.json").read_bytes()
     other = replace(first, retrain=RetrainConfig(epochs=7), data=replace(first.data, seed=4))
-    with pytest.raises(ValueError, match=r"other options \(--seed 0 -> 4; --retrain-epochs 2 -> 7\); its results "
+    with pytest.raises(ValueError, match=r"other options \(--seed 0 -> 4; --retrain-epochs 4 -> 7\); its results "
                                          r"would be relabelled: use a new --out, or --restart"):
         run.start(other)
     assert (tmp_path / "run.json").read_bytes() == before
@@ -49,7 +49,7 @@ def test_other_result_options_are_refused_and_nothing_changes(tmp_path: Path) ->
         run.start(other)
     assert run.start(replace(first, retrain=RetrainConfig(epochs=7))).retrain.epochs == 7
     # how it runs may change: threads, quiet, cache, devices, extra stages
-    execution = replace(first, trainer=TrainerConfig(threads=4, quiet=True, devices=2, accelerator="cpu"),
+    execution = replace(first, trainer=replace(first.trainer, threads=4, quiet=True, devices=2, accelerator="cpu"),
                         data=replace(first.data, cache_dir=str(tmp_path / "c")), separate=True)
     assert option_differences(first, execution) == []
     assert run.start(execution).trainer.threads == 4
