@@ -65,12 +65,13 @@ class RetrainModule(CTRModule):
                  backbone: str = "DeepFM", dim: int = 16, dnn_hidden_units: Sequence[int] = (256, 128),
                  lr: float = 1e-3, seed: int = 1024, options: dict | None = None,
                  groups_from: str = "router", group_dense: bool = False, dnn_dropout: float = 0.0,
-                 l2_reg_embedding: float = 1e-5, *, config: BackboneConfig | None = None) -> None:
+                 l2_reg_embedding: float = 1e-5, *, config: BackboneConfig | None = None,
+                 embedding_updates: str = "rowwise") -> None:
         super().__init__()
         schema = schema if isinstance(schema, Schema) else Schema.from_dict(schema)
         gate = gate if isinstance(gate, GateConfig) else GateConfig(**(gate or {}))
         config = config or BackboneConfig(backbone, dim, tuple(dnn_hidden_units), lr, dnn_dropout, l2_reg_embedding,
-                                          seed, options or {})
+                                          seed, options or {}, embedding_updates)
         dim = config.dim
         dims = torch.as_tensor(group_dims, dtype=torch.long)
         fields = schema.embedded_fields
