@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 __all__ = ["RowwiseAdam", "clip_gradients", "has_sparse_grad"]
 
@@ -61,8 +62,8 @@ class RowwiseAdam(torch.optim.Adam):
         state = self.state[param]
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
-            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg"] = _lazy_zeros_like(param)
+            state["exp_avg_sq"] = _lazy_zeros_like(param)
         beta1, beta2 = group["betas"]
         state["step"] += 1
         step = state["step"].double()          # in float64, as Adam's Python floats: 1 - 0.999^t cancels
@@ -75,6 +76,15 @@ class RowwiseAdam(torch.optim.Adam):
         exp_avg_sq.index_copy_(0, rows, v)
         denom = (v.sqrt() / bias2.sqrt()).add_(group["eps"])
         param.index_add_(0, rows, m.div_(denom).mul_(-group["lr"] / bias1))
+
+
+def _lazy_zeros_like(param: Tensor) -> Tensor:
+    """Zeros shaped as ``param``. On the CPU from ``calloc`` (numpy's zeros): the OS hands out zero pages on
+    first write, so a moment buffer costs time and memory for the rows that are updated, not for the whole
+    table (``torch.zeros`` writes every byte: seconds and GiBs for a Criteo-sized table at the first step)."""
+    if param.device.type == "cpu" and param.dtype == torch.float32 and param.is_contiguous():
+        return torch.from_numpy(np.zeros(tuple(param.shape), dtype=np.float32))
+    return torch.zeros_like(param, memory_format=torch.preserve_format)
 
 
 def has_sparse_grad(parameters: Iterable[Tensor]) -> bool:
