@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
+import mmap
+
 import torch
 from torch import Tensor
 
@@ -79,11 +80,13 @@ class RowwiseAdam(torch.optim.Adam):
 
 
 def _lazy_zeros_like(param: Tensor) -> Tensor:
-    """Zeros shaped as ``param``. On the CPU from ``calloc`` (numpy's zeros): the OS hands out zero pages on
+    """Zeros shaped as ``param``. On the CPU an anonymous memory map: the OS hands out (4 KiB) zero pages on
     first write, so a moment buffer costs time and memory for the rows that are updated, not for the whole
-    table (``torch.zeros`` writes every byte: seconds and GiBs for a Criteo-sized table at the first step)."""
-    if param.device.type == "cpu" and param.dtype == torch.float32 and param.is_contiguous():
-        return torch.from_numpy(np.zeros(tuple(param.shape), dtype=np.float32))
+    table (``torch.zeros`` writes every byte, and numpy's calloc asks for 2 MiB huge pages that random rows
+    touch all of: seconds and GiBs for a Criteo-sized table at the first step)."""
+    if param.device.type == "cpu" and param.dtype == torch.float32 and param.numel() >= 1 << 20:
+        buffer = mmap.mmap(-1, param.numel() * 4)
+        return torch.frombuffer(buffer, dtype=torch.float32).view(param.shape)
     return torch.zeros_like(param, memory_format=torch.preserve_format)
 
 
