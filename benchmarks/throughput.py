@@ -1,17 +1,20 @@
-"""Training throughput: DeepCTR-Torch's own ``fit`` vs our ``BackboneModule`` in a Lightning ``Trainer``.
+"""Training throughput: DeepCTR-Torch's own ``fit`` vs our ``BackboneModule`` (row-wise and dense updates).
 
-Both sides train the same model class (DeepFM, DCN) with identical feature columns, DNN widths,
-initialization seed, L2 terms, Adam (lr 1e-3) and batch size on the same synthetic Criteo-shaped rows
-(26 sparse fields with Criteo-like cardinalities capped at 200k rows, 13 dense fields). Only the training
-epoch is timed: from the epoch-start to the epoch-end callback of each side (DeepCTR-Torch's
-``on_epoch_begin``/``on_epoch_end``, Lightning's ``on_train_epoch_start``/``on_train_epoch_end``), so
-data generation, model construction and DeepCTR-Torch's one-off input concatenation are excluded. The
-wall time of the whole ``fit`` call is recorded too. Sides run alternately, ``--repeats`` times each,
-and the best run counts (the least disturbed one on a shared machine).
+All sides train the same model class (DeepFM, DCN) with identical feature columns, DNN widths,
+initialization seed, L2 terms, Adam (lr 1e-3) and batch size on the same synthetic Criteo-shaped rows (26
+sparse fields with Zipf-distributed ids, 13 dense fields). ``--vocab criteo`` gives the fields the real
+cardinalities of the Criteo Kaggle data (33.8M ids; see ``CRITEO_CARDINALITIES``), ``--vocab capped``
+(default) caps them at 200k rows. Sides: ``ours`` (``embedding_updates="rowwise"``, the default: a step
+reads and writes the rows the batch touches), ``deepctr`` (DeepCTR-Torch's ``fit``: dense gradients and
+Adam over every row) and ``ours_dense`` (``embedding_updates="dense"``). Each run is a fresh subprocess on
+the same saved rows, so its peak RSS is its own. Only the training epoch is timed: from the epoch-start to
+the epoch-end callback of each side (DeepCTR-Torch's ``on_epoch_begin``/``on_epoch_end``, Lightning's
+``on_train_epoch_start``/``on_train_epoch_end``), so data loading, model construction and DeepCTR-Torch's
+one-off input concatenation are excluded. Sides run alternately, ``--repeats`` times each; the median counts.
 
 Usage:
-    python benchmarks/throughput.py                      # 1M rows, all cores, CPU
-    python benchmarks/throughput.py --rows 200000 --threads 1 --json /tmp/t.json
+    python benchmarks/throughput.py --threads 1 --repeats 3                  # capped, 1M rows
+    python benchmarks/throughput.py --vocab criteo --threads 1 --repeats 3   # Criteo's vocabulary sizes
     python benchmarks/throughput.py --device cuda        # ours with accelerator="gpu", DeepCTR on cuda:0
 """
 
@@ -19,7 +22,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
+import resource
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,27 +35,34 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    add_speed_arguments, best_of, machine_info, now_iso, setup_speed_run, silenced_stdout, speed_notes, sync,
-    time_one_epoch, write_json, write_markdown_table,
+    add_speed_arguments, machine_info, now_iso, setup_speed_run, silenced_stdout, sync, time_one_epoch, write_json,
+    write_markdown_table,
 )
 
-# Kaggle Criteo (Display Advertising Challenge) cardinalities of C1..C26, capped so that the tables,
-# their gradients and two Adam moments of two models stay well inside a laptop's memory.
+# Distinct values of C1..C26 in the Criteo Kaggle (Display Advertising Challenge) train.txt, 45.8M rows: the
+# table sizes facebookresearch/dlrm gives for that data set (``--data-set=kaggle``,
+# ``--arch-embedding-size=1460-583-10131227-...``). 33,762,577 ids; four fields above 5M.
 CRITEO_CARDINALITIES = (1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27,
                         14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572)
-VOCAB_CAP = 200_000
+VOCAB_CAP = 200_000                 # the capped setting: tables that fit a laptop many times over
+VOCABS = ("capped", "criteo")
+SIDES = ("ours", "deepctr", "ours_dense")
 MODELS = ("DeepFM", "DCN")
 BATCH_SIZE = 4096
 SEED = 1024
 
 
-def make_data(rows: int, seed: int = 0):
-    """Encoded train rows (ids shifted by 2: 0 = missing, 1 = OOV), a tiny val/test split, the encoder."""
-    from ihas_lightning.data.encoders import EncodedColumns, FeatureEncoder
-    from ihas_lightning.data import SyntheticConfig, SyntheticCTR
+def vocabulary(kind: str = "capped") -> tuple[int, ...]:
+    return CRITEO_CARDINALITIES if kind == "criteo" else tuple(min(v, VOCAB_CAP) for v in CRITEO_CARDINALITIES)
 
-    vocab = tuple(min(v, VOCAB_CAP) for v in CRITEO_CARDINALITIES)
-    generator = SyntheticCTR(SyntheticConfig(num_sparse=26, num_dense=13, vocab_sizes=vocab), seed=seed)
+
+def make_data(rows: int, seed: int = 0, vocab: str = "capped"):
+    """Encoded train rows (ids shifted by 2: 0 = missing, 1 = OOV; Zipf-distributed, exponent 1.1), a tiny
+    val/test split, the encoder."""
+    from ihas_lightning.data import SyntheticConfig, SyntheticCTR
+    from ihas_lightning.data.encoders import EncodedColumns, FeatureEncoder
+
+    generator = SyntheticCTR(SyntheticConfig(num_sparse=26, num_dense=13, vocab_sizes=vocabulary(vocab)), seed=seed)
 
     def encoded(n: int, data_seed: int) -> EncodedColumns:
         chunk = generator.generate(n, seed=data_seed)
@@ -59,11 +74,26 @@ def make_data(rows: int, seed: int = 0):
     return splits, encoder
 
 
+def save_data(path: Path, splits, encoder) -> None:
+    arrays = {f"{split}.{part}": getattr(columns, part) for split, columns in splits.items()
+              for part in ("labels", "sparse", "dense", "multi")}
+    np.savez(path, encoder=np.array(json.dumps(encoder.to_dict())), **arrays)
+
+
+def load_data(path: Path):
+    from ihas_lightning.data.encoders import EncodedColumns, FeatureEncoder
+
+    data = np.load(path)
+    splits = {split: EncodedColumns(*(data[f"{split}.{part}"] for part in ("labels", "sparse", "dense", "multi")))
+              for split in ("train", "val", "test")}
+    return splits, FeatureEncoder.from_dict(json.loads(str(data["encoder"])))
+
+
 def model_kwargs(hidden: tuple[int, ...]) -> dict:
     return {"dnn_hidden_units": hidden, "seed": SEED, "dnn_dropout": 0.0, "l2_reg_embedding": 1e-5}
 
 
-# ----------------------------------------------------------------------------------------------- DeepCTR
+# ----------------------------------------------------------------------------------------------- the sides
 
 
 def run_deepctr(name: str, splits, encoder, hidden: tuple[int, ...], device: str) -> dict:
@@ -75,7 +105,7 @@ def run_deepctr(name: str, splits, encoder, hidden: tuple[int, ...], device: str
     model = getattr(dc.models, name)(columns, columns, task="binary", device=device, **model_kwargs(hidden))
     model.compile("adam", "binary_crossentropy")
     train = splits["train"]
-    # DeepCTR-Torch feeds one float32 X: ids must stay below 2**24 to survive (they do here).
+    # DeepCTR-Torch feeds one float32 X: ids must stay below 2**24 to survive (they do here: at most 10.1M).
     assert int(train.sparse.max()) < 2**24
     x = {f: train.sparse[:, i] for i, f in enumerate(schema.sparse)}
     x.update({f: train.dense[:, j] for j, f in enumerate(schema.dense)})
@@ -101,14 +131,40 @@ def run_deepctr(name: str, splits, encoder, hidden: tuple[int, ...], device: str
     return {"seconds": seconds, "fit_seconds": fit_seconds, "samples_per_s": len(train) / seconds}
 
 
-# ----------------------------------------------------------------------------------------------- ours
-
-
-def run_ours(name: str, splits, encoder, hidden: tuple[int, ...], device: str) -> dict:
+def run_ours(name: str, splits, encoder, hidden: tuple[int, ...], device: str, updates: str = "rowwise") -> dict:
     from ihas_lightning import BackboneModule
 
-    module = BackboneModule(encoder.schema, encoder.vocab_sizes, backbone=name, dim=16, **model_kwargs(hidden))
+    module = BackboneModule(encoder.schema, encoder.vocab_sizes, backbone=name, dim=16, embedding_updates=updates,
+                            **model_kwargs(hidden))
+    if device.startswith("cuda"):
+        module.backbone.model.device = device
     return time_one_epoch(module, splits, encoder, BATCH_SIZE, device)
+
+
+def run_side(side: str, name: str, data: Path, hidden: tuple[int, ...], device: str) -> dict:
+    """One fit of one epoch on the saved rows (in this process); samples/s and this process's peak RSS."""
+    splits, encoder = load_data(data)
+    if side == "deepctr":
+        record = run_deepctr(name, splits, encoder, hidden, device)
+    else:
+        record = run_ours(name, splits, encoder, hidden, device, "dense" if side == "ours_dense" else "rowwise")
+    record["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+    if device.startswith("cuda"):
+        import torch
+
+        record["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return record
+
+
+def spawn(side: str, name: str, data: Path, args: argparse.Namespace) -> dict:
+    """``run_side`` in a fresh interpreter: each side's memory is measured alone, nothing carries over."""
+    command = [sys.executable, __file__, "--worker", side, "--models", name, "--data-file", str(data),
+               "--hidden", *map(str, args.hidden), "--device", args.device, "--threads", str(args.threads or 0)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{side} {name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1])
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -117,65 +173,99 @@ def run_ours(name: str, splits, encoder, hidden: tuple[int, ...], device: str) -
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_speed_arguments(parser, rows=1_000_000, json_name="throughput.json", models=MODELS)
-    parser.add_argument("--epochs", type=int, default=1, help="timed epochs per run (each is one fit call)")
+    parser.add_argument("--vocab", choices=VOCABS, default="capped", help="table sizes: capped at 200k or Criteo's")
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
+    parser.add_argument("--worker", choices=SIDES, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--data-file", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be >= 1")
     threads, device = setup_speed_run(args)
     hidden = tuple(args.hidden)
+    if args.worker:
+        print(json.dumps(run_side(args.worker, args.models[0], args.data_file, hidden, device)), flush=True)
+        return {}
 
     t0 = time.perf_counter()
-    splits, encoder = make_data(args.rows)
+    splits, encoder = make_data(args.rows, vocab=args.vocab)
     print(f"data: {args.rows:,} rows, {len(encoder.schema.sparse)} sparse + {len(encoder.schema.dense)} dense "
           f"fields, {sum(encoder.vocab_sizes.values()):,} embedding rows ({time.perf_counter() - t0:.1f}s)",
           flush=True)
-
     results: dict[str, dict] = {}
-    for name in args.models:
-        runs: dict[str, list[dict]] = {"ours": [], "deepctr": []}
-        for repeat in range(args.repeats):
-            # Alternate which side goes first so that drift in machine load hits both equally.
-            order = ("deepctr", "ours") if repeat % 2 == 0 else ("ours", "deepctr")
-            for side in order:
-                run = run_deepctr if side == "deepctr" else run_ours
-                per_epoch = [run(name, splits, encoder, hidden, device) for _ in range(args.epochs)]
-                record = {"seconds": sum(r["seconds"] for r in per_epoch),
-                          "fit_seconds": sum(r["fit_seconds"] for r in per_epoch)}
-                record["samples_per_s"] = args.rows * args.epochs / record["seconds"]
-                runs[side].append(record)
-                print(f"{name:7s} {side:8s} run {repeat + 1}: {record['samples_per_s']:10,.0f} samples/s "
-                      f"(epoch {record['seconds']:.1f}s, fit {record['fit_seconds']:.1f}s)", flush=True)
-        ours = best_of([r["samples_per_s"] for r in runs["ours"]])
-        theirs = best_of([r["samples_per_s"] for r in runs["deepctr"]])
-        results[name] = {"ours": round(ours, 1), "deepctr": round(theirs, 1), "ratio": round(ours / theirs, 3),
-                         "runs": runs}
-        print(f"{name}: ours {ours:,.0f} vs deepctr {theirs:,.0f} samples/s -> {ours / theirs:.2f}x", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "rows.npz"
+        save_data(data, splits, encoder)
+        del splits
+        for name in args.models:
+            runs: dict[str, list[dict]] = {side: [] for side in args.sides}
+            for repeat in range(args.repeats):
+                # Rotate which side goes first so that drift in machine load hits all sides alike.
+                order = args.sides[repeat % len(args.sides):] + args.sides[:repeat % len(args.sides)]
+                for side in order:
+                    record = spawn(side, name, data, args)
+                    runs[side].append(record)
+                    print(f"{name:7s} {side:10s} run {repeat + 1}: {record['samples_per_s']:10,.0f} samples/s "
+                          f"(epoch {record['seconds']:.1f}s, fit {record['fit_seconds']:.1f}s, peak RSS "
+                          f"{record['peak_rss_gib']:.2f} GiB)", flush=True)
+            results[name] = summarise(runs)
+            print(f"{name}: " + ", ".join(f"{side} {r['samples_per_s']:,.0f}/s" for side, r in
+                                          results[name]["sides"].items()), flush=True)
 
-    payload = {
-        "models": results,
-        "rows": args.rows,
-        "batch_size": BATCH_SIZE,
-        "threads": threads,
-        "epochs": args.epochs,
-        "repeats": args.repeats,
-        "device": "cuda" if device.startswith("cuda") else device,
-        "dnn_hidden_units": list(hidden),
-        "embedding_dim": 16,
-        "vocab_cap": VOCAB_CAP,
-        "machine": machine_info(device),
-        "date": now_iso(),
-        "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
-    }
+    payload = {"models": results, "vocab": args.vocab, "vocab_sizes": list(vocabulary(args.vocab)),
+               "embedding_rows": sum(encoder.vocab_sizes.values()), "rows": args.rows, "batch_size": BATCH_SIZE,
+               "threads": threads, "repeats": args.repeats, "device": "cuda" if device.startswith("cuda") else device,
+               "dnn_hidden_units": list(hidden), "embedding_dim": 16, "machine": machine_info(device),
+               "date": now_iso(), "git_commit": git_commit(),
+               "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     json_path = write_json(args.json, payload)
-    md_path = write_markdown_table(
-        json_path.with_suffix(".md"), "Training throughput: ours vs DeepCTR-Torch",
-        ["model", "ours (samples/s)", "deepctr-torch (samples/s)", "ratio"],
-        [[n, r["ours"], r["deepctr"], f"{r['ratio']:.2f}x"] for n, r in results.items()],
-        notes=[f"{args.rows:,} synthetic Criteo-shaped rows (26 sparse fields, cardinalities capped at "
-               f"{VOCAB_CAP:,}; 13 dense), embedding dim 16, DNN {list(hidden)}, batch {BATCH_SIZE}, Adam 1e-3, "
-               f"L2 1e-5 on embeddings in both",
-               *speed_notes(payload, args.repeats)])
-    print(f"wrote {json_path} and {md_path}")
+    write_markdown(json_path.with_suffix(".md"), payload)
+    print(f"wrote {json_path} and {json_path.with_suffix('.md')}")
     return payload
+
+
+def summarise(runs: dict[str, list[dict]]) -> dict:
+    """Median samples/s and largest peak RSS per side; ratios of ``ours`` to the others."""
+    sides = {side: {"samples_per_s": round(statistics.median(r["samples_per_s"] for r in records), 1),
+                    "peak_rss_gib": max(r["peak_rss_gib"] for r in records), "runs": records}
+             for side, records in runs.items()}
+    out: dict = {"sides": sides}
+    if "ours" in sides:
+        for other in ("deepctr", "ours_dense"):
+            if other in sides:
+                out[f"ratio_vs_{other}"] = round(sides["ours"]["samples_per_s"] / sides[other]["samples_per_s"], 3)
+    return out
+
+
+def git_commit() -> str | None:
+    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    return done.stdout.strip() or None
+
+
+def write_markdown(path: Path, payload: dict) -> None:
+    sides = [s for s in SIDES if any(s in r["sides"] for r in payload["models"].values())]
+    rows = []
+    for name, result in payload["models"].items():
+        row = [name]
+        for side in sides:
+            record = result["sides"].get(side)
+            row += [record["samples_per_s"], f"{record['peak_rss_gib']:.2f}"] if record else ["-", "-"]
+        row += [f"{result[f'ratio_vs_{o}']:.2f}x" if f"ratio_vs_{o}" in result else "-" for o in ("deepctr", "ours_dense")]
+        rows.append(row)
+    headers = ["model"] + [h for side in sides for h in (f"{side} (samples/s)", f"{side} peak RSS (GiB)")]
+    vocab = ("Criteo Kaggle's real cardinalities (DLRM's table sizes)" if payload["vocab"] == "criteo"
+             else f"Criteo's cardinalities capped at {VOCAB_CAP:,}")
+    write_markdown_table(path, f"Training throughput ({payload['vocab']} vocabulary): ours vs DeepCTR-Torch",
+                         headers + ["ours / deepctr", "ours / ours_dense"], rows, notes=[
+        f"{payload['rows']:,} synthetic Criteo-shaped rows: 26 sparse fields with Zipf(1.1) ids, {vocab}, "
+        f"{payload['embedding_rows']:,} embedding rows; 13 dense fields; embedding dim 16, DNN "
+        f"{payload['dnn_hidden_units']}, batch {BATCH_SIZE}, Adam 1e-3, L2 1e-5 on embeddings on every side",
+        "ours: embedding_updates='rowwise' (sparse gradients, lazy Adam over the batch's rows, L2 on those rows); "
+        "ours_dense: embedding_updates='dense' (fused Adam over every row); deepctr: DeepCTR-Torch's own fit",
+        f"device {payload['device']}, {payload['threads']} torch threads, {payload['machine']['cpu']} "
+        f"({payload['machine']['logical_cores']} cores, shared with other jobs while measured)",
+        f"median of {payload['repeats']} alternating runs per side, each a fresh process (peak RSS: the largest "
+        "of its runs, data included); one training epoch timed from epoch start to epoch end",
+        f"command: `{payload['command']}`; commit {payload['git_commit']}; {payload['date']}"])
 
 
 if __name__ == "__main__":

@@ -92,11 +92,17 @@ def feature_columns(schema: Schema, vocab_sizes: dict[str, int], dim: int) -> li
 
 def build_backbone(name: str, schema: Schema, vocab_sizes: dict[str, int], dim: int = 16, *,
                    dnn_hidden_units: Sequence[int] = (256, 128), seed: int = 1024, dnn_dropout: float = 0.0,
-                   l2_reg_embedding: float = 1e-5, options: dict | None = None) -> CTRBackbone:
+                   l2_reg_embedding: float = 1e-5, options: dict | None = None,
+                   embedding_updates: str = "dense") -> CTRBackbone:
     """A DeepCTR-Torch model ``name`` with every field at ``dim``, wrapped as a :class:`CTRBackbone`.
 
-    ``options`` go to the model's constructor (e.g. ``{"cross_num": 3}`` for DCN).
+    ``options`` go to the model's constructor (e.g. ``{"cross_num": 3}`` for DCN). ``embedding_updates``:
+    ``"rowwise"`` makes the tables give sparse gradients (train them with
+    :class:`~ihas_lightning.modules.rowwise.RowwiseAdam`, as our modules do); ``"dense"`` (the default here,
+    for a backbone handed to an optimiser of your own) keeps DeepCTR-Torch's dense ones.
     """
+    if embedding_updates not in ("rowwise", "dense"):
+        raise ValueError(f"embedding_updates must be 'rowwise' or 'dense', got {embedding_updates!r}")
     check_backbone_name(name)
     if dim < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")
@@ -117,7 +123,9 @@ def build_backbone(name: str, schema: Schema, vocab_sizes: dict[str, int], dim: 
         model = model_class(columns, dnn_columns, **kwargs)
     else:
         model = model_class(columns, **kwargs)
-    return CTRBackbone(model, schema)
+    backbone = CTRBackbone(model, schema)
+    backbone.sparse_tables = embedding_updates == "rowwise"
+    return backbone
 
 
 class CTRBackbone(nn.Module):
@@ -149,6 +157,8 @@ class CTRBackbone(nn.Module):
         # What an id outside [0, vocabulary size) does: "error" (default) or "oov" (mapped to the OOV id 1).
         self.out_of_range = "error"
         self._batch: dict[str, Tensor] | None = None
+        # The batches of the training forwards since the last regularization_loss: the rows the row-wise L2 covers.
+        self._trained_batches: list[dict[str, Tensor]] = []
         self.last_embeddings: Tensor | None = None
         # Logits instead of probabilities (mixed precision, BCE-with-logits); the bias is kept.
         bias = getattr(model.out, "bias", None)
@@ -157,6 +167,20 @@ class CTRBackbone(nn.Module):
             model.out.bias = bias
         model.input_from_feature_columns = self._input_from_feature_columns
         model.linear_model.forward = self._linear_forward
+
+    def tables(self) -> list[nn.Embedding]:
+        """Every embedding table: the fields' and the first-order (linear) part's."""
+        return [*self.model.embedding_dict.values(), *self.model.linear_model.embedding_dict.values()]
+
+    @property
+    def sparse_tables(self) -> bool:
+        """Whether the tables give sparse gradients (row-wise updates); set it to switch every table."""
+        return all(table.sparse for table in self.tables())
+
+    @sparse_tables.setter
+    def sparse_tables(self, sparse: bool) -> None:
+        for table in self.tables():
+            table.sparse = bool(sparse)
 
     @property
     def embedding_params(self) -> int:
@@ -170,15 +194,48 @@ class CTRBackbone(nn.Module):
         named at construction and so fails once the model has moved to a GPU. ``replace`` maps a regularized
         parameter to the tensors regularized in its place (per-group copies of the dense layers trained
         instead of it); by default each parameter stands for itself.
+
+        A table with sparse gradients (row-wise updates) is regularised on the rows the training forwards
+        since the last call looked up, each row once: the same gradient as the whole-table term on those
+        rows, and none elsewhere, so the step stays row-wise (a whole-table term would give every row a
+        gradient at every step). Rows a batch does not touch are neither updated nor shrunk.
         """
         total = self.model.out.bias.new_zeros(()) if hasattr(self.model.out, "bias") else torch.zeros(())
+        rows = self._touched_rows()
+        self._trained_batches = []
         for params, l1, l2 in self.model.regularization_weight:
             for weight in (w for entry in params for w in (replace or _itself)(_parameter(entry))):
+                if id(weight) in rows:
+                    weight = F.embedding(rows[id(weight)], weight, sparse=True)              # (n, d) touched rows
                 if l1 > 0:
                     total = total + l1 * weight.abs().sum()
                 if l2 > 0:  # ||w||^2 as a reduction: no full-size temporaries, one scaled copy backward
                     total = total + l2 * torch.linalg.vector_norm(weight).square()
         return total
+
+    def forget_trained_rows(self) -> None:
+        """Start a new training step: the row-wise L2 forgets the rows of earlier forwards."""
+        self._trained_batches = []
+
+    def _touched_rows(self) -> dict[int, Tensor]:
+        """``id(table weight) -> unique row ids`` the recorded training batches looked up, for sparse tables
+        (padding id 0 of a multi-valued field is not a lookup)."""
+        if not self._trained_batches:
+            return {}
+        linear = self.model.linear_model.embedding_dict
+
+        def tables(name: str) -> list[nn.Embedding]:                 # PNN, AFN, ...: no first-order tables
+            return [t for t in (self.model.embedding_dict[name], linear[name] if name in linear else None)
+                    if t is not None and t.sparse]
+
+        rows: dict[int, Tensor] = {}
+        for index, name in enumerate(self.schema.sparse):
+            ids = torch.cat([b["sparse"][:, index] for b in self._trained_batches]).unique()
+            rows.update({id(t.weight): ids for t in tables(name)})
+        for name, (start, stop) in self._multi_slices.items():
+            ids = torch.cat([b["multi"][:, start:stop].reshape(-1) for b in self._trained_batches]).unique()
+            rows.update({id(t.weight): ids[ids != 0] for t in tables(name)})
+        return rows
 
     def field_embeddings(self, batch: dict[str, Tensor]) -> Tensor:
         """(B, F, D) embeddings of the embedded fields, narrow tables zero-padded to ``dim``."""
@@ -248,6 +305,8 @@ class CTRBackbone(nn.Module):
             raise ValueError(f"out_of_range must be 'error' or 'oov', got {self.out_of_range!r}")
         batch = self.check_batch(batch)
         self._batch = batch
+        if self.training and torch.is_grad_enabled() and any(t.sparse for t in self.tables()):
+            self._trained_batches.append(batch)
         try:
             logits = self.model(self._deepctr_input(batch))
         finally:
@@ -323,7 +382,7 @@ def narrow_tables(backbone: CTRBackbone, widths: dict[str, int]) -> None:
         old = backbone.model.embedding_dict[name]
         if not 0 <= width <= backbone.dim:
             raise ValueError(f"field '{name}': width must be in [0, {backbone.dim}], got {width}")
-        new = nn.Embedding(old.num_embeddings, width).to(old.weight.device)
+        new = nn.Embedding(old.num_embeddings, width, sparse=old.sparse).to(old.weight.device)
         with torch.no_grad():
             new.weight.copy_(old.weight[:, :width])
         backbone.model.embedding_dict[name] = new

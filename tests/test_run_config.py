@@ -103,7 +103,7 @@ def test_modules_from_a_config_equal_those_from_flat_arguments() -> None:
         assert all(torch.equal(v, flat_made.state_dict()[k]) for k, v in made.state_dict().items())
     # The keys a checkpoint holds stay flat, as before the config (load_from_checkpoint calls cls(**hparams)).
     assert set(pairs[0][0].hparams) == {"schema", "vocab_sizes", "backbone", "dim", "dnn_hidden_units", "lr",
-                                        "dnn_dropout", "l2_reg_embedding", "seed", "options"}
+                                        "dnn_dropout", "l2_reg_embedding", "seed", "options", "embedding_updates"}
     assert pairs[0][0].hparams.dnn_hidden_units == [8]
     assert SupernetModule(SCHEMA, VOCAB, dim=4).hparams.l2_reg_embedding == 0.0      # its own default
     assert SearchModule(SCHEMA, VOCAB, dim=4).hparams.l2_reg_embedding == 1e-5       # build_backbone's, as before

@@ -246,7 +246,8 @@ def test_evaluate_subnet_finetune_leaves_supernet_unchanged(tmp_path, dm) -> Non
     for key, value in module.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert module.supernet_masks.active is None
-    assert 0.5 < plain.auc <= 1.0 and 0.5 < tuned.auc <= 1.0 and tuned.auc != plain.auc
+    # the fine-tune changes the predictions (the AUC of 256 rows over 10-id fields may tie; the logloss moves)
+    assert 0.5 < plain.auc <= 1.0 and 0.5 < tuned.auc <= 1.0 and tuned.logloss != plain.logloss
     assert plain.embedding_params == 12 * (2 + 4 + 8) and plain.embedding_share == pytest.approx(14 / 24)
     assert module.evaluate_subnet(sub, dm).auc == plain.auc                         # deterministic
     many = module.evaluate_many([sub, module.supernet_masks.full], dm)

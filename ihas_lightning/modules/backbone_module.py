@@ -25,6 +25,7 @@ class BackboneModule(CTRModule):
         lr: Adam learning rate (DeepCTR-Torch's default 1e-3).
         seed: the model's initialization seed.
         options: more constructor arguments of the model (e.g. ``{"cross_num": 3}``).
+        embedding_updates: ``"rowwise"`` (default) or ``"dense"`` table updates (see :class:`BackboneConfig`).
         config: all of the above in one :class:`BackboneConfig`; when given, it replaces them.
         field_dims: per-field widths (every embedded field, each >= 1): the backbone is built at
             ``dim = max(field_dims)`` (replacing ``config.dim``) and each table is stored at its own width
@@ -40,11 +41,12 @@ class BackboneModule(CTRModule):
     def __init__(self, schema: Schema | dict, vocab_sizes: dict[str, int], backbone: str = "DeepFM", dim: int = 16,
                  dnn_hidden_units: Sequence[int] = (256, 128), lr: float = 1e-3, dnn_dropout: float = 0.0,
                  l2_reg_embedding: float = 1e-5, seed: int = 1024, options: dict | None = None, *,
-                 config: BackboneConfig | None = None, field_dims: Mapping[str, int] | None = None) -> None:
+                 config: BackboneConfig | None = None, field_dims: Mapping[str, int] | None = None,
+                 embedding_updates: str = "rowwise") -> None:
         super().__init__()
         schema = schema if isinstance(schema, Schema) else Schema.from_dict(schema)
         config = config or BackboneConfig(backbone, dim, tuple(dnn_hidden_units), lr, dnn_dropout, l2_reg_embedding,
-                                          seed, options or {})
+                                          seed, options or {}, embedding_updates)
         hparams = {"schema": schema.to_dict(), "vocab_sizes": dict(vocab_sizes)}
         if field_dims is not None:
             field_dims = _checked_field_dims(field_dims, schema.embedded_fields)

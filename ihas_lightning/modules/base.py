@@ -20,6 +20,7 @@ from ..data.encoders import EncodedColumns, FeatureEncoder
 from ..data.loader import Batch, to_batch
 from ..data.schema import RawColumns, Schema
 from ..safe_load import load_checkpoint_state
+from .rowwise import RowwiseAdam, clip_gradients, has_sparse_grad
 
 __all__ = ["CTRModule", "NonFiniteLossError", "backbone_weights", "fused_adam", "predict_encoded"]
 
@@ -83,6 +84,7 @@ class CTRModule(pl.LightningModule):
     @override
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         check_labels(batch["label"], "training")
+        self.backbone.forget_trained_rows()          # the row-wise L2 covers this step's rows only
         logits = self(batch)
         bce = F.binary_cross_entropy_with_logits(logits, batch["label"])
         loss = bce + self.regularization_loss() / logits.shape[0]
@@ -124,6 +126,17 @@ class CTRModule(pl.LightningModule):
         return fused_adam([p for p in self.parameters() if p.requires_grad], lr=self.hparams.lr)
 
     @override
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        # torch's clip_grad_norm_ has no sparse kernel: with row-wise tables the clipping is ours.
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if not gradient_clip_val or not has_sparse_grad(params):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        algorithm = getattr(gradient_clip_algorithm, "value", gradient_clip_algorithm) or "norm"
+        clip_gradients(params, float(gradient_clip_val), str(algorithm))
+
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.encoder is not None:
             checkpoint["ihas_encoder"] = self.encoder.to_dict()
@@ -155,13 +168,14 @@ class CTRModule(pl.LightningModule):
         return predict_encoded(self, encoded, batch_size)
 
 
-def fused_adam(params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 1e-3) -> torch.optim.Adam:
+def fused_adam(params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 1e-3) -> RowwiseAdam:
     """Adam over ``params`` (tensors or param-group dicts), fused when every tensor is on the CPU or a CUDA
-    device: one kernel per step instead of ~10 passes over every (dense-gradient) embedding table."""
+    device: one kernel per step instead of ~10 passes over every dense-gradient tensor. Tables with sparse
+    gradients (row-wise updates) get :class:`RowwiseAdam`'s step over the rows the batch touched."""
     groups = [{**g, "params": list(g["params"])} if isinstance(g, dict) else g for g in params]
     tensors = [t for g in groups for t in (g["params"] if isinstance(g, dict) else [g])]
     fused = all(t.device.type in ("cpu", "cuda") for t in tensors)
-    return torch.optim.Adam(groups, lr=lr, fused=fused)
+    return RowwiseAdam(groups, lr=lr, fused=fused)
 
 
 @torch.no_grad()

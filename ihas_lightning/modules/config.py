@@ -11,7 +11,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["BackboneConfig"]
+__all__ = ["EMBEDDING_UPDATES", "BackboneConfig"]
+
+EMBEDDING_UPDATES = ("rowwise", "dense")
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,9 @@ class BackboneConfig:
         l2_reg_embedding: DeepCTR-Torch's L2 on the embedding tables.
         seed: the model's initialization seed.
         options: more constructor arguments of the model (e.g. ``{"cross_num": 3}``).
+        embedding_updates: ``"rowwise"`` (default): the tables give sparse gradients and a step reads and
+            writes only the rows the batch looks up (lazy Adam; the L2 on the tables covers those rows,
+            see :mod:`~ihas_lightning.modules.rowwise`); ``"dense"``: every row of every table at every step.
 
     Example:
         >>> config = BackboneConfig("DCN", dim=8, dnn_hidden_units=(64, 32))
@@ -41,6 +46,7 @@ class BackboneConfig:
     l2_reg_embedding: float = 1e-5
     seed: int = 1024
     options: dict[str, Any] = field(default_factory=dict)
+    embedding_updates: str = "rowwise"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dnn_hidden_units", tuple(int(w) for w in self.dnn_hidden_units))
@@ -57,6 +63,8 @@ class BackboneConfig:
             raise ValueError(f"dnn_dropout must be in [0, 1), got {self.dnn_dropout}")
         if not (math.isfinite(self.l2_reg_embedding) and self.l2_reg_embedding >= 0):
             raise ValueError(f"l2_reg_embedding must be finite and >= 0, got {self.l2_reg_embedding}")
+        if self.embedding_updates not in EMBEDDING_UPDATES:
+            raise ValueError(f"embedding_updates must be one of {EMBEDDING_UPDATES}, got {self.embedding_updates!r}")
 
     def hparams(self) -> dict[str, Any]:
         """The flat hyperparameters a module saves (lists, not tuples, as the checkpoints have always held)."""
@@ -65,4 +73,5 @@ class BackboneConfig:
     def build_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``build_backbone`` after the schema, vocabulary sizes and dimension."""
         return {"dnn_hidden_units": self.dnn_hidden_units, "seed": self.seed, "dnn_dropout": self.dnn_dropout,
-                "l2_reg_embedding": self.l2_reg_embedding, "options": self.options}
+                "l2_reg_embedding": self.l2_reg_embedding, "options": self.options,
+                "embedding_updates": self.embedding_updates}

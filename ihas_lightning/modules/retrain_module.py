@@ -76,12 +76,12 @@ class RetrainModule(CTRModule):
                  lr: float = 1e-3, seed: int = 1024, options: dict | None = None,
                  groups_from: str = "router", group_dense: bool = False, dnn_dropout: float = 0.0,
                  l2_reg_embedding: float = 1e-5, router: str = "gates", router_columns: int | None = None, *,
-                 config: BackboneConfig | None = None) -> None:
+                 config: BackboneConfig | None = None, embedding_updates: str = "rowwise") -> None:
         super().__init__()
         schema = schema if isinstance(schema, Schema) else Schema.from_dict(schema)
         gate = gate if isinstance(gate, GateConfig) else GateConfig(**(gate or {}))
         config = config or BackboneConfig(backbone, dim, tuple(dnn_hidden_units), lr, dnn_dropout, l2_reg_embedding,
-                                          seed, options or {})
+                                          seed, options or {}, embedding_updates)
         dim = config.dim
         dims = torch.as_tensor(group_dims, dtype=torch.long)
         fields = schema.embedded_fields

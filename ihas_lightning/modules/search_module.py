@@ -48,7 +48,8 @@ class SearchModule(CTRModule):
                  dnn_hidden_units: Sequence[int] = (256, 128), lr: float = 1e-3, gate_lr: float = 1e-3,
                  warmup_epochs: int = 2, gate: GateConfig | dict | None = None, seed: int = 1024,
                  options: dict | None = None, dnn_dropout: float = 0.0, l2_reg_embedding: float = 1e-5, *,
-                 config: BackboneConfig | None = None) -> None:
+                 config: BackboneConfig | None = None,
+                 embedding_updates: str = "rowwise") -> None:
         super().__init__()
         schema = schema if isinstance(schema, Schema) else Schema.from_dict(schema)
         gate = gate if isinstance(gate, GateConfig) else GateConfig(**(gate or {}))
@@ -57,7 +58,7 @@ class SearchModule(CTRModule):
         if gate_lr <= 0:
             raise ValueError(f"gate_lr must be > 0, got {gate_lr}")
         config = config or BackboneConfig(backbone, dim, tuple(dnn_hidden_units), lr, dnn_dropout, l2_reg_embedding,
-                                          seed, options or {})
+                                          seed, options or {}, embedding_updates)
         self.save_hyperparameters({"schema": schema.to_dict(), "vocab_sizes": dict(vocab_sizes), **config.hparams(),
                                    "gate_lr": gate_lr, "warmup_epochs": warmup_epochs, "gate": asdict(gate)})
         self.backbone = build_backbone(config.backbone, schema, vocab_sizes, config.dim, **config.build_kwargs())

@@ -66,9 +66,10 @@ class SupernetModule(BackboneModule):
     def __init__(self, schema: Schema | dict, vocab_sizes: dict[str, int], backbone: str = "DeepFM", dim: int = 16,
                  dnn_hidden_units: Sequence[int] = (256, 128), lr: float = 1e-3, dnn_dropout: float = 0.0,
                  l2_reg_embedding: float = 0.0, seed: int = 1024, options: dict | None = None, *,
-                 config: BackboneConfig | None = None) -> None:
+                 config: BackboneConfig | None = None,
+                 embedding_updates: str = "rowwise") -> None:
         config = config or BackboneConfig(backbone, dim, tuple(dnn_hidden_units), lr, dnn_dropout, l2_reg_embedding,
-                                          seed, options or {})
+                                          seed, options or {}, embedding_updates)
         super().__init__(schema, vocab_sizes, config=config)
         self.supernet_masks = SupernetMasks(self.backbone)
 

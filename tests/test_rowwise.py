@@ -1,0 +1,158 @@
+"""Row-wise (sparse) embedding updates: RowwiseAdam, the per-batch-rows L2, clipping, and the modules' switch."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from ihas_lightning.backbones import build_backbone
+from ihas_lightning.data.schema import Schema
+from ihas_lightning.modules import BackboneModule, BackboneConfig
+from ihas_lightning.modules.rowwise import RowwiseAdam, clip_gradients
+
+SCHEMA = Schema(label="label", sparse=("a", "b"), dense=("x",))
+VOCAB = {"a": 50, "b": 30}
+
+
+def _tables(seed: int = 0) -> tuple[nn.Embedding, nn.Embedding]:
+    torch.manual_seed(seed)
+    sparse = nn.Embedding(20, 4, sparse=True)
+    dense = nn.Embedding(20, 4)
+    dense.weight.data.copy_(sparse.weight.data)
+    return sparse, dense
+
+
+def _step(table: nn.Embedding, optimizer: torch.optim.Optimizer, ids: list[int]) -> None:
+    optimizer.zero_grad()
+    out = table(torch.tensor(ids))
+    (out * torch.arange(1.0, 5.0)).square().sum().backward()
+    optimizer.step()
+
+
+def test_rowwise_adam_matches_adam_on_rows_touched_every_step_and_leaves_the_others() -> None:
+    sparse, dense = _tables()
+    rowwise, adam = RowwiseAdam(sparse.parameters(), lr=0.1), torch.optim.Adam(dense.parameters(), lr=0.1)
+    for _ in range(3):                       # rows 1, 2 (2 twice: duplicates are summed) at every step
+        _step(sparse, rowwise, [1, 2, 2])
+        _step(dense, adam, [1, 2, 2])
+    torch.testing.assert_close(sparse.weight[[1, 2]], dense.weight[[1, 2]], rtol=1e-6, atol=1e-7)
+    assert torch.equal(sparse.weight[3:], dense.weight[3:])               # never touched: both unchanged
+    before = sparse.weight.detach().clone()
+    moments = rowwise.state[sparse.weight]["exp_avg"].clone()
+    _step(sparse, rowwise, [5])
+    _step(dense, adam, [5])
+    assert torch.equal(sparse.weight[[1, 2]], before[[1, 2]])             # not in this batch: kept as is
+    assert torch.equal(rowwise.state[sparse.weight]["exp_avg"][[1, 2]], moments[[1, 2]])
+    assert not torch.equal(dense.weight[[1, 2]], before[[1, 2]])          # dense Adam moves them by momentum
+    assert not torch.equal(sparse.weight[5], before[5])
+
+
+def test_dense_parameters_take_fused_adams_exact_step() -> None:
+    torch.manual_seed(1)
+    layer = nn.Linear(5, 3)
+    twin = copy.deepcopy(layer)
+    ours, adam = RowwiseAdam(layer.parameters(), lr=0.01, fused=True), torch.optim.Adam(twin.parameters(), lr=0.01,
+                                                                                        fused=True)
+    x = torch.randn(8, 5)
+    for _ in range(4):
+        for module, optimizer in ((layer, ours), (twin, adam)):
+            optimizer.zero_grad()
+            module(x).square().sum().backward()
+            optimizer.step()
+    assert torch.equal(layer.weight, twin.weight) and torch.equal(layer.bias, twin.bias)
+    assert ours.state_dict()["state"].keys() == adam.state_dict()["state"].keys()
+
+
+def test_state_dict_resumes_exactly() -> None:
+    sparse, _ = _tables(2)
+    optimizer = RowwiseAdam(sparse.parameters(), lr=0.05)
+    _step(sparse, optimizer, [0, 3])
+    saved_weight, saved_state = sparse.weight.detach().clone(), copy.deepcopy(optimizer.state_dict())
+    _step(sparse, optimizer, [3, 4])
+    uninterrupted = sparse.weight.detach().clone()
+    resumed = nn.Embedding(20, 4, sparse=True)
+    resumed.weight.data.copy_(saved_weight)
+    again = RowwiseAdam(resumed.parameters(), lr=0.05)
+    again.load_state_dict(saved_state)
+    _step(resumed, again, [3, 4])
+    assert torch.equal(resumed.weight, uninterrupted)
+    assert float(again.state[resumed.weight]["step"]) == 2.0
+
+
+def test_unsupported_options_raise_value_error_on_sparse_gradients() -> None:
+    sparse, _ = _tables()
+    with pytest.raises(ValueError, match="weight_decay"):
+        _step(sparse, RowwiseAdam(sparse.parameters(), weight_decay=0.1), [1])
+
+
+def test_clipping_matches_clip_grad_norm_on_the_summed_rows() -> None:
+    sparse, dense = _tables(3)
+    for table in (sparse, dense):
+        (table(torch.tensor([1, 1, 7])) * 10).sum().backward()
+    clip_gradients([sparse.weight], 0.5, "norm")
+    torch.nn.utils.clip_grad_norm_([dense.weight], 0.5)
+    torch.testing.assert_close(sparse.weight.grad.to_dense(), dense.weight.grad)
+    assert torch.linalg.vector_norm(sparse.weight.grad.to_dense()) == pytest.approx(0.5, rel=1e-4)
+    clip_gradients([sparse.weight], 0.01, "value")
+    assert sparse.weight.grad.to_dense().abs().max() == pytest.approx(0.01)
+
+
+def _batch(n: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    return {"sparse": torch.as_tensor(np.stack([rng.integers(0, 10, n), rng.integers(0, 30, n)], 1)),
+            "dense": torch.as_tensor(rng.normal(size=(n, 1)), dtype=torch.float32),
+            "multi": torch.zeros((n, 0), dtype=torch.long),
+            "label": torch.as_tensor(rng.integers(0, 2, n), dtype=torch.float32)}
+
+
+def test_l2_covers_the_batch_rows_once_with_the_whole_table_gradient_there() -> None:
+    rowwise = build_backbone("DeepFM", SCHEMA, VOCAB, dim=4, dnn_hidden_units=(8,), seed=0, l2_reg_embedding=0.1,
+                             embedding_updates="rowwise").train()
+    dense = build_backbone("DeepFM", SCHEMA, VOCAB, dim=4, dnn_hidden_units=(8,), seed=0, l2_reg_embedding=0.1).train()
+    batch = _batch()
+    for backbone in (rowwise, dense):
+        backbone(batch)
+        backbone.regularization_loss().backward()
+    table, twin = rowwise.model.embedding_dict["a"].weight, dense.model.embedding_dict["a"].weight
+    assert table.grad.is_sparse and not twin.grad.is_sparse
+    touched = batch["sparse"][:, 0].unique()
+    grad = table.grad.to_dense()
+    torch.testing.assert_close(grad[touched], twin.grad[touched])                    # 2 * l2 * w, each row once
+    untouched = torch.ones(VOCAB["a"], dtype=torch.bool)
+    untouched[touched] = False
+    assert torch.count_nonzero(grad[untouched]) == 0 and torch.count_nonzero(twin.grad[untouched]) > 0
+    assert rowwise._touched_rows() == {}
+
+
+@pytest.mark.parametrize("updates", ["rowwise", "dense"])
+def test_module_training_step_touches_only_the_batch_rows(updates: str) -> None:
+    config = BackboneConfig("DeepFM", dim=4, dnn_hidden_units=(8,), seed=0, embedding_updates=updates)
+    module = BackboneModule(SCHEMA, VOCAB, config=config)
+    assert module.backbone.sparse_tables == (updates == "rowwise")
+    assert module.hparams.embedding_updates == updates
+    optimizer = module.configure_optimizers()
+    table = module.backbone.model.embedding_dict["b"].weight
+    before = table.detach().clone()
+    pl.seed_everything(0)
+    batch = _batch()
+    for _ in range(2):
+        optimizer.zero_grad()
+        module.training_step(batch, 0).backward()
+        optimizer.step()
+    touched = torch.zeros(VOCAB["b"], dtype=torch.bool)
+    touched[batch["sparse"][:, 1]] = True
+    changed = (table != before).any(1)
+    assert torch.equal(changed[touched], torch.ones(int(touched.sum()), dtype=torch.bool))
+    assert bool(changed[~touched].any()) == (updates == "dense")
+
+
+def test_embedding_updates_is_checked() -> None:
+    with pytest.raises(ValueError, match="embedding_updates"):
+        BackboneConfig(embedding_updates="lazy")
+    with pytest.raises(ValueError, match="embedding_updates"):
+        build_backbone("DeepFM", SCHEMA, VOCAB, dim=4, embedding_updates="sparse")
