@@ -249,7 +249,8 @@ def write_markdown(path: Path, payload: dict) -> None:
         for side in sides:
             record = result["sides"].get(side)
             row += [record["samples_per_s"], f"{record['peak_rss_gib']:.2f}"] if record else ["-", "-"]
-        row += [f"{result[f'ratio_vs_{o}']:.2f}x" if f"ratio_vs_{o}" in result else "-" for o in ("deepctr", "ours_dense")]
+        row += [f"{result[f'ratio_vs_{o}']:.2f}x" if f"ratio_vs_{o}" in result else "-"
+                for o in ("deepctr", "ours_dense")]
         rows.append(row)
     headers = ["model"] + [h for side in sides for h in (f"{side} (samples/s)", f"{side} peak RSS (GiB)")]
     vocab = ("Criteo Kaggle's real cardinalities (DLRM's table sizes)" if payload["vocab"] == "criteo"
