@@ -43,7 +43,7 @@ from ihas_lightning.paths import shared_data_dir  # noqa: E402
 
 DATASETS = {"criteo": ("criteo/train-10k.txt", "criteo", []), "avazu": ("avazu/train-9k.csv", "avazu", []),
             "movielens-100k": ("movielens/ml-100k", "movielens-100k", []),
-            "synthetic": ("synthetic", "synthetic", ["--rows", "300000"]),
+            "synthetic": ("synthetic", "synthetic", ["--rows", "100000"]),
             "movielens-1m": ("movielens/ml-1m-first3k", "movielens-1m", [])}
 DEVELOPMENT = ("criteo", "avazu", "movielens-100k", "synthetic")
 MODELS = (("a", "baseline", "uniform 16"), ("b", "baseline_matched", "uniform, same footprint"),
