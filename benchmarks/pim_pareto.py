@@ -29,10 +29,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, machine_info, now_iso, write_json  # noqa: E402
 
-from ihas_lightning.cli import build_parser  # noqa: E402
-from ihas_lightning.cli.supernet import run_supernet  # noqa: E402
+from ihas_lightning import SupernetConfig  # noqa: E402
+from ihas_lightning.cli import parse_run_config  # noqa: E402
 from ihas_lightning.paths import shared_data_dir  # noqa: E402
 from ihas_lightning.pim.pareto import pareto_points, write_outputs  # noqa: E402
+from ihas_lightning.pipeline.supernet import train_supernet  # noqa: E402
 from ihas_lightning.pim.study import (StudySettings, build_objective, candidate_of, load_supernet,  # noqa: E402
                                       run_study)
 
@@ -52,11 +53,11 @@ def run_dataset(name: str, args: argparse.Namespace, root: Path) -> dict:
     rel, fmt, batch, epochs = DATASETS[name]
     run = root / name
     start = time.perf_counter()
-    supernet_args = build_parser().parse_args([
+    config = parse_run_config([
         "supernet", "--data", str(shared_data_dir() / rel), "--format", fmt, "--dim", "16", "--dnn", args.dnn,
-        "--dim-choices", "2,4,8,16", "--epochs", str(args.epochs or epochs), "--batch-size", str(batch),
-        "--out", str(run), "--quiet", "--seed", str(args.seed)])
-    metrics = run_supernet(supernet_args)
+        "--epochs", str(args.epochs or epochs), "--batch-size", str(batch), "--out", str(run), "--quiet",
+        "--seed", str(args.seed)])
+    metrics = train_supernet(run, config, SupernetConfig(dim_choices=(2, 4, 8, 16)))
     train_s = time.perf_counter() - start
     settings = StudySettings(run_dir=str(run), trials=args.trials, sampler=args.sampler, seed=args.seed)
     objective = build_objective(settings)

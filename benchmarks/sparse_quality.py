@@ -1,7 +1,7 @@
 """Quality of row-wise embedding updates: test AUC with ``--embedding-updates rowwise`` vs ``dense``.
 
 For each data set x backbone x seed, ``ihas train`` (the CLI's ``main``) trains the plain backbone once with
-each update kind on the same data, split and initialisation (the seed draws both); the test AUC is read from
+each update kind on the same data, split and initialization (the seed draws both); the test AUC is read from
 its ``metrics.json``. Reported per data set and backbone: the mean test AUC of each kind over the seeds and
 their difference; the requirement is ``|rowwise - dense| <= 0.002``. One torch thread per run, runs in
 sequence.
@@ -39,12 +39,12 @@ DATASETS = {
 
 
 def train(options: list[str], out: Path) -> dict:
-    from ihas_lightning.cli import main as cli_main
+    """``ihas train`` with ``options``, through the library (``train_backbone``)."""
+    from ihas_lightning.cli import parse_run_config
+    from ihas_lightning.training import train_backbone
 
-    code = cli_main(["train", *options, "--out", str(out), "--quiet", "--threads", "1"])
-    if code not in (None, 0):
-        raise RuntimeError(f"ihas train {' '.join(options)} exited with {code}")
-    return json.loads((out / "metrics.json").read_text())
+    config = parse_run_config(["train", *options, "--out", str(out), "--quiet", "--threads", "1"])
+    return train_backbone(config.data, config.model, config.trainer, out)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
             for dataset, by_backbone in results.items() for backbone, r in by_backbone.items()]
     write_markdown_table(path.with_suffix(".md"), "Row-wise vs dense embedding updates: test AUC",
                          ["data", "backbone", "rowwise", "dense", "difference", f"within {TOLERANCE}"], rows, notes=[
-        f"mean test AUC over {args.seeds} seeds (each seed: split and initialisation), `ihas train` with DNN "
+        f"mean test AUC over {args.seeds} seeds (each seed: split and initialization), `ihas train` with DNN "
         f"{args.dnn}, 1 torch thread; options per data set: {json.dumps(DATASETS)}",
         f"command: `{payload['command']}`; commit {payload['git_commit']}; {payload['date']}"])
     print(f"wrote {path} and {path.with_suffix('.md')}")

@@ -36,7 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, machine_info, now_iso, write_json, write_markdown_table  # noqa: E402
 
 from ihas_lightning import run_pipeline  # noqa: E402
-from ihas_lightning.cli import main as ihas, parse_run_config  # noqa: E402
+from ihas_lightning import SupernetConfig  # noqa: E402
+from ihas_lightning.cli import parse_run_config  # noqa: E402
+from ihas_lightning.pipeline.supernet import train_supernet  # noqa: E402
 from ihas_lightning.paths import shared_data_dir  # noqa: E402
 
 DATASETS = {
@@ -53,14 +55,14 @@ VARIANTS = {"scratch": (None, False, False), "search<-supernet": ("scratch", Tru
 
 
 def _quietly(argv: list[str]) -> None:
-    """``ihas run`` through the library (``run_pipeline``); other commands (``supernet``) through the CLI."""
+    """``ihas run`` (``run_pipeline``) or ``ihas supernet`` (``train_supernet``, its default search space)
+    through the library, with the options of that command line."""
+    config = parse_run_config(argv)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         if argv[0] == "run":
-            run_pipeline(parse_run_config(argv))
-            return
-        code = ihas(argv)
-    if code != 0:
-        raise RuntimeError(f"`ihas {' '.join(argv)}` failed with exit code {code}")
+            run_pipeline(config)
+        else:
+            train_supernet(config.out, config, SupernetConfig())
 
 
 def _metrics(path: Path) -> dict:

@@ -8,22 +8,14 @@ rebuilds the same splits) and ``supernet.json`` (the search space and sampler se
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import time
 from pathlib import Path
 
-import pytorch_lightning as pl
-
-from ..callbacks.supernet_sampler import SupernetSampler
-from ..data.config import DataConfig
-from ..modules.supernet_module import SupernetModule
-from ..training import datamodule_from_config, make_trainer, write_json
+from ..pipeline.supernet import score_subnet, train_supernet
+from ..supernet import SupernetConfig
+from ..training import write_json
 from .common import add_data_arguments, add_trainer_arguments, print_table, run_config_from_args
 
-__all__ = ["register", "run_supernet", "run_subnet", "DATA_OPTIONS"]
-
-DATA_OPTIONS = ("data", "format", "schema", "test", "rows", "min_count", "batch_size", "seed", "cache_dir")
+__all__ = ["register", "run_supernet", "run_subnet"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,66 +51,27 @@ def _floats(text: str, option: str) -> tuple[float, ...]:
 
 
 def run_supernet(args: argparse.Namespace) -> dict:
-    start = time.perf_counter()
-    pl.seed_everything(args.seed, workers=True)
-    stage = Path(args.out) / "supernet"
-    config = run_config_from_args(args)
-    dm = datamodule_from_config(config.data, config.trainer.threads)
-    hidden = config.model.dnn_hidden_units
-    dims = tuple(int(d) for d in _floats(args.dim_choices, "--dim-choices"))
-    steps_per_epoch = math.ceil(len(dm.split("train")) / dm.batch_size)
-    warmup = steps_per_epoch if args.warmup_steps is None else args.warmup_steps
-    sampler = SupernetSampler(dim_choices=dims, width_choices=_floats(args.width_choices, "--width-choices"),
-                              per_sample=args.per_sample, warmup_steps=warmup, sample_widths=not args.no_widths,
-                              seed=args.seed)
-    if max(sampler.config.dim_choices) > args.dim:
-        raise ValueError(f"--dim-choices {args.dim_choices} exceed --dim {args.dim}")
-    module = SupernetModule(dm.schema, dm.vocab_sizes, backbone=args.backbone, dim=args.dim,
-                            dnn_hidden_units=hidden, lr=args.lr, seed=args.seed)
-    write_json(stage / "data.json", {k: getattr(args, k) for k in DATA_OPTIONS})
-    write_json(stage / "supernet.json", {"sampler": sampler.config.to_dict(), "seed": args.seed,
-                                         "backbone": args.backbone, "dim": args.dim, "dnn": list(hidden)})
-    trainer = make_trainer(config.trainer, stage, callbacks=[sampler])
-    last = stage / "checkpoints" / "last.ckpt"
-    trainer.fit(module, dm, ckpt_path=str(last) if last.exists() else None)
-    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
-    test = trainer.test(module, dm, verbose=False)[0]  # the supernet as trained (last weights), full network
-    metrics = {
-        "val_auc": val.get("val_auc", float("nan")), "val_logloss": val.get("val_logloss", float("nan")),
-        "test_auc": float(test["test_auc"]), "test_logloss": float(test["test_logloss"]),
-        "embedding_params": module.backbone.embedding_params, "sampled_steps": sampler.step,
-        "backbone": args.backbone, "dim": args.dim, "dnn": list(hidden), "supernet": sampler.config.to_dict(),
-        "epochs": args.epochs, "seed": args.seed, "rows_train": len(dm.split("train")), "data": args.data,
-        "format": dm.format, "checkpoint": str(last), "seconds": time.perf_counter() - start,
-    }
-    write_json(stage / "metrics.json", metrics)
+    space = SupernetConfig(dim_choices=tuple(int(d) for d in _floats(args.dim_choices, "--dim-choices")),
+                           width_choices=_floats(args.width_choices, "--width-choices"),
+                           per_sample=args.per_sample, sample_widths=not args.no_widths)
+    metrics = train_supernet(args.out, run_config_from_args(args), space, warmup_steps=args.warmup_steps)
     print_table(f"ihas supernet: {args.backbone} dim {args.dim} on {args.data}", ["metric", "value"], [
         ["val AUC (full network)", metrics["val_auc"]], ["test AUC (full network)", metrics["test_auc"]],
         ["sampled steps", metrics["sampled_steps"]], ["embedding parameters", metrics["embedding_params"]],
     ])
-    print(f"supernet: {stage}   score a sub-architecture: ihas subnet --run {args.out} --dims FIELD=D,...")
+    print(f"supernet: {args.out}/supernet   score a sub-architecture: ihas subnet --run {args.out} --dims FIELD=D,...")
     return metrics
 
 
 def run_subnet(args: argparse.Namespace) -> dict:
-    stage = Path(args.run) / "supernet"
-    options_path = stage / "data.json"
-    if not options_path.exists():
-        raise FileNotFoundError(f"{options_path} not found: is '{args.run}' a run directory of `ihas supernet`?")
-    checkpoint = Path(args.checkpoint) if args.checkpoint else stage / "checkpoints" / "last.ckpt"
-    if not checkpoint.exists():
-        raise FileNotFoundError(f"supernet checkpoint {checkpoint} not found")
-    dm = datamodule_from_config(DataConfig(**json.loads(options_path.read_text())))
-    module = SupernetModule.load_from_checkpoint(str(checkpoint), map_location="cpu")
-    subarch = module.parse_subarch(args.dims, args.widths)
-    score = module.evaluate_subnet(subarch, dm, finetune_steps=args.finetune_steps)
-    result = {**score.to_dict(), "run": str(args.run), "checkpoint": str(checkpoint)}
+    result = score_subnet(args.run, args.dims, args.widths, args.finetune_steps, args.checkpoint)
     if args.json:
         write_json(Path(args.json), result)
-    print_table(f"ihas subnet: {subarch}", ["metric", "value"], [
-        ["val AUC", score.auc], ["val logloss", score.logloss], ["embedding parameters", score.embedding_params],
-        ["embedding share", score.embedding_share],
-        ["FLOPs per sample", "n/a" if score.flops_per_sample is None else f"{score.flops_per_sample:,.0f}"],
-        ["fine-tune steps", score.finetune_steps], ["seconds", score.seconds],
+    flops = result["flops_per_sample"]
+    print_table(f"ihas subnet: {result['subarchitecture']}", ["metric", "value"], [
+        ["val AUC", result["auc"]], ["val logloss", result["logloss"]],
+        ["embedding parameters", result["embedding_params"]], ["embedding share", result["embedding_share"]],
+        ["FLOPs per sample", "n/a" if flops is None else f"{flops:,.0f}"],
+        ["fine-tune steps", result["finetune_steps"]], ["seconds", result["seconds"]],
     ])
     return result

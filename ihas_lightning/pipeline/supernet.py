@@ -1,0 +1,91 @@
+"""Supernet training and sub-architecture scoring over one run folder (``DIR/supernet/``).
+
+``train_supernet`` writes ``checkpoints/`` (``last.ckpt`` is the supernet), TensorBoard logs, ``metrics.json``,
+``data.json`` (the data options, so that ``score_subnet`` rebuilds the same splits) and ``supernet.json`` (the
+search space and the sampler's seed).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+from ..callbacks.supernet_sampler import SupernetSampler
+from ..data.config import DataConfig
+from ..json_files import read_json
+from ..modules.supernet_module import SupernetModule
+from ..run_config import RunConfig
+from ..supernet import SupernetConfig
+from ..training import datamodule_from_config, make_trainer, write_json
+
+__all__ = ["DATA_OPTIONS", "score_subnet", "train_supernet"]
+
+DATA_OPTIONS = ("data", "format", "schema", "test", "rows", "min_count", "batch_size", "seed", "cache_dir")
+"""The data options ``data.json`` keeps (``DataConfig`` fields)."""
+
+
+def train_supernet(out: str | Path, config: RunConfig, space: SupernetConfig,
+                   warmup_steps: int | None = None) -> dict:
+    """Train a supernet of ``config.model`` over ``space`` (resuming ``last.ckpt``); return its metrics.
+
+    ``warmup_steps`` (None: one epoch) overrides ``space.warmup_steps``: NASRec's warm-up, from the full network
+    to sampled sub-architectures.
+    """
+    start = time.perf_counter()
+    seed = config.model.seed
+    pl.seed_everything(seed, workers=True)
+    stage = Path(out) / "supernet"
+    dm = datamodule_from_config(config.data, config.trainer.threads)
+    if max(space.dim_choices) > config.model.dim:
+        raise ValueError(f"dim choices {space.dim_choices} exceed the model's dimension {config.model.dim}")
+    steps_per_epoch = math.ceil(len(dm.split("train")) / dm.batch_size)
+    sampler = SupernetSampler(dim_choices=space.dim_choices, width_choices=space.width_choices,
+                              per_sample=space.per_sample,
+                              warmup_steps=steps_per_epoch if warmup_steps is None else warmup_steps,
+                              sample_widths=space.sample_widths, seed=seed)
+    model = config.model
+    module = SupernetModule(dm.schema, dm.vocab_sizes, backbone=model.backbone, dim=model.dim,
+                            dnn_hidden_units=model.dnn_hidden_units, lr=model.lr, seed=seed,
+                            embedding_updates=model.embedding_updates)
+    data = asdict(config.data)
+    write_json(stage / "data.json", {k: data[k] for k in DATA_OPTIONS})
+    write_json(stage / "supernet.json", {"sampler": sampler.config.to_dict(), "seed": seed,
+                                         "backbone": model.backbone, "dim": model.dim,
+                                         "dnn": list(model.dnn_hidden_units)})
+    trainer = make_trainer(config.trainer, stage, callbacks=[sampler])
+    last = stage / "checkpoints" / "last.ckpt"
+    trainer.fit(module, dm, ckpt_path=str(last) if last.exists() else None)
+    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+    test = trainer.test(module, dm, verbose=False)[0]  # the supernet as trained (last weights), full network
+    metrics = {
+        "val_auc": val.get("val_auc", float("nan")), "val_logloss": val.get("val_logloss", float("nan")),
+        "test_auc": float(test["test_auc"]), "test_logloss": float(test["test_logloss"]),
+        "embedding_params": module.backbone.embedding_params, "sampled_steps": sampler.step,
+        "backbone": model.backbone, "dim": model.dim, "dnn": list(model.dnn_hidden_units),
+        "supernet": sampler.config.to_dict(), "epochs": config.trainer.epochs, "seed": seed,
+        "rows_train": len(dm.split("train")), "data": config.data.data, "format": dm.format,
+        "checkpoint": str(last), "seconds": time.perf_counter() - start,
+    }
+    write_json(stage / "metrics.json", metrics)
+    return metrics
+
+
+def score_subnet(run: str | Path, dims: str = "", widths: str | None = None, finetune_steps: int = 0,
+                 checkpoint: str | Path | None = None) -> dict:
+    """Validation score of one sub-architecture (``FIELD=D,...`` and DNN ``widths``) with inherited weights."""
+    stage = Path(run) / "supernet"
+    options_path = stage / "data.json"
+    if not options_path.exists():
+        raise FileNotFoundError(f"{options_path} not found: is '{run}' a run directory of `ihas supernet`?")
+    checkpoint = Path(checkpoint) if checkpoint else stage / "checkpoints" / "last.ckpt"
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"supernet checkpoint {checkpoint} not found")
+    dm = datamodule_from_config(DataConfig(**read_json(options_path)))
+    module = SupernetModule.load_from_checkpoint(str(checkpoint), map_location="cpu")
+    subarch = module.parse_subarch(dims, widths)
+    score = module.evaluate_subnet(subarch, dm, finetune_steps=finetune_steps)
+    return {**score.to_dict(), "subarchitecture": str(subarch), "run": str(run), "checkpoint": str(checkpoint)}
