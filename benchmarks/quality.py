@@ -107,7 +107,11 @@ def summarize(runs: list[dict]) -> dict:
             d = diffs[f"c-{x}"]
             checks[f"c-{x}"] = d["mean"] >= 0 and (d["low"] is None or d["low"] >= FLOOR)
     kept = [r.get("selection", {}).get("kept") for r in runs]
-    return {"test_auc": {x: interval(v) for x, v in auc.items()}, "val_auc": {x: interval(v) for x, v in val.items()},
+    steps = [step["step"] for step in runs[0].get("losses", [])]
+    losses = {name: statistics.fmean(next(x["val_auc"] for x in r["losses"] if x["step"] == name) for r in runs)
+              for name in steps if all(r.get("losses") for r in runs)}
+    return {"losses": losses, "test_auc": {x: interval(v) for x, v in auc.items()},
+            "val_auc": {x: interval(v) for x, v in val.items()},
             "footprint": footprint, "footprint_share": share, "diffs": diffs, "kept": kept, "checks": checks,
             "requirement": "PASS" if all(checks.values()) else "MISS"}
 
@@ -137,6 +141,15 @@ def markdown(results: dict) -> str:
                      + f" | {s['footprint_share']:.0%} | {kept} | {s['requirement']} |")
     lines += ["", "Requirement: footprint of (c) <= 60% of (a)'s tables; (c)-(b), (c)-(f), (c)-(g) >= 0 in mean "
               "with the interval's lower end >= -0.001; (c) >= (a) - 0.002 in mean.", ""]
+    steps = next((list(c["summary"].get("losses", {})) for c in results["cells"] if c["summary"].get("losses")), [])
+    if steps:
+        lines += ["## Where validation AUC goes (mean over seeds, `DIR/losses/metrics.json`)", "",
+                  "| data / backbone | " + " | ".join(steps) + " |", "|---|" + "---|" * len(steps)]
+        for cell in results["cells"]:
+            losses = cell["summary"].get("losses", {})
+            lines.append(f"| {cell['dataset']} / {cell['backbone']} | "
+                         + " | ".join(f"{losses[k]:.4f}" if k in losses else "-" for k in steps) + " |")
+        lines.append("")
     for cell in results["cells"]:
         s = cell["summary"]
         lines += [f"## {cell['dataset']} / {cell['backbone']}", "", "| model | test AUC | val AUC | footprint |",
@@ -150,6 +163,15 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def render(source: Path, path: Path) -> dict:
+    """The summaries and Markdown of an earlier result recomputed from its runs (no training)."""
+    results = json.loads(source.read_text())
+    results["cells"] = [{**c, "summary": summarize(c["runs"])} for c in results["cells"]]
+    write_json(path, results)
+    path.with_suffix(".md").write_text(markdown(results))
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default=",".join(DEVELOPMENT),
@@ -159,7 +181,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (each uses one thread)")
     parser.add_argument("--json", default=str(RESULTS_DIR / "quality.json"))
     parser.add_argument("--keep-runs", default=None, help="keep the run folders here (reruns reuse done stages)")
+    parser.add_argument("--render", default=None, metavar="JSON",
+                        help="only re-summarize the runs of an earlier result (its provenance kept) into --json")
     args = parser.parse_args(argv)
+    if args.render:
+        return render(Path(args.render), Path(args.json))
     datasets, backbones = args.datasets.split(","), args.backbones.split(",")
     if unknown := [d for d in datasets if d not in DATASETS]:
         parser.error(f"unknown data sets {unknown}; known: {', '.join(DATASETS)}")
