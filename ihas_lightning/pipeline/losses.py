@@ -100,7 +100,7 @@ def stage_losses(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None 
         "groups_snapped": _masked_logits(search, batches, prefix(snapped)),
         "budget_fit": _masked_logits(search, batches, prefix(clusters.dims)),
     }
-    start = build_retrain_module(run, config, dm, config.model.backbone).eval()
+    start = build_retrain_module(run, config, dm, config.model.backbone, search=search, clusters=clusters).eval()
     logits["retrain_start"] = torch.cat([start(batch) for batch in batches])
     steps = [{"step": name, **_scores(value, labels)} for name, value in logits.items()]
     retrained = run.metrics("retrain")

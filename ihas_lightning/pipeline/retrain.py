@@ -16,7 +16,7 @@ from ..clustering import ClusterResult
 from ..data.datamodule import CTRDataModule
 from ..flops import uniform_counts
 from ..model import IHASModel
-from ..modules import BackboneModule, RetrainModule
+from ..modules import BackboneModule, RetrainModule, SearchModule
 from ..run_config import RunConfig
 from ..safe_load import load_checkpoint_state, load_torch_file
 from .router_fit import fit_linear_router, routing_agreement
@@ -41,9 +41,9 @@ def stage_retrain(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None
     pl.seed_everything(config.model.seed, workers=True)
     dm = dm or training.datamodule_from_config(config.data, config.trainer.threads)
     backbone = backbone or config.model.backbone
-    module = build_retrain_module(run, config, dm, backbone, clusters_from)
-    clusters = ClusterResult.load(run.stage(clusters_from) / "clusters.json")
     search = load_searched_module(run)
+    clusters = ClusterResult.load(run.stage(clusters_from) / "clusters.json")
+    module = build_retrain_module(run, config, dm, backbone, search=search, clusters=clusters)
     start_agreement = routing_agreement(module, search, clusters, dm)
     trainer = training.make_trainer(config.trainer, run.stage(stage), max_epochs=config.retrain.epochs)
     scores = training.fit_and_test(module, dm, trainer, ckpt_path=run.resume_path(stage), start_competes=True)
@@ -68,13 +68,14 @@ def stage_retrain(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None
 
 
 def build_retrain_module(run: RunDirectory, config: RunConfig, dm: CTRDataModule, backbone: str,
-                         clusters_from: str = "cluster") -> RetrainModule:
-    """The retraining's starting point: the groups of ``DIR/<clusters_from>/clusters.json`` over the searched
-    tables (and, on the search's backbone, its dense layers; or ``config.retrain.init_from``'s), before any
-    retraining step, behind ``config.retrain.router`` (the linear one fitted to the searched routing of the
-    training rows; with one group nothing routes)."""
-    search = load_searched_module(run)
-    clusters = ClusterResult.load(run.stage(clusters_from) / "clusters.json")
+                         clusters_from: str = "cluster", *, search: SearchModule | None = None,
+                         clusters: ClusterResult | None = None) -> RetrainModule:
+    """The retraining's starting point: the groups of ``DIR/<clusters_from>/clusters.json`` (or ``clusters``)
+    over the searched tables (and, on the search's backbone, its dense layers; or ``config.retrain.init_from``'s),
+    before any retraining step, behind ``config.retrain.router`` (the linear one fitted to the searched routing
+    of the training rows; with one group nothing routes). ``search`` saves loading the searched module again."""
+    search = search if search is not None else load_searched_module(run)
+    clusters = clusters if clusters is not None else ClusterResult.load(run.stage(clusters_from) / "clusters.json")
     module = RetrainModule(dm.schema, dm.vocab_sizes, group_dims=clusters.dims.tolist(),
                            centroids=clusters.centroids.tolist(), gate=dict(search.hparams.gate),
                            group_dense=config.retrain.group_dense, router=config.retrain.router,
