@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from .data.encoders import _FIRST_ID, MISSING_ID, OOV_ID, FeatureEncoder
 from .model import IHASModel
@@ -88,12 +89,32 @@ def _group_dense_logits(module: RetrainModule, batch: dict[str, Tensor]) -> Tens
     backbone = module.backbone
     groups = module.route(backbone.field_embeddings(batch))                                     # (B,)
     module._fixed_groups = groups                 # every row masked to its own group in every pass
+    logits = []
     try:
-        logits = [functional_call(backbone, module.group_params.overrides(group), (batch,))
-                  for group in range(module.num_groups)]                                        # K x (B,)
+        for group in range(module.num_groups):
+            with _substituted(backbone, module.group_params.overrides(group)):
+                logits.append(backbone(batch))                                                  # (B,)
     finally:
         module._fixed_groups = None
     return torch.stack(logits, dim=1).gather(1, groups.unsqueeze(1)).squeeze(1)                # (B,)
+
+
+@contextmanager
+def _substituted(root: nn.Module, tensors: dict[str, Tensor]) -> Iterator[None]:
+    """``root``'s parameters and buffers named in ``tensors`` replaced by those tensors for the block: what
+    ``functional_call`` does, which refuses to run while tracing."""
+    saved = []
+    for name, tensor in tensors.items():
+        owner_name, _, leaf = name.rpartition(".")
+        owner = root.get_submodule(owner_name)
+        slots = owner._parameters if leaf in owner._parameters else owner._buffers
+        saved.append((slots, leaf, slots[leaf]))
+        slots[leaf] = tensor
+    try:
+        yield
+    finally:
+        for slots, leaf, original in reversed(saved):
+            slots[leaf] = original
 
 
 def serving_spec(encoder: FeatureEncoder) -> dict:
