@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .data.encoders import _FIRST_ID, MISSING_ID, OOV_ID, FeatureEncoder
+from .data.encoders import MISSING_ID, OOV_ID, FeatureEncoder
 from .model import IHASModel
 from .modules.backbone_module import BackboneModule
 from .modules.base import CTRModule
@@ -126,7 +126,7 @@ def serving_spec(encoder: FeatureEncoder) -> dict:
     return {
         "format": SERVING_FORMAT,
         "label": schema.label,
-        "ids": {"missing": MISSING_ID, "oov": OOV_ID, "first_known": _FIRST_ID},
+        "ids": {"missing": MISSING_ID, "oov": OOV_ID, "first_known": OOV_ID + 1},   # the encoders' layout
         "sparse": [{"name": name, **vocabularies[name]} for name in schema.sparse],
         "dense": [{"name": name, "log1p": name in schema.log_dense, "mean": float(mean), "std": float(std)}
                   for name, mean, std in zip(schema.dense, encoder.dense_mean, encoder.dense_std)],
