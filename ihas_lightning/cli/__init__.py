@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 __all__ = ["main", "build_parser", "parse_run_config", "wants_quiet"]
 
 # Each module defines register(subparsers); a stage's module is imported only when the CLI starts.
-_SUBCOMMANDS = ("train", "search", "pipeline", "report", "supernet", "demo", "transfer", "pim")
+_SUBCOMMANDS = ("train", "search", "pipeline", "report", "supernet", "demo", "transfer", "pim", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
