@@ -14,7 +14,7 @@ script with one more callback:
     +trainer.callbacks[0].export_search_checkpoint("searched.ckpt")     # what the clustering stage reads
 
 Run:
-    python examples/deepctr_user_module.py --rows 20000 --epochs 3
+    python examples/deepctr_user_module.py --rows 20000 --epochs 4
 """
 
 from __future__ import annotations
@@ -120,9 +120,9 @@ def train(columns: list, train_loader: DataLoader, val_loader: DataLoader, epoch
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="DeepFM in a user's LightningModule, then with DimensionSearch")
     parser.add_argument("--rows", type=int, default=20_000, help="MovieLens-100K ratings to read")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--embedding-dim", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--budget", type=float, default=0.5)
     parser.add_argument("--out", default=None, help="where the searched checkpoint goes (default: a temporary folder)")
     parser.add_argument("--seed", type=int, default=0)

@@ -124,10 +124,10 @@ def test_refuses_what_it_cannot_search() -> None:
 
 def test_user_module_searched_to_budget_keeps_auc_and_exports(data_dir: Path, tmp_path: Path) -> None:
     example = _example()
-    columns, train_loader, val_loader = example.loaders(20_000, embedding_dim=8, batch_size=256)
-    plain, plain_auc = example.train(columns, train_loader, val_loader, epochs=3, seed=0)
+    columns, train_loader, val_loader = example.loaders(20_000, embedding_dim=8, batch_size=128)
+    plain, plain_auc = example.train(columns, train_loader, val_loader, epochs=4, seed=0)
     search = DimensionSearch(budget=0.5)
-    searched, search_auc = example.train(columns, train_loader, val_loader, epochs=3, seed=0, search=search)
+    searched, search_auc = example.train(columns, train_loader, val_loader, epochs=4, seed=0, search=search)
 
     assert type(plain) is type(searched) is example.DeepFMClickModule
     summary = search.last_val_summary
