@@ -123,6 +123,7 @@ class DimensionSearch(StatefulCallback):
         elif self._model is not model and self._fields_of(model) != self.fields:
             raise ValueError(f"DimensionSearch was set up for fields {self.fields}; this module's model embeds "
                              f"{self._fields_of(model)}")
+        self._unpatch()                                       # a run that raised leaves its patches: undo them
         self._model, self._trainer = model, trainer
         self._patch(model, "input_from_feature_columns", self._gated_input(model.input_from_feature_columns))
         if stage == "fit":
@@ -151,14 +152,17 @@ class DimensionSearch(StatefulCallback):
         self._saved_attributes.append((owner, name, owner.__dict__.get(name)))
         setattr(owner, name, replacement)
 
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def _unpatch(self) -> None:
         for owner, name, previous in reversed(self._saved_attributes):
             if previous is None:
                 delattr(owner, name)
             else:
                 setattr(owner, name, previous)
         self._saved_attributes = []
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._unpatch()
         self._progress = (trainer.current_epoch, trainer.global_step)
         self._trainer = None
 
@@ -277,7 +281,8 @@ class DimensionSearch(StatefulCallback):
         if not self.gates_active:
             return
         start = self.gate_config.temperature
-        self.gates.set_temperature(TemperatureAnnealing(start, self.temperature_end, self.anneal_steps).value(self.step))
+        anneal = TemperatureAnnealing(start, self.temperature_end, self.anneal_steps)
+        self.gates.set_temperature(anneal.value(self.step))
         self.regularizer_scale = RegularizerWarmup(self.regularizer_steps).value(self.step)
         self.step += 1
 
@@ -323,7 +328,8 @@ class DimensionSearch(StatefulCallback):
     def state_dict(self) -> dict[str, Any]:
         noise = self._noise.get_state() if self._noise is not None and self._noise.device.type == "cpu" \
             else self._noise_state
-        return {"gates": None if self.gates is None else {k: v.detach().cpu() for k, v in self.gates.state_dict().items()},
+        gates = None if self.gates is None else {k: v.detach().cpu() for k, v in self.gates.state_dict().items()}
+        return {"gates": gates,
                 "fields": list(self.fields), "step": self.step, "regularizer_scale": self.regularizer_scale,
                 "anneal_steps": self.anneal_steps, "regularizer_steps": self.regularizer_steps, "noise_state": noise}
 
@@ -336,7 +342,8 @@ class DimensionSearch(StatefulCallback):
 
     def _load_state(self, state: dict[str, Any]) -> None:
         if tuple(state["fields"]) != self.fields:
-            raise ValueError(f"the saved DimensionSearch gated fields {state['fields']}, this model's are {self.fields}")
+            raise ValueError(f"the saved DimensionSearch gated fields {state['fields']}, "
+                             f"this model's are {self.fields}")
         self.gates.load_state_dict(state["gates"])
         self.step, self.regularizer_scale = int(state["step"]), float(state["regularizer_scale"])
         self.anneal_steps, self.regularizer_steps = state["anneal_steps"], state["regularizer_steps"]
