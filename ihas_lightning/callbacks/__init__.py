@@ -12,6 +12,6 @@ from .supernet_sampler import SupernetSampler
 from .temperature_annealing import TemperatureAnnealing
 from .throughput import ThroughputMeter
 
-__all__ = ["BestSearchedCheckpoint", "DimensionSearch", "GateStatisticsLogger", "MissingCallbackStateError", "OptunaPruning",
-           "RegularizerWarmup", "StatefulCallback", "SupernetSampler", "TemperatureAnnealing", "ThroughputMeter",
+__all__ = ["BestSearchedCheckpoint", "DimensionSearch", "GateStatisticsLogger", "MissingCallbackStateError",
+           "OptunaPruning", "RegularizerWarmup", "StatefulCallback", "SupernetSampler", "TemperatureAnnealing", "ThroughputMeter",
            "load_callbacks", "preset_names"]
