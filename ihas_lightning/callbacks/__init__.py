@@ -13,5 +13,5 @@ from .temperature_annealing import TemperatureAnnealing
 from .throughput import ThroughputMeter
 
 __all__ = ["BestSearchedCheckpoint", "DimensionSearch", "GateStatisticsLogger", "MissingCallbackStateError",
-           "OptunaPruning", "RegularizerWarmup", "StatefulCallback", "SupernetSampler", "TemperatureAnnealing", "ThroughputMeter",
-           "load_callbacks", "preset_names"]
+           "OptunaPruning", "RegularizerWarmup", "StatefulCallback", "SupernetSampler", "TemperatureAnnealing",
+           "ThroughputMeter", "load_callbacks", "preset_names"]
