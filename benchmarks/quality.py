@@ -125,8 +125,9 @@ def _ci(d: dict) -> str:
 def markdown(results: dict) -> str:
     lines = ["# Quality at equal footprint, one set of defaults", "",
              f"{results['created']}; commit {results['provenance']['commit']}; `{results['provenance']['command']}`. "
-             f"Per data set one split (--split-seed 0), {results['seeds']} initialization seeds; every run is "
-             "`ihas run` with its defaults plus `--fieldwise --mde-baseline`. Test AUC differences are per seed "
+             f"Per data set one split (--split-seed 0), up to {results['seeds']} initialization seeds (the column "
+             f"says how many finished{'' if results.get('complete', True) else '; the run was stopped before the rest'}"
+             "); every run is `ihas run` with its defaults plus `--fieldwise --mde-baseline`. Test AUC differences are per seed "
              "(same split), mean and 95% t-interval.", "",
              "| data / backbone | seeds | (c) iHAS | (c)-(b) uniform same footprint | (c)-(f) field-wise "
              "| (c)-(g) freq. MDE | (c)-(a) uniform 16 | footprint (c)/(a) | kept (validation) | req. |",
