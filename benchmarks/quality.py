@@ -127,8 +127,8 @@ def markdown(results: dict) -> str:
              f"{results['created']}; commit {results['provenance']['commit']}; `{results['provenance']['command']}`. "
              f"Per data set one split (--split-seed 0), up to {results['seeds']} initialization seeds (the column "
              f"says how many finished{'' if results.get('complete', True) else '; the run was stopped before the rest'}"
-             "); every run is `ihas run` with its defaults plus `--fieldwise --mde-baseline`. Test AUC differences are per seed "
-             "(same split), mean and 95% t-interval.", "",
+             "); every run is `ihas run` with its defaults plus `--fieldwise --mde-baseline`. Test AUC differences "
+             "are per seed (same split), mean and 95% t-interval.", "",
              "| data / backbone | seeds | (c) iHAS | (c)-(b) uniform same footprint | (c)-(f) field-wise "
              "| (c)-(g) freq. MDE | (c)-(a) uniform 16 | footprint (c)/(a) | kept (validation) | req. |",
              "|---|---|---|---|---|---|---|---|---|---|"]
