@@ -65,6 +65,17 @@ def _age_bucket(age: int) -> str:
     return "56+"
 
 
+def _star_ratings(values: list[str], lines: list[int], source: str) -> np.ndarray:
+    """Integer ratings 1-5 of a ratings file; a bad one names its file, line and column."""
+    ratings = np.array([_int_field(v, source, line, "rating") for v, line in zip(values, lines)])
+    bad = np.flatnonzero((ratings < 1) | (ratings > 5))
+    if bad.size:
+        i = int(bad[0])
+        raise DataFormatError(f"rating must be 1..5, got {ratings[i]}", source=source, line=lines[i],
+                              column="rating")
+    return ratings
+
+
 def _int_field(value: str, source: str, line: int, column: str) -> int:
     try:
         return int(value)
@@ -129,12 +140,7 @@ def read_movielens_100k(directory: PathLike, *, min_rating: int = 4) -> RawColum
     data_table = read_rows(folder / "u.data", delimiter="\t", quoted=False)
     data, lines = select_columns(data_table, ("user_id", "item_id", "rating", "timestamp"), header=False)
     source = data_table.source
-    ratings = np.array([_int_field(v, source, line, "rating") for v, line in zip(data["rating"], lines)])
-    bad_rating = np.flatnonzero((ratings < 1) | (ratings > 5))
-    if bad_rating.size:
-        i = int(bad_rating[0])
-        raise DataFormatError(f"rating must be 1..5, got {ratings[i]}", source=source, line=lines[i],
-                              column="rating")
+    ratings = _star_ratings(data["rating"], lines, source)
     user_rows = _lookup(data["user_id"], user_index, lines, source, "user_id", user_table.source)
     item_rows = _lookup(data["item_id"], item_index, lines, source, "item_id", item_table.source)
     zips = users["zip"]
@@ -248,12 +254,7 @@ def _ml1m_ratings_exact(path: Path, user_index: dict[str, int], movie_index: dic
     table = read_separated_rows(path, "::", encoding="latin-1")
     data, lines = select_columns(table, _ML1M_RATING_COLUMNS, header=False)
     source = table.source
-    stars = np.array([_int_field(v, source, line, "rating") for v, line in zip(data["rating"], lines)])
-    bad_rating = np.flatnonzero((stars < 1) | (stars > 5))
-    if bad_rating.size:
-        i = int(bad_rating[0])
-        raise DataFormatError(f"rating must be 1..5, got {stars[i]}", source=source, line=lines[i],
-                              column="rating")
+    stars = _star_ratings(data["rating"], lines, source)
     user_rows = _lookup(data["user_id"], user_index, lines, source, "user_id", users_source)
     movie_rows = _lookup(data["movie_id"], movie_index, lines, source, "movie_id", movies_source)
     return (to_sparse(data["user_id"]), to_sparse(data["movie_id"]), stars, np.asarray(user_rows, dtype=np.int64),
