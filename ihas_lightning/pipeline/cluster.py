@@ -21,10 +21,10 @@ from ..run_config import RunConfig
 from .run_directory import RunDirectory
 from .search import load_searched_module, searched_masks
 
-__all__ = ["PrefixScorer", "stage_cluster"]
+__all__ = ["PrefixScorer", "mask_stream", "stage_cluster"]
 
 
-def _mask_stream(module: SearchModule, dm: CTRDataModule, split: str) -> Callable[[], Iterator[torch.Tensor]]:
+def mask_stream(module: SearchModule, dm: CTRDataModule, split: str) -> Callable[[], Iterator[torch.Tensor]]:
     """Deterministic gate masks (B, F, D) of a split, streamed batch by batch."""
 
     def stream() -> Iterator[torch.Tensor]:
@@ -95,7 +95,7 @@ def stage_cluster(run: RunDirectory, run_config: RunConfig, dm: CTRDataModule | 
     min_dim = run_config.gate.min_dim
     config = ClusterConfig(k=run_config.cluster.k, candidate_dims=run_config.cluster.candidate_dims,
                            min_dim=min_dim, allow_drop_field=min_dim == 0, seed=run_config.model.seed)
-    train_masks, val_masks = _mask_stream(module, dm, "train"), _mask_stream(module, dm, "val")
+    train_masks, val_masks = mask_stream(module, dm, "train"), mask_stream(module, dm, "val")
     dim = module.hparams.dim
     result = cluster(lambda: (m.flatten(1) for m in train_masks()), train_masks, len(fields), dim,
                      config, val_feature_stream=lambda: (m.flatten(1) for m in val_masks()))

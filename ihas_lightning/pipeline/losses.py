@@ -18,7 +18,7 @@ tables. The step with the largest drop is the one to fix (see docs/design.md#44-
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,7 @@ from ..data.datamodule import CTRDataModule
 from ..modules import SearchModule
 from ..modules.retrain_module import prefix_masks
 from ..run_config import RunConfig
+from .cluster import mask_stream
 from .retrain import build_retrain_module
 from .run_directory import RunDirectory
 from .search import load_searched_module, searched_masks
@@ -60,12 +61,6 @@ def _masked_logits(search: SearchModule, batches: list[dict[str, Tensor]],
     return torch.cat(logits)
 
 
-def _train_masks(search: SearchModule, dm: CTRDataModule) -> Iterator[Tensor]:
-    with torch.no_grad():
-        for batch in dm.stream("train", shuffle=False):
-            yield searched_masks(search, batch)
-
-
 @torch.no_grad()
 def stage_losses(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None = None) -> dict:
     """Validation AUC and logloss after each step (:data:`LOSS_STEPS`); writes ``DIR/losses/metrics.json``.
@@ -84,7 +79,7 @@ def stage_losses(run: RunDirectory, config: RunConfig, dm: CTRDataModule | None 
     labels = torch.cat([batch["label"] for batch in batches])
     groups = {id(batch): clusters.predict(searched_masks(search, batch).flatten(1)) for batch in batches}
     hist = sum(active_count_histogram(m, clusters.predict(m.flatten(1)), clusters.k)
-               for m in _train_masks(search, dm))
+               for m in mask_stream(search, dm, "train")())
     min_dim = config.gate.min_dim
     raw = assign_dims(hist, range(dim + 1), min_dim=min_dim, allow_drop_field=min_dim == 0)       # (K, F)
     snapped = torch.as_tensor(run.metrics("cluster")["dims_before_budget"])                         # (K, F)
