@@ -203,9 +203,10 @@ class LightningEpochClock(pl.Callback):
 
 
 def time_one_epoch(module: pl.LightningModule, splits: dict, encoder: Any, batch_size: int, device: str,
-                   callbacks: Sequence[pl.Callback] = ()) -> dict[str, float]:
+                   callbacks: Sequence[pl.Callback] = (), batches: int | None = None) -> dict[str, float]:
     """Fit ``module`` for one epoch on encoded ``splits`` (no validation, logger, checkpoints or progress bar):
-    the training epoch's seconds (``LightningEpochClock``), the whole ``fit`` call's, and samples/s."""
+    the training epoch's seconds (``LightningEpochClock``), the whole ``fit`` call's, and samples/s.
+    ``batches`` stops the epoch after that many batches."""
     from ihas_lightning import CTRDataModule
 
     gc.collect()  # the previous run's module <-> trainer cycle goes before this run's clock starts
@@ -213,12 +214,13 @@ def time_one_epoch(module: pl.LightningModule, splits: dict, encoder: Any, batch
     datamodule = CTRDataModule.from_encoded(splits, encoder, batch_size=batch_size)
     trainer = pl.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_epochs=1,
                          limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False, logger=False,
-                         enable_checkpointing=False, enable_model_summary=False, callbacks=[clock, *callbacks])
+                         enable_checkpointing=False, enable_model_summary=False, callbacks=[clock, *callbacks],
+                         limit_train_batches=batches)
     begin = time.perf_counter()
     trainer.fit(module, datamodule)
     fit_seconds = time.perf_counter() - begin
-    return {"seconds": clock.seconds, "fit_seconds": fit_seconds,
-            "samples_per_s": len(splits["train"]) / clock.seconds}
+    rows = len(splits["train"]) if batches is None else min(len(splits["train"]), batches * batch_size)
+    return {"seconds": clock.seconds, "fit_seconds": fit_seconds, "samples_per_s": rows / clock.seconds}
 
 
 def speed_notes(payload: dict[str, Any], repeats: int) -> list[str]:
