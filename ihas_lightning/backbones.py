@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .data.schema import Schema
 
 __all__ = ["BACKBONES", "UNSUPPORTED_BACKBONES", "CTRBackbone", "build_backbone", "check_backbone_name",
-           "feature_columns", "mean_pooled", "narrow_tables", "import_deepctr"]
+           "feature_columns", "mean_pooled", "narrow_tables", "import_deepctr", "width_multiple"]
 
 EmbeddingTransform = Callable[[Tensor], Tensor]
 
@@ -66,6 +66,12 @@ def check_backbone_name(name: str, refusal: str = "is not supported") -> None:
         raise ValueError(f"backbone '{name}' {refusal}: it {UNSUPPORTED_BACKBONES[name]}")
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}")
+
+
+def width_multiple(name: str, options: dict | None = None) -> int:
+    """The number a backbone's common embedding width must be a multiple of: AutoInt's attention splits it into
+    ``att_head_num`` heads (DeepCTR-Torch's default 2); every other backbone takes any width."""
+    return int((options or {}).get("att_head_num", 2)) if name == "AutoInt" else 1
 
 
 def mean_pooled(table: nn.Embedding, ids: Tensor, dtype: torch.dtype) -> Tensor:

@@ -1,7 +1,7 @@
 """``ihas transfer``: a tiny DeepFM run's groups on DeepFM and DCN over two model seeds, against the uniform
 baselines; the JSON/Markdown/PNG outputs, statistics recomputed from the stages' own metrics files, the split
-kept fixed across model seeds, the run's own stages reused, no stage redone, and the refusal of unsupported
-backbones.
+kept fixed across model seeds, every variant started from the searched tables with fresh dense layers and
+trained for the same steps, no stage redone, and the refusal of unsupported backbones.
 """
 
 from __future__ import annotations
@@ -13,16 +13,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import torch
+
 from ihas_lightning.backbones import UNSUPPORTED_BACKBONES
 from ihas_lightning.cli import main
-from ihas_lightning.experiments.transfer import TransferConfig, matched_dim
-from ihas_lightning.pipeline import RunDirectory, stage_baseline
+from ihas_lightning.experiments.transfer import TransferConfig
+from ihas_lightning.footprint_dims import footprint_gap, matched_field_dims
+from ihas_lightning.modules import BackboneModule
+from ihas_lightning.pipeline import RunDirectory, build_retrain_module, stage_baseline
+from ihas_lightning.pipeline.retrain import TABLE_PREFIXES, load_tables
+from ihas_lightning.pipeline.search import load_searched_module
+from ihas_lightning.safe_load import load_torch_file
 from ihas_lightning.training import datamodule_from_config
 
 TINY = ["--data", "synthetic", "--rows", "3000", "--epochs", "2", "--warmup-epochs", "1", "--retrain-epochs", "1",
         "--baseline-epochs", "1", "--dnn", "16,8", "--dim", "8", "--quiet"]
 TARGETS = ("DeepFM", "DCN")
-VARIANT_STAGES = {"ihas": "ihas", "uniform": "uniform16", "matched": "matched"}
+VARIANT_STAGES = {"ihas": "ihas", "uniform": "uniform8", "matched": "matched"}  # uniform: the search's dim
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +49,13 @@ def test_transfer_json_structure(transferred: Path) -> None:
     for row in result["rows"]:
         assert set(row) == {"backbone", "ihas", "uniform", "matched"}
         ihas, uniform, matched = row["ihas"], row["uniform"], row["matched"]
-        assert uniform["dim"] == 16 and ihas["dim"] is None
-        # matched: iHAS's embedding parameters at one uniform dimension
-        assert matched["dim"] == matched_dim(ihas["embedding_params"], result["embedding_rows"], row["backbone"])
-        assert abs(matched["dim"] - ihas["embedding_params"] / result["embedding_rows"]) <= 0.5
-        assert uniform["embedding_params"] == 16 * result["embedding_rows"]
-        assert ihas["embedding_params"] < uniform["embedding_params"]
+        assert uniform["dim"] == 8 and ihas["dim"] is None and result["uniform_dim"] == 8
+        # matched: every field d or d + 1 columns, tables at iHAS's whole footprint (tables + router)
+        assert ihas["footprint_params"] > ihas["embedding_params"]          # the router counts
+        assert matched["dims"] is not None and max(matched["dims"].values()) - min(matched["dims"].values()) <= 1
+        assert abs(footprint_gap(matched["footprint_params"], ihas["footprint_params"])) <= 0.01
+        assert uniform["embedding_params"] == 8 * result["embedding_rows"]
+        assert ihas["footprint_params"] < uniform["footprint_params"]
         # DeepFM and DCN are counted by flops_per_sample
         assert all(v["flops_per_sample"] > 0 for v in (ihas, uniform, matched))
         for variant in (ihas, uniform, matched):
@@ -72,38 +80,63 @@ def test_transfer_statistics_from_per_seed_metrics(transferred: Path) -> None:
                 assert stats["per_seed"] == pytest.approx(values.tolist(), abs=1e-12)
                 assert stats["mean"] == pytest.approx(values.mean(), abs=1e-12)
                 assert stats["std"] == pytest.approx(values.std(ddof=1), abs=1e-12)
-            assert row[variant]["embedding_params"] == per_seed[0]["embedding_params"]
+            assert row[variant]["footprint_params"] == per_seed[0]["footprint_params"]
     md = (transferred / "transfer" / "transfer.md").read_text()
     dcn = result["rows"][1]["ihas"]["test_auc"]
     assert f"{dcn['mean']:.4f} ± {dcn['std']:.4f}" in md
 
 
 def test_transfer_seeds_vary_the_model_not_the_split(transferred: Path) -> None:
-    # Model seed 0 of DCN, retrained here by hand on the run's own data module (split seed 0), is the
-    # transfer's stage: same split, same initialization, same batch order -> the same numbers.
-    config = RunDirectory(transferred).load_config(quiet=True)
+    # Model seed 0 of DCN, retrained here by hand on the run's own data module (split seed 0) from the searched
+    # tables, is the transfer's stage: same split, same start, same batch order -> the same numbers.
+    run = RunDirectory(transferred)
+    config = run.load_config(quiet=True)
     config = replace(config, model=replace(config.model, seed=0))
-    check = stage_baseline(RunDirectory(transferred), config, 16, "check", datamodule_from_config(config.data),
-                           backbone="DCN")
-    seed0 = json.loads((transferred / "transfer/DCN/seed0/uniform16/metrics.json").read_text())
+    check = stage_baseline(run, config, 8, "check", datamodule_from_config(config.data), backbone="DCN",
+                           init_tables=load_searched_module(run).state_dict())
+    seed0 = json.loads((transferred / "transfer/DCN/seed0/uniform8/metrics.json").read_text())
     assert check["test_auc"] == pytest.approx(seed0["test_auc"], abs=1e-6)
     assert check["test_logloss"] == pytest.approx(seed0["test_logloss"], rel=1e-6)
     # Another model seed gives another model.
-    seed1 = json.loads((transferred / "transfer/DCN/seed1/uniform16/metrics.json").read_text())
+    seed1 = json.loads((transferred / "transfer/DCN/seed1/uniform8/metrics.json").read_text())
     assert seed1["test_logloss"] != seed0["test_logloss"]
 
 
-def test_the_runs_own_stages_are_reused_not_retrained(transferred: Path) -> None:
-    # On the searched backbone at the run's seed, `ihas run` already trained iHAS. Its `baseline_matched` mixes
-    # d and d+1 across fields at iHAS's footprint, not the transfer's one uniform dimension: not reused.
-    for variant, own in (("ihas", "retrain"), ("uniform16", None), ("matched", None)):
-        metrics = json.loads((transferred / f"transfer/DeepFM/seed0/{variant}/metrics.json").read_text())
-        if own is None:  # the run's `baseline` is at --dim 8, not 16; its matched model is another one: trained here
-            assert "reused_from" not in metrics
+def test_every_variant_trains_the_same_steps(transferred: Path) -> None:
+    # The same epochs for all three variants of a target, on the searched backbone too (no short fine-tuning).
+    for backbone in TARGETS:
+        steps = {stage: load_torch_file(transferred / f"transfer/{backbone}/seed0/{stage}/checkpoints/last.ckpt",
+                                        "a test checkpoint")["global_step"] for stage in VARIANT_STAGES.values()}
+        assert len(set(steps.values())) == 1 and min(steps.values()) > 0, steps
+
+
+def test_every_variant_starts_from_the_searched_tables_with_fresh_dense_layers(transferred: Path) -> None:
+    run = RunDirectory(transferred)
+    config = run.load_config(quiet=True)
+    dm = datamodule_from_config(config.data)
+    searched = load_searched_module(run).state_dict()
+    # matched baseline: tables cut to d / d + 1 columns, dense layers those of a fresh module with its seed
+    dims = matched_field_dims(int(5.5 * sum(dm.vocab_sizes.values())), dm.vocab_sizes, dm.schema.embedded_fields)
+    assert set(dims.values()) == {5, 6}
+    fresh = BackboneModule(dm.schema, dm.vocab_sizes, config=config.model, field_dims=dims)
+    started = BackboneModule(dm.schema, dm.vocab_sizes, config=config.model, field_dims=dims)
+    load_tables(started, searched)
+    tables = [k for k in started.state_dict() if k.startswith(TABLE_PREFIXES)]
+    assert tables
+    for key, value in started.state_dict().items():
+        if key in tables:
+            assert torch.equal(value, searched[key][:, :value.shape[1]]), key
         else:
-            assert metrics["reused_from"] == str(transferred / own)
-            assert metrics["test_auc"] == json.loads((transferred / own / "metrics.json").read_text())["test_auc"]
-    assert "reused_from" not in json.loads((transferred / "transfer/DeepFM/seed1/ihas/metrics.json").read_text())
+            assert torch.equal(value, fresh.state_dict()[key]), key
+    # iHAS on the searched backbone itself: the searched tables, not the searched dense layers
+    module = build_retrain_module(run, config, dm, "DeepFM", tables_only=True)
+    dnn = "backbone.model.dnn.linears.0.weight"
+    assert not torch.equal(module.state_dict()[dnn], searched[dnn])
+    table = next(k for k in module.state_dict() if k.startswith(TABLE_PREFIXES[0]))
+    width = module.state_dict()[table].shape[1]
+    assert torch.equal(module.state_dict()[table], searched[table][:, :width])
+    with pytest.raises(ValueError, match="cannot start table"):
+        load_tables(BackboneModule(dm.schema, dm.vocab_sizes, config=replace(config.model, dim=16)), searched)
 
 
 def test_finished_stages_are_not_redone(transferred: Path) -> None:
@@ -135,12 +168,21 @@ def test_unknown_backbone_and_bad_seeds() -> None:
         TransferConfig(backbones=("DCN",), seeds=0)
 
 
-@pytest.mark.parametrize(("params", "rows", "backbone", "expected"), [
-    (28776, 3910, "DCN", 7),      # 7.36 -> 7
-    (28776, 3910, "AutoInt", 8),  # AutoInt's two attention heads need an even dimension: 8 is nearer than 6
-    (100, 1000, "DCN", 1),        # never below 1
-    (100, 1000, "AutoInt", 2),
-])
-def test_matched_dim_is_the_nearest_dimension_the_backbone_accepts(params: int, rows: int, backbone: str,
-                                                                  expected: int) -> None:
-    assert matched_dim(params, rows, backbone) == expected
+def test_uniform_dim_above_the_searched_one_is_refused(transferred: Path) -> None:
+    with pytest.raises(ValueError, match="exceeds the search's dimension 8"):
+        from ihas_lightning.experiments.transfer import run_transfer
+        run_transfer(transferred, TransferConfig(backbones=("DCN",), uniform_dim=16), quiet=True)
+
+
+def test_autoint_at_odd_field_widths_pads_to_its_heads(transferred: Path) -> None:
+    # AutoInt splits the common width into 2 attention heads: widths 3/4 build at 4, 6/7 at 8, and it predicts.
+    config = RunDirectory(transferred).load_config(quiet=True)
+    dm = datamodule_from_config(config.data)
+    fields = dm.schema.embedded_fields
+    for widths, built in (((3, 4), 4), ((6, 7), 8)):
+        dims = {f: widths[i % 2] for i, f in enumerate(fields)}
+        module = BackboneModule(dm.schema, dm.vocab_sizes, config=replace(config.model, backbone="AutoInt"),
+                                field_dims=dims)
+        assert module.hparams.dim == built and module.field_dims == dims
+        batch = next(iter(dm.stream("val", shuffle=False)))
+        assert torch.isfinite(module(batch)).all()

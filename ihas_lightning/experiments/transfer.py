@@ -1,23 +1,25 @@
 """Transferability: a run's searched groups and dimensions on other backbones.
 
 A run searched on backbone A. For every target backbone B this retrains A's groups (the searched router and
-the per-group dimensions) on B, and trains B at a uniform dimension (16 by default) and at the uniform
-dimension with iHAS's embedding parameters ("matched"), all on the run's own split::
+the per-group dimensions) on B, and trains B at a uniform dimension (the search's by default) and at
+per-field widths with iHAS's whole footprint (tables + router; every field ``d`` or ``d + 1`` columns,
+:func:`~ihas_lightning.footprint_dims.matched_field_dims`: "matched"), all on the run's own split::
 
     DIR/transfer/<B>/seed<k>/ihas/       retrained groups (TensorBoard, checkpoints, metrics.json)
     DIR/transfer/<B>/seed<k>/uniform16/  B at the uniform dimension
-    DIR/transfer/<B>/seed<k>/matched/    B at the parameter-matched uniform dimension
+    DIR/transfer/<B>/seed<k>/matched/    B at iHAS's footprint
     DIR/transfer/transfer.json, transfer.md, transfer.png
 
 Seeds. The split comes from the run's ``seed`` (``run.json``) and never changes here; seed ``k`` is the
 *model seed*: weight initialization and the order of training batches. A stage whose ``metrics.json``
 exists is done and is not redone.
 
-Schedule. Except on the searched backbone itself (where the groups warm-start from the search and that
-starting point competes with the fine-tuning's epochs, as in ``ihas run``), the retrained groups start from
-fresh weights, so they get the uniform baselines' schedule (``baseline_epochs`` at ``lr``) rather than the
-short fine-tuning schedule of ``ihas run``: all three variants of a target then train equally long from
-scratch, and differ only in their dimensions. See docs/design.md#7-transferability.
+One start, one schedule. The three variants of a target differ only in their dimensions: each starts its
+embedding and first-order tables from the search's trained tables, cut to its own widths (iHAS: each field at
+its widest group's width; uniform: the first ``uniform_dim`` columns; matched: the first ``d``/``d + 1``), its
+dense layers fresh (on the searched backbone too), and each trains for the run's ``baseline_epochs`` at its
+``lr``. So the search's epochs count for every variant alike, and no variant inherits trained dense layers.
+See docs/design.md#7-transferability.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ import numpy as np
 
 from ..backbones import check_backbone_name
 from ..data.datamodule import CTRDataModule
+from ..footprint_dims import matched_field_dims, width_label
 from ..pipeline import RunDirectory, embedding_rows, stage_baseline, stage_retrain
+from ..pipeline.search import load_searched_module
 from ..run_config import RunConfig
 from ..training import datamodule_from_config, write_json
 
@@ -58,45 +62,31 @@ class TransferConfig:
     Args:
         backbones: target DeepCTR-Torch models (see ``BACKBONES``).
         seeds: model seeds ``0 .. seeds-1`` (initialization and batch order; the split stays the run's).
-        uniform_dim: the uniform baseline's dimension.
+        uniform_dim: the uniform baseline's dimension; None (default): the search's. It starts from the
+            searched tables' first columns, so it cannot exceed the search's dimension.
     """
 
     backbones: tuple[str, ...]
     seeds: int = 3
-    uniform_dim: int = 16
+    uniform_dim: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backbones", check_backbones(tuple(self.backbones)))
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
-        if self.uniform_dim < 1:
+        if self.uniform_dim is not None and self.uniform_dim < 1:
             raise ValueError(f"uniform_dim must be >= 1, got {self.uniform_dim}")
 
-    def stage(self, backbone: str, seed: int, variant: str) -> str:
-        name = f"uniform{self.uniform_dim}" if variant == "uniform" else variant
+    def stage(self, backbone: str, seed: int, variant: str, uniform_dim: int) -> str:
+        name = f"uniform{uniform_dim}" if variant == "uniform" else variant
         return f"transfer/{backbone}/seed{seed}/{name}"
 
 
-# Uniform dimensions a backbone accepts besides "any positive integer": AutoInt's attention splits the embedding
-# into att_head_num (2 by default) heads.
-_DIM_MULTIPLE = {"AutoInt": 2}
-
-
-def matched_dim(params: int, rows: int, backbone: str) -> int:
-    """The uniform dimension whose embedding parameters are nearest iHAS's, among those ``backbone`` accepts."""
-    step = _DIM_MULTIPLE.get(backbone, 1)
-    exact = params / rows
-    candidates = range(step, step * (int(exact // step) + 2) + 1, step)
-    return min(candidates, key=lambda d: (abs(d - exact), d))
-
-
-def _seeded(config: RunConfig, dm: CTRDataModule, model_seed: int, backbone: str
-            ) -> tuple[RunConfig, CTRDataModule]:
-    """The run's config and split with ``model_seed`` for initialization and batch order only."""
-    seeded_config = replace(config, model=replace(config.model, seed=model_seed))
-    if backbone != config.model.backbone:  # fresh weights: the baselines' schedule (module docstring)
-        seeded_config = replace(seeded_config, retrain=replace(config.retrain, epochs=config.baseline_epochs,
-                                                               lr=config.model.lr))
+def _seeded(config: RunConfig, dm: CTRDataModule, model_seed: int) -> tuple[RunConfig, CTRDataModule]:
+    """The run's config and split with ``model_seed`` for initialization and batch order only, and the
+    baselines' schedule for the retrained groups too (module docstring)."""
+    seeded_config = replace(config, model=replace(config.model, seed=model_seed),
+                            retrain=replace(config.retrain, epochs=config.baseline_epochs, lr=config.model.lr))
     seeded = CTRDataModule.from_encoded(dm.splits, dm.encoder, batch_size=dm.batch_size, seed=model_seed,
                                         eval_batch_size=dm.eval_batch_size)
     return seeded_config, seeded
@@ -117,84 +107,49 @@ def summarize(runs: list[dict], dim: int | None) -> dict:
     """One variant of one backbone: mean/std over seeds of the metrics, and its size (same for every seed)."""
     return {"dim": dim, **{m: _stats([r[m] for r in runs]) for m in METRICS},
             "embedding_params": int(runs[0]["embedding_params"]),
+            "footprint_params": int(runs[0].get("footprint_params", runs[0]["embedding_params"])),
+            "dims": runs[0].get("dims"),
             "flops_per_sample": _finite(runs[0]["flops_per_sample"]), "seeds": [r["model_seed"] for r in runs]}
 
 
-def _baseline_options(config: RunConfig) -> dict:
-    """The settings that decide a uniform baseline's result besides its backbone, dimension and model seed."""
-    data = config.data
-    return {"data": data.data, "format": data.format, "schema": data.schema, "test": data.test, "rows": data.rows,
-            "min_count": data.min_count, "batch_size": data.batch_size, "seed": data.seed,
-            "dnn": config.model.dnn_hidden_units, "lr": config.model.lr, "baseline_epochs": config.baseline_epochs,
-            "accelerator": config.trainer.accelerator}
-
-
-def _reuse(run: RunDirectory, stage: str, donor: RunDirectory | None, donor_stage: str, dim: int | None) -> None:
-    """Copy a finished stage that is this one by construction instead of training it again.
-
-    Two cases: the run's own ``retrain``/``baseline``/``baseline_matched`` are the source backbone's stages at
-    the run's seed; and two searches on one data set (say on DeepFM and on DCN) share their targets' uniform
-    baselines (``baselines_from``). The copy records where it came from; a stage trained here is never replaced.
-    """
-    if donor is None or run.done(stage) or not donor.done(donor_stage) or donor.metrics(donor_stage).get("dim") != dim:
-        return
-    write_json(run.stage(stage) / "metrics.json",
-               {**donor.metrics(donor_stage), "reused_from": str(donor.stage(donor_stage))})
-
-
-def _check_donor(run: RunDirectory, donor: RunDirectory) -> None:
-    ours, theirs = _baseline_options(run.load_config()), _baseline_options(donor.load_config())
-    differ = [k for k in ours if ours[k] != theirs[k]]
-    if differ:
-        raise ValueError(f"baselines_from '{donor.root}' differs from '{run.root}' in {differ}: its baselines "
-                         "are not comparable")
-
-
-def run_transfer(run_dir: str | Path, config: TransferConfig, quiet: bool | None = None,
-                 baselines_from: str | Path | None = None) -> dict:
-    """Train every (backbone, seed, variant) not yet done; write ``transfer.json``, ``.md`` and ``.png``.
-
-    ``baselines_from``: another run directory on the same split and options whose finished uniform baselines
-    are reused instead of retrained (see :func:`_reuse`).
-    """
+def run_transfer(run_dir: str | Path, config: TransferConfig, quiet: bool | None = None) -> dict:
+    """Train every (backbone, seed, variant) not yet done; write ``transfer.json``, ``.md`` and ``.png``."""
     run = RunDirectory(run_dir)
     config_run = run.load_config(quiet=quiet)  # None: as the run was started
-    donor = RunDirectory(baselines_from) if baselines_from else None
-    if donor is not None:
-        _check_donor(run, donor)
     clusters = run.stage("cluster") / "clusters.json"
     if not clusters.exists():
         raise FileNotFoundError(f"{clusters} is missing: finish the search and clustering first (`ihas run`)")
+    search_state = load_searched_module(run).state_dict()          # every variant's tables start from these
+    search_dim = config_run.model.dim
+    uniform_dim = config.uniform_dim or search_dim
+    if uniform_dim > search_dim:
+        raise ValueError(f"--uniform-dim {uniform_dim} exceeds the search's dimension {search_dim}: the uniform "
+                         "baseline starts from the searched tables' first columns")
     dm = datamodule_from_config(config_run.data, config_run.trainer.threads)  # the run's split, for every stage
+    fields = dm.schema.embedded_fields
     rows_total = embedding_rows(dm.vocab_sizes)
     rows = []
     for backbone in config.backbones:
         runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-        dims: dict[str, int | None] = {"ihas": None, "uniform": config.uniform_dim}
         for seed in range(config.seeds):
-            seeded_config, seeded = _seeded(config_run, dm, seed, backbone)
-            own = backbone == config_run.model.backbone and seed == config_run.model.seed  # `ihas run` trained these
-            if own:
-                _reuse(run, config.stage(backbone, seed, "ihas"), run, "retrain", None)
-            ihas = stage_retrain(run, seeded_config, seeded, backbone=backbone,
-                                 stage=config.stage(backbone, seed, "ihas"))
-            dims["matched"] = matched_dim(ihas["embedding_params"], rows_total, backbone)
-            found = {"ihas": ihas}
-            for variant in ("uniform", "matched"):
-                if own:
-                    _reuse(run, config.stage(backbone, seed, variant), run,
-                           "baseline" if variant == "uniform" else "baseline_matched", dims[variant])
-                _reuse(run, config.stage(backbone, seed, variant), donor, config.stage(backbone, seed, variant),
-                       dims[variant])
-                found[variant] = stage_baseline(run, seeded_config, dims[variant],
-                                                config.stage(backbone, seed, variant), seeded, backbone=backbone)
+            seeded_config, seeded = _seeded(config_run, dm, seed)
+            stage = {v: config.stage(backbone, seed, v, uniform_dim) for v in VARIANTS}
+            ihas = stage_retrain(run, seeded_config, seeded, backbone=backbone, stage=stage["ihas"], tables_only=True)
+            matched = matched_field_dims(ihas["footprint_params"], dm.vocab_sizes, fields)
+            found = {"ihas": ihas,
+                     "uniform": stage_baseline(run, seeded_config, uniform_dim, stage["uniform"], seeded,
+                                               backbone=backbone, init_tables=search_state),
+                     "matched": stage_baseline(run, seeded_config, max(matched.values()), stage["matched"], seeded,
+                                               backbone=backbone, field_dims=matched, init_tables=search_state)}
             for variant, metrics in found.items():
                 runs[variant].append({**metrics, "model_seed": seed})
-        rows.append({"backbone": backbone, **{v: summarize(runs[v], dims[v]) for v in VARIANTS}})
+        rows.append({"backbone": backbone, **{v: summarize(runs[v], runs[v][0].get("dim") if v != "ihas" else None)
+                                              for v in VARIANTS}})
     result = {"run": str(run.root), "source_backbone": config_run.model.backbone, "dataset": config_run.data.data,
               "format": config_run.data.format, "split_seed": config_run.data.seed,
-              "model_seeds": list(range(config.seeds)), "search_dim": config_run.model.dim,
-              "uniform_dim": config.uniform_dim, "embedding_rows": rows_total, "rows": rows}
+              "model_seeds": list(range(config.seeds)), "search_dim": search_dim, "uniform_dim": uniform_dim,
+              "epochs": config_run.baseline_epochs, "start": "searched tables cut to each variant's widths",
+              "embedding_rows": rows_total, "rows": rows}
     out = run.stage("transfer")
     write_json(out / "transfer.json", result)
     write_markdown(result, out / "transfer.md")
@@ -208,20 +163,22 @@ def _cell(stats: dict) -> str:
 
 
 def write_markdown(result: dict, path: Path) -> Path:
-    """One row per backbone and variant: mean ± std over seeds, embedding parameters, FLOPs per sample."""
+    """One row per backbone and variant: mean ± std over seeds, footprint (tables + router), FLOPs per sample."""
     names = {"ihas": f"iHAS (searched on {result['source_backbone']})", "uniform": "uniform", "matched": "matched"}
     lines = [f"# Transfer of dimensions searched on {result['source_backbone']}", "",
              f"Data `{result['dataset']}` (split seed {result['split_seed']}); model seeds {result['model_seeds']}; "
-             "mean ± sample std over seeds.", "",
-             "| backbone | variant | dim | test AUC | test logloss | embedding params | FLOPs/sample |",
+             f"mean ± sample std over seeds. Every variant: tables from the {result['start']}, fresh dense layers, "
+             f"{result['epochs']} epochs.", "",
+             "| backbone | variant | widths | test AUC | test logloss | footprint params | FLOPs/sample |",
              "|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         for variant in VARIANTS:
             entry = row[variant]
             flops = entry["flops_per_sample"]
-            lines.append(f"| {row['backbone']} | {names[variant]} | {entry['dim'] or 'per group'} | "
+            widths = "per group" if variant == "ihas" else width_label(entry)
+            lines.append(f"| {row['backbone']} | {names[variant]} | {widths} | "
                          f"{_cell(entry['test_auc'])} | {_cell(entry['test_logloss'])} | "
-                         f"{entry['embedding_params']:,} | {f'{flops:,.0f}' if flops is not None else 'n/a'} |")
+                         f"{entry['footprint_params']:,} | {f'{flops:,.0f}' if flops is not None else 'n/a'} |")
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -237,15 +194,15 @@ def plot(result: dict, path: Path) -> Path:
     colors = plt.get_cmap("tab10")
     for index, row in enumerate(result["rows"]):
         color = colors(index % 10)
-        uniform = sorted((row["uniform"], row["matched"]), key=lambda e: e["embedding_params"])
-        axis.errorbar([e["embedding_params"] for e in uniform], [e["test_auc"]["mean"] for e in uniform],
+        uniform = sorted((row["uniform"], row["matched"]), key=lambda e: e["footprint_params"])
+        axis.errorbar([e["footprint_params"] for e in uniform], [e["test_auc"]["mean"] for e in uniform],
                       yerr=[e["test_auc"]["std"] or 0.0 for e in uniform], fmt="o--", color=color, capsize=3,
                       label=row["backbone"])
         ihas = row["ihas"]
-        axis.errorbar([ihas["embedding_params"]], [ihas["test_auc"]["mean"]], yerr=[ihas["test_auc"]["std"] or 0.0],
+        axis.errorbar([ihas["footprint_params"]], [ihas["test_auc"]["mean"]], yerr=[ihas["test_auc"]["std"] or 0.0],
                       fmt="*", markersize=13, color=color, capsize=3)
     axis.plot([], [], "k*", markersize=10, label=f"iHAS (searched on {result['source_backbone']})")
-    axis.set_xlabel("embedding parameters")
+    axis.set_xlabel("footprint parameters (tables + router)")
     axis.set_ylabel("test AUC (mean ± std over seeds)")
     axis.set_title(f"transfer from {result['source_backbone']} on {Path(str(result['dataset'])).name}")
     axis.legend(fontsize=7, ncol=2)

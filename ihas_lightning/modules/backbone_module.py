@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ..backbones import build_backbone, narrow_tables
+from ..backbones import build_backbone, narrow_tables, width_multiple
 from ..data.schema import Schema
 from .base import CTRModule
 from .config import BackboneConfig
@@ -28,7 +28,8 @@ class BackboneModule(CTRModule):
         embedding_updates: ``"rowwise"`` (default) or ``"dense"`` table updates (see :class:`BackboneConfig`).
         config: all of the above in one :class:`BackboneConfig`; when given, it replaces them.
         field_dims: per-field widths (every embedded field, each >= 1): the backbone is built at
-            ``dim = max(field_dims)`` (replacing ``config.dim``) and each table is stored at its own width
+            ``dim = max(field_dims)`` (replacing ``config.dim``; rounded up to a multiple of AutoInt's attention
+            heads, see ``width_multiple``) and each table is stored at its own width
             (``narrow_tables``), zero-padded to ``dim`` on the way in, which is exact for FM inner products and
             linear layers. None (default): every table at ``dim``.
 
@@ -50,7 +51,9 @@ class BackboneModule(CTRModule):
         hparams = {"schema": schema.to_dict(), "vocab_sizes": dict(vocab_sizes)}
         if field_dims is not None:
             field_dims = _checked_field_dims(field_dims, schema.embedded_fields)
-            config = BackboneConfig(**{**config.hparams(), "dim": max(field_dims.values())})
+            multiple = width_multiple(config.backbone, config.options)
+            widest = -(-max(field_dims.values()) // multiple) * multiple
+            config = BackboneConfig(**{**config.hparams(), "dim": widest})
             hparams["field_dims"] = field_dims
         self.save_hyperparameters({**hparams, **config.hparams()})
         self.backbone = build_backbone(config.backbone, schema, vocab_sizes, config.dim, **config.build_kwargs())
