@@ -16,7 +16,10 @@ from ihas_lightning.data import datamodule as datamodule_module
 from ihas_lightning.data.datamodule import CTRDataModule, split_rows
 from ihas_lightning.data.encoders import MISSING_ID, OOV_ID, EncodedColumns
 from ihas_lightning.data.readers import read_data
+from ihas_lightning.data.cache import EncodedStore
 from ihas_lightning.data.schema import DataFormatError
+from ihas_lightning.data.synthetic import SyntheticCTR
+from ihas_lightning.data.synthetic_config import SyntheticConfig
 from ihas_lightning.modules import BackboneModule
 
 
@@ -160,6 +163,34 @@ def test_synthetic_is_deterministic_by_seed(tmp_path: Path) -> None:
     sparse = a.split("train").sparse
     assert sparse.min() >= 2  # integer ids 0..V-1 shifted past the missing and OOV ids
     assert all(sparse[:, i].max() < size for i, size in enumerate(a.vocab_sizes.values()))
+
+
+def test_synthetic_config_shapes_the_streamed_cache(tmp_path: Path) -> None:
+    # Criteo's layout in miniature: more fields than the default, skewed cardinalities, read from disk.
+    config = SyntheticConfig(num_sparse=6, num_dense=3, vocab_sizes=(300, 120, 60, 25, 9, 4), zipf_exponent=1.3)
+    dm = ready(CTRDataModule("synthetic", rows=5000, seed=2, cache_dir=str(tmp_path), in_memory=False,
+                             synthetic_config=config))
+    assert all(isinstance(dm.split(n), EncodedStore) for n in ("train", "val", "test"))
+    assert dm.schema.sparse == ("C1", "C2", "C3", "C4", "C5", "C6") and dm.schema.dense == ("I1", "I2", "I3")
+    assert list(dm.vocab_sizes.values()) == [302, 122, 62, 27, 11, 6]      # + the missing and OOV ids
+    train = dm.split("train").read_all()
+    assert train.sparse.shape == (4000, 6) and train.dense.shape == (4000, 3)
+    # The cache holds exactly the generator's rows (training split: data seed 3 * seed + 1), ids shifted by 2.
+    rows = SyntheticCTR(config, seed=2).generate(4000, seed=7)
+    np.testing.assert_array_equal(train.sparse, rows.sparse + 2)
+    np.testing.assert_array_equal(train.labels, rows.labels)
+    # Zipf(1.3) over C1's 300 ids: the most frequent id takes far more than a uniform 1/300 share.
+    assert np.bincount(train.sparse[:, 0]).max() / len(train.sparse) > 0.1
+
+    default = CTRDataModule("synthetic", rows=5000, seed=2, cache_dir=str(tmp_path))
+    assert dm.cache_dir != default.cache_dir
+    # The default config, spelled out, shares the cache of no config (caches made before the argument existed).
+    same = CTRDataModule("synthetic", rows=5000, seed=2, cache_dir=str(tmp_path), synthetic_config=SyntheticConfig())
+    assert same.cache_dir == default.cache_dir
+    with pytest.raises(TypeError, match="must be a SyntheticConfig, got dict"):
+        CTRDataModule("synthetic", cache_dir=str(tmp_path), synthetic_config={"num_sparse": 6})
+    with pytest.raises(ValueError, match="synthetic data only, not format 'csv'"):
+        CTRDataModule(str(tmp_path), format="csv", cache_dir=str(tmp_path), synthetic_config=config)
 
 
 def test_clear_errors(criteo_file: Path, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from .loader import BatchStream, StreamLoader
 from .readers import FORMATS, read_data
 from .schema import RawColumns, Schema
 from .synthetic import SyntheticCTR
+from .synthetic_config import SyntheticConfig
 
 __all__ = ["CTRDataModule", "check_both_classes", "remove_stale_temporaries", "split_rows"]
 
@@ -76,6 +77,10 @@ class CTRDataModule(pl.LightningDataModule):
         batch_size: training batch size; evaluation uses ``eval_batch_size`` (default 4x).
         cache_dir: where encoded caches live (default ``~/.cache/ihas_lightning``).
         in_memory: load the cache into RAM (default: when it has fewer than 2M rows).
+        synthetic_config: the shape of the synthetic rows (fields, cardinalities, Zipf exponent, ...) when
+            ``data`` is ``"synthetic"``; ``None`` is ``SyntheticConfig()`` (8 sparse + 4 dense fields). Part of
+            the cache fingerprint unless it equals the default, so caches made without it are reused. Python
+            API only: ``DataConfig`` (and so ``run.json`` and the CLI) does not carry it.
 
     Example:
         >>> dm = CTRDataModule("../shared/data/criteo/train-10k.txt", format="criteo", batch_size=512)
@@ -85,11 +90,17 @@ class CTRDataModule(pl.LightningDataModule):
     def __init__(self, data: str = "synthetic", format: str | None = None, schema: str | None = None,
                  test: str | None = None, rows: int = 60_000, val_share: float = 0.1, test_share: float = 0.1,
                  seed: int = 0, min_count: int = 1, batch_size: int = 1024, eval_batch_size: int | None = None,
-                 cache_dir: str | None = None, in_memory: bool | None = None) -> None:
+                 cache_dir: str | None = None, in_memory: bool | None = None,
+                 synthetic_config: SyntheticConfig | None = None) -> None:
         super().__init__()
         self.format = format or _guess_format(data)
         if self.format not in (*FORMATS, "synthetic"):
             raise ValueError(f"unknown data format {self.format!r}; expected one of {', '.join(FORMATS)}, synthetic")
+        if synthetic_config is not None:
+            if not isinstance(synthetic_config, SyntheticConfig):
+                raise TypeError(f"synthetic_config must be a SyntheticConfig, got {type(synthetic_config).__name__}")
+            if self.format != "synthetic":
+                raise ValueError(f"synthetic_config applies to synthetic data only, not format {self.format!r}")
         if self.format != "synthetic" and not Path(data).exists():
             raise FileNotFoundError(f"data '{data}' does not exist")
         if not 0 < val_share < 1 or not 0 <= test_share < 1 or val_share + test_share >= 1:
@@ -103,6 +114,7 @@ class CTRDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size or 4 * batch_size
         self.cache_root = Path(cache_dir or os.environ.get("IHAS_CACHE", Path.home() / ".cache" / "ihas_lightning"))
         self.in_memory = in_memory
+        self.synthetic_config = synthetic_config
         self.encoder: FeatureEncoder | None = None
         self.splits: dict[str, EncodedColumns | EncodedStore] = {}
         self._contents: dict[str, str] = {}                   # input path -> content fingerprint
@@ -224,6 +236,8 @@ class CTRDataModule(pl.LightningDataModule):
         if self.format == "synthetic":
             options["rows"] = self.rows
             options["synthetic_encoder"] = "tokens-logstd"  # caches written before the token encoder are not reused
+            if self.synthetic_config is not None and self.synthetic_config != SyntheticConfig():
+                options["synthetic_config"] = asdict(self.synthetic_config)
         for key in ("data", "test", "schema"):
             if options[key] and Path(options[key]).exists():
                 path = Path(options[key]).resolve()
@@ -247,7 +261,7 @@ class CTRDataModule(pl.LightningDataModule):
         return {"train": raw.take(train_rows), "val": raw.take(val_rows), "test": raw.take(test_rows)}
 
     def _write_synthetic(self, target: Path) -> FeatureEncoder:
-        generator = SyntheticCTR(seed=self.seed)
+        generator = SyntheticCTR(self.synthetic_config, seed=self.seed)
         sizes = {"val": int(self.rows * self.val_share), "test": int(self.rows * self.test_share)}
         sizes = {"train": self.rows - sizes["val"] - sizes["test"], **sizes}
         schema = generator.schema
