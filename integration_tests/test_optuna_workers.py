@@ -138,7 +138,7 @@ def postgres_url():
         connection.autocommit = True
         connection.cursor().execute("CREATE DATABASE optuna")
         connection.close()
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
+        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"           # no driver named, as in the README
     finally:
         subprocess.run(prefix + [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
                        check=False, capture_output=True, timeout=120)
