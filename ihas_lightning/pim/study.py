@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import json
 import math
 import multiprocessing
@@ -204,6 +205,7 @@ def make_storage(url: str, heartbeat_s: int | None = 30) -> optuna.storages.Base
         raise ValueError(f"storage {url!r} is neither a database URL (sqlite:///..., postgresql://...) nor a journal "
                          f"file (journal:PATH or a path ending in {'/'.join(JOURNAL_SUFFIXES)})")
     engine: dict[str, Any] = {"pool_pre_ping": True}
+    url = _with_installed_driver(url)
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -215,6 +217,15 @@ def make_storage(url: str, heartbeat_s: int | None = 30) -> optuna.storages.Base
             grace_period=2 * heartbeat_s if heartbeat_s else None,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
             if heartbeat_s else None)
+
+
+def _with_installed_driver(url: str) -> str:
+    """``postgresql://`` names no driver, and SQLAlchemy 2.1 then imports psycopg (3): with only psycopg2 installed
+    (the ``[test]`` extra's ``psycopg2-binary``) the README's ``--storage postgresql://...`` would fail to import."""
+    if (url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None
+            and importlib.util.find_spec("psycopg2") is not None):
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
 
 
 def _sqlite_connection(path: str) -> sqlite3.Connection:
