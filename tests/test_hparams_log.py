@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.plugin_event_multiplexer import EventM
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from ihas_lightning.cli import main
-from ihas_lightning.hparams_log import METRIC_KEYS
+from ihas_lightning.hparams_log import METRIC_KEYS, run_metrics
 
 RUN_FILE = {"data": {"rows": 2000, "batch_size": 256}, "model": {"dim": 4, "dnn_hidden_units": [8]},
             "trainer": {"epochs": 2, "quiet": True}, "search": {"warmup_epochs": 1}, "retrain": {"epochs": 1},
@@ -45,7 +45,8 @@ def _session(folder: Path) -> tuple[dict, dict[str, float]]:
     content = accumulator.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    hparams = {name: getattr(value, value.WhichOneof("kind")) for name, value in start.session_start_info.hparams.items()}
+    hparams = {name: getattr(value, value.WhichOneof("kind"))
+               for name, value in start.session_start_info.hparams.items()}
     tags = [info.name.tag for info in experiment.metric_infos]
     scalars = {}
     for tag in tags:
@@ -118,3 +119,13 @@ def test_a_rerun_replaces_the_run_s_session(runs: Path) -> None:
     before = _session(runs / "run" / "hparams")
     assert main(_run_argv(runs)) == 0                        # every stage done: only the summaries are rewritten
     assert _session(runs / "run" / "hparams") == before      # one events file, the same values
+
+
+def test_every_variant_a_run_trained_is_logged_and_a_missing_figure_is_left_out(runs: Path) -> None:
+    metrics = json.loads((runs / "run" / "metrics.json").read_text())
+    metrics["baseline_mde"] = {**metrics["baseline_matched"], "test_auc": 0.61, "flops_per_sample": None}
+    metrics["ihas_separate"] = {**metrics["ihas"], "test_logloss": 0.52}
+    logged = run_metrics(metrics)
+    assert (logged["baseline_mde/test_auc"], logged["ihas_separate/test_logloss"]) == (0.61, 0.52)
+    assert "baseline_mde/flops_per_sample" not in logged and "ihas_separate/flops_per_sample" in logged
+    assert logged["kept/test_auc"] == metrics[metrics["selection"]["kept"]]["test_auc"]
