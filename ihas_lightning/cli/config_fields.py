@@ -145,8 +145,9 @@ def nested_config(config: RunConfig, options: Mapping[str, Any]) -> dict[str, An
 
 def read_nested(data: Mapping[str, Any], dests: frozenset[str], path: str,
                 command: str) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
-    """A RunConfig command's file, as ``(options, sources, fields)``: the option values it sets (dest -> value,
-    not yet checked against the options' types), the key each came from, and every dotted field it names."""
+    """A RunConfig command's file, as ``(options, sources, nested)``: the option values it sets (dest -> value,
+    not yet checked against the options' types and choices), the key each came from, and every ``RunConfig``
+    field it names (dotted name -> value, checked against the field's type)."""
     keys = _used_keys(dests)
     nested: dict[str, Any] = {}
     options: dict[str, Any] = {}
@@ -181,8 +182,8 @@ def _put(options: dict[str, Any], sources: dict[str, str], dest: str, value: Any
 
 
 def _options_of(nested: Mapping[str, Any]) -> dict[str, Any]:
-    """The option values of the dotted fields that have an option, by field (``split_seed``, ``sparsity_weight``
-    by the option's dest where a field maps to another option than its own)."""
+    """The option values the dotted fields give, by field (:data:`OPTION_OF` names each one's option); a field
+    that follows others (``data.seed``, ``gate.budget``, ...) only where it says more than they do."""
     out: dict[str, Any] = {}
     for key, value in nested.items():
         if key not in OPTION_OF or key in _DERIVED:
