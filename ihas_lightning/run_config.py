@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from .data.config import DataConfig
@@ -18,7 +18,7 @@ from .modules.config import BackboneConfig
 from .modules.retrain_module import ROUTERS
 
 __all__ = ["BUDGET_FITS", "ClusterOptions", "RetrainConfig", "RunConfig", "SearchConfig", "TrainerConfig",
-           "check_at_least", "parse_ints", "parse_widths"]
+           "check_at_least", "flatten_config", "parse_ints", "parse_widths"]
 
 BUDGET_FITS = ("auto", "loss", "gates")
 """How the cluster stage narrows the shared tables to the budget: measured validation logloss, open gates, or
@@ -29,6 +29,17 @@ def check_at_least(name: str, value: Any, minimum: int, note: str = "") -> None:
     """A ValueError naming ``name`` unless ``value`` is an int >= ``minimum`` (a bool is not a count)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}{' ' + note if note else ''}, got {value!r}")
+
+
+def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model.dim": 16, ...}``: a config's fields by dotted name, down to values that are not configs (a tuple
+    or a dict stays one value), for comparing two configs or logging one."""
+    if is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {}
+        for item in fields(value):
+            out.update(flatten_config(getattr(value, item.name), f"{prefix}{item.name}."))
+        return out
+    return {prefix.rstrip("."): value}
 
 
 def parse_widths(text: str) -> tuple[int, ...]:
@@ -254,7 +265,8 @@ class RunConfig:
                             polarization_weight=get("polarization", 0.1)),
             search=SearchConfig(gate_lr=get("gate_lr", 3e-3), warmup_epochs=get("warmup_epochs", default_warmup),
                                 init_from=get("init_from"), checkpoint=get("search_checkpoint", "last"),
-                                callbacks=get("config")),
+                                # `--callbacks`; an older flat run.json named it `config`
+                                callbacks=get("callbacks") if "callbacks" in options else get("config")),
             cluster=ClusterOptions(k=get("k", 4), budget_fit=get("budget_fit", "loss"),
                                    candidate_dims=parse_ints(candidate_dims, "--candidate-dims")
                                    if isinstance(candidate_dims, str) else tuple(candidate_dims)),

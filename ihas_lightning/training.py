@@ -21,6 +21,7 @@ from .callbacks.throughput import ThroughputMeter
 from .checkpoint_io import AtomicCheckpointIO
 from .data.config import DataConfig
 from .data.datamodule import CTRDataModule
+from .hparams_log import HPARAMS_FOLDER, hparam_values, write_hparams
 from .modules import BackboneModule
 from .modules.config import BackboneConfig
 from .run_config import TrainerConfig
@@ -65,7 +66,9 @@ def make_trainer(config: TrainerConfig, stage_dir: Path, callbacks: Sequence[Cal
         strategy = "ddp_find_unused_parameters_true"
     return pl.Trainer(max_epochs=max_epochs or config.epochs, accelerator=config.accelerator,
                       devices=config.devices, strategy=strategy, num_nodes=config.num_nodes,
-                      logger=TensorBoardLogger(str(stage_dir), name="tensorboard", version=""),
+                      # no hparams session per stage: TensorBoard's HPARAMS tab lists whole runs (hparams_log)
+                      logger=TensorBoardLogger(str(stage_dir), name="tensorboard", version="",
+                                               default_hp_metric=False),
                       callbacks=all_callbacks, enable_progress_bar=not config.quiet, enable_model_summary=False,
                       deterministic=False, log_every_n_steps=10, plugins=[AtomicCheckpointIO()],
                       # no_grad, not inference mode, outside fit: tensors made by ``checkpoint_start``'s validate
@@ -121,7 +124,7 @@ def checkpoint_start(module: pl.LightningModule, dm: pl.LightningDataModule, tra
 
 def train_backbone(data: DataConfig, model: BackboneConfig, trainer: TrainerConfig, out: str | Path) -> dict:
     """``ihas train``: one backbone at a uniform dimension, fitted (resumed from ``out``'s ``last.ckpt``) and
-    tested; writes and returns ``out/metrics.json``."""
+    tested; writes and returns ``out/metrics.json`` (and ``out/hparams/``: see :mod:`.hparams_log`)."""
     pl.seed_everything(model.seed, workers=True)
     out = Path(out)
     dm = datamodule_from_config(data, trainer.threads)
@@ -138,6 +141,9 @@ def train_backbone(data: DataConfig, model: BackboneConfig, trainer: TrainerConf
         "data": data.data, "format": dm.format, "epochs": trainer.epochs, "seed": model.seed,
     }
     write_json(out / "metrics.json", metrics)
+    write_hparams(out / HPARAMS_FOLDER, hparam_values({"data": data, "model": model, "trainer": trainer}),
+                  {f"kept/{key}": float(metrics[key]) for key in ("test_auc", "test_logloss", "val_auc",
+                                                                  "embedding_params") if metrics[key] is not None})
     return metrics
 
 

@@ -154,7 +154,7 @@ def test_the_search_cli_refuses_a_code_running_config(tmp_path, capsys) -> None:
     code = main(["search", "--data", "synthetic", "--rows", "400", "--epochs", "1", "--warmup-epochs", "0",
                  "--dnn", "8",
                  "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--quiet",
-                 "--config", str(config)])
+                 "--callbacks", str(config)])
     assert code == 2 and not marker.exists()
     assert "refusing class_path 'os.system'" in capsys.readouterr().err
 
@@ -162,7 +162,7 @@ def test_the_search_cli_refuses_a_code_running_config(tmp_path, capsys) -> None:
 def test_the_search_cli_takes_a_preset_name_from_any_directory(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)                          # no clone around: the preset comes from the package
     code = main(["search", "--data", "synthetic", "--rows", "600", "--epochs", "2", "--dnn", "8", "--out", "run",
-                 "--cache-dir", "cache", "--quiet", "--config", "search_fast_anneal"])
+                 "--cache-dir", "cache", "--quiet", "--callbacks", "search_fast_anneal"])
     assert code == 0
     state = torch.load(tmp_path / "run" / "search" / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
     assert "TemperatureAnnealing{'start': 0.6667, 'end': 0.2, 'steps': 150}" in state

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .config_file import add_config_arguments, apply_config_file, config_yaml, parse_command_line
+
 if TYPE_CHECKING:
     from ..run_config import RunConfig
 
@@ -25,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in _SUBCOMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(subparsers)
+    for command in subparsers.choices.values():
+        add_config_arguments(command)                        # --config FILE.yaml, --print-config: every command
     return parser
 
 
@@ -33,18 +37,25 @@ def parse_run_config(argv: Sequence[str]) -> RunConfig:
     running it: for scripts that keep their settings as command lines and call ``run_pipeline`` themselves."""
     from .common import run_config_from_args
 
-    return run_config_from_args(build_parser().parse_args(list(argv)))
+    parser = build_parser()
+    return run_config_from_args(apply_config_file(parser, list(argv), parse_command_line(parser, list(argv))))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ihas`` with ``argv``; returns the exit code: 0, 2 after an expected error (one line on stderr,
-    see ``errors.EXPECTED_ERRORS``; the traceback with ``--debug``), 130 after Ctrl+C."""
-    args = build_parser().parse_args(argv)
+    see ``errors.EXPECTED_ERRORS``; the traceback with ``--debug``), 130 after Ctrl+C. With ``--print-config``
+    the command's configuration is printed instead of run (see :mod:`.config_file`)."""
+    parser = build_parser()
+    args = parse_command_line(parser, argv)
     from .errors import EXPECTED_ERRORS, INTERRUPTED_EXIT_CODE, describe, interrupt_flag
     from .quiet import quiet_output
 
     with interrupt_flag() as interrupted:
         try:
+            args = apply_config_file(parser, argv, args)
+            if args.print_config:
+                print(config_yaml(parser, args), end="")
+                return 0
             with quiet_output(wants_quiet(args)):
                 args.handler(args)
         except (KeyboardInterrupt, SystemExit) as stop:

@@ -54,8 +54,14 @@ def add_trainer_arguments(parser: argparse.ArgumentParser, epochs: int = 3) -> N
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The :class:`RunConfig` of a command's options (those it lacks keep ``ihas run``'s defaults)."""
-    config = RunConfig.from_options({k: v for k, v in vars(args).items() if k not in ("handler", "command")})
+    """The :class:`RunConfig` of a command's options (those it lacks keep ``ihas run``'s defaults) and of the
+    fields its ``--config`` file sets that no option sets."""
+    from .config_file import CONFIG_DESTS
+    from .config_fields import with_fields
+
+    config = RunConfig.from_options({k: v for k, v in vars(args).items()
+                                     if k not in ("handler", "command", *CONFIG_DESTS)})
+    config = with_fields(config, getattr(args, "config_fields", None) or {})   # a --config file's other fields
     if getattr(args, "rows", None) is not None and not config.data.synthetic:
         raise ValueError(f"--rows sets the size of synthetic data, and '{config.data.data}' is a file read whole: "
                          "drop --rows (or take a sample of the file)")

@@ -42,8 +42,8 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--search-checkpoint", choices=["best", "last"], default="best",
                        help="which searched epoch the later stages read: 'best' validation AUC among the gated "
                             "epochs (default; CTR models overfit after an epoch or two) or the 'last'")
-    group.add_argument("--config", default=None,
-                       help=f"callbacks: a packaged preset ({', '.join(preset_names())}) or a YAML file of "
+    group.add_argument("--callbacks", default=None,
+                       help=f"a packaged callbacks preset ({', '.join(preset_names())}) or a YAML file of "
                             "class_path/init_args entries; default: annealing, warm-up, statistics")
 
 

@@ -13,6 +13,7 @@ Stages hand each other files, never hidden state::
     DIR/baseline_mde/         mixed-dimension embeddings at iHAS's footprint, alpha chosen on validation (opt-in)
     DIR/fieldwise_cluster/, DIR/fieldwise/   the search clustered with K = 1 and retrained (opt-in)
     DIR/metrics.json          everything above in one place, and which model the run keeps (``selection``)
+    DIR/hparams/              TensorBoard hparams: the run's settings with its final figures (``hparams_log``)
 
 A stage whose ``metrics.json`` exists is done and is not redone; a stage interrupted during training resumes
 from its ``checkpoints/last.ckpt``.
@@ -23,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .. import training
+from ..hparams_log import HPARAMS_FOLDER, hparam_values, run_metrics, write_hparams
 from ..run_config import RunConfig
 from .baselines import stage_matched_baseline, stage_mde_baseline
 from .cluster import stage_cluster
@@ -44,7 +46,8 @@ written before these counts existed report None for the missing ones."""
 
 
 def run_pipeline(config: RunConfig, on_stage_done: StageHook | None = None, restart: bool = False) -> dict:
-    """Run every stage not yet done in ``config.out``; write and return ``DIR/metrics.json``.
+    """Run every stage not yet done in ``config.out``; write and return ``DIR/metrics.json`` (and write
+    ``DIR/hparams/``, the run's settings and final figures for TensorBoard's HPARAMS tab).
 
     ``on_stage_done(name, metrics)`` is called after the search stage ran here (the CLI prints its table).
     The folder is locked while it runs; one that holds a run with other result options is refused, or with
@@ -79,7 +82,10 @@ def _run_stages(run: RunDirectory, config: RunConfig, on_stage_done: StageHook |
         stage_mde_baseline(run, config, target, dm)
     if config.fieldwise:
         stage_fieldwise(run, config, dm)
-    return collect_metrics(run, config)
+    metrics = collect_metrics(run, config)
+    # after every stage: TensorBoard's HPARAMS tab then lists the run's settings beside its test figures
+    write_hparams(run.root / HPARAMS_FOLDER, hparam_values(config), run_metrics(metrics))
+    return metrics
 
 
 def _footprint(retrain: dict) -> int:

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from ..hparams_log import HPARAMS_FOLDER
 from ..json_files import read_json_object
 from ..run_config import RunConfig
 from ..training import write_json
@@ -135,9 +136,9 @@ class RunDirectory:
                          and (entry.name in _RUN_STAGES or entry.name.startswith("retrain_")))
 
     def clear(self) -> None:
-        """Remove the run's stages, ``metrics.json`` and ``run.json`` (see ``_RUN_STAGES``)."""
+        """Remove the run's stages, ``metrics.json``, its hparams and ``run.json`` (see ``_RUN_STAGES``)."""
         for entry in (self.root.iterdir() if self.root.is_dir() else ()):
-            if entry.is_dir() and (entry.name in _RUN_STAGES or entry.name.startswith("retrain_")):
+            if entry.is_dir() and (entry.name in (*_RUN_STAGES, HPARAMS_FOLDER) or entry.name.startswith("retrain_")):
                 shutil.rmtree(entry)
             elif entry.name in ("run.json", "metrics.json"):
                 entry.unlink()

@@ -21,11 +21,11 @@ that a command started from another folder reads the same files.
 from __future__ import annotations
 
 import os
-from dataclasses import fields, is_dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..run_config import RunConfig
+from ..run_config import RunConfig, flatten_config
 
 __all__ = ["EXECUTION_OPTIONS", "absolute_paths", "option_differences", "path_options"]
 
@@ -39,7 +39,7 @@ EXECUTION_OPTIONS = frozenset({
 _FLAGS = {
     "data.data": "--data", "data.seed": "--seed", "model.seed": "--seed", "model.dnn_hidden_units": "--dnn",
     "gate.polarization_weight": "--polarization", "gate.allow_drop_field": "--min-dim",
-    "search.checkpoint": "--search-checkpoint", "search.callbacks": "--config", "trainer.epochs": "--epochs",
+    "search.checkpoint": "--search-checkpoint", "search.callbacks": "--callbacks", "trainer.epochs": "--epochs",
     "retrain.epochs": "--retrain-epochs", "retrain.lr": "--retrain-lr", "retrain.init_from": "--retrain-init-from",
     "model.lr": "--lr", "data.val_share": "val_share", "data.test_share": "test_share",
     "data.eval_batch_size": "eval_batch_size", "model.dnn_dropout": "dnn_dropout",
@@ -49,15 +49,6 @@ _FLAGS = {
 # (dotted field, may be a packaged preset name rather than a file)
 _PATHS = (("data.data", False), ("data.test", False), ("data.schema", False), ("data.cache_dir", False),
           ("search.init_from", False), ("retrain.init_from", False), ("search.callbacks", True))
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if is_dataclass(value):
-        out: dict[str, Any] = {}
-        for item in fields(value):
-            out.update(_flatten(getattr(value, item.name), f"{prefix}{item.name}."))
-        return out
-    return {prefix.rstrip("."): value}
 
 
 def _flag(name: str) -> str:
@@ -91,7 +82,7 @@ def option_differences(old: RunConfig, new: RunConfig, started: frozenset[str] |
     ``retrain``), an option that only shapes stages not yet started may change: e.g. ``--retrain-init-from``
     on a run whose search and clustering are done and whose retraining has not begun.
     """
-    before, after = _flatten(old), _flatten(new)
+    before, after = flatten_config(old), flatten_config(new)
     seen: dict[str, str] = {}
     for name, value in after.items():
         if name in EXECUTION_OPTIONS or before.get(name) == value or not _shapes(name, started):
@@ -111,7 +102,7 @@ def path_options(config: RunConfig) -> dict[str, str]:
     """The set path-valued fields of ``config`` that name files (not ``"synthetic"`` or a preset name)."""
     from ..callbacks.presets import preset_names
 
-    flat = _flatten(config)
+    flat = flatten_config(config)
     found = {}
     for name, may_be_preset in _PATHS:
         value = flat[name]
