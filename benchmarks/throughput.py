@@ -24,7 +24,7 @@ Zipf ids keep the same from batch to batch.
 
 Usage:
     python benchmarks/throughput.py --threads 1 --repeats 3                  # capped, 1M rows
-    python benchmarks/throughput.py --vocab criteo --repeats 3 --batches 16  # Criteo's vocabulary sizes
+    python benchmarks/throughput.py --vocab criteo --repeats 3 --batches 8   # Criteo's vocabulary sizes
     python benchmarks/throughput.py --device cuda        # ours with accelerator="gpu", DeepCTR on cuda:0
 """
 
