@@ -15,7 +15,7 @@ import torch
 
 from ihas_lightning.cli import main
 from ihas_lightning.pim import ModelSpec, PIMConfig, cache_hit_rate, estimate, zipf_hot_share
-from ihas_lightning.pim.pareto import TORS_LIMITS, choose_point, front_summary, write_outputs
+from ihas_lightning.pim.pareto import TORS_LIMITS, choose_point, front_summary
 from ihas_lightning.pim.search_space import Candidate, model_spec
 from ihas_lightning.pim.standalone import train_standalone
 from ihas_lightning.pim.study import StudySettings, build_objective, candidate_of, run_study
