@@ -18,7 +18,7 @@ from ihas_lightning.pim import ModelSpec, PIMConfig, cache_hit_rate, estimate, z
 from ihas_lightning.pim.pareto import TORS_LIMITS, choose_point, front_summary
 from ihas_lightning.pim.search_space import Candidate, model_spec
 from ihas_lightning.pim.standalone import train_standalone
-from ihas_lightning.pim.study import StudySettings, build_objective, candidate_of, run_study
+from ihas_lightning.pim.study import PIMObjective, StudySettings, build_objective, candidate_of, run_study
 from ihas_lightning.pim.sweep import crossover, pim_configs, scaled, table_size_sweep
 from ihas_lightning.supernet import SubArchitecture
 
@@ -166,7 +166,8 @@ def test_cli_trains_the_baseline_and_reports_points_chosen_on_validation(run_dir
 
 
 def test_validation_aucs_are_computed_once_per_candidate(run_dir, monkeypatch):
-    objective = build_objective(StudySettings(run_dir=str(run_dir)))
+    built = build_objective(StudySettings(run_dir=str(run_dir)))
+    objective = PIMObjective(built.module, built.space, built.batches)                    # a fresh memo
     calls = []
     score = objective.module.evaluate_subnet
     monkeypatch.setattr(objective.module, "evaluate_subnet", lambda *a, **k: calls.append(a[0]) or score(*a, **k))
@@ -176,6 +177,12 @@ def test_validation_aucs_are_computed_once_per_candidate(run_dir, monkeypatch):
     objective.accuracy(sub, "fp32")
     objective.accuracy(sub, "fp16", batches=objective.batches[:1])   # other batches: never from the memo
     assert len(calls) == 3
+    # objectives built on one supernet share their memo, whatever their cost vocabulary
+    other = SubArchitecture(objective.space.fields, (4,) * len(objective.space.fields), (4, 2))
+    auc = built.accuracy(other, "int8")
+    big = {f: 10**6 for f in built.space.fields}
+    assert build_objective(StudySettings(run_dir=str(run_dir), cost_vocab=big)).accuracy(other, "int8") == auc
+    assert len(calls) == 4                                                        # built's own call, once
 
 
 def test_cost_vocabulary_changes_costs_not_accuracy(run_dir, tmp_path):

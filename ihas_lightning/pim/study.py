@@ -151,12 +151,15 @@ class PIMObjective:
         space: the search space (:meth:`SearchSpace.from_module`).
         batches: the evaluation batches (validation; kept in memory).
         max_auc_drop: optional largest validation AUC drop against the full supernet.
+        memo: validation AUCs already computed on ``module`` and ``batches`` (objectives that differ only in
+            costs share one; see :meth:`accuracy`).
     """
 
-    def __init__(self, module: Any, space: SearchSpace, batches: Sequence[dict], max_auc_drop: float | None = None):
+    def __init__(self, module: Any, space: SearchSpace, batches: Sequence[dict], max_auc_drop: float | None = None,
+                 memo: dict[tuple, float] | None = None):
         self.module, self.space, self.batches = module, space, list(batches)
         self.max_auc_drop = max_auc_drop
-        self._aucs: dict[tuple, float] = {}
+        self._aucs = {} if memo is None else memo  # validation AUCs by candidate, shared by objectives of one module
         self.baseline_auc = self.accuracy(space.full, "fp32")
 
     def accuracy(self, subarch: Any, precision: str, batches: Sequence[dict] | None = None) -> float:
@@ -273,7 +276,9 @@ def _study(settings: StudySettings, seed: int) -> optuna.Study:
 def build_objective(settings: StudySettings) -> PIMObjective:
     """The trial objective of a study: the run's trained supernet scored on its validation batches.
 
-    The validation batches are read once per loaded supernet and kept, so the workers of a study share them.
+    The validation batches are read once per loaded supernet and kept, so the workers of a study share them, and
+    so are the validation AUCs of the candidates scored: a second study on the same supernet (another cost
+    vocabulary, say) scores none of them again.
     """
     module, dm = load_supernet(settings.run_dir)
     key = ("val", id(module))
@@ -283,10 +288,11 @@ def build_objective(settings: StudySettings) -> PIMObjective:
                                     mode=settings.mode)
     if settings.cost_vocab is not None:
         space = space.at_vocabulary(settings.cost_vocab, settings.cost_zipf)
-    return PIMObjective(module, space, _BATCHES[key], settings.max_auc_drop)
+    return PIMObjective(module, space, _BATCHES[key], settings.max_auc_drop, memo=_AUCS.setdefault(key, {}))
 
 
 _BATCHES: dict[tuple, list] = {}
+_AUCS: dict[tuple, dict] = {}
 
 
 def _dim_choices(run_dir: str, module: Any) -> tuple[int, ...]:
