@@ -220,3 +220,17 @@ def test_standalone_retrain_of_a_sub_architecture(run_dir):
     assert again == metrics
     with pytest.raises(ValueError, match="dim >= 1"):
         train_standalone(run_dir, SubArchitecture(fields, (0,) * len(fields), (8, 4)), stage="bad")
+
+
+def test_cli_costs_at_given_vocabularies_and_refuses_malformed_ones(run_dir, capsys):
+    fields = build_objective(StudySettings(run_dir=str(run_dir))).space.fields
+    sizes = ",".join(f"{f}={10**6 + i}" for i, f in enumerate(fields))
+    assert main(["pim", "--run", str(run_dir), "--trials", "2", "--baseline-epochs", "0", "--study-name", "big",
+                 "--cost-vocab", sizes, "--cost-zipf", "1.2"]) == 0
+    study = optuna.load_study(study_name="big", storage=f"sqlite:///{run_dir / 'pim' / 'study.db'}")
+    space = study.user_attrs["search_space"]
+    assert space["vocab_sizes"] == [10**6 + i for i in range(len(fields))]
+    assert space["hot_share"][0] == pytest.approx(zipf_hot_share(10**6, 1.2))
+    assert main(["pim", "--run", str(run_dir), "--trials", "1", "--baseline-epochs", "0",
+                 "--cost-vocab", "C1=many"]) == 2
+    assert "FIELD=ROWS" in capsys.readouterr().err
