@@ -8,10 +8,11 @@ Per data set:
    benchmark's recipe (``ihas run``'s baseline: batch 1024, 5 + 2 epochs; :mod:`ihas_lightning.pim.standalone`);
 3. the multi-objective study (TPE; validation AUC with inherited weights, latency and energy ratios), whose
    reported points are chosen on validation only: the highest validation AUC among front points within the
-   TORS cost ratios (``chosen``), and the same among front points with at least one table in PIM
-   (``chosen_pim``). Each is then tested: inherited weights on the test split, and the sub-architecture
-   retrained on its own with the baseline's recipe;
-4. the front is described by how many points put any table in PIM, with the ratios of those points apart.
+   TORS cost ratios (``chosen``), and the same among front points where PIM pays, i.e. with a table in PIM and
+   cheaper than their own shape served host-only (``chosen_pim``). Each is then tested: inherited weights on
+   the test split, and the sub-architecture retrained on its own with the baseline's recipe;
+4. the front is described by how many points put any table in PIM (with the ratios of those points apart) and how
+   many of those beat their own shape served host-only; when none does, the verdict is "host only".
 
 The data sets here have tables of a few MB, which fit a server's last-level cache, so the cost model finds
 little for PIM to gain. Two more parts ask where it would: the Criteo study again with every candidate costed at
@@ -47,7 +48,7 @@ from throughput import CRITEO_CARDINALITIES  # noqa: E402
 
 from ihas_lightning import SupernetConfig  # noqa: E402
 from ihas_lightning.cli import parse_run_config  # noqa: E402
-from ihas_lightning.pim import ModelSpec, estimate  # noqa: E402
+from ihas_lightning.pim import ModelSpec  # noqa: E402
 from ihas_lightning.paths import shared_data_dir  # noqa: E402
 from ihas_lightning.pim.pareto import TORS_LIMITS, write_outputs  # noqa: E402
 from ihas_lightning.pim.search_space import model_spec  # noqa: E402
@@ -81,10 +82,6 @@ def tested(point: dict | None, objective, test: list, run: Path, tag: str, base_
     alone = train_standalone(run, candidate.subarch, stage=f"pim_{tag}_trial_{point['number']}",
                              batch_size=BASELINE_BATCH, precision=precision)
     alone_auc = alone["test_auc"] if precision == "fp32" else alone["test_auc_at_precision"]
-    # the same sub-architecture served host-only in fp32: what the shape alone gains, without PIM
-    spec, space = model_spec(objective.space, candidate.subarch), objective.space
-    full = estimate(model_spec(space, space.full), space.baseline_config(candidate.config.batch_size))
-    host = estimate(spec, space.baseline_config(candidate.config.batch_size))
     return {"number": point["number"], "val_auc": point["auc"], "test_auc_inherited": inherited,
             "test_auc_standalone": alone_auc, "test_auc_standalone_fp32": alone["test_auc"],
             "val_auc_standalone": alone["val_auc"], "delta_inherited": inherited - base_test,
@@ -93,8 +90,7 @@ def tested(point: dict | None, objective, test: list, run: Path, tag: str, base_
             **{k: point[k] for k in ("latency_ratio", "energy_ratio", "flops_ratio", "pim_tables")},
             "dims": list(candidate.subarch.dims), "widths": list(candidate.subarch.widths),
             "pim": short(point["pim"]), "seconds_standalone": time.perf_counter() - start,
-            "same_shape_host_only": {"latency_ratio": host.latency_s_per_batch / full.latency_s_per_batch,
-                                     "energy_ratio": host.energy_j_per_sample / full.energy_j_per_sample}}
+            "host_only": point["host_only"], "pim_beats_host": point["pim_beats_host"]}
 
 
 def short(pim: dict) -> str:
@@ -118,11 +114,12 @@ def study(run: Path, args: argparse.Namespace, trained: dict, test: list, tag: s
     chosen = tested(selection["chosen"], objective, test, run, tag, trained["test_auc"])
     chosen_pim = tested(selection["chosen_pim"], objective, test, run, tag, trained["test_auc"])
     front = [{"number": p["number"], "val_auc": p["auc"], "pim_tables": p["pim_tables"],
-              **{k: p[k] for k in ("latency_ratio", "energy_ratio", "flops_ratio")}, "pim": short(p["pim"])}
-             for p in report["points"]]
+              **{k: p[k] for k in ("latency_ratio", "energy_ratio", "flops_ratio", "host_only", "pim_beats_host")},
+              "pim": short(p["pim"])} for p in report["points"]]
     return {"tag": tag, "cost_vocab": cost, "trials": args.trials, "sampler": args.sampler,
             "trial_states": report["trials"], "seconds": seconds, "front_size": report["front_size"],
-            "front_pim_points": report["front_pim_points"], "front_summary": report["front"],
+            "front_pim_points": report["front_pim_points"], "front_pim_beats_host": report["front"]["pim_beats_host"],
+            "verdict": report["front"]["verdict"], "front_summary": report["front"],
             "chosen": chosen, "chosen_pim": chosen_pim,
             "tors_met": bool(chosen and chosen["auc_within_tolerance"]),
             "tors_met_with_pim": bool(chosen_pim and chosen_pim["auc_within_tolerance"]), "front": front}
@@ -196,8 +193,8 @@ def _mb(b: float) -> str:
 
 def _point_cells(p: dict | None) -> str:
     if p is None:
-        return "none within the cost ratios | - | - | - | -"
-    host = p["same_shape_host_only"]
+        return "none | - | - | - | -"
+    host = p["host_only"]
     return (f"trial {p['number']}: {p['pim_tables']} in PIM, {p['pim']}, dims {','.join(map(str, p['dims']))}, "
             f"widths {','.join(map(str, p['widths']))} | {p['latency_ratio']:.3f} / {p['energy_ratio']:.3f} / "
             f"{p['flops_ratio']:.3f} | {host['latency_ratio']:.3f} / {host['energy_ratio']:.3f} | {p['val_auc']:.4f} | "
@@ -237,20 +234,23 @@ def write_markdown(path: Path, payload: dict) -> None:
         lines.append(f"| {r['dataset']} | {r['rows_train']} | {_mb(r['own_sweep']['rows'][0]['table_bytes'])} | "
                      f"{b['val_auc']:.4f} / {b['test_auc']:.4f} | {f['val_auc']:.4f} / {f['test_auc']:.4f} | "
                      + ("-" if q is None else f"{q['val_auc']:.4f} / {q['test_auc']:.4f}") + " |")
-    lines += ["", "## Studies", "", "| data | cost side | trials | front | front with a table in PIM | lowest "
-              "latency / energy / FLOPs ratio, PIM points | reported point (chosen on validation) | latency / energy "
-              "/ FLOPs | same shape host-only fp32: latency / energy | val AUC | test AUC inherited / retrained alone "
-              "(vs baseline) | TORS met |", "|" + "---|" * 12]
+    lines += ["", "## Studies", "", "Front columns: points; with a table in PIM; of those, beating their own shape "
+              "served host-only (same precision and batch size); the verdict. `any`: the reported point among all "
+              "front points within the cost ratios; `PIM pays`: among those where PIM beats the host-only shape.", "",
+              "| data | cost side | trials | front: points / PIM / PIM pays / verdict | lowest latency / energy / "
+              "FLOPs ratio, PIM points | reported point (chosen on validation) | latency / energy / FLOPs | same "
+              "shape host-only: latency / energy | val AUC | test AUC inherited / retrained alone (vs baseline) | "
+              "TORS met |", "|" + "---|" * 11]
     for r in payload["results"]:
         for s in r["studies"]:
             low = s["front_summary"]["pim"]["lowest"]
             lows = " / ".join("-" if low[k] is None else f"{low[k]:.3f}"
                               for k in ("latency_ratio", "energy_ratio", "flops_ratio"))
-            for key, label in (("chosen", "any"), ("chosen_pim", "with PIM")):
+            for key, label in (("chosen", "any"), ("chosen_pim", "PIM pays")):
                 met = s["tors_met"] if key == "chosen" else s["tors_met_with_pim"]
-                lines.append(f"| {r['dataset']} | {s['cost_vocab']} | {s['trials']} | {s['front_size']} | "
-                             f"{s['front_pim_points']} | {lows} | {label}: {_point_cells(s[key])} | "
-                             f"{'yes' if met else 'no'} |")
+                lines.append(f"| {r['dataset']} | {s['cost_vocab']} | {s['trials']} | {s['front_size']} / "
+                             f"{s['front_pim_points']} / {s['front_pim_beats_host']} / {s['verdict']} | {lows} | "
+                             f"{label}: {_point_cells(s[key])} | {'yes' if met else 'no'} |")
     cs = payload["criteo_sweep"]
     lines += ["", "## Where PIM starts to pay: Criteo's shape as its tables grow (cost only)", "",
               f"Shape: {cs['vocab']}. At each size, the best of {len(pim_configs())} fp32 PIM configurations "
@@ -283,10 +283,12 @@ def write_markdown(path: Path, payload: dict) -> None:
             shown = s["front"][:15]
             lines += ["", f"## {r['dataset']}, {s['cost_vocab']}: front by validation AUC ({len(shown)} of "
                       f"{s['front_size']})", "",
-                      "| trial | val AUC | tables in PIM | latency | energy | FLOPs | PIM configuration |",
-                      "|---|---|---|---|---|---|---|"]
+                      "| trial | val AUC | tables in PIM | latency | energy | FLOPs | same shape host-only: latency / "
+                      "energy | PIM pays | PIM configuration |", "|---|---|---|---|---|---|---|---|---|"]
             lines += [f"| {p['number']} | {p['val_auc']:.4f} | {p['pim_tables']} | {p['latency_ratio']:.3f} | "
-                      f"{p['energy_ratio']:.3f} | {p['flops_ratio']:.3f} | {p['pim']} |" for p in shown]
+                      f"{p['energy_ratio']:.3f} | {p['flops_ratio']:.3f} | {p['host_only']['latency_ratio']:.3f} / "
+                      f"{p['host_only']['energy_ratio']:.3f} | {'yes' if p['pim_beats_host'] else 'no'} | {p['pim']} |"
+                      for p in shown]
             lines.append(f"- {s['trials']} trials ({s['sampler']}), {s['seconds']:.0f} s; states {s['trial_states']}")
         lines.append(f"- supernet: {r['supernet']['epochs']} epochs, batch {r['supernet']['batch_size']}, "
                      f"{r['supernet']['seconds']:.0f} s; baseline trained alone in "

@@ -15,7 +15,7 @@ import torch
 
 from ihas_lightning.cli import main
 from ihas_lightning.pim import ModelSpec, PIMConfig, cache_hit_rate, estimate, zipf_hot_share
-from ihas_lightning.pim.pareto import TORS_LIMITS, choose_point, front_summary
+from ihas_lightning.pim.pareto import TORS_LIMITS, beats_host, choose_point, front_summary, host_only
 from ihas_lightning.pim.search_space import Candidate, model_spec
 from ihas_lightning.pim.standalone import train_standalone
 from ihas_lightning.pim.study import PIMObjective, StudySettings, build_objective, candidate_of, run_study
@@ -110,24 +110,29 @@ def test_scaled_and_configs():
 
 # -------------------------------------------------------------------------------- choosing on validation --
 
-def _point(number, auc, latency, energy, flops, tables, test_auc):
+def _point(number, auc, latency, energy, flops, tables, test_auc, host=(1.0, 1.0)):
     return {"number": number, "auc": auc, "latency_ratio": latency, "energy_ratio": energy, "flops_ratio": flops,
-            "pim_tables": tables, "test_auc": test_auc}
+            "pim_tables": tables, "test_auc": test_auc,
+            "host_only": {"latency_ratio": host[0], "energy_ratio": host[1]}}
 
 
 def test_choose_point_reads_validation_only():
-    points = [_point(0, 0.80, 0.9, 0.9, 0.9, 0, 0.70),       # best AUC, over the limits
-              _point(1, 0.78, 0.5, 0.5, 0.4, 0, 0.75),       # within, host-only
-              _point(2, 0.77, 0.4, 0.4, 0.3, 3, 0.90),       # within, PIM; the best test AUC by far
-              _point(3, 0.78, 0.6, 0.5, 0.4, 2, 0.60)]       # ties point 1 on AUC, slower
-    assert choose_point(points, TORS_LIMITS)["number"] == 1
-    assert choose_point(points, TORS_LIMITS, min_pim_tables=1)["number"] == 3
+    points = [_point(0, 0.80, 0.9, 0.9, 0.9, 0, 0.70, (0.9, 0.9)),     # best AUC, over the limits
+              _point(1, 0.78, 0.5, 0.5, 0.4, 0, 0.75, (0.5, 0.5)),     # within, host-only
+              _point(2, 0.77, 0.4, 0.4, 0.3, 3, 0.90, (0.45, 0.4)),    # within, PIM pays (latency); best test AUC
+              _point(3, 0.78, 0.6, 0.5, 0.4, 2, 0.60, (0.5, 0.5)),     # ties point 1 on AUC, slower; PIM costs more
+              _point(4, 0.785, 0.3, 0.3, 0.3, 1, 0.50, (0.2, 0.2))]    # within, PIM costs more than host-only
+    assert choose_point(points, TORS_LIMITS)["number"] == 4
+    assert choose_point(points, TORS_LIMITS, require_pim=True)["number"] == 2
     assert choose_point(points)["number"] == 0
     assert choose_point(points, {"latency_ratio": 0.1}) is None
+    assert [beats_host(p) for p in points] == [False, False, True, False, False]
     summary = front_summary(points)
-    assert summary["all"]["points"] == 4 and summary["pim"]["points"] == 2
-    assert summary["pim"]["lowest"] == {"latency_ratio": 0.4, "energy_ratio": 0.4, "flops_ratio": 0.3}
-    assert summary["all"]["within_limits"] == 3 and summary["pim"]["within_limits"] == 2
+    assert summary["all"]["points"] == 5 and summary["pim"]["points"] == 3
+    assert summary["pim"]["lowest"] == {"latency_ratio": 0.3, "energy_ratio": 0.3, "flops_ratio": 0.3}
+    assert summary["all"]["within_limits"] == 4 and summary["pim"]["within_limits"] == 3
+    assert (summary["pim_beats_host"], summary["verdict"]) == (1, "PIM")
+    assert front_summary([p for p in points if p["number"] != 2])["verdict"] == "host only"
 
 
 # ------------------------------------------------------------------------------- study on a tiny supernet --
@@ -156,12 +161,15 @@ def test_cli_trains_the_baseline_and_reports_points_chosen_on_validation(run_dir
         candidate = candidate_of(objective.space, point["params"])
         placement = candidate.config.placement_for(model_spec(objective.space, candidate.subarch))
         assert point["pim_tables"] == sum(p == "pim" for p in placement)
+        assert point["host_only"] == pytest.approx(host_only(objective.space, candidate))
+        assert point["pim_beats_host"] == beats_host(point)
     assert report["front_pim_points"] == sum(p["pim_tables"] > 0 for p in report["points"])
+    assert report["front"]["pim_beats_host"] == sum(p["pim_beats_host"] for p in report["points"])
     assert report["front_size"] == len(report["points"])
     selection = report["selection"]
     assert selection["limits"] == pytest.approx(TORS_LIMITS)
     assert selection["chosen"] == choose_point(report["points"], TORS_LIMITS)
-    assert selection["chosen_pim"] == choose_point(report["points"], TORS_LIMITS, min_pim_tables=1)
+    assert selection["chosen_pim"] == choose_point(report["points"], TORS_LIMITS, require_pim=True)
     assert "baseline trained on its own" in (run_dir / "pim" / "pareto.md").read_text()
 
 

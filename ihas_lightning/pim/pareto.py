@@ -4,12 +4,16 @@
 "baseline_trained_test_auc", "front_size", "front_pim_points", "selection", "points": [...]}``; each point has
 ``number``, ``auc`` (validation, inherited weights), ``latency_ratio``, ``energy_ratio``, ``flops_ratio``,
 ``dims`` (per field), ``widths`` (DNN units), ``pim`` (the configuration), ``pim_tables`` (embedding tables it
-places in PIM: 0 is host-only serving, whatever the device) and ``params`` (the trial's raw parameters).
+places in PIM: 0 is host-only serving, whatever the device), ``host_only`` (the ratios of the same
+sub-architecture at the same precision and batch size with every table on the host: what the shape gains
+without PIM), ``pim_beats_host`` (it has a table in PIM and beats ``host_only`` on latency or energy without
+losing on the other) and ``params`` (the trial's raw parameters).
 ``baseline_auc`` is the supernet's full path (inherited weights); ``baseline_trained_auc`` a uniform model of the
 same shape trained on its own on the same split (validation; ``_test_auc``: test), when one was trained.
 ``selection`` holds the reported points, chosen on validation only (:func:`choose_point`): ``chosen`` among all
-front points, ``chosen_pim`` among those with a table in PIM. The study itself stays readable by
-optuna-dashboard: ``optuna-dashboard sqlite:///DIR/pim/study.db``.
+front points, ``chosen_pim`` among those where PIM pays (:func:`beats_host`); ``front`` counts the front's points,
+those with a table in PIM and those where PIM pays, with a verdict ("host only" when PIM never pays). The study
+itself stays readable by optuna-dashboard: ``optuna-dashboard sqlite:///DIR/pim/study.db``.
 """
 
 from __future__ import annotations
@@ -22,15 +26,38 @@ from typing import Any
 
 import optuna
 
+from .cost_model import estimate
 from .search_space import SearchSpace, describe, model_spec
 from .study import candidate_of
 
 __all__ = ["pareto_points", "write_outputs", "write_markdown", "plot_front", "dashboard_command", "choose_point",
-           "TORS_LIMITS", "pim_tables", "front_summary"]
+           "TORS_LIMITS", "pim_tables", "front_summary", "host_only", "beats_host"]
 
 #: The cost side of NASRec's journal extension (ACM TORS, arXiv 2411.07569): 2x fewer FLOPs, 1.8x less energy,
 #: 1.5x the performance of the baseline, as ratios candidate / baseline.
 TORS_LIMITS = {"flops_ratio": 1 / 2, "energy_ratio": 1 / 1.8, "latency_ratio": 1 / 1.5}
+
+
+def host_only(space: SearchSpace, candidate: object) -> dict[str, float]:
+    """Latency and energy ratios of the candidate's sub-architecture served host-only, at its precision and batch
+    size, against the study's baseline: the same AUC without PIM (a PIM point is a PIM result only if it beats
+    this)."""
+    config = candidate.config
+    base = estimate(model_spec(space, space.full), space.baseline_config(config.batch_size))
+    host = estimate(model_spec(space, candidate.subarch),
+                    space.baseline_config(config.batch_size).with_(precision=config.precision))
+    return {"latency_ratio": host.latency_s_per_batch / base.latency_s_per_batch,
+            "energy_ratio": host.energy_j_per_sample / base.energy_j_per_sample}
+
+
+def beats_host(point: Mapping[str, Any]) -> bool:
+    """A point with a table in PIM that is cheaper than its own shape served host-only: lower latency or energy
+    ratio, and not higher on the other."""
+    host = point.get("host_only")
+    if not host or not point.get("pim_tables"):
+        return False
+    pairs = [(point[k], host[k]) for k in ("latency_ratio", "energy_ratio")]
+    return all(a <= b for a, b in pairs) and any(a < b for a, b in pairs)
 
 
 def pim_tables(space: SearchSpace, candidate: object) -> int:
@@ -41,13 +68,12 @@ def pim_tables(space: SearchSpace, candidate: object) -> int:
 
 
 def choose_point(points: Sequence[dict], limits: Mapping[str, float] | None = None,
-                 min_pim_tables: int = 0) -> dict | None:
+                 require_pim: bool = False) -> dict | None:
     """The reported point, chosen on validation only: among front points with every ratio of ``limits`` at or
-    below its limit and at least ``min_pim_tables`` tables in PIM, the highest validation ``auc`` (ties: lower
-    latency, then energy ratio, then trial number). None when no point qualifies."""
+    below its limit (and, with ``require_pim``, a table in PIM that pays: :func:`beats_host`), the highest
+    validation ``auc`` (ties: lower latency, then energy ratio, then trial number). None when no point qualifies."""
     limits = limits or {}
-    fits = [p for p in points if all(p[k] <= v for k, v in limits.items())
-            and (p.get("pim_tables") or 0) >= min_pim_tables]
+    fits = [p for p in points if all(p[k] <= v for k, v in limits.items()) and (not require_pim or beats_host(p))]
     return min(fits, key=lambda p: (-p["auc"], p["latency_ratio"], p["energy_ratio"], p["number"])) if fits else None
 
 
@@ -70,6 +96,8 @@ def pareto_points(study: optuna.Study, space: SearchSpace | None = None) -> list
             candidate = candidate_of(space, trial.params)
             point["pim"] = {k: v for k, v in candidate.config.__dict__.items()}
             point["pim_tables"] = pim_tables(space, candidate)
+            point["host_only"] = host_only(space, candidate)
+            point["pim_beats_host"] = beats_host(point)
         else:
             point["pim"] = {k: trial.params.get(k) for k in ("device", "unit_share", "placement", "pim_top_k",
                                                             "precision", "partitioning", "in_memory", "batch_size")}
@@ -134,7 +162,8 @@ def _tensorboard(out: Path, points: Sequence[dict]) -> None:
 
 def front_summary(points: Sequence[dict], limits: Mapping[str, float] | None = None) -> dict[str, Any]:
     """Front points overall and with at least one table in PIM, kept apart: how many, each ratio's lowest value,
-    and how many are within every cost limit (``limits``, default :data:`TORS_LIMITS`)."""
+    and how many are within every cost limit (``limits``, default :data:`TORS_LIMITS`); how many PIM points beat
+    their own shape served host-only (:func:`beats_host`), and the verdict: "host only" when none does."""
     limits = TORS_LIMITS if limits is None else limits
 
     def part(group: Sequence[dict]) -> dict[str, Any]:
@@ -142,8 +171,10 @@ def front_summary(points: Sequence[dict], limits: Mapping[str, float] | None = N
         return {"points": len(group), "lowest": lowest,
                 "within_limits": sum(all(p[k] <= v for k, v in limits.items()) for p in group)}
 
-    return {"all": part(points), "pim": part([p for p in points if (p.get("pim_tables") or 0) > 0]),
-            "limits": dict(limits)}
+    pim = [p for p in points if (p.get("pim_tables") or 0) > 0]
+    beating = sum(beats_host(p) for p in pim)
+    return {"all": part(points), "pim": part(pim), "pim_beats_host": beating,
+            "verdict": "PIM" if beating else "host only", "limits": dict(limits)}
 
 
 def write_outputs(study: optuna.Study, out: str | Path, space: SearchSpace | None = None,
@@ -165,9 +196,10 @@ def write_outputs(study: optuna.Study, out: str | Path, space: SearchSpace | Non
     failed = [{"number": t.number, "error": t.user_attrs.get("error")}
               for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))]
     summary = front_summary(points, limits)
-    selection = {"rule": "highest validation AUC among front points within the cost limits (chosen_pim: with at "
-                         "least one table in PIM); test data is never read", "limits": limits,
-                 "chosen": choose_point(points, limits), "chosen_pim": choose_point(points, limits, min_pim_tables=1)}
+    selection = {"rule": "highest validation AUC among front points within the cost limits (chosen_pim: among those "
+                         "with a table in PIM that beat their own shape served host-only); test data is never read",
+                 "limits": limits,
+                 "chosen": choose_point(points, limits), "chosen_pim": choose_point(points, limits, require_pim=True)}
     report = {"study": study.study_name, "storage": storage_url, "trials": dict(states), "baseline_auc": baseline_auc,
               "baseline_trained_auc": trained.get("val_auc"), "baseline_trained_test_auc": trained.get("test_auc"),
               "objectives": {"auc": "maximize (validation, inherited weights)", "latency_ratio": "minimize",
@@ -181,9 +213,11 @@ def write_outputs(study: optuna.Study, out: str | Path, space: SearchSpace | Non
         notes.append(f"baseline trained on its own (same shape, same split): validation AUC {trained['val_auc']:.4f}"
                      + (f", test AUC {trained['test_auc']:.4f}" if trained.get("test_auc") is not None else ""))
     if space is not None:
-        notes.append(f"{summary['pim']['points']} of {len(points)} front points put a table in PIM; the others serve "
-                     "every table from the host")
-    for key, what in (("chosen", "front point"), ("chosen_pim", "front point with a table in PIM")):
+        notes.append(f"{summary['pim']['points']} of {len(points)} front points put a table in PIM (the others serve "
+                     f"every table from the host); {summary['pim_beats_host']} of them beat their own shape served "
+                     "host-only" + ("" if summary["pim_beats_host"] else ": on these tables the answer is host-only "
+                                    "serving, and the front's gains come from the smaller shapes, not from PIM"))
+    for key, what in (("chosen", "front point"), ("chosen_pim", "front point where PIM pays")):
         point = selection[key]
         notes.append(f"reported {what} (highest validation AUC within {limits}): "
                      + (f"trial {point['number']}" if point else "none qualifies"))
