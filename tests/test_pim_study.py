@@ -42,7 +42,7 @@ def _settings(run_dir: Path, storage: str, trials: int, **kw) -> StudySettings:
 
 
 def test_cli_runs_trials_and_writes_the_front(run_dir):
-    assert main(["pim", "--run", str(run_dir), "--trials", "4", "--seed", "1"]) == 0
+    assert main(["pim", "--run", str(run_dir), "--trials", "4", "--seed", "1", "--baseline-epochs", "0"]) == 0
     out = run_dir / "pim"
     assert (out / "study.db").exists() and (out / "pareto.png").stat().st_size > 1000
     report = json.loads((out / "pareto.json").read_text())
@@ -55,7 +55,8 @@ def test_cli_runs_trials_and_writes_the_front(run_dir):
         pim_keys = {"device", "num_units", "table_placement", "precision", "partitioning", "batch_size"}
         assert pim_keys <= set(point["pim"])
         assert 0.0 <= point["auc"] <= 1.0 and point["flops_ratio"] > 0
-    assert "| AUC |" in (out / "pareto.md").read_text()
+    assert "| val AUC |" in (out / "pareto.md").read_text()
+    assert report["baseline_trained_auc"] is None  # --baseline-epochs 0: none trained
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
     study = optuna.load_study(study_name="pim", storage=f"sqlite:///{out / 'study.db'}")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]

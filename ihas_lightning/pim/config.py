@@ -15,6 +15,9 @@ import numpy as np
 
 from ..flops import flops_breakdown
 
+__all__ = ["BYTES_PER_ELEMENT", "HOST_CACHE_LINE_BYTES", "DevicePreset", "HOST_CPU_DRAM", "HBM2_HOST", "UPMEM_DIMM",
+           "HBM_PIM", "RECNMP", "PRESETS", "get_preset", "PIMConfig", "ModelSpec", "access_stats", "zipf_hot_share"]
+
 Precision = Literal["fp32", "fp16", "int8"]
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 #: x86 cache line = DRAM burst of a 64-bit DDR4 channel (BL8 x 8 B); the host never moves less per access.
@@ -30,6 +33,11 @@ XEON_8380_PEAK_FLOPS = 40 * 2.3e9 * 64
 DRAM_PJ_PER_BYTE = 640.0 / 4
 FP32_ADD_PJ, FP32_MUL_PJ = 0.9, 3.7  # Horowitz ISSCC 2014 (45 nm)
 FP16_ADD_PJ, FP16_MUL_PJ = 0.4, 1.1  # Horowitz ISSCC 2014 (45 nm)
+# Host caches. A row that sits in the last-level cache never reaches DRAM: PIM pays only for tables that do not
+# fit there. Xeon Platinum 8380: 60 MB shared L3 (Intel ARK). NVIDIA V100: 6 MB L2 (Volta whitepaper, 2017).
+XEON_8380_LLC_BYTES = 60 * 2**20
+V100_L2_BYTES = 6 * 2**20
+SRAM_1MB_PJ_PER_BYTE = 100.0 / 8  # 64-bit read from a 1 MB SRAM: 100 pJ (Horowitz ISSCC 2014; a 60 MB L3 costs more)
 
 # UPMEM (Gomez-Luna et al., "Benchmarking a New Paradigm: Experimental Analysis and Characterization of a
 # Real Processing-in-Memory System", IEEE Access 10, 2022; arXiv 2105.03814):
@@ -66,6 +74,8 @@ RECNMP_RANKS_PER_CHANNEL = 8  # largest configuration studied: 4 DIMMs x 2 ranks
 # ---------------------------------------------------------------- our assumptions ------------------
 HOST_RANDOM_ACCESS_EFFICIENCY = 0.5  # ASSUMPTION: share of peak DDR bandwidth reached by random 64 B reads
 HOST_GEMM_EFFICIENCY = 0.2  # ASSUMPTION: share of AVX-512 peak reached by small-batch MLP inference
+HOST_LLC_BPS = 40 * 2.3e9 * 16  # ASSUMPTION: 16 B/cycle of L3 reads per core x 40 cores (~1.5 TB/s)
+V100_L2_BPS = 2.1e12  # V100 L2 bandwidth measured by Jia et al., "Dissecting the NVIDIA Volta GPU" 2018 (recalled)
 HOST_PJ_PER_FLOP = 10.0  # ASSUMPTION: vector FLOP incl. amortized instruction overhead (Horowitz: ~70 pJ/scalar instr.)
 DRAM_STATIC_W_PER_CHANNEL = 3.0  # ASSUMPTION: background+refresh of 2 RDIMMs; CPU idle power not attributed
 UPMEM_MRAM_PJ_PER_BYTE = 50.0  # ASSUMPTION: in-chip bank access, no off-chip I/O (~1/3 of DRAM_PJ_PER_BYTE)
@@ -107,6 +117,9 @@ class DevicePreset:
     compute_precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     is_host: bool = False
     source: str = ""
+    cache_bytes: float = 0.0  # host: last-level cache that can hold embedding rows (PIM presets: none modeled)
+    cache_bandwidth_bps: float = 0.0
+    cache_energy_pj_per_byte: float = 0.0
 
     @property
     def aggregate_bandwidth_bps(self) -> float:
@@ -119,12 +132,14 @@ HOST_CPU_DRAM = DevicePreset(
     XEON_8380_PEAK_FLOPS * HOST_GEMM_EFFICIENCY / XEON_8380_CHANNELS,
     DRAM_PJ_PER_BYTE, HOST_PJ_PER_FLOP, DDR4_3200_CHANNEL_BPS, 0.0, 0.0, HOST_CACHE_LINE_BYTES,
     random_access_efficiency=HOST_RANDOM_ACCESS_EFFICIENCY, static_power_w_per_unit=DRAM_STATIC_W_PER_CHANNEL,
-    is_host=True, source="Xeon 8380 + 8x DDR4-3200; unit = one channel; Horowitz ISSCC 2014 energy")
+    is_host=True, source="Xeon 8380 + 8x DDR4-3200; unit = one channel; Horowitz ISSCC 2014 energy",
+    cache_bytes=XEON_8380_LLC_BYTES, cache_bandwidth_bps=HOST_LLC_BPS, cache_energy_pj_per_byte=SRAM_1MB_PJ_PER_BYTE)
 HBM2_HOST = DevicePreset(
     "hbm2_host", 8 * 2**30, HBM2_STACK_BPS, 1, V100_FP32_FLOPS * HOST_GEMM_EFFICIENCY,
     V100_FP32_FLOPS * HOST_GEMM_EFFICIENCY, HBM2_PJ_PER_BYTE, HOST_PJ_PER_FLOP, HBM2_STACK_BPS,
     0.0, 0.0, HBM2_ACCESS_BYTES, random_access_efficiency=HOST_RANDOM_ACCESS_EFFICIENCY, is_host=True,
-    source="processor + plain HBM2 stack (the HBM-PIM baseline); O'Connor et al. MICRO 2017 energy")
+    source="processor + plain HBM2 stack (the HBM-PIM baseline); O'Connor et al. MICRO 2017 energy",
+    cache_bytes=V100_L2_BYTES, cache_bandwidth_bps=V100_L2_BPS, cache_energy_pj_per_byte=SRAM_1MB_PJ_PER_BYTE)
 UPMEM_DIMM = DevicePreset(
     "upmem", UPMEM_MRAM_BYTES, UPMEM_MRAM_BPS, UPMEM_DPUS_PER_SERVER, UPMEM_FP32_ADD_OPS, UPMEM_INT32_ADD_OPS,
     UPMEM_MRAM_PJ_PER_BYTE, UPMEM_PJ_PER_OP, UPMEM_DPU_TO_CPU_BPS_PER_RANK / UPMEM_DPUS_PER_RANK,
@@ -165,6 +180,8 @@ class PIMConfig:
     ``table_placement`` is a tuple of "host"/"pim" per field, or a policy: "all_pim", "all_host", or
     "top_k" (the ``pim_top_k`` largest tables, by bytes, in PIM).  ``host`` names the preset that serves
     host-placed tables and runs the dense part (HOST_CPU_DRAM unless the system is e.g. GPU + HBM2).
+    ``host_cache_bytes``: the host cache that holds embedding rows (None: the host preset's last-level cache;
+    0: none, every host lookup reads DRAM, as a table many times the cache does).
     """
 
     device: str = "upmem"
@@ -177,6 +194,7 @@ class PIMConfig:
     batch_size: int = 256
     pim_top_k: int = 0
     host: str = "host_cpu_dram"
+    host_cache_bytes: float | None = None
 
     def __post_init__(self) -> None:
         dev, host = get_preset(self.device), get_preset(self.host)
@@ -190,6 +208,8 @@ class PIMConfig:
             raise ValueError(f"precision must be one of {sorted(BYTES_PER_ELEMENT)}, got {self.precision!r}")
         if self.partitioning not in ("table", "row"):
             raise ValueError(f"partitioning must be 'table' or 'row', got {self.partitioning!r}")
+        if self.host_cache_bytes is not None and not self.host_cache_bytes >= 0:
+            raise ValueError(f"host_cache_bytes must be None or >= 0, got {self.host_cache_bytes!r}")
         tp = self.table_placement
         if isinstance(tp, str):
             if tp not in ("all_pim", "all_host", "top_k"):
@@ -208,11 +228,12 @@ class PIMConfig:
             raise ValueError("interaction_in_memory needs pooling_in_memory (it consumes pooled vectors)")
 
     @classmethod
-    def baseline(cls, batch_size: int = 256, host: str = "host_cpu_dram") -> "PIMConfig":
+    def baseline(cls, batch_size: int = 256, host: str = "host_cpu_dram",
+                 host_cache_bytes: float | None = None) -> "PIMConfig":
         """Host-only reference: fp32 tables in host memory (DDR4 by default), everything on the host processor."""
         return cls(device=host, num_units=get_preset(host).default_num_units, table_placement="all_host",
                    precision="fp32", partitioning="table", pooling_in_memory=False, interaction_in_memory=False,
-                   batch_size=batch_size, host=host)
+                   batch_size=batch_size, host=host, host_cache_bytes=host_cache_bytes)
 
     @classmethod
     def for_device(cls, device: str, **kw) -> "PIMConfig":
@@ -324,3 +345,21 @@ def access_stats(ids: np.ndarray, vocab_sizes: Sequence[int], hot_fraction: floa
         k = max(1, math.ceil(hot_fraction * vocab))
         hots.append(float(counts[:k].sum() / col.size))
     return {"lookups_per_sample": tuple(looks), "hot_share": tuple(hots)}
+
+
+def zipf_hot_share(vocab: int, exponent: float = 1.1, top: float = 0.01) -> float:
+    """Share of lookups on the ``top`` most frequent rows (at least one) when row k is looked up with
+    probability proportional to k**-exponent: an access statistic for tables too big for the data at hand."""
+    if vocab < 1 or exponent <= 0 or not 0 < top <= 1:
+        raise ValueError(f"need vocab >= 1, exponent > 0 and top in (0, 1], got {vocab}, {exponent}, {top}")
+    return _zipf_mass(max(1, math.ceil(top * vocab)), exponent) / _zipf_mass(vocab, exponent)
+
+
+def _zipf_mass(n: int, s: float, exact: int = 10_000) -> float:
+    """sum_{k=1..n} k**-s: exact up to ``exact`` terms, the midpoint integral of the rest (error ~1e-9)."""
+    m = min(n, exact)
+    head = float(np.sum(np.arange(1, m + 1, dtype=np.float64) ** -s))
+    if n == m:
+        return head
+    a, b = m + 0.5, n + 0.5
+    return head + (math.log(b / a) if s == 1 else (b ** (1 - s) - a ** (1 - s)) / (1 - s))

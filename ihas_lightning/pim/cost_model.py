@@ -10,8 +10,13 @@ Per batch of B samples:
   where g is the access granularity of the memory that serves it.  On host DRAM g = 64 B (one cache line:
   a 16-dim fp32 row is exactly one line, but a 4-dim int8 row still moves a whole 64 B line); on UPMEM MRAM
   g = 8 B (DMA granularity), on HBM2 32 B.  This granularity is why PIM wins on small rows.  Host time =
-  host bytes / (channels x channel bandwidth x random-access efficiency).  PIM time = the busiest unit's
-  accesses x per-access latency (UPMEM's MRAM DMA alpha) + its bytes / (unit bandwidth x efficiency).
+  host bytes / (channels x channel bandwidth x random-access efficiency), for the lookups that miss the host's
+  last-level cache; hits are read at the cache's bandwidth and energy.  The cache (``host_cache_bytes``, by
+  default the host preset's LLC) holds the same share of every host-placed table (share = cache / host table
+  bytes in cache lines, at most 1), hottest rows first: a table's hit rate is that share under uniform access,
+  and with ``hot_share`` h (lookups on its top 1% rows) h*share/1% up to 1%, then h + (1-h)*(share-1%)/99%.
+  So tables that fit the cache cost the host little, and PIM pays only as they outgrow it.  PIM time = the
+  busiest unit's accesses x per-access latency (UPMEM's MRAM DMA alpha) + its bytes / (unit bandwidth x efficiency).
   Table-wise partitioning puts each whole table on one unit (greedy: largest table first, onto the least
   loaded unit), so the busiest unit sets the time; row-wise splits every table evenly over all units with
   rows dealt round-robin, and the busiest unit receives ``hot/min(U, hot rows) + (1-hot)/U`` of a table's
@@ -28,7 +33,8 @@ Per batch of B samples:
   Static power counts memory-side background power only (DRAM channels, PIM units), not the CPU's idle power.
 * memory = table bytes per unit; infeasible when any unit (or the host) exceeds its capacity.
 
-Left out: CPU caches and PIM-side caches (RecNMP's RankCache, hot-row replication), DRAM row-buffer hits and
+Left out: cache contention with the DNN and other data, private caches (the LLC alone is modeled), PIM-side
+caches (RecNMP's RankCache, hot-row replication), DRAM row-buffer hits and
 bank conflicts, refresh, contention between host and PIM traffic on shared channels, host-PIM
 synchronization and scheduling detail beyond a fixed per-batch overhead, inter-unit load beyond the busiest
 unit, DMA splitting of rows larger than one transfer, row alignment, int8 per-row scale/bias, first-order
@@ -38,13 +44,14 @@ See docs/design.md#6-pim-co-design.
 """
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Mapping
 
 from .config import BYTES_PER_ELEMENT, ModelSpec, PIMConfig, get_preset
 
-__all__ = ["CostReport", "estimate", "compare"]
+__all__ = ["CostReport", "estimate", "compare", "cache_hit_rate"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,9 @@ class CostReport:
     reasons: tuple[str, ...]
     breakdown: Mapping[str, float] = field(hash=False)  # seconds per batch; sums to the latency
     energy_breakdown: Mapping[str, float] = field(hash=False)  # joules per sample; sums to the energy
-    bytes_breakdown: Mapping[str, float] = field(hash=False)  # bytes per sample; sums to bytes_per_sample
+    # bytes per sample; sums to bytes_per_sample: host_gather (host DRAM), host_cache (host LLC hits),
+    # pim_gather, transfer
+    bytes_breakdown: Mapping[str, float] = field(hash=False)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,13 +82,29 @@ def _fmt(b: float) -> str:
 
 
 def _assign_tables(sizes: dict[int, float], units: int) -> list[list[int]]:
-    """Greedy longest-first placement of whole tables onto the least loaded unit (by bytes)."""
-    loads, assigned = [0.0] * units, [[] for _ in range(units)]
+    """Greedy longest-first placement of whole tables onto the least loaded unit (by bytes; ties: lowest unit).
+    Units left empty are not listed (they add no load)."""
+    heap, assigned = [(0.0, u) for u in range(min(units, len(sizes)))], {}
     for i in sorted(sizes, key=lambda k: (-sizes[k], k)):
-        u = min(range(units), key=lambda k: (loads[k], k))
-        loads[u] += sizes[i]
-        assigned[u].append(i)
-    return assigned
+        load, u = heapq.heappop(heap)
+        heapq.heappush(heap, (load + sizes[i], u))
+        assigned.setdefault(u, []).append(i)
+    return list(assigned.values())
+
+
+def cache_hit_rate(share: float, vocab: int, hot_share: float | None = None) -> float:
+    """Share of a table's lookups that hit a cache holding ``share`` of its rows, the most looked-up first:
+    ``share`` under uniform access; with ``hot_share`` (lookups on the top 1% rows) piecewise linear through
+    (1%, hot_share) and (1, 1)."""
+    share = min(max(share, 0.0), 1.0)
+    if share >= 1.0 or hot_share is None:
+        return share
+    top = max(1, math.ceil(0.01 * vocab)) / vocab
+    if top >= 1.0:
+        return share
+    if share <= top:
+        return hot_share * share / top
+    return hot_share + (1.0 - hot_share) * (share - top) / (1.0 - top)
 
 
 def estimate(spec: ModelSpec, config: PIMConfig) -> CostReport:
@@ -98,10 +123,18 @@ def estimate(spec: ModelSpec, config: PIMConfig) -> CostReport:
     reasons: list[str] = []
 
     # --- host side
-    host_units = host.default_num_units
-    host_bytes = sum(looks[i] * _ceil_to(row[i], host.access_granularity_bytes) for i in host_f)
+    host_units, line = host.default_num_units, host.access_granularity_bytes
+    cache = host.cache_bytes if config.host_cache_bytes is None else config.host_cache_bytes
+    cached = sum(vocab[i] * _ceil_to(row[i], line) for i in host_f)  # host tables in whole cache lines
+    share = 1.0 if cached <= cache else cache / cached
+    hot = spec.hot_share
+    hit = {i: cache_hit_rate(share, vocab[i], None if hot is None else hot[i]) for i in host_f}
+    host_bytes = sum(looks[i] * _ceil_to(row[i], line) * (1.0 - hit[i]) for i in host_f)  # from DRAM
+    cache_bytes = sum(looks[i] * _ceil_to(row[i], line) * hit[i] for i in host_f)  # from the LLC
     host_rate = host.flops_per_unit * host_units
     t_host_mem = B * host_bytes / (host.bandwidth_bps_per_unit * host_units * host.random_access_efficiency)
+    if cache_bytes:
+        t_host_mem += B * cache_bytes / host.cache_bandwidth_bps
     host_tables = sum(table[i] for i in host_f)
     if host_tables > host.capacity_bytes_per_unit * host_units:
         reasons.append(f"host tables need {_fmt(host_tables)}, {config.host} holds "
@@ -188,7 +221,8 @@ def estimate(spec: ModelSpec, config: PIMConfig) -> CostReport:
     pim_flops = pim_pool + pim_inter
     host_flops = spec.flops_per_sample() - pim_flops
     static_w = host.static_power_w_per_unit * host_units + (dev.static_power_w_per_unit * U if pim_f else 0.0)
-    e = {"memory": 1e-12 * (host_bytes * host.energy_pj_per_byte + pim_bytes * dev.energy_pj_per_byte),
+    e = {"memory": 1e-12 * (host_bytes * host.energy_pj_per_byte + cache_bytes * host.cache_energy_pj_per_byte
+                            + pim_bytes * dev.energy_pj_per_byte),
          "compute": 1e-12 * (host_flops * host.energy_pj_per_flop + pim_flops * dev.energy_pj_per_flop),
          "transfer": 1e-12 * xfer * dev.link_energy_pj_per_byte,
          "static": static_w * latency / B}
@@ -196,12 +230,13 @@ def estimate(spec: ModelSpec, config: PIMConfig) -> CostReport:
         mem_per_unit = host_tables / host_units
     return CostReport(
         latency_s_per_batch=latency, energy_j_per_sample=sum(e.values()), flops_per_sample=spec.flops_per_sample(),
-        bytes_per_sample=host_bytes + pim_bytes + xfer, memory_bytes_per_unit=float(mem_per_unit),
+        bytes_per_sample=host_bytes + cache_bytes + pim_bytes + xfer, memory_bytes_per_unit=float(mem_per_unit),
         feasible=not reasons, reasons=tuple(reasons),
         breakdown={"overhead": overhead, "embedding": t_emb, "transfer": t_exposed_xfer,
                    "interaction": t_inter, "dnn": t_dnn},
         energy_breakdown=e,
-        bytes_breakdown={"host_gather": float(host_bytes), "pim_gather": float(pim_bytes), "transfer": float(xfer)})
+        bytes_breakdown={"host_gather": float(host_bytes), "host_cache": float(cache_bytes),
+                         "pim_gather": float(pim_bytes), "transfer": float(xfer)})
 
 
 def _ratio(a: float, b: float) -> float:
@@ -215,7 +250,8 @@ def compare(spec: ModelSpec, config: PIMConfig, baseline_spec: ModelSpec | None 
     The baseline defaults to ``spec`` served host-only (fp32) on the candidate's host at its batch size.
     ``latency_ratio`` compares latency per batch, so keep batch sizes equal or read it as such.
     """
-    base_cfg = baseline_config or PIMConfig.baseline(config.batch_size, host=config.host)
+    base_cfg = baseline_config or PIMConfig.baseline(config.batch_size, host=config.host,
+                                                     host_cache_bytes=config.host_cache_bytes)
     base = estimate(baseline_spec or spec, base_cfg)
     cand = estimate(spec, config)
     return {"latency_ratio": _ratio(cand.latency_s_per_batch, base.latency_s_per_batch),

@@ -22,13 +22,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 
 from ..supernet import SubArchitecture
-from .config import ModelSpec, PIMConfig, access_stats, get_preset
+from .config import ModelSpec, PIMConfig, access_stats, get_preset, zipf_hot_share
 
 __all__ = ["SearchSpace", "Candidate", "suggest", "model_spec", "allocate_budget", "measured_access"]
 
@@ -104,6 +104,17 @@ class SearchSpace:
         return cls(fields=masks.fields, vocab_sizes=vocab, dim=masks.dim, hidden_units=masks.hidden_units,
                    dense_dim=len(backbone.schema.dense), interaction=interaction, cross_layers=cross,
                    **access, **choices)
+
+    def at_vocabulary(self, vocab: Mapping[str, int], zipf: float | None = None) -> SearchSpace:
+        """The same space costed at other vocabulary sizes (e.g. the full data set's, when the supernet was trained
+        on a sample): every field's size from ``vocab``, hot-row shares from Zipf access with exponent ``zipf``
+        (None: uniform access; the shares measured on the sample do not hold at another size)."""
+        missing = [f for f in self.fields if f not in vocab]
+        if missing:
+            raise ValueError(f"vocab gives no size for fields {missing}")
+        sizes = tuple(int(vocab[f]) for f in self.fields)
+        hot = None if zipf is None else tuple(zipf_hot_share(v, zipf) for v in sizes)
+        return replace(self, vocab_sizes=sizes, hot_share=hot)
 
     @property
     def full(self) -> SubArchitecture:

@@ -34,7 +34,7 @@ import multiprocessing
 import sqlite3
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,12 @@ JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 
 @dataclass(frozen=True)
 class StudySettings:
-    """One ``ihas pim`` invocation. ``trials`` are added to what the study already holds."""
+    """One ``ihas pim`` invocation. ``trials`` are added to what the study already holds.
+
+    ``cost_vocab``: cost the candidates at these vocabulary sizes per field (e.g. the full data set's, when the
+    supernet was trained on a sample; the AUC still comes from the data at hand), with Zipf(``cost_zipf``) access
+    (None: uniform); see :meth:`SearchSpace.at_vocabulary`.
+    """
 
     run_dir: str
     trials: int = 100
@@ -69,6 +74,8 @@ class StudySettings:
     study_name: str = "pim"
     mode: str = "per_field"
     heartbeat_s: int = 30
+    cost_vocab: Mapping[str, int] | None = None
+    cost_zipf: float | None = None
 
     def __post_init__(self) -> None:
         if self.trials < 0 or self.workers < 1:
@@ -77,6 +84,8 @@ class StudySettings:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.max_auc_drop is not None and self.max_auc_drop < 0:
             raise ValueError(f"max_auc_drop must be >= 0, got {self.max_auc_drop}")
+        if self.cost_zipf is not None and self.cost_vocab is None:
+            raise ValueError("cost_zipf sets the access skew of cost_vocab's tables: give cost_vocab too")
 
     @property
     def storage_url(self) -> str:
@@ -143,16 +152,28 @@ class PIMObjective:
         space: the search space (:meth:`SearchSpace.from_module`).
         batches: the evaluation batches (validation; kept in memory).
         max_auc_drop: optional largest validation AUC drop against the full supernet.
+        memo: validation AUCs already computed on ``module`` and ``batches`` (objectives that differ only in
+            costs share one; see :meth:`accuracy`).
     """
 
-    def __init__(self, module: Any, space: SearchSpace, batches: Sequence[dict], max_auc_drop: float | None = None):
+    def __init__(self, module: Any, space: SearchSpace, batches: Sequence[dict], max_auc_drop: float | None = None,
+                 memo: dict[tuple, float] | None = None):
         self.module, self.space, self.batches = module, space, list(batches)
         self.max_auc_drop = max_auc_drop
+        self._aucs = {} if memo is None else memo  # validation AUCs by candidate, shared by objectives of one module
         self.baseline_auc = self.accuracy(space.full, "fp32")
 
     def accuracy(self, subarch: Any, precision: str, batches: Sequence[dict] | None = None) -> float:
+        """AUC of ``subarch`` with inherited weights at ``precision``; on the validation batches it is computed once
+        per (dims, widths, precision) and remembered (samplers propose the same candidate again)."""
+        key = (tuple(subarch.dims), tuple(subarch.widths), precision)
+        if batches is None and key in self._aucs:
+            return self._aucs[key]
         with quantized_tables(self.module, precision):
-            return self.module.evaluate_subnet(subarch, batches or self.batches).auc
+            auc = self.module.evaluate_subnet(subarch, batches or self.batches).auc
+        if batches is None:
+            self._aucs[key] = auc
+        return auc
 
     def evaluate(self, candidate: Candidate, batches: Sequence[dict] | None = None) -> dict[str, Any]:
         """AUC, cost ratios against the baseline, feasibility and the raw costs of one candidate."""
@@ -266,7 +287,9 @@ def _study(settings: StudySettings, seed: int) -> optuna.Study:
 def build_objective(settings: StudySettings) -> PIMObjective:
     """The trial objective of a study: the run's trained supernet scored on its validation batches.
 
-    The validation batches are read once per loaded supernet and kept, so the workers of a study share them.
+    The validation batches are read once per loaded supernet and kept, so the workers of a study share them, and
+    so are the validation AUCs of the candidates scored: a second study on the same supernet (another cost
+    vocabulary, say) scores none of them again.
     """
     module, dm = load_supernet(settings.run_dir)
     key = ("val", id(module))
@@ -274,10 +297,13 @@ def build_objective(settings: StudySettings) -> PIMObjective:
         _BATCHES[key] = [dict(b) for b in dm.stream("val")]
     space = SearchSpace.from_module(module, dm, dim_choices=_dim_choices(settings.run_dir, module),
                                     mode=settings.mode)
-    return PIMObjective(module, space, _BATCHES[key], settings.max_auc_drop)
+    if settings.cost_vocab is not None:
+        space = space.at_vocabulary(settings.cost_vocab, settings.cost_zipf)
+    return PIMObjective(module, space, _BATCHES[key], settings.max_auc_drop, memo=_AUCS.setdefault(key, {}))
 
 
 _BATCHES: dict[tuple, list] = {}
+_AUCS: dict[tuple, dict] = {}
 
 
 def _dim_choices(run_dir: str, module: Any) -> tuple[int, ...]:
