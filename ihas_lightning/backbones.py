@@ -344,7 +344,10 @@ class CTRBackbone(nn.Module):
             embeddings = self.embedding_transform(embeddings)
         self.last_embeddings = embeddings
         wanted = {getattr(c, "name", None) for c in feature_columns}
-        sparse_list = [embeddings[:, i:i + 1, :] for i, f in enumerate(self.fields) if f in wanted]  # (B, 1, D)
+        # split, not a slice per field: a slice's backward writes a zero (B, F, D) gradient for every field (F
+        # times the embeddings' size a step); split's backward is one concatenation.
+        pieces = embeddings.split(1, dim=1)                                                   # F x (B, 1, D)
+        sparse_list = [pieces[i] for i, f in enumerate(self.fields) if f in wanted]
         dense_names = [c.name for c in feature_columns if type(c).__name__ == "DenseFeat"]
         if dense_names and not support_dense:
             raise ValueError("DenseFeat is not supported in dnn_feature_columns")
