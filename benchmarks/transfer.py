@@ -123,7 +123,8 @@ def main() -> None:
                 row["verdict"] = verdicts(row)
                 # Diagnostic: share of test samples the router sends to its most used group (model seed 0);
                 # the search's own clustering is the reference (a share near 1 = routing collapsed).
-                share = json.loads((out / config.stage(row["backbone"], 0, "ihas") / "metrics.json").read_text())
+                stage = out / config.stage(row["backbone"], 0, "ihas", result["uniform_dim"])
+                share = json.loads((stage / "metrics.json").read_text())
                 row["verdict"]["top_group_share_test"] = max(share["group_share_test"])
             result["seconds"] = {"this_invocation": time.perf_counter() - clock, "stages": compute_seconds(out)}
             results.append({**result, "dataset": name, "data": result["dataset"], "source": source})
