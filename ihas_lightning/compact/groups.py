@@ -27,10 +27,10 @@ from ..flops import stored_widths
 from ..modules.group_dense import GroupDense
 from ..modules.linear_router import LinearRouter
 from ..modules.retrain_module import RetrainModule
-from .heads import COMPACT_BACKBONES, WeightSource, build_head
+from .heads import WeightSource, build_head
 from .layout import RowLayout
 
-__all__ = ["COMPACT_BACKBONES", "CompactGroups", "compact_or_none"]
+__all__ = ["CompactGroups", "compact_or_none"]
 
 
 class CompactGroups(nn.Module):
@@ -43,7 +43,8 @@ class CompactGroups(nn.Module):
             ``LinearRouter`` reads its ``columns``, a gate ``Router`` all D); None with one group.
         group_params: the groups' own dense layers (``group_dense``), or None for the backbone's.
 
-    Raises ``NotImplementedError`` for a backbone without a compact form (see :data:`COMPACT_BACKBONES`).
+    Raises ``NotImplementedError`` for a backbone without a compact form (see
+    :data:`~ihas_lightning.compact.COMPACT_BACKBONES`).
 
     Example:
         >>> compact = CompactGroups.from_module(retrain_module)
