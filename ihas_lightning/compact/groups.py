@@ -11,7 +11,8 @@ scattered back in batch order. Predictions equal the zero-padded module's up to 
 
 Inference only. The embedding tables and the router are the module's own (shared, not copied); the dense
 weights are copies taken at construction: build again after further training (``IHASModel`` does so itself).
-Traces for TorchScript and ONNX (``export_model`` exports this form).
+Traces for TorchScript and ONNX (``export_model`` exports this form). See
+docs/design.md#41-retraining-shared-tables-and-the-router.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ In a group, a padded coordinate of the zero-padded input is an exact 0, so:
   padded coordinates at 0, so W keeps its live rows and columns.
 
 A DNN's BatchNorm (evaluation statistics) is folded into its linear layer. The weights are copies taken when
-the head is built (inference only: dropout off, BatchNorm statistics fixed).
+the head is built (inference only: dropout off, BatchNorm statistics fixed). See
+docs/design.md#41-retraining-shared-tables-and-the-router.
 """
 
 from __future__ import annotations
