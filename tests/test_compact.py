@@ -130,6 +130,18 @@ def test_an_empty_group_and_one_group(retrain_dm) -> None:
     _check_equal(single, compact, batch)
 
 
+def test_groups_with_the_same_dims_share_a_head(retrain_dm) -> None:
+    batch = sample_batch(retrain_dm, "train", n=300)
+    for dims, head_of in (([DIMS[0], DIMS[2], DIMS[0]], [0, 1, 0]), ([DIMS[1]] * 3, [0, 0, 0])):
+        module = _perturbed(routed_module(retrain_dm, group_dims=dims, backbone="DCN"), seed=4)
+        compact = CompactGroups.from_module(module)
+        assert compact.head_of_group.tolist() == head_of and len(compact.heads) == max(head_of) + 1
+        groups = _check_equal(module, compact, batch)
+        assert len(groups.unique()) == 3                                   # the module did route to all three
+    grouped = _module(retrain_dm, "DeepFM", "linear", group_dense=True)
+    assert len(CompactGroups.from_module(grouped).heads) == 3                # own dense layers: never shared
+
+
 def test_unsupported_backbone_falls_back_with_a_warning(retrain_dm, tmp_path: Path) -> None:
     module = _perturbed(routed_module(retrain_dm, group_dims=DIMS, backbone="AutoInt"), seed=1)
     with pytest.warns(UserWarning, match="backbone AutoInt has no compact form"):

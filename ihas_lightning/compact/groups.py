@@ -6,8 +6,10 @@ is looked up once at its stored width (``[e_1 | ... | e_F | dense | 0]`` per row
 group, and each group's rows (selected with ``nonzero``/``index_select``, a static loop over K) go through
 that group's compact layers (:mod:`ihas_lightning.compact.heads`: the first DNN layer cut to the group's
 columns, FM/CIN on the group's fields and widths, DCN's padded coordinates folded into constants), the logits
-scattered back in batch order. Predictions equal the zero-padded module's up to float rounding
-(``tests/test_compact.py``); the work per sample is what :mod:`ihas_lightning.flops` counts for the groups.
+scattered back in batch order. Groups with the same dimensions (and shared dense layers) share one head;
+when all do, nothing routes. Predictions equal the zero-padded module's up to float rounding
+(``tests/test_compact.py``); the work per sample is what :mod:`ihas_lightning.flops` counts for the groups (less
+the router's share when nothing routes).
 
 Inference only. The embedding tables and the router are the module's own (shared, not copied); the dense
 weights are copies taken at construction: build again after further training (``IHASModel`` does so itself).
@@ -59,11 +61,17 @@ class CompactGroups(nn.Module):
         if len(dims) > 1 and router is None:
             raise ValueError(f"{len(dims)} groups need a router")
         layout = RowLayout(stored_widths(backbone), len(backbone.schema.dense), backbone.dim)
+        # Groups with the same dims and shared dense layers compute the same function: one head serves them all
+        # (with a single head nothing needs routing).
+        first_of: dict[tuple[int, ...], int] = {}
+        head_of = [first_of.setdefault(tuple(row), len(first_of)) if group_params is None else g
+                   for g, row in enumerate(dims)]
         copies: dict[int, Tensor] = {}                                      # one copy of a layer the groups share
         self.heads = nn.ModuleList(
-            build_head(backbone, layout, row, WeightSource(
+            build_head(backbone, layout, dims[g], WeightSource(
                 backbone, group_params.overrides(g) if group_params is not None else None, copies))
-            for g, row in enumerate(dims))
+            for g in sorted({head_of.index(h) for h in head_of}))
+        self.register_buffer("head_of_group", torch.tensor(head_of, dtype=torch.long))              # (K,)
         model = backbone.model
         self.tables = nn.ModuleList(model.embedding_dict[f] for f in backbone.fields)
         first_order = model.linear_model.embedding_dict
@@ -88,7 +96,7 @@ class CompactGroups(nn.Module):
 
     @property
     def num_groups(self) -> int:
-        return len(self.heads)
+        return int(self.head_of_group.numel())
 
     def train(self, mode: bool = True) -> CompactGroups:
         """Inference only: sets the flag and leaves the shared submodules (the module's tables and router)
@@ -127,13 +135,13 @@ class CompactGroups(nn.Module):
         batch = self._check(batch)
         rows = self.rows(batch)
         first = self.first_order_logits(batch) if len(self.first_order) else None
-        if self.router is None:
+        if len(self.heads) == 1:
             logits = self.heads[0](rows)
         else:
-            groups = self.route(rows)
+            heads = self.head_of_group.index_select(0, self.route(rows))                          # (B,)
             logits = rows.new_zeros(rows.shape[0])
-            for g, head in enumerate(self.heads):
-                index = torch.nonzero(groups == g).flatten()                                     # (n_g,)
+            for h, head in enumerate(self.heads):
+                index = torch.nonzero(heads == h).flatten()                                       # (n_h,)
                 logits = logits.scatter(0, index, head(rows.index_select(0, index)))
         return logits if first is None else logits + first
 
