@@ -69,10 +69,11 @@ print(json.dumps({"before_kib": before, "peak_kib": status_kib('VmHWM')}))
 
 
 def run_args(data: str, fmt: str, out: str, backbone: str, epochs: int, rows: int | None = None) -> list[str]:
-    """``ihas run`` with few epochs: the search (one warm-up epoch + ``epochs - 1`` gated), one retraining epoch."""
+    """``ihas run`` with few epochs: the search (one warm-up epoch + ``epochs - 1`` gated), one retraining epoch,
+    one epoch of each uniform baseline."""
     return ["run", "--data", data, "--format", fmt, "--backbone", backbone, "--split-seed", "0", "--seed", "0",
             "--out", out, "--epochs", str(epochs), "--warmup-epochs", "1", "--retrain-epochs", "1",
-            "--baseline-epochs", str(epochs), "--fieldwise", "--quiet", "--threads", "1",
+            "--baseline-epochs", "1", "--fieldwise", "--quiet", "--threads", "1",
             *(["--rows", str(rows)] if rows else [])]
 
 
@@ -171,7 +172,8 @@ def run_summary(run: Path) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())
     keys = ("test_auc", "footprint_params", "dense_params", "flops_per_sample")
     summary = {name: {k: metrics.get(name, {}).get(k) for k in keys} for name, _ in MODELS if name in metrics}
-    summary["ihas"].update(dims=metrics["ihas"].get("dims"), group_share_test=metrics["ihas"].get("group_share_test"))
+    retrain = json.loads((run / "retrain" / "metrics.json").read_text())
+    summary["ihas"].update(dims=retrain.get("dims"), group_share_test=retrain.get("group_share_test"))
     return summary
 
 
@@ -188,9 +190,14 @@ def markdown(payload: dict, path: Path) -> None:
                      *(f"{r['ratio'][f'samples_per_s_{b}']:.2f}" for b in BATCHES),
                      f"{r['file_bytes'] / 2**20:.2f}", f"{r['ratio']['file_bytes']:.2f}", f"{r['peak_mib']:.0f}",
                      f"{r['model_mib']:.1f}", f"{r['ratio']['model_mib']:.2f}", flops])
-    share = payload["run"]["ihas"].get("group_share_test")
+    share = payload["run"]["ihas"].get("group_share_test") or []
+    dims = payload["run"]["ihas"].get("dims") or {}
+    widths = [sum(row.values()) for row in dims.values()]
+    fields = len(next(iter(dims.values()), {}))
     notes = [f"data {payload['data']}, backbone {payload['backbone']}; one `ihas run` ({payload['epochs']} search "
-             f"epochs, 1 retraining epoch); iHAS groups' test shares {[round(s, 3) for s in share or []]}",
+             "epochs, 1 retraining epoch, 1 epoch per baseline)",
+             f"iHAS: {len(widths)} groups, test shares {[round(x, 3) for x in share]}, summed embedding widths "
+             f"{widths} (uniform 16: {16 * fields}); {len(set(map(str, dims.values())))} distinct sets of dims",
              f"CPU only ({payload['machine']['cpu']}), 1 torch thread, TorchScript via `torch.jit.load`; no GPU was "
              "lent to this session, so there is no GPU column",
              f"samples/s: median of {payload['repeats']} alternating rounds, each cell timed >= "
@@ -213,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--backbone", default="DeepFM")
     parser.add_argument("--rows", type=int, help="rows of --data synthetic (the generator's)")
     parser.add_argument("--epochs", type=int, default=2, help="search epochs (one of them warm-up)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--min-seconds", type=float, default=0.5)
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "serving.json")
     args = parser.parse_args(argv)
