@@ -33,6 +33,7 @@ CASES = {                                   # backbone, options
     "DeepFM-bn": ("DeepFM", {"dnn_use_bn": True}),
     "DCN": ("DCN", {"cross_num": 3}),
     "DCN-matrix": ("DCN", {"cross_num": 2, "cross_parameterization": "matrix"}),
+    "DCN-deep-only": ("DCN", {"cross_num": 0}),
     "WDL": ("WDL", {}),
     "NFM": ("NFM", {}),
     "xDeepFM": ("xDeepFM", {"cin_layer_size": (8, 5)}),

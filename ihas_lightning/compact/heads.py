@@ -216,6 +216,8 @@ class _DCN(GroupHead):
                 self.register_buffer("kernels", kernels[:, live][:, :, live])                      # (L, live, live)
             self.register_buffer("biases", biases[:, live, 0])                                      # (L, live)
             self.register_buffer("cross_weight", out[:kernels.shape[1]][live].unsqueeze(1))       # (live, 1)
+        else:                                             # no cross layer: its (empty) weights are not needed
+            source("model.crossnet.kernels"), source("model.crossnet.bias")
         if self.use_dnn:
             self.dnn = _mlp(source, model.dnn, columns.full)
             start = kernels.shape[1] if self.cross else 0
