@@ -11,8 +11,9 @@ does (``export_model``) and served with ``torch.jit.load``:
     ihas_padded        iHAS zero-padded (``export_model(..., compact=False)``): every group at width 16
 
 Measured in one process, CPU, 1 torch thread: samples/s at batch 1, 256 and 4096 on the run's test rows
-(repeated to 4096 when fewer), each cell timed for at least ``--min-seconds``; the models alternate within each
-of ``--repeats`` rounds and the median round counts. File size of the TorchScript file. Peak memory: a fresh
+(repeated to 4096 when fewer). In each of ``--repeats`` rounds the models take turns on every batch, each call
+timed on its own, until each has run ``--min-seconds`` (so load from other jobs falls on all alike); the median
+round counts, and a ratio is the median of the rounds' ratios. File size of the TorchScript file. Peak memory: a fresh
 process per model (``--repeats`` times, the median counts) loads the model and predicts a 4096-row batch three
 times; reported is its peak RSS and the part of it above the process before loading the model (the model and
 its activations). Ratios are to uniform-16 (``baseline``) of the same run.
@@ -115,20 +116,25 @@ def served_rows(run: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return batch["sparse"][index], batch["dense"][index], batch["multi"][index]
 
 
-def samples_per_second(model: torch.jit.ScriptModule, inputs: tuple[torch.Tensor, ...], batch: int,
-                       min_seconds: float) -> float:
-    """Rows predicted per second in batches of ``batch`` (consecutive slices of the inputs, cycling)."""
+def interleaved_samples_per_second(models: dict[str, torch.jit.ScriptModule], inputs: tuple[torch.Tensor, ...],
+                                   batch: int, min_seconds: float) -> dict[str, float]:
+    """Rows per second of each model in batches of ``batch`` (consecutive slices of the inputs, cycling), the
+    models called in turn on each slice and each call timed on its own, until every model has run
+    ``min_seconds``: load from other jobs on the machine falls on all of them alike."""
     slices = [tuple(t[start:start + batch] for t in inputs) for start in range(0, ROWS - batch + 1, batch)][:256]
+    seconds = dict.fromkeys(models, 0.0)
+    rows = 0
     with torch.no_grad():
-        model(*slices[0])                                                                         # warm-up
-        done, start = 0, time.perf_counter()
-        while True:
+        for model in models.values():                                                            # warm-up
+            model(*slices[0])
+        while min(seconds.values()) < min_seconds:
             for part in slices:
-                model(*part)
-            done += len(slices) * batch
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_seconds:
-                return done / elapsed
+                for name, model in models.items():
+                    start = time.perf_counter()
+                    model(*part)
+                    seconds[name] += time.perf_counter() - start
+            rows += len(slices) * batch
+    return {name: rows / spent for name, spent in seconds.items()}
 
 
 def peak_memory(path: Path, inputs_path: Path) -> dict:
@@ -146,8 +152,8 @@ def measure(paths: dict[str, Path], inputs: tuple[torch.Tensor, ...], repeats: i
     rounds: dict[str, dict[int, list[float]]] = {name: {b: [] for b in BATCHES} for name in models}
     for _ in range(repeats):
         for batch in BATCHES:
-            for name, model in models.items():                 # alternating: every model once per round
-                rounds[name][batch].append(samples_per_second(model, inputs, batch, min_seconds))
+            for name, speed in interleaved_samples_per_second(models, inputs, batch, min_seconds).items():
+                rounds[name][batch].append(speed)
     memory = {name: [peak_memory(path, inputs_path) for _ in range(repeats)] for name, path in paths.items()}
     results = {}
     for name, path in paths.items():
@@ -159,9 +165,9 @@ def measure(paths: dict[str, Path], inputs: tuple[torch.Tensor, ...], repeats: i
             "model_mib": statistics.median(m["model_mib"] for m in memory[name]),
         }
     base = results["baseline"]
-    for record in results.values():
-        record["ratio"] = {**{f"samples_per_s_{b}": record["samples_per_s"][b] / base["samples_per_s"][b]
-                              for b in record["samples_per_s"]},
+    for name, record in results.items():                  # speed: the median of the rounds' paired ratios
+        record["ratio"] = {**{f"samples_per_s_{b}": statistics.median(
+                                  x / y for x, y in zip(rounds[name][b], rounds["baseline"][b])) for b in BATCHES},
                            "file_bytes": record["file_bytes"] / base["file_bytes"],
                            "model_mib": record["model_mib"] / base["model_mib"]}
     return {"models": results, "max_abs_probability_gap_compact_vs_padded": gap}
@@ -200,8 +206,9 @@ def markdown(payload: dict, path: Path) -> None:
              f"{widths} (uniform 16: {16 * fields}); {len(set(map(str, dims.values())))} distinct sets of dims",
              f"CPU only ({payload['machine']['cpu']}), 1 torch thread, TorchScript via `torch.jit.load`; no GPU was "
              "lent to this session, so there is no GPU column",
-             f"samples/s: median of {payload['repeats']} alternating rounds, each cell timed >= "
-             f"{payload['min_seconds']} s; memory: median of {payload['repeats']} fresh processes (peak RSS, and "
+             f"samples/s: median of {payload['repeats']} rounds; in a round the models take turns on each batch, "
+             f"each call timed, until each has run >= {payload['min_seconds']} s; ratios: the median of the "
+             "rounds' ratios; memory: median of {payload['repeats']} fresh processes (peak RSS, and "
              "its part above the process before loading the model) predicting a 4096-row batch 3 times",
              f"the compact and the zero-padded iHAS files agree to "
              f"{payload['results']['max_abs_probability_gap_compact_vs_padded']:.1e} in probability on the 4096 rows",
