@@ -21,6 +21,7 @@ its activations). Ratios are to uniform-16 (``baseline``) of the same run.
 Usage:
     python benchmarks/serving.py                                # train a run (few epochs), then measure
     python benchmarks/serving.py --run DIR                      # train into DIR unless finished, then measure
+    python benchmarks/serving.py --render benchmarks/results/serving.json     # the Markdown table again
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ def markdown(payload: dict, path: Path) -> None:
              "lent to this session, so there is no GPU column",
              f"samples/s: median of {payload['repeats']} rounds; in a round the models take turns on each batch, "
              f"each call timed, until each has run >= {payload['min_seconds']} s; ratios: the median of the "
-             "rounds' ratios; memory: median of {payload['repeats']} fresh processes (peak RSS, and "
+             f"rounds' ratios; memory: median of {payload['repeats']} fresh processes (peak RSS, and "
              "its part above the process before loading the model) predicting a 4096-row batch 3 times",
              f"the compact and the zero-padded iHAS files agree to "
              f"{payload['results']['max_abs_probability_gap_compact_vs_padded']:.1e} in probability on the 4096 rows",
@@ -230,7 +231,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--min-seconds", type=float, default=0.5)
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "serving.json")
+    parser.add_argument("--render", type=Path, help="only write the Markdown table of this result JSON")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        payload = json.loads(args.render.read_text())
+        markdown(payload, args.render.with_suffix(".md"))
+        return payload
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     start = time.perf_counter()
