@@ -204,6 +204,22 @@ def test_torchscript_export_is_the_compact_model(retrain_dm, tmp_path: Path, cas
     np.testing.assert_allclose(padded(*inputs).detach().numpy(), served["p"], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("case", ["DCN", "NFM", "xDeepFM"])
+def test_onnx_export_of_the_compact_model(retrain_dm, tmp_path: Path, case: str) -> None:
+    pytest.importorskip("onnx", reason="ONNX export needs the onnx package (the 'export' extra)")
+    onnxruntime = pytest.importorskip("onnxruntime", reason="running ONNX needs onnxruntime (the 'export' extra)")
+    module = _module(retrain_dm, case, "gates")
+    batch = sample_batch(retrain_dm, "train", n=200)
+    files = export_model(IHASModel(module, retrain_dm.encoder), tmp_path / "m.onnx", "onnx")
+    session = onnxruntime.InferenceSession(str(files.model), providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in session.get_inputs()}
+    with torch.no_grad():
+        expected = torch.sigmoid(module(batch)).numpy()
+    for rows in (slice(None), slice(7, 8)):                         # a mixed batch, then one row
+        feed = {k: batch[k][rows].numpy() for k in ("sparse", "dense", "multi") if k in wanted}
+        np.testing.assert_allclose(session.run(None, feed)[0], expected[rows], atol=1e-5, rtol=0)
+
+
 def _matmul_flops(fn, *args) -> int:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         fn(*args)

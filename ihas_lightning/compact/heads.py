@@ -245,7 +245,9 @@ def _cin(x0: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], activa
     """DeepCTR's CIN on (n, fields, width) -> (n, feature maps), the 1x1 convolutions as matmuls."""
     hidden, outputs = x0, []
     for i, (weight, bias) in enumerate(zip(weights, biases)):
-        z = (hidden.unsqueeze(2) * x0.unsqueeze(1)).flatten(1, 2)                          # (n, H*fields, width)
+        z = hidden.unsqueeze(2) * x0.unsqueeze(1)                                         # (n, H, fields, width)
+        # every size given (no flatten, no -1): ONNX cannot infer a -1 next to an empty group's 0 rows
+        z = z.reshape(z.shape[0], z.shape[1] * z.shape[2], z.shape[3])                     # (n, H*fields, width)
         y = torch.matmul(weight, z) + bias.unsqueeze(-1)                                     # (n, size, width)
         y = activation(y) if activation is not None else y
         if split_half and i != len(weights) - 1:
