@@ -8,11 +8,14 @@ The exported model is :class:`ServingModel`: plain tensors in, click probabiliti
     multi  (B, sum max_len) int64  padded ids of the multi-valued fields, one block per field (0 = padding)
     ->     (B,) float32 probabilities
 
-Routing stays inside the graph: the router picks a group per row and the row's embeddings are masked to that
-group's dimensions by indexing (``group_masks[groups]``), so a traced batch may mix groups. With per-group
-dense layers (``group_dense``) every group's layers run on the whole batch and each row keeps its own group's
-logit (``gather``): K times the dense compute, no data-dependent branch. The batch axis is dynamic; the other
-axes are fixed by the schema.
+Routing stays inside the graph and a batch may mix groups. A RetrainModule is exported in its compact form
+(:class:`~ihas_lightning.compact.CompactGroups`): the router picks a group per row, and each group's rows
+(``nonzero``, ``index_select``) run through that group's own layers at its own widths and are scattered back
+in batch order; with ``group_dense`` each group's layers are its own copies. A backbone without a compact
+form (or ``compact=False``) exports the zero-padded model: each row's embeddings masked to its group's
+dimensions (``group_masks[groups]``) and the backbone at the full width; with per-group dense layers every
+group's layers then run on the whole batch and each row keeps its own group's logit (``gather``). The batch
+axis is dynamic; the other axes are fixed by the schema.
 
 The encoders JSON (:func:`serving_spec`, format :data:`SERVING_FORMAT`) holds data only: field order,
 vocabularies (or the range of integer ids), the missing/OOV ids, dense log transforms and standardization,
@@ -32,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .compact import compact_or_none
 from .data.encoders import MISSING_ID, OOV_ID, FeatureEncoder
 from .model import IHASModel
 from .modules.backbone_module import BackboneModule
@@ -57,20 +61,26 @@ _SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
 
 class ServingModel(nn.Module):
     """``(sparse, dense, multi)`` tensors -> ``(B,)`` probabilities of a trained :class:`RetrainModule` or
-    :class:`BackboneModule` (evaluation mode; see the module docstring for the layout)."""
+    :class:`BackboneModule` (evaluation mode; see the module docstring for the layout).
 
-    def __init__(self, module: CTRModule) -> None:
+    ``compact`` (default) serves a RetrainModule's groups at their own widths where the backbone allows
+    (a warning says when it does not); False serves the zero-padded module."""
+
+    def __init__(self, module: CTRModule, compact: bool = True) -> None:
         super().__init__()
         if not isinstance(module, (RetrainModule, BackboneModule)):
             raise ValueError(f"can export a RetrainModule or a BackboneModule, got {type(module).__name__}")
         if isinstance(module, RetrainModule) and module.hparams.groups_from != "router":
             raise ValueError("a RetrainModule with groups_from='batch' has no router to serve with; export one "
                              "that routes (groups_from='router')")
-        # What the forward reads, registered here so the trace keeps them as parameters and buffers. The
-        # LightningModule itself stays unregistered: the tracer probes every submodule's attributes, and its
-        # properties (trainer, a linear router's centroids) raise when probed.
-        self.backbone = module.backbone
-        if isinstance(module, RetrainModule):
+        # What the forward reads, registered here so the trace keeps them as parameters and buffers (and only
+        # them: the compact form's file holds no full-width dense layers). The LightningModule itself stays
+        # unregistered: the tracer probes every submodule's attributes, and its properties (trainer, a linear
+        # router's centroids) raise when probed.
+        self.compact = compact_or_none(module) if compact and isinstance(module, RetrainModule) else None
+        if self.compact is None:
+            self.backbone = module.backbone
+        if self.compact is None and isinstance(module, RetrainModule):
             self.router = module.router
             self.group_params = module.group_params
             self.register_buffer("group_masks", module.group_masks)
@@ -79,6 +89,8 @@ class ServingModel(nn.Module):
     def forward(self, sparse: Tensor, dense: Tensor, multi: Tensor) -> Tensor:
         batch = {"sparse": sparse, "dense": dense, "multi": multi}
         module = self._module
+        if self.compact is not None:
+            return torch.sigmoid(self.compact(batch))
         if isinstance(module, RetrainModule) and module.group_params is not None:
             return torch.sigmoid(_group_dense_logits(module, batch))
         return torch.sigmoid(module(batch))
@@ -153,11 +165,12 @@ def encoders_path(model_path: str | Path) -> Path:
 
 
 def export_model(model: IHASModel | CTRModule, out: str | Path, format: str = "torchscript",
-                 encoder: FeatureEncoder | None = None) -> ExportedFiles:
+                 encoder: FeatureEncoder | None = None, compact: bool = True) -> ExportedFiles:
     """Write ``model`` (an :class:`IHASModel`, a :class:`RetrainModule` or a :class:`BackboneModule`) to
     ``out`` as ``format`` (one of :data:`EXPORT_FORMATS`) and its encoders to ``out``'s ``.encoders.json``.
 
     ``encoder`` defaults to the model's own (an IHASModel's, or a module's loaded from its checkpoint).
+    ``compact`` (default): a routed model's groups compute at their own widths (see :class:`ServingModel`).
     """
     if format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
@@ -165,7 +178,7 @@ def export_model(model: IHASModel | CTRModule, out: str | Path, format: str = "t
     encoder = encoder or model.encoder
     if encoder is None:
         raise ValueError("the model has no encoders; pass encoder= (the FeatureEncoder it was trained with)")
-    serving = ServingModel(module)
+    serving = ServingModel(module, compact=compact)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     example = _example_inputs(encoder)

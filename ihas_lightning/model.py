@@ -2,7 +2,10 @@
 searched gates and nearest centroid) -> that group's dimensions.
 
 One ``nn.Module``, one file: it saves its configuration, weights and the encoders together, loads with
-:meth:`IHASModel.load`, and predicts on raw rows.
+:meth:`IHASModel.load`, and predicts on raw rows. Predictions (:meth:`IHASModel.predict_raw`,
+:meth:`IHASModel.predict`) run the compact form (:class:`~ihas_lightning.compact.CompactGroups`: each group at
+its own widths), rebuilt whenever the module's weights have changed since the last one; ``forward`` is the
+module's zero-padded, differentiable one.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .compact import CompactGroups, compact_or_none
 from .data.encoders import FeatureEncoder
 from .data.loader import Batch
 from .data.schema import RawColumns
@@ -42,10 +46,34 @@ class IHASModel(nn.Module):
         if len(share) != module.num_groups:
             raise ValueError(f"group_share has {len(share)} entries for {module.num_groups} groups")
         self.group_share = [float(s) for s in share]
+        # the compact form and the state it was built from (kept off the module tree: not in state_dict)
+        object.__setattr__(self, "_compact", (None, None))
 
     def forward(self, batch: Batch) -> Tensor:
-        """Logits (B,)."""
+        """Logits (B,) of the module as trained (every group zero-padded to the full width; differentiable)."""
         return self.module(batch)
+
+    def compact(self) -> CompactGroups | None:
+        """The compact form of the current weights (built once per state of the module), or None with a warning
+        for a backbone that has none (then predictions run the zero-padded module)."""
+        key = tuple((id(t), t._version, t.data_ptr()) for t in (*self.module.parameters(), *self.module.buffers()))
+        built_for, compact = self._compact
+        if built_for != key:
+            compact = compact_or_none(self.module)
+            object.__setattr__(self, "_compact", (key, compact))
+        return compact
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> Tensor:
+        """(B,) click probabilities of encoded rows, each group at its own widths (:meth:`compact`)."""
+        compact = self.compact()
+        if compact is None:
+            was_training = self.module.training
+            try:
+                return torch.sigmoid(self.module.eval()(batch))
+            finally:
+                self.module.train(was_training)
+        return torch.sigmoid(compact(batch))
 
     @torch.no_grad()
     def predict_groups(self, batch: Batch) -> Tensor:
@@ -94,7 +122,8 @@ class IHASModel(nn.Module):
         """Click probabilities for raw rows, encoded by the saved encoders (unseen categories -> OOV)."""
         if self.encoder is None:
             raise RuntimeError("this IHASModel was saved without encoders; encode rows yourself and call it")
-        return predict_encoded(self.module, self.encoder.transform(raw), batch_size)
+        compact = self.compact()
+        return predict_encoded(compact if compact is not None else self.module, self.encoder.transform(raw), batch_size)
 
     def save(self, path: str | Path) -> None:
         torch.save({"hparams": dict(self.module.hparams), "state_dict": self.module.state_dict(),

@@ -198,7 +198,9 @@ def test_routing_survives_export(tmp_path, format, router, group_dense) -> None:
     one_row = _serve_module().predict(files.model, {k: encoded[k][-1:].numpy() for k in ("sparse", "dense", "multi")})
     np.testing.assert_allclose(one_row, expected[-1:], atol=1e-5, rtol=0)          # the batch axis is dynamic
     # narrow groups change the prediction: a model routed to group 0 alone would not match
-    model.module.group_masks.copy_(model.module.group_masks[:1].clone().expand_as(model.module.group_masks))
+    for name in ("group_dims", "group_masks"):                          # every group given group 0's dims
+        groups = getattr(model.module, name)
+        groups.copy_(groups[:1].clone().expand_as(groups))
     assert np.abs(model.predict_raw(raw) - expected).max() > 1e-2
 
 
