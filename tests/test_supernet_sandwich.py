@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -115,3 +117,20 @@ def test_sandwich_needs_a_supernet_module(tmp_path, dm) -> None:
     module = BackboneModule(dm.schema, dm.vocab_sizes, dim=DIM, dnn_hidden_units=HIDDEN)
     with pytest.raises(TypeError, match="the sandwich rule needs a SupernetModule"):
         _trainer(tmp_path, [SupernetSampler(dim_choices=(2, 4), sandwich=1)], max_steps=2).fit(module, dm)
+
+
+def test_cli_supernet_sandwich_options(tmp_path, capsys) -> None:
+    from ihas_lightning.cli import main
+
+    common = ["supernet", "--data", "synthetic", "--rows", "3000", "--epochs", "1", "--dim", "8", "--dim-choices",
+              "2,4,8", "--dnn", "16,8", "--batch-size", "256", "--quiet", "--cache-dir", str(tmp_path / "cache"),
+              "--accelerator", "cpu"]
+    assert main([*common, "--out", str(tmp_path / "bad"), "--distill", "0.5"]) == 2
+    assert "distill needs the sandwich rule" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert main([*common, "--out", str(out), "--sandwich", "1", "--distill", "0.5", "--sampling", "capped"]) == 0
+    stage = out / "supernet"
+    sampler = json.loads((stage / "supernet.json").read_text())["sampler"]
+    assert sampler["sandwich"] == 1 and sampler["distill"] == 0.5 and sampler["sampling"] == "capped"
+    metrics = json.loads((stage / "metrics.json").read_text())
+    assert metrics["sampled_steps"] == 10 and 0.4 < metrics["val_auc"] <= 1.0   # ceil(2400 / 256) sandwich steps
