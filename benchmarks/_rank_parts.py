@@ -20,7 +20,7 @@ from ihas_lightning import CTRDataModule, SubArchitecture, SupernetConfig, Super
 from ihas_lightning.paths import shared_data_dir
 
 __all__ = ["DATASETS", "DIM_CHOICES", "WIDTH_CHOICES", "Band", "StandaloneCache", "datamodule", "draw_candidates",
-           "parse_bands", "tau", "trainer"]
+           "parse_bands", "tau", "train_standalone", "trainer"]
 
 DIM_CHOICES = (0, 1, 2, 4, 8, 16)  # 0 drops a field's embedding (its first-order term stays)
 WIDTH_CHOICES = (0.25, 0.5, 0.75, 1.0)
@@ -152,14 +152,18 @@ class StandaloneCache:
         hit = self.get(key)
         if hit is not None:
             return hit
-        start = time.perf_counter()   # data reading included: the loaders stream the splits inside fit
-        pl.seed_everything(seed, workers=True)
-        alone = SupernetModule(dm.schema, dm.vocab_sizes, seed=seed, **model)
-        alone.supernet_masks.apply(sub)                        # fixed for the whole training
-        trainer(epochs, []).fit(alone, dm)
-        seconds = time.perf_counter() - start
-        score = alone.evaluate_subnet(sub, dm)
-        value = {"auc": score.auc, "logloss": score.logloss, "seconds": seconds,
-                 "embedding_share": score.embedding_share}
+        value = train_standalone(dm, sub, seed, epochs, model)
         self.put(key, value)
         return value
+
+
+def train_standalone(dm: CTRDataModule, sub: SubArchitecture, seed: int, epochs: int, model: dict) -> dict:
+    """Train ``sub`` alone (a fresh backbone, its masks fixed throughout); validation AUC, logloss, seconds."""
+    start = time.perf_counter()   # data reading included: the loaders stream the splits inside fit
+    pl.seed_everything(seed, workers=True)
+    alone = SupernetModule(dm.schema, dm.vocab_sizes, seed=seed, **model)
+    alone.supernet_masks.apply(sub)
+    trainer(epochs, []).fit(alone, dm)
+    seconds = time.perf_counter() - start
+    score = alone.evaluate_subnet(sub, dm)
+    return {"auc": score.auc, "logloss": score.logloss, "seconds": seconds, "embedding_share": score.embedding_share}
