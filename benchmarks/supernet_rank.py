@@ -17,8 +17,10 @@ Per data set (MovieLens-100K, MovieLens-1M-first3k, synthetic):
 Reported: Kendall tau (inherited / fine-tuned vs stand-alone) per band and over all candidates, the same tau
 between the two stand-alone seeds (the ceiling of any proxy), and speed-ups: one inherited evaluation
 (including reading the validation split) vs one stand-alone training (including its data reading); and
-amortised, ``(supernet training + N evaluations) / (N stand-alone trainings)`` for N = the candidates ranked
-here and N = 200 (a search's budget, the PIM study's trial count), both from the measured medians.
+amortised, ``(N stand-alone trainings) / (supernet training + N evaluations)`` for N = the candidates ranked
+here and N = 200 (a search's budget, the PIM study's trial count), both from the measured medians. Times are
+CPU seconds of the process (``time.process_time``, one torch thread): on the shared machine wall times of the
+same work varied up to 10x within minutes. Three stand-alone trainings (one per band) are timed again in the run.
 
 Usage:
     python benchmarks/supernet_rank.py                      # all three data sets, variants sandwich and baseline
@@ -76,16 +78,16 @@ DEFAULT_VARIANT = "sandwich,baseline"
 SEARCH_SIZE = 200
 
 
-def train_variant(name: str, dm, model: dict, spec: dict) -> tuple[SupernetModule, float, int]:
+def train_variant(name: str, dm, model: dict, spec: dict) -> tuple[SupernetModule, float, float, int]:
     pl.seed_everything(0, workers=True)
     supernet = SupernetModule(dm.schema, dm.vocab_sizes, seed=0, **model)
     options = {k: v for k, v in spec.items() if k not in ("epochs", "warmup_epochs")}
     if "warmup_epochs" in spec:
         options["warmup_steps"] = spec["warmup_epochs"] * -(-len(dm.split("train")) // dm.batch_size)
     sampler = SupernetSampler(dim_choices=DIM_CHOICES, width_choices=WIDTH_CHOICES, seed=0, **options)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     trainer(spec["epochs"], [sampler]).fit(supernet, dm)
-    return supernet, time.perf_counter() - start, sampler.step
+    return supernet, time.perf_counter() - start, time.process_time() - cpu, sampler.step
 
 
 def band_taus(rows: list[dict], bands: list, key: str, ref: str = "standalone_auc") -> dict:
@@ -128,22 +130,25 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
         return result
     # The cached trainings ran under other loads of a shared machine: time a few again, next to the supernets.
     timed = [sub for i, (_, sub) in enumerate(candidates) if i % args.per_band == 0][:args.time_standalone]
-    fresh = [train_standalone(dm, sub, 100, epochs, model)["seconds"] for sub in timed]
-    result["standalone_train_seconds_fresh"] = fresh
-    result["standalone_train_seconds"] = float(np.median(fresh)) if fresh \
-        else result["standalone_train_seconds_cached"]
+    fresh = [train_standalone(dm, sub, 100, epochs, model) for sub in timed]
+    result["standalone_train_seconds_fresh"] = [f["seconds"] for f in fresh]
+    result["standalone_train_cpu_seconds"] = [f["cpu_seconds"] for f in fresh]
+    result["standalone_train_seconds"] = float(np.median([f["cpu_seconds"] for f in fresh]))
 
     for variant in args.variants:
         spec = VARIANTS[variant]
-        supernet, seconds, steps = train_variant(variant, dm, model, spec)
-        print(f"[{name}] {variant}: supernet {spec['epochs']} epochs, {steps} steps, {seconds:.1f}s", flush=True)
+        supernet, wall, seconds, steps = train_variant(variant, dm, model, spec)
+        print(f"[{name}] {variant}: supernet {spec['epochs']} epochs, {steps} steps, {wall:.1f}s ({seconds:.1f} "
+              f"CPU s)", flush=True)
         scored = []
         for (band, sub), row in zip(candidates, rows):
+            cpu = time.process_time()
             inherited = supernet.evaluate_subnet(sub, dm)          # reads the validation split each time
+            cpu_inherited, cpu = time.process_time() - cpu, time.process_time()
             tuned = supernet.evaluate_subnet(sub, dm, finetune_steps=args.finetune_steps)
             scored.append({**row, "inherited_auc": inherited.auc, "finetuned_auc": tuned.auc,
-                           "inherited_logloss": inherited.logloss,
-                           "inherited_seconds": inherited.seconds, "finetuned_seconds": tuned.seconds})
+                           "inherited_logloss": inherited.logloss, "inherited_seconds": cpu_inherited,
+                           "finetuned_seconds": time.process_time() - cpu})
         taus = band_taus(scored, bands, "inherited_auc")
         taus_ft = band_taus(scored, bands, "finetuned_auc")
         eval_s = float(np.median([r["inherited_seconds"] for r in scored]))
@@ -152,7 +157,8 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
         amortised = {str(n): (n * alone_s) / (seconds + n * eval_s) for n in (len(scored), SEARCH_SIZE)}
         amortised_ft = {str(n): (n * alone_s) / (seconds + n * ft_s) for n in (len(scored), SEARCH_SIZE)}
         result["variants"][variant] = {
-            "spec": spec, "supernet_seconds": seconds, "supernet_steps": steps, "kendall_tau": taus,
+            "spec": spec, "supernet_seconds": seconds, "supernet_wall_seconds": wall, "supernet_steps": steps,
+            "kendall_tau": taus,
             "kendall_tau_finetuned": taus_ft, "inherited_eval_seconds": eval_s, "finetuned_eval_seconds": ft_s,
             "speedup": alone_s / eval_s, "speedup_finetuned": alone_s / ft_s, "speedup_amortised": amortised,
             "speedup_amortised_finetuned": amortised_ft,
@@ -188,11 +194,13 @@ def write_report(results: list[dict], args: argparse.Namespace, payload: dict) -
     n = len(results[0]["candidates"])
     notes = [f"{r['dataset']}: {r['backbone']} dim 16, DNN {r['dnn']}; {r['per_band']} candidates per band; "
              f"stand-alone {r['standalone_epochs']} epochs x {r['standalone_seeds']} seeds "
-             f"(timed again in the run: median {r['standalone_train_seconds']:.1f} s); supernet '{head}' "
-             f"{r['variants'][head]['spec']} trained in {r['variants'][head]['supernet_seconds']:.1f} s; "
+             f"(timed again in the run: median {r['standalone_train_seconds']:.1f} CPU s); supernet '{head}' "
+             f"{r['variants'][head]['spec']} trained in {r['variants'][head]['supernet_seconds']:.1f} CPU s; "
              f"{r['rows_train']} train / {r['rows_val']} val rows" for r in results]
     notes += ["seed vs seed: Kendall tau between the two stand-alone seeds per band (overall), the ceiling of a proxy",
-              f"speed-up: median stand-alone training s / median evaluation s (data reading included on both sides); "
+              "times are CPU seconds of the process (time.process_time, 1 torch thread): the shared machine's wall "
+              "times varied up to 10x between identical runs minutes apart; "
+              f"speed-up: median stand-alone training / median evaluation (data reading included on both sides); "
               f"amortised: N stand-alone trainings / (supernet training + N evaluations) for N = {n} / {SEARCH_SIZE}",
               f"fine-tuned: {args.finetune_steps} last-layer steps before scoring",
               f"machine: {payload['machine']['cpu']}, {args.threads} torch thread(s); command: {payload['command']}"]
@@ -202,7 +210,7 @@ def write_report(results: list[dict], args: argparse.Namespace, payload: dict) -
     md = path.with_suffix(".md")
     lines = ["", "## Variants tried (Kendall tau inherited | fine-tuned)", "",
              "| data | variant | " + " | ".join(f"{b}" for b in bands) + " | overall | "
-             + " | ".join(f"ft {b}" for b in bands) + " | ft overall | supernet s |",
+             + " | ".join(f"ft {b}" for b in bands) + " | ft overall | supernet CPU s |",
              "|" + "---|" * (2 * len(bands) + 5)]
     lines += ["| " + " | ".join(f"{x:.2f}" if isinstance(x, float) else str(x) for x in row) + " |"
               for row in variants]
