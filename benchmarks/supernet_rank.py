@@ -1,25 +1,31 @@
-"""Supernet rank correlation: inherited-weight scores vs stand-alone training of the same sub-architectures.
+"""Supernet rank correlation within bands of similar parameter share: does the supernet order the candidates a
+search actually compares the way stand-alone training does?
 
-For each data set: train one DeepFM supernet with :class:`SupernetSampler` (dims and DNN widths sampled per
-step), draw N sub-architectures spread over embedding-parameter budgets, and score each
+Per data set (MovieLens-100K, MovieLens-1M-first3k, synthetic):
 
-* with inherited weights (``SupernetModule.evaluate_subnet``), without and with NASRec's last-layer
-  post-training fine-tune;
-* stand-alone: a fresh backbone with that sub-architecture's masks fixed, trained for the same epochs as
-  the supernet, over ``--seeds`` initialization/shuffle seeds (mean validation AUC).
+* candidates: a pool of 4000 draws of the search space's uniform sampler (dims {0,1,2,4,8,16} per field, DNN
+  width shares {0.25,0.5,0.75,1} per layer), deduplicated; ``--per-band`` of them picked at random (seeded) in
+  each band of embedding-parameter share (``--bands``, each spanning a factor of about 2);
+* stand-alone: each candidate trained alone (a fresh DeepFM with its masks fixed) for full epochs over the
+  training split: 4 on MovieLens-100K (160 steps of 2048 rows) and the synthetic data (160 steps), 2 on
+  MovieLens-1M-first3k (382 steps; ``--epochs`` overrides all), for ``--seeds`` seeds; validation AUC of the
+  last epoch, mean over seeds. Results are
+  cached in ``results/supernet_rank_standalone.json`` (keyed by data, settings, candidate, seed, epochs);
+* each supernet variant (``--variants``, see ``VARIANTS``): one supernet trained once, every candidate scored
+  with inherited weights, and after NASRec's 50-step last-layer fine-tune.
 
-Reported: Kendall tau between the inherited and stand-alone AUCs (also after fine-tuning), the tau between
-two stand-alone seeds (the noise ceiling of any proxy), and the time of one inherited evaluation vs one
-stand-alone training.
-
-How the N sub-architectures are drawn (seeded): 4000 candidates from the supernet's own sampler (uniform
-dims per field, uniform width shares per layer); sorted by embedding-parameter share; the candidate nearest
-to each of N log-spaced share targets between the smallest and the largest share is taken (so budgets from
-"every field tiny" to "every field full" are all represented).
+Reported: Kendall tau (inherited / fine-tuned vs stand-alone) per band and over all candidates, the same tau
+between the two stand-alone seeds (the ceiling of any proxy), and speed-ups: one inherited evaluation
+(including reading the validation split) vs one stand-alone training (including its data reading); and
+amortised, ``(N stand-alone trainings) / (supernet training + N evaluations)`` for N = the candidates ranked
+here and N = 200 (a search's budget, the PIM study's trial count), both from the measured medians. Times are
+CPU seconds of the process (``time.process_time``, one torch thread): on the shared machine wall times of the
+same work varied up to 10x within minutes. Three stand-alone trainings (one per band) are timed again in the run.
 
 Usage:
-    python benchmarks/supernet_rank.py                       # MovieLens-100K and synthetic, 12 subnets
-    python benchmarks/supernet_rank.py --data PATH --format criteo --subnets 16 --json out.json
+    python benchmarks/supernet_rank.py                      # all three data sets, variants sandwich and baseline
+    python benchmarks/supernet_rank.py --datasets movielens-100k,synthetic --variants baseline,sandwich
+    python benchmarks/supernet_rank.py --standalone-only                 # fill the stand-alone cache only
 """
 
 from __future__ import annotations
@@ -34,120 +40,203 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, machine_info, now_iso, write_json, write_markdown_table  # noqa: E402
+from _rank_parts import (DATASETS, DIM_CHOICES, WIDTH_CHOICES, StandaloneCache, datamodule,  # noqa: E402
+                         draw_candidates, parse_bands, tau, train_standalone, trainer)
 
-from ihas_lightning import CTRDataModule, SubArchitecture, SupernetConfig, SupernetModule  # noqa: E402
+from ihas_lightning import SupernetModule  # noqa: E402
 from ihas_lightning.callbacks import SupernetSampler  # noqa: E402
-from ihas_lightning.paths import shared_data_dir  # noqa: E402
 
-DIM_CHOICES = (0, 1, 2, 4, 8, 16)  # 0 drops a field: the biggest, most rankable effect
-WIDTH_CHOICES = (0.25, 0.5, 0.75, 1.0)
+VARIANTS: dict[str, dict] = {
+    # the supernet before issue 21: one uniformly sampled sub-architecture per step, 100 warm-up steps
+    "baseline": {"epochs": 8, "warmup_steps": 100},
+    # budget-covering sampling: a cap per step, then every field's dim up to it
+    "capped": {"epochs": 8, "warmup_steps": 100, "sampling": "capped"},
+    # NASRec's longer warm-up: the full network's probability decays over 4 of the 8 epochs
+    "long_warmup": {"epochs": 8, "warmup_epochs": 4},
+    # BigNAS's sandwich rule (largest + smallest + 2 sampled per step), half the epochs: 2x the passes
+    "sandwich": {"epochs": 4, "sandwich": 2},
+    "sandwich_kd": {"epochs": 4, "sandwich": 2, "distill": 0.5},
+    "sandwich_kd_capped": {"epochs": 4, "sandwich": 2, "distill": 0.5, "sampling": "capped"},
+    # shorter training: the supernet overfits MovieLens-100K's id embeddings when trained 8 epochs
+    "baseline_e4": {"epochs": 4, "warmup_steps": 100},
+    "sandwich_e2": {"epochs": 2, "sandwich": 2},
+    "sandwich_kd_e2": {"epochs": 2, "sandwich": 2, "distill": 0.5},
+    "sandwich_kd_capped_e2": {"epochs": 2, "sandwich": 2, "distill": 0.5, "sampling": "capped"},
+    # more sandwich: longer, or more sampled sub-architectures per step
+    "sandwich_e8": {"epochs": 8, "sandwich": 2},
+    "sandwich4": {"epochs": 4, "sandwich": 4},
+}
+"""Supernet variants: ``epochs`` and SupernetSampler options. The first listed in ``--variants`` is the headline.
+
+Chosen on the development data (MovieLens-100K and synthetic; results/supernet_rank_variants_*.md): ``sandwich``
+had the highest overall tau averaged over both (0.72) and the highest lowest-band tau on synthetic (0.71); the
+variants that raised MovieLens-100K's top band lost as much elsewhere."""
+DEFAULT_VARIANT = "sandwich,baseline"
+SEARCH_SIZE = 200
 
 
-def _trainer(epochs: int, callbacks: list) -> pl.Trainer:
-    return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
-                      limit_val_batches=0, num_sanity_val_steps=0)
-
-
-def draw_subnets(module: SupernetModule, config: SupernetConfig, n: int, seed: int) -> list[SubArchitecture]:
-    """N sub-architectures spread evenly over embedding-parameter share (see the module docstring)."""
-    masks = module.supernet_masks
-    generator = torch.Generator().manual_seed(seed)
-    vocab = {f: module.backbone.model.embedding_dict[f].num_embeddings for f in masks.fields}
-    full = masks.full.embedding_params(vocab)
-    candidates = list({masks.sample(generator, config=config) for _ in range(4000)})
-    candidates.sort(key=lambda s: (s.embedding_params(vocab), s.dims, s.widths))
-    shares = np.array([s.embedding_params(vocab) / full for s in candidates])
-    chosen: list[SubArchitecture] = []
-    # Log-spaced budgets: AUC changes most between tiny budgets, and barely among large ones, where ranks are
-    # set by seed noise (see docs/design.md#5-supernet-sampling).
-    for target in np.geomspace(max(shares.min(), 1e-4), shares.max(), n):
-        order = np.argsort(np.abs(shares - target), kind="stable")
-        chosen.append(next(candidates[i] for i in order if candidates[i] not in chosen))
-    return chosen
-
-
-def run_dataset(name: str, dm: CTRDataModule, args: argparse.Namespace) -> dict:
-    dm.prepare_data()
-    dm.setup("fit")
-    hidden = tuple(int(h) for h in args.dnn.split(","))
-    kwargs = dict(backbone=args.backbone, dim=16, dnn_hidden_units=hidden, lr=args.lr)
-    config = SupernetConfig(dim_choices=DIM_CHOICES, width_choices=WIDTH_CHOICES, warmup_steps=args.warmup_steps)
-
+def train_variant(name: str, dm, model: dict, spec: dict) -> tuple[SupernetModule, float, float, int]:
     pl.seed_everything(0, workers=True)
-    supernet = SupernetModule(dm.schema, dm.vocab_sizes, seed=0, **kwargs)
-    sampler = SupernetSampler(dim_choices=DIM_CHOICES, width_choices=WIDTH_CHOICES, warmup_steps=args.warmup_steps,
-                              seed=0)
-    start = time.perf_counter()
-    _trainer(args.supernet_epochs, [sampler]).fit(supernet, dm)
-    supernet_seconds = time.perf_counter() - start
-    print(f"[{name}] supernet: {args.supernet_epochs} epochs, {sampler.step} steps, {supernet_seconds:.1f}s",
-          flush=True)
+    supernet = SupernetModule(dm.schema, dm.vocab_sizes, seed=0, **model)
+    options = {k: v for k, v in spec.items() if k not in ("epochs", "warmup_epochs")}
+    if "warmup_epochs" in spec:
+        options["warmup_steps"] = spec["warmup_epochs"] * -(-len(dm.split("train")) // dm.batch_size)
+    sampler = SupernetSampler(dim_choices=DIM_CHOICES, width_choices=WIDTH_CHOICES, seed=0, **options)
+    start, cpu = time.perf_counter(), time.process_time()
+    trainer(spec["epochs"], [sampler]).fit(supernet, dm)
+    return supernet, time.perf_counter() - start, time.process_time() - cpu, sampler.step
 
-    space = SupernetConfig(dim_choices=DIM_CHOICES, width_choices=WIDTH_CHOICES)  # no warm-up: never "full" on purpose
-    subnets = draw_subnets(supernet, space, args.subnets, seed=args.draw_seed)
-    inherited = supernet.evaluate_many(subnets, dm)
-    tuned = supernet.evaluate_many(subnets, dm, finetune_steps=args.finetune_steps)
+
+def band_taus(rows: list[dict], bands: list, key: str, ref: str = "standalone_auc") -> dict:
+    out = {str(b): tau([r[key] for r in rows if r["band"] == i], [r[ref] for r in rows if r["band"] == i])
+           for i, b in enumerate(bands)}
+    return {"bands": out, "overall": tau([r[key] for r in rows], [r[ref] for r in rows])}
+
+
+def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> dict:
+    dm = datamodule(name, args.rows, args.batch_size)
+    hidden = tuple(int(h) for h in args.dnn.split(","))
+    model = {"backbone": args.backbone, "dim": 16, "dnn_hidden_units": hidden, "lr": args.lr}
+    bands = parse_bands(args.bands)
+    probe = SupernetModule(dm.schema, dm.vocab_sizes, seed=0, **model)
+    candidates, _ = draw_candidates(probe, bands, args.per_band, seed=args.draw_seed)
+    epochs = args.epochs or DATASETS[name]["epochs"]
 
     rows = []
-    for index, (sub, inh, tun) in enumerate(zip(subnets, inherited, tuned)):
-        aucs, seconds = [], []
-        for seed in range(args.seeds):
-            pl.seed_everything(100 + seed, workers=True)
-            alone = SupernetModule(dm.schema, dm.vocab_sizes, seed=100 + seed, **kwargs)
-            alone.supernet_masks.apply(sub)                     # the mask stays fixed for the whole training
-            start = time.perf_counter()
-            _trainer(args.epochs, []).fit(alone, dm)
-            seconds.append(time.perf_counter() - start)
-            aucs.append(alone.evaluate_subnet(sub, dm).auc)
-        rows.append({"subnet": index, "dims": dict(zip(sub.fields, sub.dims)), "widths": list(sub.widths),
-                     "embedding_params": inh.embedding_params, "embedding_share": inh.embedding_share,
-                     "flops_per_sample": inh.flops_per_sample, "inherited_auc": inh.auc,
-                     "inherited_logloss": inh.logloss, "finetuned_auc": tun.auc, "standalone_auc": float(np.mean(aucs)),
-                     "standalone_auc_seeds": aucs, "inherited_seconds": inh.seconds,
-                     "finetuned_seconds": tun.seconds, "standalone_seconds": float(np.mean(seconds))})
-        print(f"[{name}] subnet {index:2d} share {inh.embedding_share:.3f} inherited {inh.auc:.4f} "
-              f"fine-tuned {tun.auc:.4f} stand-alone {np.mean(aucs):.4f} ({np.mean(seconds):.1f}s)", flush=True)
+    for index, (band, sub) in enumerate(candidates):
+        runs = [cache.standalone(name, dm, sub, 100 + s, epochs, model) for s in range(args.seeds)]
+        rows.append({"candidate": index, "band": band, "dims": dict(zip(sub.fields, sub.dims)),
+                     "widths": list(sub.widths), "embedding_share": runs[0]["embedding_share"],
+                     "standalone_auc": float(np.mean([r["auc"] for r in runs])),
+                     "standalone_auc_seeds": [r["auc"] for r in runs],
+                     "standalone_seconds": float(np.mean([r["seconds"] for r in runs]))})
+        print(f"[{name}] candidate {index:2d} band {bands[band]} share {rows[-1]['embedding_share']:.3f} "
+              f"stand-alone {rows[-1]['standalone_auc']:.4f} ({rows[-1]['standalone_seconds']:.1f}s)", flush=True)
+    seeds = {}
+    if args.seeds >= 2:
+        for r in rows:
+            r["seed0"], r["seed1"] = r["standalone_auc_seeds"][:2]
+        seeds = band_taus(rows, bands, "seed0", "seed1")
+    result = {"dataset": name, "data": dm.data, "format": dm.format, "rows_train": len(dm.split("train")),
+              "rows_val": len(dm.split("val")), "backbone": args.backbone, "dnn": list(hidden),
+              "bands": [str(b) for b in bands], "per_band": args.per_band, "standalone_epochs": epochs,
+              "standalone_seeds": args.seeds, "kendall_tau_between_standalone_seeds": seeds,
+              "standalone_train_seconds_cached": float(np.median([r["standalone_seconds"] for r in rows])),
+              "finetune_steps": args.finetune_steps, "variants": {}, "candidates": rows}
+    if args.standalone_only:
+        return result
+    # The cached trainings ran under other loads of a shared machine: time a few again, next to the supernets.
+    timed = [sub for i, (_, sub) in enumerate(candidates) if i % args.per_band == 0][:args.time_standalone]
+    fresh = [train_standalone(dm, sub, 100, epochs, model) for sub in timed]
+    result["standalone_train_seconds_fresh"] = [f["seconds"] for f in fresh]
+    result["standalone_train_cpu_seconds"] = [f["cpu_seconds"] for f in fresh]
+    result["standalone_train_seconds"] = float(np.median([f["cpu_seconds"] for f in fresh]))
 
-    alone_auc = [r["standalone_auc"] for r in rows]
-    tau = kendalltau([r["inherited_auc"] for r in rows], alone_auc)
-    tau_ft = kendalltau([r["finetuned_auc"] for r in rows], alone_auc)
-    seed_tau = kendalltau([r["standalone_auc_seeds"][0] for r in rows], [r["standalone_auc_seeds"][1] for r in rows]) \
-        if args.seeds >= 2 else None
-    # Medians: a shared machine stalls single runs now and then; a median is not thrown by one of them.
-    eval_seconds = float(np.median([r["inherited_seconds"] for r in rows]))
-    train_seconds = float(np.median([r["standalone_seconds"] for r in rows]))
-    return {
-        "dataset": name, "data": dm.data, "format": dm.format, "rows_train": len(dm.split("train")),
-        "rows_val": len(dm.split("val")), "backbone": args.backbone, "dnn": list(hidden),
-        "supernet": config.to_dict(), "supernet_epochs": args.supernet_epochs, "supernet_seconds": supernet_seconds,
-        "standalone_epochs": args.epochs, "standalone_seeds": args.seeds, "finetune_steps": args.finetune_steps,
-        "kendall_tau": float(tau.statistic), "kendall_tau_pvalue": float(tau.pvalue),
-        "kendall_tau_finetuned": float(tau_ft.statistic), "kendall_tau_finetuned_pvalue": float(tau_ft.pvalue),
-        "kendall_tau_between_standalone_seeds": None if seed_tau is None else float(seed_tau.statistic),
-        "inherited_eval_seconds": eval_seconds,
-        "finetuned_eval_seconds": float(np.median([r["finetuned_seconds"] for r in rows])),
-        "standalone_train_seconds": train_seconds, "speedup": train_seconds / eval_seconds,
-        "speedup_finetuned": train_seconds / float(np.median([r["finetuned_seconds"] for r in rows])),
-        "subnets": rows,
-    }
+    for variant in args.variants:
+        spec = VARIANTS[variant]
+        supernet, wall, seconds, steps = train_variant(variant, dm, model, spec)
+        print(f"[{name}] {variant}: supernet {spec['epochs']} epochs, {steps} steps, {wall:.1f}s ({seconds:.1f} "
+              f"CPU s)", flush=True)
+        scored = []
+        for (band, sub), row in zip(candidates, rows):
+            cpu = time.process_time()
+            inherited = supernet.evaluate_subnet(sub, dm)          # reads the validation split each time
+            cpu_inherited, cpu = time.process_time() - cpu, time.process_time()
+            tuned = supernet.evaluate_subnet(sub, dm, finetune_steps=args.finetune_steps)
+            scored.append({**row, "inherited_auc": inherited.auc, "finetuned_auc": tuned.auc,
+                           "inherited_logloss": inherited.logloss, "inherited_seconds": cpu_inherited,
+                           "finetuned_seconds": time.process_time() - cpu})
+        taus = band_taus(scored, bands, "inherited_auc")
+        taus_ft = band_taus(scored, bands, "finetuned_auc")
+        eval_s = float(np.median([r["inherited_seconds"] for r in scored]))
+        ft_s = float(np.median([r["finetuned_seconds"] for r in scored]))
+        alone_s = result["standalone_train_seconds"]
+        amortised = {str(n): (n * alone_s) / (seconds + n * eval_s) for n in (len(scored), SEARCH_SIZE)}
+        amortised_ft = {str(n): (n * alone_s) / (seconds + n * ft_s) for n in (len(scored), SEARCH_SIZE)}
+        result["variants"][variant] = {
+            "spec": spec, "supernet_seconds": seconds, "supernet_wall_seconds": wall, "supernet_steps": steps,
+            "kendall_tau": taus,
+            "kendall_tau_finetuned": taus_ft, "inherited_eval_seconds": eval_s, "finetuned_eval_seconds": ft_s,
+            "speedup": alone_s / eval_s, "speedup_finetuned": alone_s / ft_s, "speedup_amortised": amortised,
+            "speedup_amortised_finetuned": amortised_ft,
+            "scores": [{k: r[k] for k in ("candidate", "inherited_auc", "finetuned_auc", "inherited_logloss")}
+                       for r in scored]}
+        print(f"[{name}] {variant}: tau per band {_fmt(taus['bands'])} overall {taus['overall']:.2f}; fine-tuned "
+              f"{_fmt(taus_ft['bands'])} overall {taus_ft['overall']:.2f}; seeds {_fmt(seeds.get('bands', {}))}; "
+              f"amortised speed-up {_fmt(amortised)}", flush=True)
+    return result
+
+
+def _fmt(values: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v:.2f}" for k, v in values.items()) + "}"
+
+
+def write_report(results: list[dict], args: argparse.Namespace, payload: dict) -> Path:
+    path = write_json(args.json, payload)
+    head = args.variants[0]
+    table, variants = [], []
+    for r in results:
+        v, seeds = r["variants"][head], r["kendall_tau_between_standalone_seeds"]
+        for label, key in (("inherited", "kendall_tau"), ("fine-tuned", "kendall_tau_finetuned")):
+            table.append([r["dataset"], label, *[v[key]["bands"][b] for b in r["bands"]], v[key]["overall"],
+                          " / ".join(f"{seeds['bands'][b]:.2f}" for b in r["bands"]) + f" ({seeds['overall']:.2f})",
+                          v["speedup"] if label == "inherited" else v["speedup_finetuned"],
+                          " / ".join(f"{x:.0f}" for x in (v["speedup_amortised"] if label == "inherited"
+                                                         else v["speedup_amortised_finetuned"]).values())])
+        for name, w in r["variants"].items():
+            variants.append([r["dataset"], name, *[w["kendall_tau"]["bands"][b] for b in r["bands"]],
+                             w["kendall_tau"]["overall"], *[w["kendall_tau_finetuned"]["bands"][b] for b in r["bands"]],
+                             w["kendall_tau_finetuned"]["overall"], w["supernet_seconds"]])
+    bands = results[0]["bands"]
+    n = len(results[0]["candidates"])
+    notes = [f"{r['dataset']}: {r['backbone']} dim 16, DNN {r['dnn']}; {r['per_band']} candidates per band; "
+             f"stand-alone {r['standalone_epochs']} epochs x {r['standalone_seeds']} seeds "
+             f"(timed again in the run: median {r['standalone_train_seconds']:.1f} CPU s); supernet '{head}' "
+             f"{r['variants'][head]['spec']} trained in {r['variants'][head]['supernet_seconds']:.1f} CPU s; "
+             f"{r['rows_train']} train / {r['rows_val']} val rows" for r in results]
+    notes += ["seed vs seed: Kendall tau between the two stand-alone seeds per band (overall), the ceiling of a proxy",
+              "times are CPU seconds of the process (time.process_time, 1 torch thread): the shared machine's wall "
+              "times varied up to 10x between identical runs minutes apart; "
+              f"speed-up: median stand-alone training / median evaluation (data reading included on both sides); "
+              f"amortised: N stand-alone trainings / (supernet training + N evaluations) for N = {n} / {SEARCH_SIZE}",
+              f"fine-tuned: {args.finetune_steps} last-layer steps before scoring",
+              f"machine: {payload['machine']['cpu']}, {args.threads} torch thread(s); command: {payload['command']}"]
+    write_markdown_table(path.with_suffix(".md"), f"Supernet rank correlation within share bands (variant '{head}')",
+                         ["data", "score", *[f"tau {b}" for b in bands], "tau overall", "seed vs seed",
+                          "speed-up", "amortised"], table, notes)
+    md = path.with_suffix(".md")
+    lines = ["", "## Variants tried (Kendall tau inherited | fine-tuned)", "",
+             "| data | variant | " + " | ".join(f"{b}" for b in bands) + " | overall | "
+             + " | ".join(f"ft {b}" for b in bands) + " | ft overall | supernet CPU s |",
+             "|" + "---|" * (2 * len(bands) + 5)]
+    lines += ["| " + " | ".join(f"{x:.2f}" if isinstance(x, float) else str(x) for x in row) + " |"
+              for row in variants]
+    lines += ["", "## Per candidate", "", "| data | # | band | share | dims | widths | stand-alone AUC (seeds) | "
+              "inherited | fine-tuned |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        scores = {s["candidate"]: s for s in r["variants"][head]["scores"]}
+        lines += [f"| {r['dataset']} | {c['candidate']} | {bands[c['band']]} | {c['embedding_share']:.3f} | "
+                  f"{','.join(map(str, c['dims'].values()))} | {','.join(map(str, c['widths']))} | "
+                  f"{c['standalone_auc']:.4f} ({', '.join(f'{a:.4f}' for a in c['standalone_auc_seeds'])}) | "
+                  f"{scores[c['candidate']]['inherited_auc']:.4f} | {scores[c['candidate']]['finetuned_auc']:.4f} |"
+                  for c in r["candidates"]]
+    md.write_text(md.read_text() + "\n".join(lines) + "\n")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=None, help="one data set (default: MovieLens-100K and synthetic)")
-    parser.add_argument("--format", default=None)
-    parser.add_argument("--rows", type=int, default=150_000, help="rows of synthetic data")
-    parser.add_argument("--subnets", type=int, default=12)
-    parser.add_argument("--seeds", type=int, default=2, help="stand-alone training seeds per sub-architecture")
-    parser.add_argument("--epochs", type=int, default=4, help="stand-alone training epochs")
-    parser.add_argument("--supernet-epochs", type=int, default=8,
-                        help="supernet epochs (it trains many sub-architectures at once)")
-    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--datasets", default="movielens-100k,ml-1m-first3k,synthetic",
+                        help=f"comma-separated, of {', '.join(DATASETS)}")
+    parser.add_argument("--variants", default=DEFAULT_VARIANT, help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--rows", type=int, default=100_000, help="rows of synthetic data")
+    parser.add_argument("--bands", default="0.03-0.06,0.15-0.3,0.5-1.0", help="embedding-parameter share bands")
+    parser.add_argument("--per-band", type=int, default=8)
+    parser.add_argument("--seeds", type=int, default=2, help="stand-alone training seeds per candidate")
+    parser.add_argument("--epochs", type=int, default=None, help="stand-alone epochs (default: per data set)")
     parser.add_argument("--finetune-steps", type=int, default=50)
     parser.add_argument("--backbone", default="DeepFM")
     parser.add_argument("--dnn", default="128,64")
@@ -155,65 +244,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--draw-seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--standalone-only", action="store_true", help="fill the stand-alone cache and stop")
+    parser.add_argument("--time-standalone", type=int, default=3,
+                        help="stand-alone trainings timed again in the run (one per band) for the speed-ups")
+    parser.add_argument("--cache", default=str(RESULTS_DIR / "supernet_rank_standalone.json"))
     parser.add_argument("--json", default=str(RESULTS_DIR / "supernet_rank.json"))
     args = parser.parse_args(argv)
-    if args.subnets < 3:
-        parser.error(f"--subnets must be >= 3, got {args.subnets}")
-    args.supernet_epochs = args.supernet_epochs or args.epochs
+    args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [d for d in args.datasets if d not in DATASETS] + [v for v in args.variants if v not in VARIANTS]
+    if unknown or not args.variants or not args.datasets:
+        parser.error(f"unknown or missing data sets / variants: {unknown}")
+    if args.per_band < 3 or args.seeds < 1:
+        parser.error("--per-band must be >= 3 and --seeds >= 1")
     torch.set_num_threads(args.threads)
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    logging.getLogger("lightning_fabric").setLevel(logging.WARNING)
+    for name in ("pytorch_lightning", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
 
-    if args.data:
-        sets = {Path(args.data).name: CTRDataModule(args.data, format=args.format, rows=args.rows,
-                                                     batch_size=args.batch_size)}
-    else:
-        sets = {}
-        movielens = shared_data_dir() / "movielens" / "ml-100k"
-        if movielens.is_dir():
-            sets["movielens-100k"] = CTRDataModule(str(movielens), format="movielens-100k",
-                                                   batch_size=args.batch_size)
-        else:
-            print(f"skipping MovieLens-100K: {movielens} not found", file=sys.stderr)
-        sets["synthetic"] = CTRDataModule("synthetic", rows=args.rows, batch_size=args.batch_size)
+    cache = StandaloneCache(args.cache)
     start = time.perf_counter()
-    results = [run_dataset(name, dm, args) for name, dm in sets.items()]
+    results = [run_dataset(name, args, cache) for name in args.datasets]
+    if args.standalone_only:
+        print(f"stand-alone cache: {cache.path}")
+        return 0
     payload = {"benchmark": "supernet_rank", "date": now_iso(), "machine": machine_info(),
                "command": " ".join(["python", "benchmarks/supernet_rank.py", *(argv or sys.argv[1:])]),
-               "total_seconds": time.perf_counter() - start,
-               "kendall_tau": {r["dataset"]: r["kendall_tau"] for r in results},
-               "kendall_tau_finetuned": {r["dataset"]: r["kendall_tau_finetuned"] for r in results},
-               "speedup": {r["dataset"]: r["speedup"] for r in results},
+               "total_seconds": time.perf_counter() - start, "headline_variant": args.variants[0],
+               "kendall_tau_within_band": {r["dataset"]: r["variants"][args.variants[0]]["kendall_tau"]["bands"]
+                                           for r in results},
+               "kendall_tau": {r["dataset"]: r["variants"][args.variants[0]]["kendall_tau"]["overall"]
+                               for r in results},
                "datasets": results}
-    path = write_json(args.json, payload)
-    table = [[r["dataset"], len(r["subnets"]), r["kendall_tau"], r["kendall_tau_finetuned"],
-              r["kendall_tau_between_standalone_seeds"] if r["kendall_tau_between_standalone_seeds"] is not None
-              else "n/a", r["inherited_eval_seconds"], r["standalone_train_seconds"], r["speedup"]] for r in results]
-    notes = [f"{r['dataset']}: {r['backbone']} dim 16, DNN {r['dnn']}, supernet {r['supernet_epochs']} epochs "
-             f"(dims {r['supernet']['dim_choices']}, widths {r['supernet']['width_choices']}, warm-up "
-             f"{r['supernet']['warmup_steps']} steps); stand-alone {r['standalone_epochs']} epochs x "
-             f"{r['standalone_seeds']} seeds; fine-tune {r['finetune_steps']} last-layer steps; "
-             f"{r['rows_train']} train / {r['rows_val']} val rows" for r in results]
-    notes.append("speedup = median stand-alone training seconds / median inherited evaluation seconds "
-                 "(validation split)")
-    notes.append(f"machine: {payload['machine']['cpu']}, {args.threads} torch threads; command: {payload['command']}")
-    write_markdown_table(path.with_suffix(".md"), "Supernet rank correlation (Kendall tau)",
-                         ["data", "subnets", "tau inherited", "tau fine-tuned", "tau seed vs seed",
-                          "inherited eval s", "stand-alone train s", "speedup"], table, notes)
-    per_subnet = [[r["dataset"], s["subnet"], s["embedding_share"], ",".join(map(str, s["dims"].values())),
-                   ",".join(map(str, s["widths"])), s["inherited_auc"], s["finetuned_auc"], s["standalone_auc"]]
-                  for r in results for s in r["subnets"]]
-    md = path.with_suffix(".md")
-    lines = ["", "## Per sub-architecture", "", "| data | # | emb. share | dims | widths | inherited AUC | "
-             "fine-tuned AUC | stand-alone AUC |", "|---|---|---|---|---|---|---|---|"]
-    lines += ["| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |"
-              for row in per_subnet]
-    md.write_text(md.read_text() + "\n".join(lines) + "\n")
-    for r in results:
-        print(f"{r['dataset']}: kendall tau {r['kendall_tau']:.3f} (fine-tuned {r['kendall_tau_finetuned']:.3f}), "
-              f"speedup {r['speedup']:.0f}x")
-    print(f"results: {path} and {md}")
+    path = write_report(results, args, payload)
+    print(f"results: {path} and {path.with_suffix('.md')}")
     return 0
 
 

@@ -34,7 +34,10 @@ from torch import Tensor, nn
 from .backbones import CTRBackbone
 from .flops import backbone_flops, dnn_of
 
-__all__ = ["SupernetConfig", "SubArchitecture", "SubArchitectureBatch", "SupernetMasks", "flops_per_sample"]
+__all__ = ["SAMPLINGS", "SandwichPlan", "SupernetConfig", "SubArchitecture", "SubArchitectureBatch", "SupernetMasks",
+           "flops_per_sample"]
+
+SAMPLINGS = ("uniform", "capped")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,14 @@ class SupernetConfig:
         warmup_steps: NASRec's warm-up: the full network is sampled with probability ``1 - step / warmup_steps``
             (linear decay from 1 to 0), afterwards never on purpose. 0 = no warm-up.
         sample_widths: also sample DNN widths (otherwise every layer stays at full width).
+        sandwich: BigNAS's sandwich rule: every step trains the largest sub-architecture, the smallest and this
+            many sampled ones, their losses summed (0 = off: one sampled sub-architecture per step). Costs
+            ``sandwich + 2`` forward/backward passes a step.
+        distill: in-place distillation weight in [0, 1] (needs ``sandwich``): every sub-architecture but the
+            largest is trained on ``(1 - distill) * BCE(labels) + distill * BCE(largest's detached probabilities)``.
+        sampling: ``"uniform"``: each field's dim uniform over ``dim_choices``; ``"capped"``: first a cap uniform
+            over ``dim_choices``, then each field's dim uniform over the choices up to the cap, which covers small
+            parameter budgets (every field small at once) far more often than uniform draws do.
 
     Example:
         >>> SupernetConfig(dim_choices=(4, 8, 16), warmup_steps=500).full_probability(250)
@@ -61,6 +72,9 @@ class SupernetConfig:
     per_sample: bool = False
     warmup_steps: int = 0
     sample_widths: bool = True
+    sandwich: int = 0
+    distill: float = 0.0
+    sampling: str = "uniform"
 
     def __post_init__(self) -> None:
         dims = tuple(int(d) for d in self.dim_choices)
@@ -71,6 +85,19 @@ class SupernetConfig:
             raise ValueError(f"width_choices must be shares in (0, 1], got {self.width_choices}")
         if int(self.warmup_steps) < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if isinstance(self.sandwich, bool) or int(self.sandwich) != self.sandwich or self.sandwich < 0:
+            raise ValueError(f"sandwich must be an int >= 0, got {self.sandwich!r}")
+        if not 0.0 <= float(self.distill) <= 1.0:
+            raise ValueError(f"distill must be in [0, 1], got {self.distill}")
+        if self.distill and not self.sandwich:
+            raise ValueError("distill needs the sandwich rule (sandwich >= 1): the largest sub-architecture is the "
+                             "teacher")
+        if self.sandwich and self.per_sample:
+            raise ValueError("the sandwich rule draws whole sub-architectures per step; it excludes per_sample")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        object.__setattr__(self, "sandwich", int(self.sandwich))
+        object.__setattr__(self, "distill", float(self.distill))
         object.__setattr__(self, "dim_choices", tuple(sorted(set(dims))))
         object.__setattr__(self, "width_choices", tuple(sorted(set(widths))))
         object.__setattr__(self, "warmup_steps", int(self.warmup_steps))
@@ -83,7 +110,8 @@ class SupernetConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"dim_choices": list(self.dim_choices), "width_choices": list(self.width_choices),
-                "per_sample": self.per_sample, "warmup_steps": self.warmup_steps, "sample_widths": self.sample_widths}
+                "per_sample": self.per_sample, "warmup_steps": self.warmup_steps, "sample_widths": self.sample_widths,
+                "sandwich": self.sandwich, "distill": self.distill, "sampling": self.sampling}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SupernetConfig:
@@ -192,6 +220,14 @@ class SubArchitectureBatch:
         return {"dims": self.dims.tolist(), "widths": self.widths.tolist()}
 
 
+@dataclass(frozen=True)
+class SandwichPlan:
+    """One step of the sandwich rule: the sub-architectures to train, the largest first (the teacher)."""
+
+    subarchs: tuple[SubArchitecture, ...]
+    distill: float = 0.0
+
+
 def _units(text: str, hidden: int) -> int:
     try:
         value = float(text)
@@ -257,6 +293,20 @@ class SupernetMasks:
     def full(self) -> SubArchitecture:
         return SubArchitecture.full(self.fields, self.dim, self.hidden_units)
 
+    def smallest(self, config: SupernetConfig | None = None) -> SubArchitecture:
+        """Every field at the smallest dim choice, every layer at the smallest width share."""
+        config = config or self.config
+        widths = tuple(max(1, round(min(config.width_choices) * h)) for h in self.hidden_units) \
+            if config.sample_widths else self.hidden_units
+        return SubArchitecture(self.fields, (min(config.dim_choices),) * len(self.fields), widths)
+
+    def sandwich(self, generator: torch.Generator, step: int = 0,
+                 config: SupernetConfig | None = None) -> SandwichPlan:
+        """The sandwich rule's step: the largest, the smallest, then ``config.sandwich`` sampled ones."""
+        config = config or self.config
+        sampled = tuple(self.sample(generator, step, config=config) for _ in range(config.sandwich))
+        return SandwichPlan((self.full, self.smallest(config), *sampled), config.distill)
+
     # -- switching ----------------------------------------------------------------------------------
 
     def apply(self, subarch: SubArchitecture | SubArchitectureBatch) -> None:
@@ -301,7 +351,7 @@ class SupernetMasks:
 
     def sample(self, generator: torch.Generator, step: int = 0, batch_size: int | None = None,
                config: SupernetConfig | None = None) -> SubArchitecture | SubArchitectureBatch:
-        """Draw a sub-architecture: uniform dims per field, uniform widths per layer, full with warm-up probability.
+        """Draw a sub-architecture: dims per field (``config.sampling``), uniform widths, full with warm-up probability.
 
         The number of draws from ``generator`` does not depend on the outcome, so two generators in the same
         state (all DDP ranks, a resumed run) give the same sequence. ``batch_size`` is needed with
@@ -314,7 +364,12 @@ class SupernetMasks:
             raise ValueError(f"per-sample sampling needs batch_size >= 1, got {batch_size}")
         dim_choices = torch.tensor(config.dim_choices)
         full = torch.rand(n, generator=generator) < config.full_probability(step)                  # (n,)
-        dims = dim_choices[torch.randint(len(dim_choices), (n, len(self.fields)), generator=generator)]  # (n, F)
+        if config.sampling == "capped":   # a cap per draw, then dims uniform up to it
+            cap = torch.randint(len(dim_choices), (n, 1), generator=generator)
+            index = (torch.rand(n, len(self.fields), generator=generator) * (cap + 1)).long().clamp(max=cap)
+            dims = dim_choices[index]                                                                       # (n, F)
+        else:
+            dims = dim_choices[torch.randint(len(dim_choices), (n, len(self.fields)), generator=generator)]  # (n, F)
         shares = torch.tensor(config.width_choices, dtype=torch.float64)
         picked = shares[torch.randint(len(shares), (n, len(self.hidden_units)), generator=generator)]   # (n, L)
         hidden = torch.tensor(self.hidden_units, dtype=torch.float64)

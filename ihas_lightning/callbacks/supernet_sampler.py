@@ -10,7 +10,7 @@ import torch
 from typing_extensions import override
 
 from ..backbones import CTRBackbone
-from ..supernet import SubArchitecture, SubArchitectureBatch, SupernetConfig, SupernetMasks
+from ..supernet import SandwichPlan, SubArchitecture, SubArchitectureBatch, SupernetConfig, SupernetMasks
 from .stateful import StatefulCallback
 
 __all__ = ["SupernetSampler"]
@@ -29,8 +29,14 @@ class SupernetSampler(StatefulCallback):
     generator state and the step counter live in the checkpoint: a resumed run continues the same sequence.
     See docs/design.md#5-supernet-sampling.
 
+    With ``sandwich >= 1`` (BigNAS's sandwich rule) the callback does not apply one sub-architecture: it hands
+    the module (which must be a :class:`~ihas_lightning.modules.SupernetModule`) a
+    :class:`~ihas_lightning.supernet.SandwichPlan` in ``sandwich_plan`` (the largest, the smallest and
+    ``sandwich`` sampled sub-architectures), and the module's training step trains them all on the batch.
+
     Args:
-        dim_choices, width_choices, per_sample, warmup_steps, sample_widths: see :class:`SupernetConfig`.
+        dim_choices, width_choices, per_sample, warmup_steps, sample_widths, sandwich, distill, sampling: see
+            :class:`SupernetConfig`.
         seed: seed of the sampling generator.
         record: keep every applied sub-architecture in ``history`` (tests, analysis; grows with the steps).
 
@@ -41,16 +47,18 @@ class SupernetSampler(StatefulCallback):
 
     def __init__(self, dim_choices: Sequence[int] = (2, 4, 8, 16),
                  width_choices: Sequence[float] = (0.25, 0.5, 0.75, 1.0), per_sample: bool = False,
-                 warmup_steps: int = 0, sample_widths: bool = True, seed: int = 0, record: bool = False) -> None:
+                 warmup_steps: int = 0, sample_widths: bool = True, seed: int = 0, record: bool = False,
+                 sandwich: int = 0, distill: float = 0.0, sampling: str = "uniform") -> None:
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.config = SupernetConfig(dim_choices=tuple(dim_choices), width_choices=tuple(width_choices),
                                      per_sample=bool(per_sample), warmup_steps=warmup_steps,
-                                     sample_widths=bool(sample_widths))
+                                     sample_widths=bool(sample_widths), sandwich=sandwich, distill=distill,
+                                     sampling=sampling)
         self.seed = seed
         self.record = record
         self.step = 0
-        self.history: list[SubArchitecture | SubArchitectureBatch] = []
+        self.history: list[SubArchitecture | SubArchitectureBatch | SandwichPlan] = []
         self.masks: SupernetMasks | None = None
         self.generator: torch.Generator | None = None
         self._installed = False
@@ -72,6 +80,9 @@ class SupernetSampler(StatefulCallback):
             pl_module.supernet_masks = masks
             self._installed = True
         masks.check_config(self.config)
+        if self.config.sandwich and not hasattr(pl_module, "sandwich_plan"):
+            raise TypeError(f"the sandwich rule needs a SupernetModule (it trains several sub-architectures per "
+                            f"step), got {type(pl_module).__name__}")
         self.masks = masks
         if self.generator is None:  # a fresh run; load_state_dict (after setup when resuming) overrides it
             seed = trainer.strategy.broadcast(self.seed, src=0)
@@ -89,6 +100,13 @@ class SupernetSampler(StatefulCallback):
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
+        if self.config.sandwich:
+            plan = self.masks.sandwich(self.generator, step=self.step, config=self.config)
+            pl_module.sandwich_plan = plan
+            self.step += 1
+            if self.record:
+                self.history.append(plan)
+            return
         batch_size = int(batch["label"].shape[0]) if self.config.per_sample else None
         subarch = self.masks.sample(self.generator, step=self.step, batch_size=batch_size, config=self.config)
         self.masks.apply(subarch)
@@ -102,6 +120,8 @@ class SupernetSampler(StatefulCallback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.masks.clear()
+        if self.config.sandwich:
+            pl_module.sandwich_plan = None
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from ..pipeline.supernet import score_subnet, train_supernet
-from ..supernet import SupernetConfig
+from ..supernet import SAMPLINGS, SupernetConfig
 from ..training import write_json
 from .common import add_data_arguments, add_trainer_arguments, print_table, run_config_from_args
 
@@ -30,6 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="full-network probability decays from 1 to 0 over these steps (default: one epoch)")
     group.add_argument("--per-sample", action="store_true", help="one sub-architecture per sample, not per batch")
     group.add_argument("--no-widths", action="store_true", help="keep DNN widths full; sample dims only")
+    group.add_argument("--sandwich", type=int, default=0,
+                       help="sandwich rule: train the largest, the smallest and this many sampled sub-architectures "
+                            "per step (0: one sampled per step)")
+    group.add_argument("--distill", type=float, default=0.0,
+                       help="in-place distillation weight in [0, 1] from the largest sub-architecture (needs "
+                            "--sandwich)")
+    group.add_argument("--sampling", choices=SAMPLINGS, default="uniform",
+                       help="capped: a dim cap per step, then each field's dim up to it (covers small budgets)")
     parser.set_defaults(handler=run_supernet)
 
     sub = subparsers.add_parser("subnet", help="score one sub-architecture of a trained supernet with inherited "
@@ -53,7 +61,8 @@ def _floats(text: str, option: str) -> tuple[float, ...]:
 def run_supernet(args: argparse.Namespace) -> dict:
     space = SupernetConfig(dim_choices=tuple(int(d) for d in _floats(args.dim_choices, "--dim-choices")),
                            width_choices=_floats(args.width_choices, "--width-choices"),
-                           per_sample=args.per_sample, sample_widths=not args.no_widths)
+                           per_sample=args.per_sample, sample_widths=not args.no_widths, sandwich=args.sandwich,
+                           distill=args.distill, sampling=args.sampling)
     metrics = train_supernet(args.out, run_config_from_args(args), space, warmup_steps=args.warmup_steps)
     print_table(f"ihas supernet: {args.backbone} dim {args.dim} on {args.data}", ["metric", "value"], [
         ["val AUC (full network)", metrics["val_auc"]], ["test AUC (full network)", metrics["test_auc"]],

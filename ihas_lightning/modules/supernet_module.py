@@ -16,8 +16,9 @@ from typing_extensions import override
 from ..data.loader import Batch
 from ..data.schema import Schema
 from ..flops import backbone_flops, flops_or_none
-from ..supernet import SubArchitecture, SupernetMasks
+from ..supernet import SandwichPlan, SubArchitecture, SupernetMasks
 from .backbone_module import BackboneModule
+from .base import NonFiniteLossError, check_labels
 from .config import BackboneConfig
 
 __all__ = ["SupernetModule", "SubnetScore"]
@@ -72,6 +73,41 @@ class SupernetModule(BackboneModule):
                                           seed, options or {}, embedding_updates)
         super().__init__(schema, vocab_sizes, config=config)
         self.supernet_masks = SupernetMasks(self.backbone)
+        self.sandwich_plan: SandwichPlan | None = None   # set per step by SupernetSampler(sandwich=...)
+
+    @override
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        """One sub-architecture (the sampler applied it), or every one of the step's :class:`SandwichPlan`.
+
+        Under the sandwich rule the losses of the plan's sub-architectures are summed (BigNAS); the first, the
+        largest, is the teacher of in-place distillation: the others' loss is
+        ``(1 - distill) * BCE(labels) + distill * BCE(teacher's probabilities, detached)``.
+        """
+        plan = self.sandwich_plan
+        if plan is None:
+            return super().training_step(batch, batch_idx)
+        labels = batch["label"]
+        check_labels(labels, "training")
+        self.backbone.forget_trained_rows()
+        total, teacher, first = None, None, None
+        for subarch in plan.subarchs:
+            self.supernet_masks.apply(subarch)
+            logits = self(batch)
+            bce = F.binary_cross_entropy_with_logits(logits, labels)
+            if teacher is None:
+                loss, teacher, first = bce, torch.sigmoid(logits.detach()), bce
+            elif plan.distill:
+                soft = F.binary_cross_entropy_with_logits(logits, teacher)
+                loss = (1.0 - plan.distill) * bce + plan.distill * soft
+            else:
+                loss = bce
+            total = loss if total is None else total + loss
+        total = total + self.regularization_loss() / labels.shape[0]
+        if not torch.isfinite(total):
+            raise NonFiniteLossError(f"non-finite sandwich loss {total.item()} at epoch {self.current_epoch}, step "
+                                     f"{self.global_step} (batch {batch_idx}): lower the learning rate")
+        self.log("train_loss", first, prog_bar=True, batch_size=labels.shape[0])
+        return total
 
     def parse_subarch(self, dims: str, widths: str | None = None) -> SubArchitecture:
         """A sub-architecture from the CLI's ``FIELD=D,...`` and ``0.5,0.5`` strings."""

@@ -46,7 +46,8 @@ def train_supernet(out: str | Path, config: RunConfig, space: SupernetConfig,
     sampler = SupernetSampler(dim_choices=space.dim_choices, width_choices=space.width_choices,
                               per_sample=space.per_sample,
                               warmup_steps=steps_per_epoch if warmup_steps is None else warmup_steps,
-                              sample_widths=space.sample_widths, seed=seed)
+                              sample_widths=space.sample_widths, sandwich=space.sandwich, distill=space.distill,
+                              sampling=space.sampling, seed=seed)
     model = config.model
     module = SupernetModule(dm.schema, dm.vocab_sizes, backbone=model.backbone, dim=model.dim,
                             dnn_hidden_units=model.dnn_hidden_units, lr=model.lr, seed=seed,

@@ -1,0 +1,170 @@
+"""Parts of ``supernet_rank.py``: the data sets, candidates drawn per parameter-share band, the stand-alone
+training (cached on disk so that trying a supernet variant never retrains a stand-alone model), rank statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from scipy.stats import kendalltau
+
+from ihas_lightning import CTRDataModule, SubArchitecture, SupernetConfig, SupernetModule
+from ihas_lightning.paths import shared_data_dir
+
+__all__ = ["DATASETS", "DIM_CHOICES", "WIDTH_CHOICES", "Band", "StandaloneCache", "datamodule", "draw_candidates",
+           "parse_bands", "tau", "train_standalone", "trainer"]
+
+DIM_CHOICES = (0, 1, 2, 4, 8, 16)  # 0 drops a field's embedding (its first-order term stays)
+WIDTH_CHOICES = (0.25, 0.5, 0.75, 1.0)
+
+DATASETS: dict[str, dict] = {
+    "movielens-100k": {"path": "movielens/ml-100k", "format": "movielens-100k", "epochs": 4},
+    "ml-1m-first3k": {"path": "movielens/ml-1m-first3k", "format": "movielens-1m", "epochs": 2},
+    "synthetic": {"path": None, "format": None, "epochs": 4},
+}
+"""Name -> data under ``IHAS_DATA_DIR`` (``None``: the built-in synthetic generator) and stand-alone epochs."""
+
+
+def datamodule(name: str, rows: int, batch_size: int) -> CTRDataModule:
+    """The named data set, set up for fitting (default 80/10/10 split)."""
+    spec = DATASETS[name]
+    if spec["path"] is None:
+        dm = CTRDataModule("synthetic", rows=rows, batch_size=batch_size)
+    else:
+        path = shared_data_dir() / spec["path"]
+        if not path.is_dir():
+            raise FileNotFoundError(f"{name}: {path} not found (set IHAS_DATA_DIR)")
+        dm = CTRDataModule(str(path), format=spec["format"], batch_size=batch_size)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def trainer(epochs: int, callbacks: list) -> pl.Trainer:
+    return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+                      limit_val_batches=0, num_sanity_val_steps=0)
+
+
+@dataclass(frozen=True)
+class Band:
+    """A range of embedding-parameter share (of the full supernet's), both ends included."""
+
+    low: float
+    high: float
+
+    def __contains__(self, share: float) -> bool:
+        return self.low <= share <= self.high
+
+    def __str__(self) -> str:
+        return f"{self.low:g}-{self.high:g}"
+
+
+def parse_bands(text: str) -> list[Band]:
+    """``"0.03-0.06,0.15-0.3"`` -> bands; they must be increasing ranges in (0, 1]."""
+    bands = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        low, _, high = part.partition("-")
+        band = Band(float(low), float(high))
+        if not 0.0 < band.low < band.high <= 1.0:
+            raise ValueError(f"band '{part}' must be LOW-HIGH with 0 < LOW < HIGH <= 1")
+        bands.append(band)
+    if len(bands) < 1:
+        raise ValueError(f"no bands in '{text}'")
+    return bands
+
+
+def draw_candidates(module: SupernetModule, bands: Sequence[Band], per_band: int, seed: int,
+                    pool_size: int = 4000) -> tuple[list[tuple[int, SubArchitecture]], list[SubArchitecture]]:
+    """``per_band`` sub-architectures drawn at random (seeded) among the sampler's candidates in each band.
+
+    The pool is ``pool_size`` draws of the search space's uniform sampler (dims per field, width shares per
+    layer), deduplicated. Returns ``[(band index, subarch)]`` and the whole pool (what a search would score).
+    """
+    masks = module.supernet_masks
+    space = SupernetConfig(dim_choices=DIM_CHOICES, width_choices=WIDTH_CHOICES)
+    generator = torch.Generator().manual_seed(seed)
+    vocab = {f: module.backbone.model.embedding_dict[f].num_embeddings for f in masks.fields}
+    full = masks.full.embedding_params(vocab)
+    pool = sorted({masks.sample(generator, config=space) for _ in range(pool_size)},
+                  key=lambda s: (s.embedding_params(vocab), s.dims, s.widths))
+    rng = np.random.default_rng(seed)
+    chosen: list[tuple[int, SubArchitecture]] = []
+    for index, band in enumerate(bands):
+        inside = [s for s in pool if s.embedding_params(vocab) / full in band]
+        if len(inside) < per_band:
+            raise ValueError(f"band {band} holds {len(inside)} of {len(pool)} candidates, fewer than {per_band}")
+        picks = sorted(rng.choice(len(inside), size=per_band, replace=False))
+        chosen += [(index, inside[i]) for i in picks]
+    return chosen, pool
+
+
+def tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b (NaN when one side is constant)."""
+    return float(kendalltau(x, y).statistic)
+
+
+class StandaloneCache:
+    """Stand-alone validation AUCs on disk, keyed by data set, training settings, sub-architecture and seed.
+
+    Every entry is written as soon as it is trained (re-reading the file first, so two processes filling it
+    lose nothing but a race on the very same key).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def _read(self) -> dict:
+        return json.loads(self.path.read_text())["entries"] if self.path.exists() else {}
+
+    @staticmethod
+    def key(dataset: str, settings: dict, sub: SubArchitecture, seed: int) -> str:
+        options = ",".join(f"{k}={settings[k]}" for k in sorted(settings))
+        return f"{dataset}|{options}|dims={','.join(map(str, sub.dims))}|widths={','.join(map(str, sub.widths))}" \
+               f"|seed={seed}"
+
+    def get(self, key: str) -> dict | None:
+        return self._read().get(key)
+
+    def put(self, key: str, value: dict) -> None:
+        entries = self._read()
+        entries[key] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"benchmark": "supernet_rank stand-alone cache", "entries": entries}, indent=1,
+                                  sort_keys=True) + "\n")
+        tmp.replace(self.path)
+
+    def standalone(self, dataset: str, dm: CTRDataModule, sub: SubArchitecture, seed: int, epochs: int,
+                   model: dict) -> dict:
+        """Validation AUC of ``sub`` trained alone (its masks fixed throughout) for ``epochs``, from the cache
+        or trained now. ``model``: SupernetModule keyword arguments (backbone, dim, dnn_hidden_units, lr)."""
+        settings = {**model, "epochs": epochs, "batch_size": dm.batch_size, "rows_train": len(dm.split("train"))}
+        key = self.key(dataset, settings, sub, seed)
+        hit = self.get(key)
+        if hit is not None:
+            return hit
+        value = train_standalone(dm, sub, seed, epochs, model)
+        self.put(key, value)
+        return value
+
+
+def train_standalone(dm: CTRDataModule, sub: SubArchitecture, seed: int, epochs: int, model: dict) -> dict:
+    """Train ``sub`` alone (a fresh backbone, its masks fixed throughout); validation AUC, logloss, seconds."""
+    start, cpu = time.perf_counter(), time.process_time()   # data reading included: fit streams the splits
+    pl.seed_everything(seed, workers=True)
+    alone = SupernetModule(dm.schema, dm.vocab_sizes, seed=seed, **model)
+    alone.supernet_masks.apply(sub)
+    trainer(epochs, []).fit(alone, dm)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    score = alone.evaluate_subnet(sub, dm)
+    return {"auc": score.auc, "logloss": score.logloss, "seconds": seconds, "cpu_seconds": cpu_seconds,
+            "embedding_share": score.embedding_share}
