@@ -14,33 +14,19 @@ from ihas_lightning.backbones import build_backbone
 from ihas_lightning.callbacks import SupernetSampler, load_callbacks
 from ihas_lightning.cli import main
 from ihas_lightning.data.datamodule import CTRDataModule
-from ihas_lightning.data.encoders import EncodedColumns, FeatureEncoder
 from ihas_lightning.data.loader import to_batch
-from ihas_lightning.data.schema import Schema
 from ihas_lightning.modules import SupernetModule
 from ihas_lightning.supernet import SubArchitecture, SupernetConfig, SupernetMasks, flops_per_sample
 
-SCHEMA = Schema(label="label", sparse=("A", "B", "C"), dense=("x",))
-VOCAB = 10
+from _supernet_fixtures import SCHEMA, tiny_datamodule
+
 DIM = 8
 HIDDEN = (16, 8)
 
 
-def _columns(n: int, seed: int) -> EncodedColumns:
-    """3 fields of vocabulary 10 (ids 2..11), one dense field; the click depends on A x B and on C."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, VOCAB, size=(n, 3))
-    logit = np.where((ids[:, 0] + ids[:, 1]) % 3 == 0, 1.5, -1.0) + 0.3 * (ids[:, 2] % 2)
-    labels = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
-    return EncodedColumns(labels, (ids + 2).astype(np.int64), rng.random((n, 1)).astype(np.float32),
-                          np.zeros((n, 0), dtype=np.int64))
-
-
 @pytest.fixture
 def dm() -> CTRDataModule:
-    encoder = FeatureEncoder.for_integer_ids(SCHEMA, {f: VOCAB for f in SCHEMA.sparse})
-    splits = {"train": _columns(512, 1), "val": _columns(256, 2), "test": _columns(256, 3)}
-    return CTRDataModule.from_encoded(splits, encoder, batch_size=64, seed=0)
+    return tiny_datamodule()
 
 
 def _module(dm: CTRDataModule, backbone: str = "DeepFM", **kwargs) -> SupernetModule:
