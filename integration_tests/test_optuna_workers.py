@@ -186,7 +186,13 @@ def test_killed_worker_trial_is_failed_and_retried_with_same_params(run_dir, tmp
     storage = make_storage(url, heartbeat_s=settings.heartbeat_s)
     (killed,) = optuna.load_study(study_name=settings.study_name, storage=storage).trials
     assert killed.state == RUNNING and killed.params
-    time.sleep(2.5)                                      # > grace period (2 x heartbeat_s): the heartbeat is stale
+    # Wait until the storage itself calls the heartbeat stale (grace period 2 x heartbeat_s), however slow the
+    # machine: a fixed sleep raced the last beat on a loaded CPU.
+    study_id = storage.get_study_id_from_name(settings.study_name)
+    deadline = time.monotonic() + 60
+    while killed._trial_id not in storage._get_stale_trial_ids(study_id):       # what fail_stale_trials reads
+        assert time.monotonic() < deadline, "the killed worker's heartbeat never went stale"
+        time.sleep(0.2)
 
     study = run_study(settings, objective)               # its optimize fails the stale trial, then runs the retry
     trials = study.trials
