@@ -45,8 +45,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    add_speed_arguments, machine_info, now_iso, setup_speed_run, silenced_stdout, sync, time_one_epoch, write_json,
-    write_markdown_table,
+    RESULTS_DIR, add_speed_arguments, machine_info, now_iso, setup_speed_run, silenced_stdout, sync, time_one_epoch,
+    write_json, write_markdown_table,
 )
 
 # Distinct values of C1..C26 in the Criteo Kaggle (Display Advertising Challenge) train.txt, 45.8M rows: the
@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--worker", choices=SIDES, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data-file", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.json == RESULTS_DIR / "throughput.json":              # the default: one result file per vocabulary
+        args.json = RESULTS_DIR / f"throughput_{args.vocab}.json"
     if args.repeats < 1:
         raise SystemExit("--repeats must be >= 1")
     if args.batches is not None and args.batches < 1:
