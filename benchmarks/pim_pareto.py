@@ -3,7 +3,10 @@
 Per data set:
 
 1. a DeepFM supernet (dim 16, dims (2, 4, 8, 16), width shares 0.25..1) with the quality benchmark's DNN
-   (``ihas run``'s default, 256-128; ``benchmarks/quality.py``), via ``train_supernet`` with its defaults;
+   (``ihas run``'s default, 256-128; ``benchmarks/quality.py``), via ``train_supernet`` with BigNAS's sandwich
+   rule (``sandwich=2``: the largest, the smallest and 2 sampled sub-architectures a step), the variant that
+   ranked sub-architectures of similar size best in ``benchmarks/results/supernet_rank.md`` (``ihas supernet
+   --sandwich 2``);
 2. the baseline: a uniform-16 model of that shape trained on its own on the same split with the quality
    benchmark's recipe (``ihas run``'s baseline: batch 1024, 5 + 2 epochs; :mod:`ihas_lightning.pim.standalone`);
 3. the multi-objective study (TPE; validation AUC with inherited weights, latency and energy ratios), whose
@@ -61,6 +64,7 @@ from ihas_lightning.run_config import RunConfig  # noqa: E402
 AUC_TOLERANCE = 0.001
 QUALITY_DNN = RunConfig.from_options({}).model.dnn_hidden_units  # benchmarks/quality.py runs `ihas run`'s defaults
 BASELINE_BATCH = RunConfig.from_options({}).data.batch_size       # and its batch size
+SANDWICH = 2          # supernet_rank.py's chosen variant: largest + smallest + 2 sampled a step
 DATASETS = {  # name: (path under the shared data folder, format, supernet batch size, supernet epochs)
     "movielens-100k": ("movielens/ml-100k", "movielens-100k", 1024, 3),
     "criteo-10k": ("criteo/train-10k.txt", "criteo", 256, 6),
@@ -156,7 +160,7 @@ def run_dataset(name: str, args: argparse.Namespace, root: Path) -> dict:
         "supernet", "--data", str(shared_data_dir() / rel), "--format", fmt, "--dim", "16",
         "--dnn", ",".join(map(str, QUALITY_DNN)), "--epochs", str(epochs), "--batch-size", str(batch),
         "--out", str(run), "--quiet", "--seed", str(args.seed), "--threads", "1"])
-    metrics = train_supernet(run, config, SupernetConfig(dim_choices=(2, 4, 8, 16)))
+    metrics = train_supernet(run, config, SupernetConfig(dim_choices=(2, 4, 8, 16), sandwich=SANDWICH))
     supernet_s = time.perf_counter() - start
     trained = train_standalone(run, stage="pim_baseline", batch_size=BASELINE_BATCH)
     objective = build_objective(StudySettings(run_dir=str(run)))
@@ -172,8 +176,8 @@ def run_dataset(name: str, args: argparse.Namespace, root: Path) -> dict:
     own = sweep(model_spec(objective.space, objective.space.full), None, OWN_FACTORS)  # own shape, grown to 1e5x
     return {"dataset": name, "rows_train": metrics["rows_train"], "dnn": list(QUALITY_DNN),
             "quality_seed0_baseline": quality_baseline(name),
-            "supernet": {"epochs": metrics["epochs"], "batch_size": batch, "val_auc": metrics["val_auc"],
-                         "seconds": supernet_s},
+            "supernet": {"epochs": metrics["epochs"], "sandwich": SANDWICH, "batch_size": batch,
+                         "val_auc": metrics["val_auc"], "seconds": supernet_s},
             "baseline_trained": {k: trained[k] for k in ("val_auc", "test_auc", "epochs", "batch_size", "seconds")},
             "supernet_full_path": {"val_auc": objective.baseline_auc, "test_auc": full_test},
             "own_sweep": own, "studies": studies}
@@ -292,7 +296,8 @@ def write_markdown(path: Path, payload: dict) -> None:
                       f"{p['host_only']['energy_ratio']:.3f} | {'yes' if p['pim_beats_host'] else 'no'} | {p['pim']} |"
                       for p in shown]
             lines.append(f"- {s['trials']} trials ({s['sampler']}), {s['seconds']:.0f} s; states {s['trial_states']}")
-        lines.append(f"- supernet: {r['supernet']['epochs']} epochs, batch {r['supernet']['batch_size']}, "
+        lines.append(f"- supernet: {r['supernet']['epochs']} epochs, sandwich {r['supernet']['sandwich']}, "
+                     f"batch {r['supernet']['batch_size']}, "
                      f"{r['supernet']['seconds']:.0f} s; baseline trained alone in "
                      f"{r['baseline_trained']['seconds']:.0f} s")
     lines += ["", f"- machine: {payload['machine']['cpu']}, {payload['machine']['torch_threads']} torch thread(s); "
