@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 from .data.config import DataConfig
@@ -18,7 +18,7 @@ from .modules.config import BackboneConfig
 from .modules.retrain_module import ROUTERS
 
 __all__ = ["BUDGET_FITS", "ClusterOptions", "RetrainConfig", "RunConfig", "SearchConfig", "TrainerConfig",
-           "check_at_least", "flatten_config", "parse_ints", "parse_widths"]
+           "check_at_least", "flatten_config", "parse_ints", "parse_widths", "with_fields"]
 
 BUDGET_FITS = ("auto", "loss", "gates")
 """How the cluster stage narrows the shared tables to the budget: measured validation logloss, open gates, or
@@ -40,6 +40,15 @@ def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten_config(getattr(value, item.name), f"{prefix}{item.name}."))
         return out
     return {prefix.rstrip("."): value}
+
+
+def with_fields(config: RunConfig, values: Mapping[str, Any]) -> RunConfig:
+    """``config`` with the dotted fields in ``values`` (``"data.val_share"``, ``"data.data"``) replaced."""
+    parts: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        part, name = key.split(".")
+        parts.setdefault(part, {})[name] = value
+    return replace(config, **{part: replace(getattr(config, part), **items) for part, items in parts.items()})
 
 
 def parse_widths(text: str) -> tuple[int, ...]:

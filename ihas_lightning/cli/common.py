@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..data.readers import FORMATS
-from ..run_config import RunConfig
+from ..run_config import RunConfig, with_fields
 
 __all__ = ["add_data_arguments", "add_trainer_arguments", "print_table", "run_config_from_args"]
 
@@ -57,7 +57,6 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     """The :class:`RunConfig` of a command's options (those it lacks keep ``ihas run``'s defaults) and of the
     fields its ``--config`` file sets that no option sets."""
     from .config_file import CONFIG_DESTS
-    from .config_fields import with_fields
 
     config = RunConfig.from_options({k: v for k, v in vars(args).items()
                                      if k not in ("handler", "command", *CONFIG_DESTS)})

@@ -5,7 +5,7 @@ it (``RunConfig.to_dict``), limited to the parts its options set (``ihas train``
 command's own options by name (``ihas supernet``'s ``dim_choices``). Reading such a file maps each field back
 to the option that sets it (:data:`OPTION_OF`), so that a flag given on the command line overrides it as it
 overrides any option; a field no option sets (``data.val_share``, ``model.dnn_dropout``) is applied to the
-config after (:func:`with_fields`).
+config after (:func:`~ihas_lightning.run_config.with_fields`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import types
 from collections.abc import Mapping
-from dataclasses import fields, replace
+from dataclasses import fields
 from functools import cache
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -22,8 +22,7 @@ from ..gates import GateConfig
 from ..modules.config import BackboneConfig
 from ..run_config import (ClusterOptions, RetrainConfig, RunConfig, SearchConfig, TrainerConfig, flatten_config)
 
-__all__ = ["OPTION_OF", "SECTIONS", "check_fields", "conform", "nested_config", "option_hint", "read_nested",
-           "with_fields"]
+__all__ = ["OPTION_OF", "SECTIONS", "check_fields", "conform", "nested_config", "option_hint", "read_nested"]
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": BackboneConfig, "gate": GateConfig, "search": SearchConfig,
                              "cluster": ClusterOptions, "retrain": RetrainConfig, "trainer": TrainerConfig}
@@ -204,15 +203,6 @@ def _options_of(nested: Mapping[str, Any]) -> dict[str, Any]:
     elif nested.get("gate.sparsity_weight") or "gate.budget" in nested:   # a fixed multiplier
         out["gate.sparsity_weight"] = nested.get("gate.sparsity_weight", 0.0)
     return out
-
-
-def with_fields(config: RunConfig, values: Mapping[str, Any]) -> RunConfig:
-    """``config`` with the dotted fields in ``values`` (``"data.val_share"``: those no option sets) replaced."""
-    parts: dict[str, dict[str, Any]] = {}
-    for key, value in values.items():
-        part, name = key.split(".")
-        parts.setdefault(part, {})[name] = value
-    return replace(config, **{part: replace(getattr(config, part), **items) for part, items in parts.items()})
 
 
 def check_fields(config: RunConfig, nested: Mapping[str, Any], overridden: set[str], path: str) -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from ..hparams_log import HPARAMS_FOLDER
 from ..json_files import read_json_object
-from ..run_config import RunConfig
+from ..run_config import RunConfig, with_fields
 from ..training import write_json
-from .run_identity import absolute_paths, option_differences, path_options, with_paths
+from .run_identity import absolute_paths, option_differences, path_options
 
 __all__ = ["RunDirectory", "RunLockedError", "embedding_rows"]
 
@@ -106,7 +106,7 @@ class RunDirectory:
             inside = _relative_to(Path(value), Path(recorded_root))
             if inside is not None:
                 moved[name] = str(here / inside)
-        return replace(with_paths(config, moved), out=str(here))
+        return replace(with_fields(config, moved), out=str(here))
 
     def start(self, config: RunConfig, restart: bool = False) -> RunConfig:
         """Make the folder the run of ``config`` (paths made absolute): write ``run.json`` for a new folder,

@@ -21,11 +21,10 @@ that a command started from another folder reads the same files.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..run_config import RunConfig, flatten_config
+from ..run_config import RunConfig, flatten_config, with_fields
 
 __all__ = ["EXECUTION_OPTIONS", "absolute_paths", "option_differences", "path_options"]
 
@@ -120,13 +119,4 @@ def absolute_paths(config: RunConfig, base: str | Path | None = None) -> RunConf
     base = Path(base) if base is not None else Path.cwd()
     resolved = {name: os.path.normpath(base / Path(value).expanduser())
                 for name, value in path_options(config).items()}
-    return with_paths(config, resolved)
-
-
-def with_paths(config: RunConfig, paths: dict[str, str]) -> RunConfig:
-    """``config`` with the dotted path fields in ``paths`` replaced."""
-    parts: dict[str, dict[str, str]] = {}
-    for name, value in paths.items():
-        part, field_name = name.split(".")
-        parts.setdefault(part, {})[field_name] = value
-    return replace(config, **{part: replace(getattr(config, part), **values) for part, values in parts.items()})
+    return with_fields(config, resolved)
