@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, machine_info, now_iso, write_json, write_markdown_table  # noqa: E402
+from _common import RESULTS_DIR, machine_info, now_iso, provenance, write_json, write_markdown_table  # noqa: E402
 
 from ihas_lightning.paths import shared_data_dir  # noqa: E402
 
@@ -81,9 +80,10 @@ def main(argv: list[str] | None = None) -> dict:
                 results.setdefault(dataset, {})[backbone] = {
                     "mean_test_auc": mean, "difference": mean["rowwise"] - mean["dense"],
                     "within_tolerance": abs(mean["rowwise"] - mean["dense"]) <= TOLERANCE, "runs": runs}
+    command = "python benchmarks/sparse_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
     payload = {"results": results, "tolerance": TOLERANCE, "seeds": args.seeds, "dnn": args.dnn,
-               "settings": DATASETS, "machine": machine_info(), "date": now_iso(), "git_commit": git_commit(),
-               "command": "python benchmarks/sparse_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+               "settings": DATASETS, "machine": machine_info(), "date": now_iso(),
+               "provenance": {**provenance(), "command": command}}
     path = write_json(args.json, payload)
     rows = [[dataset, backbone, f"{r['mean_test_auc']['rowwise']:.4f}", f"{r['mean_test_auc']['dense']:.4f}",
              f"{r['difference']:+.4f}", "yes" if r["within_tolerance"] else "NO"]
@@ -92,14 +92,10 @@ def main(argv: list[str] | None = None) -> dict:
                          ["data", "backbone", "rowwise", "dense", "difference", f"within {TOLERANCE}"], rows, notes=[
         f"mean test AUC over {args.seeds} seeds (each seed: split and initialization), `ihas train` with DNN "
         f"{args.dnn}, 1 torch thread; options per data set: {json.dumps(DATASETS)}",
-        f"command: `{payload['command']}`; commit {payload['git_commit']}; {payload['date']}"])
+        f"command: `{payload['provenance']['command']}`; commit {payload['provenance']['commit']}; "
+        f"{payload['date']}"])
     print(f"wrote {path} and {path.with_suffix('.md')}")
     return payload
-
-
-def git_commit() -> str | None:
-    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
-    return done.stdout.strip() or None
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     RESULTS_DIR, add_speed_arguments, machine_info, now_iso, setup_speed_run, silenced_stdout, sync, time_one_epoch,
-    write_json, write_markdown_table,
+    provenance, write_json, write_markdown_table,
 )
 
 # Distinct values of C1..C26 in the Criteo Kaggle (Display Advertising Challenge) train.txt, 45.8M rows: the
@@ -240,13 +240,14 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{name}: " + ", ".join(f"{side} {r['samples_per_s']:,.0f}/s" for side, r in
                                           results[name]["sides"].items()), flush=True)
 
+    command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
     payload = {"models": results, "vocab": args.vocab, "vocab_sizes": list(vocabulary(args.vocab)),
                "embedding_rows": sum(encoder.vocab_sizes.values()), "rows": args.rows, "batch_size": BATCH_SIZE,
                "timed_batches": args.batches,
                "threads": threads, "repeats": args.repeats, "device": "cuda" if device.startswith("cuda") else device,
                "dnn_hidden_units": list(hidden), "embedding_dim": 16, "machine": machine_info(device),
-               "date": now_iso(), "git_commit": git_commit(),
-               "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+               "date": now_iso(),
+               "provenance": {**provenance(), "command": command}}
     json_path = write_json(args.json, payload)
     write_markdown(json_path.with_suffix(".md"), payload)
     print(f"wrote {json_path} and {json_path.with_suffix('.md')}")
@@ -268,11 +269,6 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
             if other in sides:
                 out[f"ratio_vs_{other}"] = round(sides["ours"]["samples_per_s"] / sides[other]["samples_per_s"], 3)
     return out
-
-
-def git_commit() -> str | None:
-    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
-    return done.stdout.strip() or None
 
 
 def write_markdown(path: Path, payload: dict) -> None:
@@ -306,7 +302,8 @@ def write_markdown(path: Path, payload: dict) -> None:
         f"({payload['machine']['logical_cores']} cores, shared with other jobs while measured)",
         f"median (lowest-highest) of {payload['repeats']} alternating runs per side, each a fresh process (peak "
         f"RSS: the largest of its runs, data included); timed: {timed}, from epoch start to epoch end",
-        f"command: `{payload['command']}`; commit {payload['git_commit']}; {payload['date']}"])
+        f"command: `{payload['provenance']['command']}`; commit {payload['provenance']['commit']}; "
+        f"{payload['date']}"])
 
 
 if __name__ == "__main__":
