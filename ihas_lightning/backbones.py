@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .cross_network import use_fast_cross_network
 from .data.schema import Schema
 
 __all__ = ["BACKBONES", "UNSUPPORTED_BACKBONES", "CTRBackbone", "build_backbone", "check_backbone_name",
@@ -173,6 +174,7 @@ class CTRBackbone(nn.Module):
             model.out.bias = bias
         model.input_from_feature_columns = self._input_from_feature_columns
         model.linear_model.forward = self._linear_forward
+        use_fast_cross_network(model)
 
     def tables(self) -> list[nn.Embedding]:
         """Every embedding table: the fields' and the first-order (linear) part's."""

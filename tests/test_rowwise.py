@@ -52,6 +52,35 @@ def test_rowwise_adam_matches_adam_on_rows_touched_every_step_and_leaves_the_oth
     assert not torch.equal(sparse.weight[5], before[5])
 
 
+def test_tables_updated_together_match_sparse_adam_table_by_table() -> None:
+    """The fused step over several tables (different widths, sizes and step counts: one table skips a step)
+    equals ``torch.optim.SparseAdam`` run on each table alone, on every row."""
+    torch.manual_seed(4)
+    shapes = [(20, 4), (7, 4), (20, 1), (9, 4)]
+    ours_tables = [nn.Embedding(v, d, sparse=True) for v, d in shapes]
+    twins = copy.deepcopy(ours_tables)
+    ours = RowwiseAdam([t.weight for t in ours_tables], lr=0.05)
+    alone = [torch.optim.SparseAdam([t.weight], lr=0.05, eps=1e-8) for t in twins]
+    for step in range(5):
+        for tables, optimizers in ((ours_tables, [ours]), (twins, alone)):
+            for optimizer in optimizers:
+                optimizer.zero_grad()
+            loss = 0.0
+            for index, (table, (vocab, _)) in enumerate(zip(tables, shapes)):
+                if index == 1 and step == 2:                 # this table gets no gradient at step 2
+                    continue
+                seeded = torch.Generator().manual_seed(10 * step + index)
+                ids = torch.randint(0, vocab, (12,), generator=seeded)                   # duplicates included
+                loss = loss + (table(ids) * torch.randn(12, table.embedding_dim, generator=seeded)).sum()
+            loss.backward()
+            for optimizer in optimizers:
+                optimizer.step()
+    for table, twin in zip(ours_tables, twins):
+        torch.testing.assert_close(table.weight, twin.weight, rtol=1e-5, atol=1e-6)
+    assert float(ours.state[ours_tables[1].weight]["step"]) == 4.0                       # skipped once
+    assert float(ours.state[ours_tables[0].weight]["step"]) == 5.0
+
+
 def test_dense_parameters_take_fused_adams_exact_step() -> None:
     torch.manual_seed(1)
     layer = nn.Linear(5, 3)

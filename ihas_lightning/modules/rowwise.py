@@ -25,10 +25,12 @@ __all__ = ["RowwiseAdam", "clip_gradients", "has_sparse_grad"]
 class RowwiseAdam(torch.optim.Adam):
     """``torch.optim.Adam`` that also takes sparse gradients, updating only their rows (lazy Adam).
 
-    Dense-gradient parameters get Adam's own (fused) step, bit for bit. A parameter with a sparse gradient
-    (an ``nn.Embedding(sparse=True)`` table) has its gradient coalesced (duplicate ids summed) and only those
-    rows of the parameter and of its ``exp_avg``/``exp_avg_sq`` are read and written; the bias correction
-    uses the parameter's step count, as ``torch.optim.SparseAdam`` does. Rows a step does not touch keep their
+    Dense-gradient parameters get Adam's own (fused) step, bit for bit. For a parameter with a sparse gradient
+    (an ``nn.Embedding(sparse=True)`` table) duplicate ids are summed and only those rows of the parameter and
+    of its ``exp_avg``/``exp_avg_sq`` are read and written; the bias correction uses the parameter's step
+    count, as ``torch.optim.SparseAdam`` does. The tables of a param group are updated together (one
+    deduplication and one pass of moment arithmetic over all their rows), which makes the step's cost follow
+    the rows touched rather than the number of tables. Rows a step does not touch keep their
     value and moments (dense Adam would still move them by their momentum). The state has Adam's keys and
     shapes, so ``state_dict``/``load_state_dict`` are Adam's and a checkpoint of either kind loads into the
     other. ``amsgrad``, ``maximize`` and ``weight_decay`` are not supported on sparse gradients.
@@ -50,33 +52,59 @@ class RowwiseAdam(torch.optim.Adam):
         finally:
             for (p, _), grad in zip(sparse, grads):
                 p.grad = grad
-        for p, group in sparse:
-            self._rowwise_step(p, group)
+        batches: dict[tuple, tuple[dict[str, Any], list[Tensor]]] = {}
+        for p, group in sparse:      # one fused update per param group, dtype, device and row width
+            batches.setdefault((id(group), p.dtype, p.device, p.shape[1:]), (group, []))[1].append(p)
+        for group, params in batches.values():
+            self._rowwise_step(params, group)
         return loss
 
-    def _rowwise_step(self, param: Tensor, group: dict[str, Any]) -> None:
+    def _rowwise_step(self, params: list[Tensor], group: dict[str, Any]) -> None:
+        """Lazy Adam on the rows the sparse gradients of ``params`` (same group, dtype, device, row width) hold.
+
+        The tables' rows are handled as one: their ids, offset per table, are deduplicated in one ``unique``
+        (duplicates summed with one ``index_add_``: cheaper than a ``coalesce`` per table, which sorts the
+        values too), and the moment arithmetic runs once over all of them; only the reads and writes of each
+        table's rows and moments are per table.
+        """
         if group["amsgrad"] or group["maximize"] or group["weight_decay"]:
             raise ValueError("RowwiseAdam: amsgrad, maximize and weight_decay are not supported for sparse "
                              "gradients; use embedding_updates='dense'")
-        grad = param.grad.coalesce()
-        rows, values = grad.indices()[0], grad.values()                                      # (n,), (n, d)
-        state = self.state[param]
-        if not state:
-            state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
-            state["exp_avg"] = _lazy_zeros_like(param)
-            state["exp_avg_sq"] = _lazy_zeros_like(param)
         beta1, beta2 = group["betas"]
-        state["step"] += 1
-        step = state["step"].double()          # in float64, as Adam's Python floats: 1 - 0.999^t cancels
-        bias1 = (1 - torch.pow(torch.as_tensor(beta1, dtype=step.dtype, device=step.device), step)).float()
-        bias2 = (1 - torch.pow(torch.as_tensor(beta2, dtype=step.dtype, device=step.device), step)).float()
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        m = exp_avg.index_select(0, rows).lerp_(values, 1 - beta1)                           # (n, d)
-        v = exp_avg_sq.index_select(0, rows).mul_(beta2).addcmul_(values, values, value=1 - beta2)
-        exp_avg.index_copy_(0, rows, m)
-        exp_avg_sq.index_copy_(0, rows, v)
-        denom = (v.sqrt() / bias2.sqrt()).add_(group["eps"])
-        param.index_add_(0, rows, m.div_(denom).mul_(-group["lr"] / bias1))
+        keys, values, offsets, offset = [], [], [], 0
+        for param in params:
+            keys.append(param.grad._indices()[0] + offset)           # coalesced or not: duplicates summed below
+            values.append(param.grad._values())
+            offsets.append(offset)
+            offset += param.shape[0]
+            state = self.state[param]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+                state["exp_avg"] = _lazy_zeros_like(param)
+                state["exp_avg_sq"] = _lazy_zeros_like(param)
+            state["step"] += 1
+        rows, inverse = torch.unique(torch.cat(keys), return_inverse=True)                    # (n,) sorted
+        flat = torch.cat(values)
+        summed = flat.new_zeros((len(rows), *flat.shape[1:])).index_add_(0, inverse, flat)  # (n, d)
+        bounds = torch.searchsorted(rows, torch.as_tensor(offsets[1:] + [offset], device=rows.device)).tolist()
+        spans = list(zip([0, *bounds[:-1]], bounds))
+        local = [rows[a:b] - o for (a, b), o in zip(spans, offsets)]
+        # Bias corrections per table (tables may have taken different numbers of steps), repeated per row.
+        steps = torch.stack([self.state[p]["step"] for p in params]).double()  # in float64, as Adam's floats
+        bias1 = (1 - torch.pow(torch.as_tensor(beta1, dtype=steps.dtype, device=steps.device), steps)).float()
+        bias2 = (1 - torch.pow(torch.as_tensor(beta2, dtype=steps.dtype, device=steps.device), steps)).float()
+        counts = torch.as_tensor([b - a for a, b in spans], device=steps.device)
+        shape = (-1,) + (1,) * (summed.dim() - 1)
+        bias1, bias2 = bias1.repeat_interleave(counts).view(shape), bias2.repeat_interleave(counts).view(shape)
+        states = [self.state[p] for p in params]
+        m = torch.cat([s["exp_avg"].index_select(0, r) for s, r in zip(states, local)]).lerp_(summed, 1 - beta1)
+        v = torch.cat([s["exp_avg_sq"].index_select(0, r) for s, r in zip(states, local)])
+        v.mul_(beta2).addcmul_(summed, summed, value=1 - beta2)
+        update = m / ((v.sqrt() / bias2.sqrt()).add_(group["eps"])) * (-group["lr"] / bias1)
+        for param, state, r, (a, b) in zip(params, states, local, spans):
+            state["exp_avg"].index_copy_(0, r, m[a:b])
+            state["exp_avg_sq"].index_copy_(0, r, v[a:b])
+            param.index_add_(0, r, update[a:b])
 
 
 def _lazy_zeros_like(param: Tensor) -> Tensor:
