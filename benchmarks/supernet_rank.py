@@ -18,7 +18,7 @@ Reported: Kendall tau (inherited / fine-tuned vs stand-alone) per band and over 
 between the two stand-alone seeds (the ceiling of any proxy), and speed-ups: one inherited evaluation
 (including reading the validation split) vs one stand-alone training (including its data reading); and
 amortised, ``(N stand-alone trainings) / (supernet training + N evaluations)`` for N = the candidates ranked
-here and N = 200 (a search's budget, the PIM study's trial count), both from the measured medians. Times are
+here and N = 150 (the trials of one PIM study in results/pim_pareto.md), both from the measured medians. Times are
 CPU seconds of the process (``time.process_time``, one torch thread): on the shared machine wall times of the
 same work varied up to 10x within minutes. Three stand-alone trainings (one per band) are timed again in the run.
 
@@ -75,16 +75,17 @@ Chosen on the development data (MovieLens-100K and synthetic; results/supernet_r
 had the highest overall tau averaged over both (0.72) and the highest lowest-band tau on synthetic (0.71); the
 variants that raised MovieLens-100K's top band lost as much elsewhere."""
 DEFAULT_VARIANT = "sandwich,baseline"
-SEARCH_SIZE = 200
+SEARCH_SIZE = 150
+"""Candidates one PIM study scores with the supernet (``pim_pareto.py --trials 150``, results/pim_pareto.md)."""
 
 
-def train_variant(name: str, dm, model: dict, spec: dict) -> tuple[SupernetModule, float, float, int]:
-    pl.seed_everything(0, workers=True)
-    supernet = SupernetModule(dm.schema, dm.vocab_sizes, seed=0, **model)
+def train_variant(name: str, dm, model: dict, spec: dict, seed: int = 0) -> tuple[SupernetModule, float, float, int]:
+    pl.seed_everything(seed, workers=True)
+    supernet = SupernetModule(dm.schema, dm.vocab_sizes, seed=seed, **model)
     options = {k: v for k, v in spec.items() if k not in ("epochs", "warmup_epochs")}
     if "warmup_epochs" in spec:
         options["warmup_steps"] = spec["warmup_epochs"] * -(-len(dm.split("train")) // dm.batch_size)
-    sampler = SupernetSampler(dim_choices=DIM_CHOICES, width_choices=WIDTH_CHOICES, seed=0, **options)
+    sampler = SupernetSampler(dim_choices=DIM_CHOICES, width_choices=WIDTH_CHOICES, seed=seed, **options)
     start, cpu = time.perf_counter(), time.process_time()
     trainer(spec["epochs"], [sampler]).fit(supernet, dm)
     return supernet, time.perf_counter() - start, time.process_time() - cpu, sampler.step
@@ -135,9 +136,10 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
     result["standalone_train_cpu_seconds"] = [f["cpu_seconds"] for f in fresh]
     result["standalone_train_seconds"] = float(np.median([f["cpu_seconds"] for f in fresh]))
 
-    for variant in args.variants:
+    for variant, seed in ((v, s) for v in args.variants for s in args.supernet_seeds):
         spec = VARIANTS[variant]
-        supernet, wall, seconds, steps = train_variant(variant, dm, model, spec)
+        supernet, wall, seconds, steps = train_variant(variant, dm, model, spec, seed)
+        variant = variant if seed == args.supernet_seeds[0] else f"{variant}@seed{seed}"
         print(f"[{name}] {variant}: supernet {spec['epochs']} epochs, {steps} steps, {wall:.1f}s ({seconds:.1f} "
               f"CPU s)", flush=True)
         scored = []
@@ -157,7 +159,8 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
         amortised = {str(n): (n * alone_s) / (seconds + n * eval_s) for n in (len(scored), SEARCH_SIZE)}
         amortised_ft = {str(n): (n * alone_s) / (seconds + n * ft_s) for n in (len(scored), SEARCH_SIZE)}
         result["variants"][variant] = {
-            "spec": spec, "supernet_seconds": seconds, "supernet_wall_seconds": wall, "supernet_steps": steps,
+            "spec": spec, "supernet_seed": seed, "supernet_seconds": seconds, "supernet_wall_seconds": wall,
+            "supernet_steps": steps,
             "kendall_tau": taus,
             "kendall_tau_finetuned": taus_ft, "inherited_eval_seconds": eval_s, "finetuned_eval_seconds": ft_s,
             "speedup": alone_s / eval_s, "speedup_finetuned": alone_s / ft_s, "speedup_amortised": amortised,
@@ -178,9 +181,12 @@ def write_report(results: list[dict], args: argparse.Namespace, payload: dict) -
     path = write_json(args.json, payload)
     head = args.variants[0]
     table, variants = [], []
+    heads = [head] + [f"{head}@seed{seed}" for seed in args.supernet_seeds[1:]]
     for r in results:
-        v, seeds = r["variants"][head], r["kendall_tau_between_standalone_seeds"]
-        for label, key in (("inherited", "kendall_tau"), ("fine-tuned", "kendall_tau_finetuned")):
+        seeds = r["kendall_tau_between_standalone_seeds"]
+        scores = (("inherited", "kendall_tau"), ("fine-tuned", "kendall_tau_finetuned"))
+        for v, (label, key) in ((r["variants"][h], score) for h in heads for score in scores):
+            label = f"{label}, supernet seed {v['supernet_seed']}"
             table.append([r["dataset"], label, *[v[key]["bands"][b] for b in r["bands"]], v[key]["overall"],
                           " / ".join(f"{seeds['bands'][b]:.2f}" for b in r["bands"]) + f" ({seeds['overall']:.2f})",
                           v["speedup"] if label == "inherited" else v["speedup_finetuned"],
@@ -243,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--draw-seed", type=int, default=0)
+    parser.add_argument("--supernet-seeds", default="0,1",
+                        help="each variant's supernet is trained once per seed (its tau varies with the seed)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--standalone-only", action="store_true", help="fill the stand-alone cache and stop")
     parser.add_argument("--time-standalone", type=int, default=3,
@@ -252,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    args.supernet_seeds = [int(x) for x in args.supernet_seeds.split(",") if x.strip()]
     unknown = [d for d in args.datasets if d not in DATASETS] + [v for v in args.variants if v not in VARIANTS]
     if unknown or not args.variants or not args.datasets:
         parser.error(f"unknown or missing data sets / variants: {unknown}")
@@ -275,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                                            for r in results},
                "kendall_tau": {r["dataset"]: r["variants"][args.variants[0]]["kendall_tau"]["overall"]
                                for r in results},
+               "supernet_seeds": args.supernet_seeds,
                "datasets": results}
     path = write_report(results, args, payload)
     print(f"results: {path} and {path.with_suffix('.md')}")

@@ -9,6 +9,9 @@ reads and writes the rows the batch touches), ``deepctr`` (DeepCTR-Torch's ``fit
 ``compile("adam")`` builds: dense gradients and Adam over every row), ``deepctr_fused`` (the same ``fit`` with
 ``torch.optim.Adam(fused=True)``, the optimizer ``ours_dense`` uses: the gap between the two DeepCTR-Torch sides
 is the optimizer's share, the rest is the training loop's) and ``ours_dense`` (``embedding_updates="dense"``).
+Our DCN also computes DeepCTR-Torch's cross network in folded form (``ihas_lightning.cross_network``: the same
+values, without its batched 1x1 matrix products), on both of our sides; ``ours / ours_dense`` is then the
+row-wise updates' share alone.
 Each run is a fresh subprocess on the same saved rows, so its peak RSS is its own. Only the training epoch is
 timed: from the epoch-start to the epoch-end callback of each side (DeepCTR-Torch's
 ``on_epoch_begin``/``on_epoch_end``, Lightning's ``on_train_epoch_start``/``on_train_epoch_end``), so data
@@ -23,7 +26,7 @@ step cost does not depend on the batch, and the row-wise side's depends on the r
 Zipf ids keep the same from batch to batch.
 
 Usage:
-    python benchmarks/throughput.py --threads 1 --repeats 3                  # capped, 1M rows
+    python benchmarks/throughput.py --repeats 3                  # capped, 1M rows, every usable core
     python benchmarks/throughput.py --vocab criteo --repeats 3 --batches 8   # Criteo's vocabulary sizes
     python benchmarks/throughput.py --device cuda        # ours with accelerator="gpu", DeepCTR on cuda:0
 """
@@ -297,9 +300,11 @@ def write_markdown(path: Path, payload: dict) -> None:
         f"{payload['dnn_hidden_units']}, batch {BATCH_SIZE}, Adam 1e-3, L2 1e-5 on embeddings on every side",
         "ours: embedding_updates='rowwise' (sparse gradients, lazy Adam over the batch's rows, L2 on those rows); "
         "ours_dense: embedding_updates='dense' (fused Adam over every row); deepctr: DeepCTR-Torch's own fit with "
-        "compile('adam'); deepctr_fused: the same fit with torch.optim.Adam(fused=True)",
+        "compile('adam'); deepctr_fused: the same fit with torch.optim.Adam(fused=True); our DCN computes the "
+        "cross network folded (ihas_lightning.cross_network, same values) on both of our sides",
         f"device {payload['device']}, {payload['threads']} torch threads, {payload['machine']['cpu']} "
-        f"({payload['machine']['logical_cores']} cores, shared with other jobs while measured)",
+        f"({payload['machine']['logical_cores']} cores, {payload['machine'].get('usable_cores', '?')} usable by "
+        "the run)",
         f"median (lowest-highest) of {payload['repeats']} alternating runs per side, each a fresh process (peak "
         f"RSS: the largest of its runs, data included); timed: {timed}, from epoch start to epoch end",
         f"command: `{payload['provenance']['command']}`; commit {payload['provenance']['commit']}; "
