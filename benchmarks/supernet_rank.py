@@ -186,11 +186,12 @@ def write_report(results: list[dict], args: argparse.Namespace, payload: dict) -
         seeds = r["kendall_tau_between_standalone_seeds"]
         scores = (("inherited", "kendall_tau"), ("fine-tuned", "kendall_tau_finetuned"))
         for v, (label, key) in ((r["variants"][h], score) for h in heads for score in scores):
-            label = f"{label}, supernet seed {v['supernet_seed']}"
-            table.append([r["dataset"], label, *[v[key]["bands"][b] for b in r["bands"]], v[key]["overall"],
+            inherited = label == "inherited"
+            table.append([r["dataset"], f"{label}, supernet seed {v['supernet_seed']}",
+                          *[v[key]["bands"][b] for b in r["bands"]], v[key]["overall"],
                           " / ".join(f"{seeds['bands'][b]:.2f}" for b in r["bands"]) + f" ({seeds['overall']:.2f})",
-                          v["speedup"] if label == "inherited" else v["speedup_finetuned"],
-                          " / ".join(f"{x:.0f}" for x in (v["speedup_amortised"] if label == "inherited"
+                          v["speedup"] if inherited else v["speedup_finetuned"],
+                          " / ".join(f"{x:.0f}" for x in (v["speedup_amortised"] if inherited
                                                          else v["speedup_amortised_finetuned"]).values())])
         for name, w in r["variants"].items():
             variants.append([r["dataset"], name, *[w["kendall_tau"]["bands"][b] for b in r["bands"]],
