@@ -11,8 +11,8 @@ Per data set (MovieLens-100K, MovieLens-1M-first3k, synthetic):
   MovieLens-1M-first3k (382 steps; ``--epochs`` overrides all), for ``--seeds`` seeds; validation AUC of the
   last epoch, mean over seeds. Results are
   cached in ``results/supernet_rank_standalone.json`` (keyed by data, settings, candidate, seed, epochs);
-* each supernet variant (``--variants``, see ``VARIANTS``): one supernet trained once, every candidate scored
-  with inherited weights, and after NASRec's 50-step last-layer fine-tune.
+* each supernet variant (``--variants``, see ``VARIANTS``): one supernet per ``--supernet-seeds`` seed, every
+  candidate scored with inherited weights, and after NASRec's 50-step last-layer fine-tune.
 
 Reported: Kendall tau (inherited / fine-tuned vs stand-alone) per band and over all candidates, the same tau
 between the two stand-alone seeds (the ceiling of any proxy), and speed-ups: one inherited evaluation
