@@ -91,6 +91,11 @@ def train_variant(name: str, dm, model: dict, spec: dict, seed: int = 0) -> tupl
     return supernet, time.perf_counter() - start, time.process_time() - cpu, sampler.step
 
 
+def variant_key(variant: str, seed: int, seeds: list[int]) -> str:
+    """A trained supernet's key in the results: the variant's name for the first seed, ``name@seedN`` after."""
+    return variant if seed == seeds[0] else f"{variant}@seed{seed}"
+
+
 def band_taus(rows: list[dict], bands: list, key: str, ref: str = "standalone_auc") -> dict:
     out = {str(b): tau([r[key] for r in rows if r["band"] == i], [r[ref] for r in rows if r["band"] == i])
            for i, b in enumerate(bands)}
@@ -139,7 +144,7 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
     for variant, seed in ((v, s) for v in args.variants for s in args.supernet_seeds):
         spec = VARIANTS[variant]
         supernet, wall, seconds, steps = train_variant(variant, dm, model, spec, seed)
-        variant = variant if seed == args.supernet_seeds[0] else f"{variant}@seed{seed}"
+        variant = variant_key(variant, seed, args.supernet_seeds)
         print(f"[{name}] {variant}: supernet {spec['epochs']} epochs, {steps} steps, {wall:.1f}s ({seconds:.1f} "
               f"CPU s)", flush=True)
         scored = []
@@ -181,7 +186,7 @@ def write_report(results: list[dict], args: argparse.Namespace, payload: dict) -
     path = write_json(args.json, payload)
     head = args.variants[0]
     table, variants = [], []
-    heads = [head] + [f"{head}@seed{seed}" for seed in args.supernet_seeds[1:]]
+    heads = [variant_key(head, seed, args.supernet_seeds) for seed in args.supernet_seeds]
     for r in results:
         seeds = r["kendall_tau_between_standalone_seeds"]
         scores = (("inherited", "kendall_tau"), ("fine-tuned", "kendall_tau_finetuned"))

@@ -71,7 +71,7 @@ class RowwiseAdam(torch.optim.Adam):
             raise ValueError("RowwiseAdam: amsgrad, maximize and weight_decay are not supported for sparse "
                              "gradients; use embedding_updates='dense'")
         beta1, beta2 = group["betas"]
-        keys, values, offsets, offset = [], [], [], 0
+        keys, values, offsets, states, offset = [], [], [], [], 0
         for param in params:
             keys.append(param.grad._indices()[0] + offset)           # coalesced or not: duplicates summed below
             values.append(param.grad._values())
@@ -83,6 +83,7 @@ class RowwiseAdam(torch.optim.Adam):
                 state["exp_avg"] = _lazy_zeros_like(param)
                 state["exp_avg_sq"] = _lazy_zeros_like(param)
             state["step"] += 1
+            states.append(state)
         rows, inverse = torch.unique(torch.cat(keys), return_inverse=True)                    # (n,) sorted
         flat = torch.cat(values)
         summed = flat.new_zeros((len(rows), *flat.shape[1:])).index_add_(0, inverse, flat)  # (n, d)
@@ -90,13 +91,12 @@ class RowwiseAdam(torch.optim.Adam):
         spans = list(zip([0, *bounds[:-1]], bounds))
         local = [rows[a:b] - o for (a, b), o in zip(spans, offsets)]
         # Bias corrections per table (tables may have taken different numbers of steps), repeated per row.
-        steps = torch.stack([self.state[p]["step"] for p in params]).double()  # in float64, as Adam's floats
+        steps = torch.stack([state["step"] for state in states]).double()   # in float64, as Adam's floats
         bias1 = (1 - torch.pow(torch.as_tensor(beta1, dtype=steps.dtype, device=steps.device), steps)).float()
         bias2 = (1 - torch.pow(torch.as_tensor(beta2, dtype=steps.dtype, device=steps.device), steps)).float()
         counts = torch.as_tensor([b - a for a, b in spans], device=steps.device)
         shape = (-1,) + (1,) * (summed.dim() - 1)
         bias1, bias2 = bias1.repeat_interleave(counts).view(shape), bias2.repeat_interleave(counts).view(shape)
-        states = [self.state[p] for p in params]
         m = torch.cat([s["exp_avg"].index_select(0, r) for s, r in zip(states, local)]).lerp_(summed, 1 - beta1)
         v = torch.cat([s["exp_avg_sq"].index_select(0, r) for s, r in zip(states, local)])
         v.mul_(beta2).addcmul_(summed, summed, value=1 - beta2)
