@@ -298,7 +298,8 @@ def write_markdown(path: Path, payload: dict) -> None:
         f"{payload['rows']:,} synthetic Criteo-shaped rows: 26 sparse fields with Zipf(1.1) ids, {vocab}, "
         f"{payload['embedding_rows']:,} embedding rows; 13 dense fields; embedding dim 16, DNN "
         f"{payload['dnn_hidden_units']}, batch {BATCH_SIZE}, Adam 1e-3, L2 1e-5 on embeddings on every side",
-        "ours: embedding_updates='rowwise' (sparse gradients, lazy Adam over the batch's rows, L2 on those rows); "
+        "ours: embedding_updates='rowwise' (sparse gradients, lazy Adam over the batch's rows, L2 as the "
+        "optimiser's weight decay on those rows); "
         "ours_dense: embedding_updates='dense' (fused Adam over every row); deepctr: DeepCTR-Torch's own fit with "
         "compile('adam'); deepctr_fused: the same fit with torch.optim.Adam(fused=True); our DCN computes the "
         "cross network folded (ihas_lightning.cross_network, same values) on both of our sides",

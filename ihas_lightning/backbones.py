@@ -164,7 +164,7 @@ class CTRBackbone(nn.Module):
         # What an id outside [0, vocabulary size) does: "error" (default) or "oov" (mapped to the OOV id 1).
         self.out_of_range = "error"
         self._batch: dict[str, Tensor] | None = None
-        # The batches of the training forwards since the last regularization_loss: the rows the row-wise L2 covers.
+        # The batches of the training forwards since the last regularization_loss: the rows a row-wise L1 covers.
         self._trained_batches: list[dict[str, Tensor]] = []
         self.last_embeddings: Tensor | None = None
         # Logits instead of probabilities (mixed precision, BCE-with-logits); the bias is kept.
@@ -196,33 +196,46 @@ class CTRBackbone(nn.Module):
         return int(sum(self.model.embedding_dict[f].weight.numel() for f in self.fields))
 
     def regularization_loss(self, replace: Callable[[Tensor], Sequence[Tensor]] | None = None) -> Tensor:
-        """DeepCTR-Torch's L1/L2 terms, which its own ``fit`` adds to the loss.
+        """DeepCTR-Torch's L1/L2 terms, which its own ``fit`` adds to the loss, less the L2 of row-wise tables.
 
         Same sums as ``BaseModel.get_regularization_loss``, which allocates its accumulator on the device
         named at construction and so fails once the model has moved to a GPU. ``replace`` maps a regularized
         parameter to the tensors regularized in its place (per-group copies of the dense layers trained
         instead of it); by default each parameter stands for itself.
 
-        A table with sparse gradients (row-wise updates) is regularised on the rows the training forwards
-        since the last call looked up, each row once: the same gradient as the whole-table term on those
-        rows, and none elsewhere, so the step stays row-wise (a whole-table term would give every row a
-        gradient at every step). Rows a batch does not touch are neither updated nor shrunk.
+        The L2 of a table with sparse gradients (row-wise updates) is not here but in the optimiser
+        (:meth:`row_l2`: our modules' :class:`~ihas_lightning.modules.rowwise.RowwiseAdam` adds
+        ``2 * l2 / B * w`` to each row the step updates, once): the whole-table term's gradient on those rows
+        and none elsewhere, so the step stays row-wise, without a lookup, norm and sparse gradient per table
+        in the graph. An L1 term on such a table covers the rows the training forwards since the last call
+        looked up, each once.
         """
         total = self.model.out.bias.new_zeros(()) if hasattr(self.model.out, "bias") else torch.zeros(())
-        rows = self._touched_rows()
+        sparse = {id(table.weight) for table in self.tables() if table.sparse}
+        rows = self._touched_rows() if any(l1 > 0 for _, l1, _ in self.model.regularization_weight) else {}
         self._trained_batches = []
         for params, l1, l2 in self.model.regularization_weight:
             for weight in (w for entry in params for w in (replace or _itself)(_parameter(entry))):
-                if id(weight) in rows:
-                    weight = F.embedding(rows[id(weight)], weight, sparse=True)              # (n, d) touched rows
                 if l1 > 0:
-                    total = total + l1 * weight.abs().sum()
-                if l2 > 0:  # ||w||^2 as a reduction: no full-size temporaries, one scaled copy backward
+                    looked_up = F.embedding(rows[id(weight)], weight, sparse=True) if id(weight) in rows else weight
+                    total = total + l1 * looked_up.abs().sum()
+                if l2 > 0 and id(weight) not in sparse:  # ||w||^2 as a reduction: no full-size temporaries
                     total = total + l2 * torch.linalg.vector_norm(weight).square()
         return total
 
+    def row_l2(self) -> dict[Tensor, float]:
+        """DeepCTR-Torch's L2 coefficient of every row-wise (sparse-gradient) table weight, summed over its
+        regularization entries: the optimiser applies these to the rows each step updates."""
+        sparse = {id(table.weight) for table in self.tables() if table.sparse}
+        out: dict[Tensor, float] = {}
+        for params, _, l2 in self.model.regularization_weight:
+            for weight in map(_parameter, params):
+                if l2 > 0 and id(weight) in sparse:
+                    out[weight] = out.get(weight, 0.0) + float(l2)
+        return out
+
     def forget_trained_rows(self) -> None:
-        """Start a new training step: the row-wise L2 forgets the rows of earlier forwards."""
+        """Start a new training step: the row-wise L1 forgets the rows of earlier forwards."""
         self._trained_batches = []
 
     def _touched_rows(self) -> dict[int, Tensor]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ihas_lightning.backbones import build_backbone
@@ -115,8 +116,26 @@ def test_state_dict_resumes_exactly() -> None:
 
 def test_unsupported_options_raise_value_error_on_sparse_gradients() -> None:
     sparse, _ = _tables()
-    with pytest.raises(ValueError, match="weight_decay"):
-        _step(sparse, RowwiseAdam(sparse.parameters(), weight_decay=0.1), [1])
+    with pytest.raises(ValueError, match="amsgrad"):
+        _step(sparse, RowwiseAdam(sparse.parameters(), amsgrad=True), [1])
+
+
+def test_weight_decay_is_adams_coupled_l2_on_the_rows_of_the_step_only() -> None:
+    """On rows touched at every step (2 twice: its L2 counts once) the row-wise weight decay equals
+    ``torch.optim.Adam(weight_decay=...)``; a row outside the batch is not shrunk."""
+    sparse, dense = _tables(5)
+    rowwise = RowwiseAdam(sparse.parameters(), lr=0.01, weight_decay=0.5)
+    adam = torch.optim.Adam(dense.parameters(), lr=0.01, weight_decay=0.5)
+    plain = copy.deepcopy(sparse)
+    undecayed = RowwiseAdam(plain.parameters(), lr=0.01)
+    for _ in range(4):
+        for table, optimizer in ((sparse, rowwise), (dense, adam), (plain, undecayed)):
+            optimizer.zero_grad()
+            (table(torch.tensor([1, 2, 2])) * torch.tensor([0.3, -0.2, 0.1, 0.05])).sum().backward()  # w-free
+            optimizer.step()
+    torch.testing.assert_close(sparse.weight[[1, 2]], dense.weight[[1, 2]], rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(sparse.weight[[1, 2]], plain.weight[[1, 2]], atol=1e-4)       # the decay acts
+    assert torch.equal(sparse.weight[3:], plain.weight[3:])                                 # only on those rows
 
 
 def test_clipping_matches_clip_grad_norm_on_the_summed_rows() -> None:
@@ -139,23 +158,50 @@ def _batch(n: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
             "label": torch.as_tensor(rng.integers(0, 2, n), dtype=torch.float32)}
 
 
-def test_l2_covers_the_batch_rows_once_with_the_whole_table_gradient_there() -> None:
-    rowwise = build_backbone("DeepFM", SCHEMA, VOCAB, dim=4, dnn_hidden_units=(8,), seed=0, l2_reg_embedding=0.1,
-                             embedding_updates="rowwise").train()
-    dense = build_backbone("DeepFM", SCHEMA, VOCAB, dim=4, dnn_hidden_units=(8,), seed=0, l2_reg_embedding=0.1).train()
-    batch = _batch()
-    for backbone in (rowwise, dense):
-        backbone(batch)
-        backbone.regularization_loss().backward()
-    table, twin = rowwise.model.embedding_dict["a"].weight, dense.model.embedding_dict["a"].weight
-    assert table.grad.is_sparse and not twin.grad.is_sparse
-    touched = batch["sparse"][:, 0].unique()
-    grad = table.grad.to_dense()
-    torch.testing.assert_close(grad[touched], twin.grad[touched])                    # 2 * l2 * w, each row once
-    untouched = torch.ones(VOCAB["a"], dtype=torch.bool)
-    untouched[touched] = False
-    assert torch.count_nonzero(grad[untouched]) == 0 and torch.count_nonzero(twin.grad[untouched]) > 0
-    assert rowwise._touched_rows() == {}
+def _reference_l2(backbone, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The whole-table L2 restricted to the batch's rows, each once: what the optimiser's row-wise decay
+    must equal (written out independently of it)."""
+    total = torch.zeros(())
+    for table_dict in (backbone.model.embedding_dict, backbone.model.linear_model.embedding_dict):
+        for index, field in enumerate(SCHEMA.sparse):
+            weight = table_dict[field].weight
+            rows = F.embedding(batch["sparse"][:, index].unique(), weight, sparse=True)  # keeps the step lazy
+            total = total + backbone.row_l2()[weight] * rows.square().sum()
+    return total
+
+
+def test_row_l2_in_the_optimizer_equals_the_whole_table_term_on_the_batch_rows() -> None:
+    """Trained by Lightning (batches of 16, 16 and 10 rows: B changes), the tables equal a twin whose loss
+    holds the L2 of the batch's rows explicitly (each row once, divided by B) and whose optimiser has no
+    decay; no row outside the batches moves."""
+    l2 = 0.5                           # large, so that a wrong scale would show
+    config = BackboneConfig("DeepFM", dim=4, dnn_hidden_units=(8,), seed=0, l2_reg_embedding=l2)
+    module = BackboneModule(SCHEMA, VOCAB, config=config)
+    twin = copy.deepcopy(module.backbone)
+    assert module.backbone.row_l2()[module.backbone.model.embedding_dict["a"].weight] == l2
+    batches = [_batch(16, 1), _batch(16, 2), _batch(10, 3)]
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    references = {}
+    for decayed in (True, False):
+        reference = references[decayed] = copy.deepcopy(twin).train()
+        optimizer = RowwiseAdam(reference.parameters(), lr=module.hparams.lr)
+        for batch in batches:
+            optimizer.zero_grad()
+            logits = reference(batch)
+            extra = reference.regularization_loss() + (_reference_l2(reference, batch) if decayed else 0.0)
+            (F.binary_cross_entropy_with_logits(logits, batch["label"]) + extra / len(logits)).backward()
+            optimizer.step()
+    ours = dict(module.backbone.named_parameters())
+    for name, weight in references[True].named_parameters():
+        torch.testing.assert_close(ours[name], weight, rtol=1e-5, atol=1e-6)
+    table = ours["model.embedding_dict.a.weight"]
+    assert not torch.allclose(table, dict(references[False].named_parameters())["model.embedding_dict.a.weight"],
+                              rtol=1e-5, atol=1e-6)                                   # the L2 did act
+    touched = torch.zeros(VOCAB["a"], dtype=torch.bool)
+    touched[torch.cat([b["sparse"][:, 0] for b in batches])] = True
+    assert torch.equal(table[~touched], twin.model.embedding_dict["a"].weight[~touched])
 
 
 @pytest.mark.parametrize("updates", ["rowwise", "dense"])

@@ -39,8 +39,8 @@ def add_trainer_arguments(parser: argparse.ArgumentParser, epochs: int = 3) -> N
     group.add_argument("--dnn", default="256,128", help="DNN hidden widths, comma-separated")
     group.add_argument("--lr", type=float, default=1e-3)
     group.add_argument("--embedding-updates", choices=("rowwise", "dense"), default="rowwise",
-                       help="rowwise (default): a step updates the table rows its batch looks up (lazy Adam, L2 on "
-                            "those rows); dense: every row of every table at every step")
+                       help="rowwise (default): a step updates the table rows its batch looks up (lazy Adam, L2 as "
+                            "weight decay on those rows); dense: every row of every table at every step")
     group.add_argument("--epochs", type=int, default=epochs)
     group.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
     group.add_argument("--devices", type=int, default=1, help="devices per machine (more than 1: DDP)")

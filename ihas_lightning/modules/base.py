@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,7 @@ class CTRModule(pl.LightningModule):
         super().__init__()
         self.encoder: FeatureEncoder | None = None
         self.last_oov_rate: float | None = None
+        self._step_batch_size = 1         # the training step's rows: the scale of the row-wise tables' L2
         for stage in _STAGES:
             setattr(self, f"{stage}_auroc", BinaryAUROC())
             setattr(self, f"{stage}_logloss", MeanMetric())
@@ -84,8 +85,9 @@ class CTRModule(pl.LightningModule):
     @override
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         check_labels(batch["label"], "training")
-        self.backbone.forget_trained_rows()          # the row-wise L2 covers this step's rows only
+        self.backbone.forget_trained_rows()          # a row-wise L1 covers this step's rows only
         logits = self(batch)
+        self._step_batch_size = logits.shape[0]
         bce = F.binary_cross_entropy_with_logits(logits, batch["label"])
         loss = bce + self.regularization_loss() / logits.shape[0]
         extra = self.extra_loss(batch, logits)
@@ -123,7 +125,17 @@ class CTRModule(pl.LightningModule):
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # Frozen parameters (a retraining's router, the dense layers its groups' copies replace) stay out.
-        return fused_adam([p for p in self.parameters() if p.requires_grad], lr=self.hparams.lr)
+        return fused_adam([p for p in self.parameters() if p.requires_grad], lr=self.hparams.lr,
+                          row_l2=self.backbone.row_l2())
+
+    @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # The L2 of row-wise tables, d/dw (l2 * ||w||^2 / B) = 2 * l2 / B * w, is the optimiser's weight decay
+        # on the rows this step updates (B: the step's batch, all its accumulated micro-batches).
+        accumulated = getattr(self._trainer, "accumulate_grad_batches", 1) if self._trainer is not None else 1
+        for group in optimizer.param_groups:
+            if "row_l2" in group:
+                group["weight_decay"] = 2.0 * group["row_l2"] / (self._step_batch_size * accumulated)
 
     @override
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
@@ -168,14 +180,29 @@ class CTRModule(pl.LightningModule):
         return predict_encoded(self, encoded, batch_size)
 
 
-def fused_adam(params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 1e-3) -> RowwiseAdam:
+def fused_adam(params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 1e-3,
+               row_l2: Mapping[Tensor, float] | None = None) -> RowwiseAdam:
     """Adam over ``params`` (tensors or param-group dicts), fused when every tensor is on the CPU or a CUDA
     device: one kernel per step instead of ~10 passes over every dense-gradient tensor. Tables with sparse
-    gradients (row-wise updates) get :class:`RowwiseAdam`'s step over the rows the batch touched."""
-    groups = [{**g, "params": list(g["params"])} if isinstance(g, dict) else g for g in params]
-    tensors = [t for g in groups for t in (g["params"] if isinstance(g, dict) else [g])]
+    gradients (row-wise updates) get :class:`RowwiseAdam`'s step over the rows the batch touched.
+
+    ``row_l2`` (:meth:`CTRBackbone.row_l2`) moves each such table into a group of its own, keyed
+    ``"row_l2"``, whose ``weight_decay`` :meth:`CTRModule.on_before_optimizer_step` sets for every step."""
+    items = list(params)
+    groups = [{**g, "params": list(g["params"])} for g in items] if items and isinstance(items[0], dict) else (
+        [{"params": items}] if items else [])
+    tensors = [t for g in groups for t in g["params"]]
     fused = all(t.device.type in ("cpu", "cuda") for t in tensors)
-    return RowwiseAdam(groups, lr=lr, fused=fused)
+    split: list[dict[str, Any]] = []
+    for group in groups:
+        decayed: dict[float, list[Tensor]] = {}
+        for p in group["params"]:
+            if row_l2 and p in row_l2:
+                decayed.setdefault(row_l2[p], []).append(p)
+        rest = [p for p in group["params"] if not (row_l2 and p in row_l2)]
+        split += [{**group, "params": rest}] if rest else []
+        split += [{**group, "params": ps, "row_l2": c, "weight_decay": 0.0} for c, ps in decayed.items()]
+    return RowwiseAdam(split, lr=lr, fused=fused)
 
 
 @torch.no_grad()

@@ -30,8 +30,9 @@ class BackboneConfig:
         seed: the model's initialization seed.
         options: more constructor arguments of the model (e.g. ``{"cross_num": 3}``).
         embedding_updates: ``"rowwise"`` (default): the tables give sparse gradients and a step reads and
-            writes only the rows the batch looks up (lazy Adam; the L2 on the tables covers those rows,
-            see :mod:`~ihas_lightning.modules.rowwise`); ``"dense"``: every row of every table at every step.
+            writes only the rows the batch looks up (lazy Adam; the L2 on the tables covers those rows, as the
+            optimiser's weight decay on them, see :mod:`~ihas_lightning.modules.rowwise`); ``"dense"``: every
+            row of every table at every step.
 
     Example:
         >>> config = BackboneConfig("DCN", dim=8, dnn_hidden_units=(64, 32))

@@ -174,7 +174,7 @@ class SearchModule(CTRModule):
         return fused_adam([
             {"params": self.backbone.parameters(), "lr": self.hparams.lr},
             {"params": self.gates.parameters(), "lr": self.hparams.gate_lr},
-        ])
+        ], row_l2=self.backbone.row_l2())
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -89,6 +89,7 @@ class SupernetModule(BackboneModule):
         labels = batch["label"]
         check_labels(labels, "training")
         self.backbone.forget_trained_rows()
+        self._step_batch_size = labels.shape[0]
         total, teacher, first = None, None, None
         for subarch in plan.subarchs:
             self.supernet_masks.apply(subarch)
