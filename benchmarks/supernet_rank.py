@@ -58,6 +58,10 @@ VARIANTS: dict[str, dict] = {
     "long_warmup": {"epochs": 8, "warmup_epochs": 4},
     # BigNAS's sandwich rule (largest + smallest + 2 sampled per step), half the epochs: 2x the passes
     "sandwich": {"epochs": 4, "sandwich": 2},
+    # the sandwich rule for as many epochs as one stand-alone training of the data (epochs None: 4 on
+    # MovieLens-100K and synthetic, the same as "sandwich", 2 on MovieLens-1M-first3k), so the supernet's cost
+    # follows the data's stand-alone schedule instead of a fixed epoch count
+    "sandwich_standalone_epochs": {"epochs": None, "sandwich": 2},
     "sandwich_kd": {"epochs": 4, "sandwich": 2, "distill": 0.5},
     "sandwich_kd_capped": {"epochs": 4, "sandwich": 2, "distill": 0.5, "sampling": "capped"},
     # shorter training: the supernet overfits MovieLens-100K's id embeddings when trained 8 epochs
@@ -79,7 +83,13 @@ SEARCH_SIZE = 150
 """Candidates one PIM study scores with the supernet (``pim_pareto.py --trials 150``, results/pim_pareto.md)."""
 
 
-def train_variant(name: str, dm, model: dict, spec: dict, seed: int = 0) -> tuple[SupernetModule, float, float, int]:
+def train_variant(name: str, dm, model: dict, spec: dict, seed: int = 0,
+                  standalone_epochs: int | None = None) -> tuple[SupernetModule, float, float, int]:
+    """A supernet trained with variant ``spec`` (``epochs`` None: ``standalone_epochs``); it, its wall and CPU
+    seconds and its steps."""
+    epochs = spec["epochs"] if spec["epochs"] is not None else standalone_epochs
+    if epochs is None:
+        raise ValueError(f"variant {name!r} trains for the stand-alone epochs: pass standalone_epochs")
     pl.seed_everything(seed, workers=True)
     supernet = SupernetModule(dm.schema, dm.vocab_sizes, seed=seed, **model)
     options = {k: v for k, v in spec.items() if k not in ("epochs", "warmup_epochs")}
@@ -87,7 +97,7 @@ def train_variant(name: str, dm, model: dict, spec: dict, seed: int = 0) -> tupl
         options["warmup_steps"] = spec["warmup_epochs"] * -(-len(dm.split("train")) // dm.batch_size)
     sampler = SupernetSampler(dim_choices=DIM_CHOICES, width_choices=WIDTH_CHOICES, seed=seed, **options)
     start, cpu = time.perf_counter(), time.process_time()
-    trainer(spec["epochs"], [sampler]).fit(supernet, dm)
+    trainer(epochs, [sampler]).fit(supernet, dm)
     return supernet, time.perf_counter() - start, time.process_time() - cpu, sampler.step
 
 
@@ -143,9 +153,10 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
 
     for variant, seed in ((v, s) for v in args.variants for s in args.supernet_seeds):
         spec = VARIANTS[variant]
-        supernet, wall, seconds, steps = train_variant(variant, dm, model, spec, seed)
+        supernet, wall, seconds, steps = train_variant(variant, dm, model, spec, seed, epochs)
         variant = variant_key(variant, seed, args.supernet_seeds)
-        print(f"[{name}] {variant}: supernet {spec['epochs']} epochs, {steps} steps, {wall:.1f}s ({seconds:.1f} "
+        supernet_epochs = spec["epochs"] or epochs
+        print(f"[{name}] {variant}: supernet {supernet_epochs} epochs, {steps} steps, {wall:.1f}s ({seconds:.1f} "
               f"CPU s)", flush=True)
         scored = []
         for (band, sub), row in zip(candidates, rows):
@@ -164,7 +175,8 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
         amortised = {str(n): (n * alone_s) / (seconds + n * eval_s) for n in (len(scored), SEARCH_SIZE)}
         amortised_ft = {str(n): (n * alone_s) / (seconds + n * ft_s) for n in (len(scored), SEARCH_SIZE)}
         result["variants"][variant] = {
-            "spec": spec, "supernet_seed": seed, "supernet_seconds": seconds, "supernet_wall_seconds": wall,
+            "spec": spec, "supernet_epochs": supernet_epochs, "supernet_seed": seed, "supernet_seconds": seconds,
+            "supernet_wall_seconds": wall,
             "supernet_steps": steps,
             "kendall_tau": taus,
             "kendall_tau_finetuned": taus_ft, "inherited_eval_seconds": eval_s, "finetuned_eval_seconds": ft_s,
@@ -201,13 +213,15 @@ def write_report(results: list[dict], args: argparse.Namespace, payload: dict) -
         for name, w in r["variants"].items():
             variants.append([r["dataset"], name, *[w["kendall_tau"]["bands"][b] for b in r["bands"]],
                              w["kendall_tau"]["overall"], *[w["kendall_tau_finetuned"]["bands"][b] for b in r["bands"]],
-                             w["kendall_tau_finetuned"]["overall"], w["supernet_seconds"]])
+                             w["kendall_tau_finetuned"]["overall"], w["supernet_seconds"],
+                             " / ".join(f"{x:.0f}" for x in w["speedup_amortised"].values())])
     bands = results[0]["bands"]
     n = len(results[0]["candidates"])
     notes = [f"{r['dataset']}: {r['backbone']} dim 16, DNN {r['dnn']}; {r['per_band']} candidates per band; "
              f"stand-alone {r['standalone_epochs']} epochs x {r['standalone_seeds']} seeds "
              f"(timed again in the run: median {r['standalone_train_seconds']:.1f} CPU s); supernet '{head}' "
-             f"{r['variants'][head]['spec']} trained in {r['variants'][head]['supernet_seconds']:.1f} CPU s; "
+             f"{r['variants'][head]['spec']} ({r['variants'][head].get('supernet_epochs')} epochs) trained in "
+             f"{r['variants'][head]['supernet_seconds']:.1f} CPU s; "
              f"{r['rows_train']} train / {r['rows_val']} val rows" for r in results]
     notes += ["seed vs seed: Kendall tau between the two stand-alone seeds per band (overall), the ceiling of a proxy",
               "times are CPU seconds of the process (time.process_time, 1 torch thread): the shared machine's wall "
@@ -222,8 +236,8 @@ def write_report(results: list[dict], args: argparse.Namespace, payload: dict) -
     md = path.with_suffix(".md")
     lines = ["", "## Variants tried (Kendall tau inherited | fine-tuned)", "",
              "| data | variant | " + " | ".join(f"{b}" for b in bands) + " | overall | "
-             + " | ".join(f"ft {b}" for b in bands) + " | ft overall | supernet CPU s |",
-             "|" + "---|" * (2 * len(bands) + 5)]
+             + " | ".join(f"ft {b}" for b in bands) + " | ft overall | supernet CPU s | amortised |",
+             "|" + "---|" * (2 * len(bands) + 6)]
     lines += ["| " + " | ".join(f"{x:.2f}" if isinstance(x, float) else str(x) for x in row) + " |"
               for row in variants]
     lines += ["", "## Per candidate", "", "| data | # | band | share | dims | widths | stand-alone AUC (seeds) | "

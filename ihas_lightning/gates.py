@@ -236,9 +236,9 @@ def hard_concrete_sample(logits: Tensor, temperature: float | Tensor,
                          generator: torch.Generator | None = None) -> Tensor:
     """A reparameterized hard-concrete sample in [0, 1] (Louizos et al. 2018, eqs. 9-10)."""
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-    u = u.clamp(_U_EPS, 1.0 - _U_EPS)
-    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + logits) / temperature)
-    return (s * (HC_ZETA - HC_GAMMA) + HC_GAMMA).clamp(0.0, 1.0)
+    s = torch.sigmoid((torch.logit(u, eps=_U_EPS) + logits) / temperature)    # logit: log u - log(1 - u), clamped
+    # hardtanh is clamp(0, 1) with a one-pass backward (clamp's is a comparison pair and a where)
+    return F.hardtanh(s * (HC_ZETA - HC_GAMMA) + HC_GAMMA, 0.0, 1.0)
 
 
 def _stg_mu(logits: Tensor, sigma: float) -> Tensor:
@@ -350,9 +350,12 @@ class InstanceGates(nn.Module):
 
     def _finish(self, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         """Force the first ``min_dim`` dims open and apply prefix nesting; shapes ``(B, F, D)``."""
-        forced = self.forced.to(z.device)  # (D,)
-        z = torch.where(forced, torch.ones_like(z), z)
-        p = torch.where(forced, torch.ones_like(p), p)
+        if self.config.min_dim:
+            # z * keep + forced: exactly 1 on forced dims (z, p are finite) and z elsewhere, gradient 0 / 1 as
+            # a torch.where would give, in two broadcast passes that vectorize (where over a (D,) mask does not).
+            forced = self.forced.to(device=z.device, dtype=z.dtype)  # (D,)
+            keep = 1.0 - forced
+            z, p = z * keep + forced, p * keep + forced
         if self.config.prefix:
             z, p = torch.cumprod(z, dim=-1), torch.cumprod(p, dim=-1)  # P(all j <= k open)
         return z, p

@@ -19,3 +19,19 @@ def test_regularizer_values() -> None:
     assert decided_share(prob, min_dim=2).item() == pytest.approx(6 / 8)
     per_field, overall = mean_active_dims(prob)
     assert per_field.tolist() == [3.5, 2.0] and overall.item() == 2.75  # counts z > 0, not p
+
+
+def test_polarization_gradient_is_one_minus_two_p_on_live_decisions_only() -> None:
+    """d mean(p(1-p)) / dp = (1 - 2p) / N on the decision gates that are not settled (p in (0.01, 0.99));
+    zero on forced dims (k < min_dim) and settled gates (the dead zone)."""
+    prob = torch.tensor([[[0.3, 0.7, 0.2, 0.005, 0.9, 0.995]],
+                         [[0.5, 0.1, 0.6, 0.4, 0.999, 0.02]]], requires_grad=True)                 # (2, 1, 6)
+    value = polarization(prob, min_dim=2)
+    value.backward()
+    free = prob.detach()[..., 2:]
+    assert value.item() == pytest.approx(float((free * (1 - free)).mean()))
+    expected = (1 - 2 * prob.detach()) / free.numel()
+    expected[..., :2] = 0.0
+    expected[(prob.detach() <= 0.01) | (prob.detach() >= 0.99)] = 0.0
+    torch.testing.assert_close(prob.grad, expected)
+    assert prob.grad[0, 0, 3] == 0 and prob.grad[1, 0, 4] == 0 and prob.grad[0, 0, 2] != 0
