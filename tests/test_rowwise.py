@@ -82,6 +82,17 @@ def test_tables_updated_together_match_sparse_adam_table_by_table() -> None:
     assert float(ours.state[ours_tables[0].weight]["step"]) == 5.0
 
 
+def test_a_step_whose_sparse_gradients_hold_no_rows_changes_no_row() -> None:
+    """Only padding ids looked up (a multi-valued field's empty batch): the gradient has no rows."""
+    table = nn.Embedding(10, 4, sparse=True, padding_idx=0)
+    before = table.weight.detach().clone()
+    optimizer = RowwiseAdam(table.parameters(), lr=0.1, weight_decay=0.1)
+    table(torch.tensor([0, 0])).sum().backward()
+    assert table.weight.grad._nnz() == 0
+    optimizer.step()
+    assert torch.equal(table.weight, before)
+
+
 def test_dense_parameters_take_fused_adams_exact_step() -> None:
     torch.manual_seed(1)
     layer = nn.Linear(5, 3)

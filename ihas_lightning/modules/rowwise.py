@@ -91,6 +91,8 @@ class RowwiseAdam(torch.optim.Adam):
             state["step"] += 1
             states.append(state)
         ordered, order = torch.sort(torch.cat(keys), stable=True)
+        if not len(ordered):         # e.g. only padding ids looked up: nothing to update
+            return
         rows, counts = torch.unique_consecutive(ordered, return_counts=True)                  # (n,) sorted
         flat = torch.cat(values).reshape(len(ordered), -1)                                    # (N, d)
         summed = F.embedding_bag(order, flat, counts.cumsum(0) - counts, mode="sum")          # (n, d)
