@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -213,6 +214,17 @@ def test_row_l2_in_the_optimizer_equals_the_whole_table_term_on_the_batch_rows()
     touched = torch.zeros(VOCAB["a"], dtype=torch.bool)
     touched[torch.cat([b["sparse"][:, 0] for b in batches])] = True
     assert torch.equal(table[~touched], twin.model.embedding_dict["a"].weight[~touched])
+
+
+def test_an_optimizer_without_row_l2_groups_is_warned_about() -> None:
+    config = BackboneConfig("DeepFM", dim=4, dnn_hidden_units=(8,), seed=0)
+    module = BackboneModule(SCHEMA, VOCAB, config=config)
+    with pytest.warns(UserWarning, match="get no L2"):
+        module.on_before_optimizer_step(torch.optim.Adam(module.parameters()))
+    ours = BackboneModule(SCHEMA, VOCAB, config=config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours.on_before_optimizer_step(ours.configure_optimizers())      # its row_l2 groups: no warning
 
 
 @pytest.mark.parametrize("updates", ["rowwise", "dense"])

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
+from pytorch_lightning.utilities import rank_zero_warn
 from typing_extensions import override
 
 from ..backbones import CTRBackbone
@@ -55,6 +56,7 @@ class CTRModule(pl.LightningModule):
         self.encoder: FeatureEncoder | None = None
         self.last_oov_rate: float | None = None
         self._step_batch_size = 1         # the training step's rows: the scale of the row-wise tables' L2
+        self._row_l2_checked = False
         for stage in _STAGES:
             setattr(self, f"{stage}_auroc", BinaryAUROC())
             setattr(self, f"{stage}_logloss", MeanMetric())
@@ -133,9 +135,16 @@ class CTRModule(pl.LightningModule):
         # The L2 of row-wise tables, d/dw (l2 * ||w||^2 / B) = 2 * l2 / B * w, is the optimiser's weight decay
         # on the rows this step updates (B: the step's batch, all its accumulated micro-batches).
         accumulated = getattr(self._trainer, "accumulate_grad_batches", 1) if self._trainer is not None else 1
+        decayed = False
         for group in optimizer.param_groups:
             if "row_l2" in group:
                 group["weight_decay"] = 2.0 * group["row_l2"] / (self._step_batch_size * accumulated)
+                decayed = True
+        if not decayed and not self._row_l2_checked and self.backbone.row_l2():
+            rank_zero_warn("the row-wise tables' L2 (l2_reg_embedding) is applied by the optimiser that "
+                           "configure_optimizers builds with fused_adam(..., row_l2=self.backbone.row_l2()); this "
+                           "optimiser has no 'row_l2' groups, so those tables get no L2")
+        self._row_l2_checked = True
 
     @override
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
