@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .batch_checks import check_batch
 from .cross_network import use_fast_cross_network
 from .data.schema import Schema
 
@@ -270,56 +271,11 @@ class CTRBackbone(nn.Module):
         return torch.stack(out, dim=1)                                                         # (B, F, D)
 
     def check_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The batch, checked against the schema and the tables; errors name the column, value and limit.
-
-        Without this an id past a table's end fails deep inside ``F.embedding`` (an index error on CPU, a
-        device-side assert on GPU) and a NaN dense value silently poisons every weight it touches. With
-        ``out_of_range = "oov"`` ids outside ``[0, V)`` are mapped to the OOV id (1) instead of failing.
-        """
-        sparse, dense, multi = batch["sparse"], batch["dense"], batch.get("multi")
-        expected = {"sparse": len(self.schema.sparse), "dense": len(self.schema.dense),
-                    "multi": sum(m.max_len for m in self.schema.multivalued)}
-        names = {"sparse": list(self.schema.sparse), "dense": list(self.schema.dense),
-                 "multi": [m.name for m in self.schema.multivalued]}
-        for kind, tensor in (("sparse", sparse), ("dense", dense), ("multi", multi)):
-            if tensor is None and expected[kind] == 0:
-                continue
-            if tensor is None or tensor.dim() != 2 or tensor.shape[1] != expected[kind]:
-                got = "none" if tensor is None else tuple(tensor.shape)
-                raise ValueError(f"batch['{kind}'] must be (B, {expected[kind]}) for columns {names[kind]}, "
-                                 f"got shape {got}: a column is missing or extra")
-        if dense.numel() and not torch.isfinite(dense).all():
-            row, col = (~torch.isfinite(dense)).nonzero()[0].tolist()
-            raise ValueError(f"column '{self.schema.dense[col]}': value {dense[row, col].item()} in batch row {row} "
-                             f"is not finite (the encoder maps missing dense values to 0)")
-        checked = dict(batch)
-        checked["sparse"] = self._check_ids(sparse, list(self.schema.sparse), [1] * len(self.schema.sparse))
-        if multi is not None and multi.shape[1]:
-            checked["multi"] = self._check_ids(multi, [m.name for m in self.schema.multivalued],
-                                               [m.max_len for m in self.schema.multivalued])
-        return checked
-
-    def _check_ids(self, ids: Tensor, fields: list[str], widths: list[int]) -> Tensor:
-        columns = [f for f, w in zip(fields, widths) for _ in range(w)]
-        if ids.is_floating_point() or ids.dtype == torch.bool:
-            bad = ~torch.isfinite(ids) | (ids != ids.round()) if ids.is_floating_point() else ids
-            row, col = (bad.nonzero()[0].tolist() if bad.any() else (0, 0))
-            raise TypeError(f"column '{columns[col]}': ids must be an integer tensor (int64), got {ids.dtype} "
-                            f"(value {ids[row, col].item()} in batch row {row})")
-        if not ids.numel():
-            return ids
-        limits = ids.new_tensor([self.model.embedding_dict[f].num_embeddings for f in columns])      # (C,)
-        bad = (ids < 0) | (ids >= limits)                                                          # (B, C)
-        if not bad.any():
-            return ids
-        if self.out_of_range == "oov":
-            return torch.where(bad, torch.ones_like(ids), ids)
-        row, col = bad.nonzero()[0].tolist()
-        value, limit = ids[row, col].item(), limits[col].item()
-        reason = f"id {value} is negative" if value < 0 else f"id {value} >= vocabulary size {limit}"
-        raise IndexError(f"column '{columns[col]}': {reason} (batch row {row}); ids are 0 = missing, 1 = OOV, "
-                         f"2..{limit - 1} = known: encode the data with the run's encoder, or set "
-                         f"backbone.out_of_range = 'oov'")
+        """The batch, checked against the schema and the tables (:func:`~ihas_lightning.batch_checks.check_batch`):
+        errors name the column, value and limit; with ``out_of_range = "oov"`` ids outside ``[0, V)`` become the
+        OOV id (1)."""
+        sizes = {name: table.num_embeddings for name, table in self.model.embedding_dict.items()}
+        return check_batch(batch, self.schema, sizes, self.out_of_range)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         if self.out_of_range not in ("error", "oov"):
