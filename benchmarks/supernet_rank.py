@@ -83,13 +83,9 @@ SEARCH_SIZE = 150
 """Candidates one PIM study scores with the supernet (``pim_pareto.py --trials 150``, results/pim_pareto.md)."""
 
 
-def train_variant(name: str, dm, model: dict, spec: dict, seed: int = 0,
-                  standalone_epochs: int | None = None) -> tuple[SupernetModule, float, float, int]:
-    """A supernet trained with variant ``spec`` (``epochs`` None: ``standalone_epochs``); it, its wall and CPU
-    seconds and its steps."""
-    epochs = spec["epochs"] if spec["epochs"] is not None else standalone_epochs
-    if epochs is None:
-        raise ValueError(f"variant {name!r} trains for the stand-alone epochs: pass standalone_epochs")
+def train_variant(name: str, dm, model: dict, spec: dict, epochs: int,
+                  seed: int = 0) -> tuple[SupernetModule, float, float, int]:
+    """A supernet trained ``epochs`` epochs with variant ``spec``; it, its wall and CPU seconds and its steps."""
     pl.seed_everything(seed, workers=True)
     supernet = SupernetModule(dm.schema, dm.vocab_sizes, seed=seed, **model)
     options = {k: v for k, v in spec.items() if k not in ("epochs", "warmup_epochs")}
@@ -153,9 +149,9 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
 
     for variant, seed in ((v, s) for v in args.variants for s in args.supernet_seeds):
         spec = VARIANTS[variant]
-        supernet, wall, seconds, steps = train_variant(variant, dm, model, spec, seed, epochs)
+        supernet_epochs = spec["epochs"] or epochs          # None: as many as one stand-alone training
+        supernet, wall, seconds, steps = train_variant(variant, dm, model, spec, supernet_epochs, seed)
         variant = variant_key(variant, seed, args.supernet_seeds)
-        supernet_epochs = spec["epochs"] or epochs
         print(f"[{name}] {variant}: supernet {supernet_epochs} epochs, {steps} steps, {wall:.1f}s ({seconds:.1f} "
               f"CPU s)", flush=True)
         scored = []

@@ -212,7 +212,7 @@ class CTRBackbone(nn.Module):
         looked up, each once.
         """
         total = self.model.out.bias.new_zeros(()) if hasattr(self.model.out, "bias") else torch.zeros(())
-        sparse = {id(table.weight) for table in self.tables() if table.sparse}
+        sparse = self._row_wise_weight_ids()
         rows = self._touched_rows() if any(l1 > 0 for _, l1, _ in self.model.regularization_weight) else {}
         self._trained_batches = []
         for params, l1, l2 in self.model.regularization_weight:
@@ -227,13 +227,16 @@ class CTRBackbone(nn.Module):
     def row_l2(self) -> dict[Tensor, float]:
         """DeepCTR-Torch's L2 coefficient of every row-wise (sparse-gradient) table weight, summed over its
         regularization entries: the optimiser applies these to the rows each step updates."""
-        sparse = {id(table.weight) for table in self.tables() if table.sparse}
+        sparse = self._row_wise_weight_ids()
         out: dict[Tensor, float] = {}
         for params, _, l2 in self.model.regularization_weight:
             for weight in map(_parameter, params):
                 if l2 > 0 and id(weight) in sparse:
                     out[weight] = out.get(weight, 0.0) + float(l2)
         return out
+
+    def _row_wise_weight_ids(self) -> set[int]:
+        return {id(table.weight) for table in self.tables() if table.sparse}
 
     def forget_trained_rows(self) -> None:
         """Start a new training step: the row-wise L1 forgets the rows of earlier forwards."""

@@ -10,10 +10,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
-from pytorch_lightning.utilities import rank_zero_warn
 from typing_extensions import override
 
 from ..backbones import CTRBackbone
@@ -202,13 +202,16 @@ def fused_adam(params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 
         [{"params": items}] if items else [])
     tensors = [t for g in groups for t in g["params"]]
     fused = all(t.device.type in ("cpu", "cuda") for t in tensors)
+    row_l2 = row_l2 or {}
     split: list[dict[str, Any]] = []
     for group in groups:
         decayed: dict[float, list[Tensor]] = {}
+        rest: list[Tensor] = []
         for p in group["params"]:
-            if row_l2 and p in row_l2:
+            if p in row_l2:
                 decayed.setdefault(row_l2[p], []).append(p)
-        rest = [p for p in group["params"] if not (row_l2 and p in row_l2)]
+            else:
+                rest.append(p)
         split += [{**group, "params": rest}] if rest else []
         split += [{**group, "params": ps, "row_l2": c, "weight_decay": 0.0} for c, ps in decayed.items()]
     return RowwiseAdam(split, lr=lr, fused=fused)
