@@ -135,7 +135,7 @@ class ClusterOptions:
     """
 
     k: int | None = 4
-    candidate_dims: tuple[int, ...] = (0, 2, 4, 8, 16)
+    candidate_dims: tuple[int, ...] = (0, 2, 4, 6, 8, 12, 16)
     budget_fit: str = "auto"
 
     def __post_init__(self) -> None:

@@ -91,6 +91,12 @@ def test_fieldwise_is_one_group_without_a_router(run: RunDirectory) -> None:
     # the tables are stored at the one group's widths
     assert fieldwise["table_widths"] == clusters["dims"]["0"]
     assert run.metrics("retrain")["groups"] == 2                       # the run's own groups are untouched
+    # its tables are fitted to iHAS's footprint (tables + router): that share is its budget, and it stays within
+    ihas = run.metrics("retrain")
+    vocab = _vocab(run)
+    uniform = sum(vocab.values()) * 8
+    assert clusters["budget"] == pytest.approx(ihas["footprint_params"] / uniform)
+    assert fieldwise["footprint_params"] <= ihas["footprint_params"]
 
 
 def test_collected_metrics_list_the_new_stages(run: RunDirectory) -> None:

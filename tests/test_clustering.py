@@ -14,11 +14,15 @@ from ihas_lightning.clustering import (
     adjusted_rand_index,
     assign_dims,
     cluster,
+    fill_dims_to_budget,
     fit_dims_to_budget,
+    loss_decrease,
     loss_increase,
     open_gate_cost,
+    open_gate_gain,
     silhouette_score,
     stored_param_share,
+    widened,
 )
 
 F, D = 6, 8
@@ -89,11 +93,14 @@ def test_planted_mixture_recovered(mixture):
 
 def test_dims_follow_members(mixture):
     masks, labels, _ = mixture
-    kept = cluster(None, _stream(masks), F, D, ClusterConfig(k=4, **FAST))
+    kept = cluster(None, _stream(masks), F, D, ClusterConfig(k=4, candidate_dims=(0, 2, 4, 8), **FAST))
     mapping = _match(kept.predict(masks), labels, 4)
     expected_kept = {0: [8, 8, 2, 2, 2, 2], 1: [2, 2, 8, 2, 2, 2], 2: [2, 2, 2, 8, 8, 8], 3: [4, 4, 8, 4, 4, 4]}
     for g, c in mapping.items():
         assert kept.dims[c].tolist() == expected_kept[g], g  # 6 of 8 -> 8; 0 -> min_dim 2
+    default = cluster(None, _stream(masks), F, D, ClusterConfig(k=4, **FAST))     # 6 is a default candidate
+    assert sorted(default.dims.tolist()) == sorted([*[row for g, row in expected_kept.items() if g != 2],
+                                                     [2, 2, 2, 6, 6, 6]])
     assert kept.dims.dtype == torch.int64 and int(kept.dims.min()) >= 2
 
     dropped = cluster(None, _stream(masks), F, D, ClusterConfig(k=4, min_dim=0, allow_drop_field=True, **FAST))
@@ -203,7 +210,7 @@ def test_masked_embedding_feature():
     masks, labels, _ = _mixture(planted, [1.0, 1.0, 1.0], n=6000, noise=0.0)
     means = 3.0 * torch.randn(3, F, D, generator=g)
     emb = (means[labels] + torch.randn(6000, F, D, generator=g)) * masks  # (n, F, D)
-    config = ClusterConfig(k=3, feature="masked_embedding", **FAST)
+    config = ClusterConfig(k=3, feature="masked_embedding", candidate_dims=(0, 2, 4, 8), **FAST)
     result = cluster(_stream(emb.flatten(1)), _stream(masks), F, D, config)
     assert result.feature == "masked_embedding"
     assert adjusted_rand_index(result.predict(emb), labels) > 0.99
@@ -346,3 +353,47 @@ def test_fit_dims_to_budget_never_goes_below_min_dim(min_dim: int) -> None:
     assert stored_param_share(fitted, COSTS, D) == pytest.approx(min_dim / D)
     dropped = fit_dims_to_budget(DIMS, COSTS, D, 0.0, CANDIDATES, min_dim=0, cost=OPEN_GATES)
     assert dropped.tolist() == [[0] * 3] * 2                      # min_dim 0 lets a field be dropped
+
+
+# -- filling the budget back (fill_dims_to_budget) ---------------------------------------------------------
+
+def test_widened_raises_only_the_widest_groups() -> None:
+    dims = torch.tensor([[4, 2, 8], [2, 2, 4]])
+    assert widened(dims, 0, 8).tolist() == [[8, 2, 8], [2, 2, 4]]
+    assert widened(dims, 1, 4).tolist() == [[4, 4, 8], [2, 4, 4]]       # a tie: both groups are the widest
+    assert torch.equal(dims, torch.tensor([[4, 2, 8], [2, 2, 4]]))    # the input is not modified
+
+
+def test_fill_dims_to_budget_spends_the_budget_the_coarse_narrowing_left() -> None:
+    # Only field 0 carries signal (1.0 per missing dimension of its widest group); fields 1 and 2 gain nothing.
+    def informative_first(dims: torch.Tensor) -> float:
+        return float(D - dims[:, 0].max())
+
+    narrow = fit_dims_to_budget(DIMS, COSTS, D, 0.45, CANDIDATES, min_dim=2, cost=loss_increase(informative_first))
+    assert narrow.max(0).values.tolist() == [4, 2, 2]
+    fine = (0, 2, 4, 6, 8)
+    assert stored_param_share(narrow, COSTS, D) == pytest.approx(5300 / 13200)            # 0.40
+    filled = fill_dims_to_budget(narrow, COSTS, D, 0.55, fine, gain=loss_decrease(informative_first))
+    # 4 -> 6 on field 0 adds 2000 parameters (share 0.40 -> 0.553 > 0.55): nothing fits; at 0.56 it does
+    assert torch.equal(filled, narrow)
+    filled = fill_dims_to_budget(narrow, COSTS, D, 0.56, fine, gain=loss_decrease(informative_first))
+    assert filled.max(0).values.tolist() == [6, 2, 2]
+    assert stored_param_share(filled, COSTS, D) <= 0.56
+    # fields that gain nothing stay narrow even where the budget would pay for them
+    roomy = fill_dims_to_budget(narrow, COSTS, D, 1.0, fine, gain=loss_decrease(informative_first))
+    assert roomy.max(0).values.tolist() == [8, 2, 2]
+
+
+def test_fill_dims_to_budget_by_open_gates_gives_back_what_members_used() -> None:
+    # group 0 (100 members) opened 8 gates on field 0, 2 on field 1, 8 on field 2; group 1 (50): 8, 2, 4
+    narrow = torch.tensor([[2, 2, 2], [2, 2, 2]])
+    filled = fill_dims_to_budget(narrow, COSTS, D, 1.0, CANDIDATES, gain=open_gate_gain(HIST))
+    assert filled.tolist() == [[8, 2, 8], [8, 2, 8]]                  # field 1: nobody used more than 2
+    gain = open_gate_gain(HIST)
+    assert gain(narrow, 1, 4) == 0.0
+    assert gain(narrow, 2, 4) == 100 * 2 + 50 * 2                     # both groups are the widest
+    assert gain(torch.tensor([[2, 2, 4], [2, 2, 2]]), 2, 8) == 100 * 4   # only the widest group widens
+    # a small budget: the most gates per parameter first (field 2: 300 gates / 100 params beats field 0)
+    small = fill_dims_to_budget(narrow, COSTS, D, (2 * 1000 + 2 * 600 + 4 * 50) / (1650 * 8), CANDIDATES,
+                                gain=open_gate_gain(HIST))
+    assert small.max(0).values.tolist() == [2, 2, 4]

@@ -32,7 +32,7 @@ ROUTER_HELP = ("how the retrained model routes a sample to its group: 'linear' (
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cluster and retrain")
     group.add_argument("--k", type=int, default=4, help="number of groups; 0 chooses it on validation data")
-    group.add_argument("--candidate-dims", default="0,2,4,8,16", help="dimensions a group's field may get")
+    group.add_argument("--candidate-dims", default="0,2,4,6,8,12,16", help="dimensions a group's field may get")
     group.add_argument("--budget-fit", choices=BUDGET_FITS, default="auto",
                        help="how the stored tables are narrowed to the search's --budget: 'loss' narrows the field "
                             "that costs the searched model the least validation logloss per parameter saved, "

@@ -19,8 +19,8 @@ Choosing K: ``ClusterConfig.k`` fixes it; with ``k = None`` the K with the best 
 by the validation AUC of the retrained groups. See docs/design.md#31-clustering-grouping-the-masks.
 """
 
-from .dims import (NarrowingCost, active_count_histogram, assign_dims, fit_dims_to_budget, loss_increase, narrowed,
-                   open_gate_cost, stored_param_share)
+from .dims import (NarrowingCost, active_count_histogram, assign_dims, fill_dims_to_budget, fit_dims_to_budget,
+                   loss_decrease, loss_increase, narrowed, open_gate_cost, open_gate_gain, stored_param_share, widened)
 from .kmeans import MiniBatchKMeans, adjusted_rand_index, silhouette_score
 from .stage import ClusterConfig, ClusterResult, cluster
 
@@ -33,10 +33,14 @@ __all__ = [
     "adjusted_rand_index",
     "assign_dims",
     "cluster",
+    "fill_dims_to_budget",
     "fit_dims_to_budget",
+    "loss_decrease",
     "loss_increase",
     "narrowed",
     "open_gate_cost",
+    "open_gate_gain",
     "silhouette_score",
     "stored_param_share",
+    "widened",
 ]

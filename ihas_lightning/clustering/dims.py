@@ -7,8 +7,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["NarrowingCost", "active_count_histogram", "assign_dims", "fit_dims_to_budget", "loss_increase",
-           "narrowed", "open_gate_cost", "stored_param_share"]
+__all__ = ["NarrowingCost", "active_count_histogram", "assign_dims", "fill_dims_to_budget", "fit_dims_to_budget",
+           "loss_decrease", "loss_increase", "narrowed", "open_gate_cost", "open_gate_gain", "stored_param_share",
+           "widened"]
 
 # ----------------------------------------------------------------------------------------------------------
 # per-group dimensions
@@ -100,6 +101,15 @@ def narrowed(dims: Tensor, field: int, width: int) -> Tensor:
     return trial
 
 
+def widened(dims: Tensor, field: int, width: int) -> Tensor:
+    """A copy of (K, F) ``dims`` whose widest groups on ``field`` get ``width`` columns (the others keep theirs:
+    the stored table is as wide as its widest group, so only those groups can use the added columns)."""
+    trial = dims.clone()
+    column = trial[:, field]
+    trial[:, field] = torch.where(column == column.max(), torch.full_like(column, width), column)
+    return trial
+
+
 def open_gate_cost(count_hist: Tensor) -> NarrowingCost:
     """One plus the members' open gates of the field above ``width``: a model-free cost for
     :func:`fit_dims_to_budget`.
@@ -118,12 +128,23 @@ def open_gate_cost(count_hist: Tensor) -> NarrowingCost:
     return cost
 
 
-def loss_increase(loss: Callable[[Tensor], float]) -> NarrowingCost:
-    """``loss(narrowed dims) - loss(dims)`` for :func:`fit_dims_to_budget`, each distinct ``dims`` scored once.
+def open_gate_gain(count_hist: Tensor) -> NarrowingCost:
+    """The members' open gates that widening ``field`` to ``width`` gives back: for :func:`fill_dims_to_budget`
+    with ``--budget-fit gates``. Only members of the field's widest groups that opened more gates than those
+    groups now keep count; widening past every member's count gains nothing."""
+    hist = count_hist.double()
+    counts = torch.arange(hist.shape[-1], dtype=torch.float64, device=hist.device)          # (D+1,)
 
-    ``loss`` scores (K, F) dimensions, lower is better: the pipeline passes the searched model's validation
-    logloss with every row cut to its group's first columns.
-    """
+    def gain(dims: Tensor, field: int, width: int) -> float:
+        current = dims[:, field]
+        widest = current == current.max()
+        extra = (counts.clamp_max(width) - float(current.max())).clamp_min(0)                # (D+1,)
+        return float((hist[widest.to(hist.device), field] * extra).sum())
+    return gain
+
+
+def _cached(loss: Callable[[Tensor], float]) -> Callable[[Tensor], float]:
+    """``loss`` with each distinct (K, F) ``dims`` scored once."""
     scores: dict[tuple[int, ...], float] = {}
 
     def score(dims: Tensor) -> float:
@@ -131,10 +152,29 @@ def loss_increase(loss: Callable[[Tensor], float]) -> NarrowingCost:
         if key not in scores:
             scores[key] = loss(dims)
         return scores[key]
+    return score
+
+
+def loss_increase(loss: Callable[[Tensor], float]) -> NarrowingCost:
+    """``loss(narrowed dims) - loss(dims)`` for :func:`fit_dims_to_budget`, each distinct ``dims`` scored once.
+
+    ``loss`` scores (K, F) dimensions, lower is better: the pipeline passes the searched model's validation
+    logloss with every row cut to its group's first columns.
+    """
+    score = _cached(loss)
 
     def cost(dims: Tensor, field: int, width: int) -> float:
         return score(narrowed(dims, field, width)) - score(dims)
     return cost
+
+
+def loss_decrease(loss: Callable[[Tensor], float]) -> NarrowingCost:
+    """``loss(dims) - loss(widened dims)`` for :func:`fill_dims_to_budget`, each distinct ``dims`` scored once."""
+    score = _cached(loss)
+
+    def gain(dims: Tensor, field: int, width: int) -> float:
+        return score(dims) - score(widened(dims, field, width))
+    return gain
 
 
 def fit_dims_to_budget(dims: Tensor, field_costs: Sequence[float], dim: int, budget: float,
@@ -179,3 +219,43 @@ def fit_dims_to_budget(dims: Tensor, field_costs: Sequence[float], dim: int, bud
             break
         dims = narrowed(dims, *best)
     return dims
+
+
+def fill_dims_to_budget(dims: Tensor, field_costs: Sequence[float], dim: int, budget: float,
+                        candidate_dims: Sequence[int], *, gain: NarrowingCost) -> Tensor:
+    """Widen fields while the shared tables stay within ``budget``: the other half of :func:`fit_dims_to_budget`.
+
+    Candidate widths are coarse (16 -> 8 halves a field), so narrowing stops well below the budget, and a
+    search whose medians already fit (one group) leaves part of it unused; a model compared with others at
+    the same footprint should spend it. Greedily, the field whose next wider candidate width has the highest
+    ``gain`` per parameter added is widened in its widest groups (:func:`widened`), among the widenings that
+    keep the stored share within the budget and gain something (``gain > 0``). See
+    docs/design.md#33-clustering-fitting-the-budget.
+
+    Args:
+        dims: (K, F) dimensions, usually :func:`fit_dims_to_budget`'s.
+        field_costs: (F,) parameters of one dimension of each field (its vocabulary size).
+        dim: D, the widest a field can get.
+        budget: target stored share in (0, 1].
+        candidate_dims: allowed widths.
+        gain: what a widening improves: :func:`loss_decrease` (measured) or :func:`open_gate_gain` (a proxy).
+    """
+    dims = dims.clone()
+    allowed = sorted({int(c) for c in candidate_dims if 0 < c <= dim} | {dim})
+    costs = torch.as_tensor(field_costs, dtype=torch.float64)
+    total = float(costs.sum()) * dim
+    while True:
+        widths = dims.max(dim=0).values                                                        # (F,)
+        stored = float((costs * widths.double()).sum())
+        best, best_ratio = None, 0.0
+        for field in range(dims.shape[1]):
+            wider = [a for a in allowed if a > int(widths[field])]
+            added = float(costs[field] * (wider[0] - int(widths[field]))) if wider else 0.0
+            if added <= 0 or (stored + added) / total > budget + 1e-12:
+                continue
+            ratio = gain(dims, field, wider[0]) / added
+            if ratio > best_ratio:
+                best, best_ratio = (field, wider[0]), ratio
+        if best is None:
+            return dims
+        dims = widened(dims, *best)

@@ -64,7 +64,7 @@ class ClusterConfig:
 
     k: int | None = 4
     k_candidates: tuple[int, ...] = (2, 3, 4, 6, 8)
-    candidate_dims: tuple[int, ...] = (0, 2, 4, 8, 16)
+    candidate_dims: tuple[int, ...] = (0, 2, 4, 6, 8, 12, 16)
     min_dim: int = 2
     allow_drop_field: bool = False
     feature: Literal["mask", "masked_embedding"] = "mask"

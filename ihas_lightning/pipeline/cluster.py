@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc
 
 from .. import training
-from ..clustering import (ClusterConfig, ClusterResult, active_count_histogram, cluster, fit_dims_to_budget,
-                          loss_increase, open_gate_cost)
+from ..clustering import (ClusterConfig, ClusterResult, active_count_histogram, cluster, fill_dims_to_budget,
+                          fit_dims_to_budget, loss_decrease, loss_increase, open_gate_cost, open_gate_gain)
 from ..data.datamodule import CTRDataModule
 from ..modules import SearchModule
 from ..modules.retrain_module import prefix_masks
@@ -82,9 +82,11 @@ class PrefixScorer:
 
 
 def stage_cluster(run: RunDirectory, run_config: RunConfig, dm: CTRDataModule | None = None,
-                  stage: str = "cluster") -> dict:
-    """Deterministic gates over the training set -> mini-batch k-means -> per-group dimensions, written to
-    ``DIR/<stage>/`` (the field-wise variant clusters the same search with K = 1 into ``DIR/fieldwise_cluster/``)."""
+                  stage: str = "cluster", budget: float | None = None) -> dict:
+    """Deterministic gates over the training set -> mini-batch k-means -> per-group dimensions, narrowed and
+    then widened to the budget (the search's, or ``budget``: a stored share of the uniform tables), written to
+    ``DIR/<stage>/`` (the field-wise variant clusters the same search with K = 1 into ``DIR/fieldwise_cluster/``,
+    at iHAS's footprint)."""
     if run.done(stage):
         return run.metrics(stage)
     budget_fit = run_config.cluster.budget_fit
@@ -100,7 +102,7 @@ def stage_cluster(run: RunDirectory, run_config: RunConfig, dm: CTRDataModule | 
     result = cluster(lambda: (m.flatten(1) for m in train_masks()), train_masks, len(fields), dim,
                      config, val_feature_stream=lambda: (m.flatten(1) for m in val_masks()))
     searched_dims = result.dims
-    budget = module.hparams.gate.get("budget")
+    budget = module.hparams.gate.get("budget") if budget is None else budget
     candidates: list[dict] = []
     if budget is not None:
         costs = [float(dm.vocab_sizes[f]) for f in fields]
@@ -108,12 +110,13 @@ def stage_cluster(run: RunDirectory, run_config: RunConfig, dm: CTRDataModule | 
 
         def fitted(fit: str) -> torch.Tensor:
             if fit == "loss":
-                cost = loss_increase(scorer.logloss)
+                cost, gain = loss_increase(scorer.logloss), loss_decrease(scorer.logloss)
             else:
-                cost = open_gate_cost(sum(active_count_histogram(m, result.predict(m.flatten(1)), result.k)
-                                          for m in train_masks()))
-            return fit_dims_to_budget(result.dims, costs, dim, budget, config.dims_for(dim), config.min_dim,
-                                      cost=cost)
+                hist = sum(active_count_histogram(m, result.predict(m.flatten(1)), result.k) for m in train_masks())
+                cost, gain = open_gate_cost(hist), open_gate_gain(hist)
+            narrow = fit_dims_to_budget(result.dims, costs, dim, budget, config.dims_for(dim), config.min_dim,
+                                        cost=cost)
+            return fill_dims_to_budget(narrow, costs, dim, budget, config.dims_for(dim), gain=gain)
 
         if budget_fit == "auto":
             # Both fits, each scored by the narrowed searched model's validation AUC; ties keep 'loss'.
