@@ -50,7 +50,8 @@ def test_a_flat_run_json_of_older_code_loads_into_a_run_config(tmp_path: Path) -
 def test_the_cli_options_give_the_flat_run_json_s_config() -> None:
     argv = ["run", "--rows", "6000", "--epochs", "2", "--retrain-epochs", "1", "--dnn", "32,16", "--out",
             "/tmp/base/run", "--separate", "--quiet", "--cache-dir", "/tmp/base/cache", "--seed", "3",
-            "--budget-fit", "loss", "--no-fieldwise", "--retrain-lr", "5e-4"]   # that run's defaults, changed since
+            "--budget-fit", "loss", "--no-fieldwise", "--retrain-lr", "5e-4",
+            "--candidate-dims", "0,2,4,8,16"]                                 # that run's defaults, changed since
     old = RunConfig.from_dict(FLAT_RUN_JSON)
     assert old.retrain.router == "gates"                            # what the run was made with
     new = run_config_from_args(build_parser().parse_args(argv))
