@@ -373,22 +373,27 @@ def test_fill_dims_to_budget_spends_the_budget_the_coarse_narrowing_left() -> No
     assert narrow.max(0).values.tolist() == [4, 2, 2]
     fine = (0, 2, 4, 6, 8)
     assert stored_param_share(narrow, COSTS, D) == pytest.approx(5300 / 13200)            # 0.40
-    filled = fill_dims_to_budget(narrow, COSTS, D, 0.55, fine, gain=loss_decrease(informative_first))
-    # 4 -> 6 on field 0 adds 2000 parameters (share 0.40 -> 0.553 > 0.55): nothing fits; at 0.56 it does
-    assert torch.equal(filled, narrow)
+    # 4 -> 6 on field 0 adds 2000 parameters (share 0.40 -> 0.553): at 0.56 it fits and comes first
     filled = fill_dims_to_budget(narrow, COSTS, D, 0.56, fine, gain=loss_decrease(informative_first))
     assert filled.max(0).values.tolist() == [6, 2, 2]
     assert stored_param_share(filled, COSTS, D) <= 0.56
-    # fields that gain nothing stay narrow even where the budget would pay for them
+    # fields that gain nothing come last, and then the budget is spent (as the uniform model spends it)
+    assert fill_dims_to_budget(narrow, COSTS, D, 0.71, fine, gain=loss_decrease(informative_first)).max(
+        0).values.tolist() == [8, 2, 2]
     roomy = fill_dims_to_budget(narrow, COSTS, D, 1.0, fine, gain=loss_decrease(informative_first))
-    assert roomy.max(0).values.tolist() == [8, 2, 2]
+    assert roomy.max(0).values.tolist() == [8, 8, 8]
+    # at 0.55 field 0 does not fit (0.553): the budget goes to what does, field 1 (1200) then field 2 (100 a step)
+    tight = fill_dims_to_budget(narrow, COSTS, D, 0.55, fine, gain=loss_decrease(informative_first))
+    assert tight.max(0).values.tolist() == [4, 4, 8]
+    assert stored_param_share(tight, COSTS, D) <= 0.55
 
 
 def test_fill_dims_to_budget_by_open_gates_gives_back_what_members_used() -> None:
     # group 0 (100 members) opened 8 gates on field 0, 2 on field 1, 8 on field 2; group 1 (50): 8, 2, 4
     narrow = torch.tensor([[2, 2, 2], [2, 2, 2]])
-    filled = fill_dims_to_budget(narrow, COSTS, D, 1.0, CANDIDATES, gain=open_gate_gain(HIST))
-    assert filled.tolist() == [[8, 2, 8], [8, 2, 8]]                  # field 1: nobody used more than 2
+    filled = fill_dims_to_budget(narrow, COSTS, D, 0.8, CANDIDATES, gain=open_gate_gain(HIST))
+    assert filled.tolist() == [[8, 2, 8], [8, 2, 8]]                  # field 1 (nobody used more than 2) last
+    assert fill_dims_to_budget(narrow, COSTS, D, 1.0, CANDIDATES, gain=open_gate_gain(HIST)).tolist() == [[8] * 3] * 2
     gain = open_gate_gain(HIST)
     assert gain(narrow, 1, 4) == 0.0
     assert gain(narrow, 2, 4) == 100 * 2 + 50 * 2                     # both groups are the widest

@@ -227,10 +227,10 @@ def fill_dims_to_budget(dims: Tensor, field_costs: Sequence[float], dim: int, bu
 
     Candidate widths are coarse (16 -> 8 halves a field), so narrowing stops well below the budget, and a
     search whose medians already fit (one group) leaves part of it unused; a model compared with others at
-    the same footprint should spend it. Greedily, the field whose next wider candidate width has the highest
-    ``gain`` per parameter added is widened in its widest groups (:func:`widened`), among the widenings that
-    keep the stored share within the budget and gain something (``gain > 0``). See
-    docs/design.md#33-clustering-fitting-the-budget.
+    the same footprint should spend it, as the uniform model at that footprint does. Greedily, the field whose
+    next wider candidate width has the highest ``gain`` per parameter added is widened in its widest groups
+    (:func:`widened`), among the widenings that keep the stored share within the budget, until none fits; a
+    widening that gains nothing (or loses) still comes, last. See docs/design.md#33-clustering-fitting-the-budget.
 
     Args:
         dims: (K, F) dimensions, usually :func:`fit_dims_to_budget`'s.
@@ -254,7 +254,7 @@ def fill_dims_to_budget(dims: Tensor, field_costs: Sequence[float], dim: int, bu
             if added <= 0 or (stored + added) / total > budget + 1e-12:
                 continue
             ratio = gain(dims, field, wider[0]) / added
-            if ratio > best_ratio:
+            if best is None or ratio > best_ratio:
                 best, best_ratio = (field, wider[0]), ratio
         if best is None:
             return dims
