@@ -9,7 +9,8 @@ from .model import IHASModel
 from .modules import BackboneConfig, BackboneModule, RetrainModule, SearchModule, SupernetModule
 from .pipeline import run_pipeline
 from .run_config import RunConfig
-from .supernet import SubArchitecture, SupernetConfig, SupernetMasks
+from .subarchitecture import SubArchitecture, SupernetConfig
+from .supernet import SupernetMasks
 
 __version__ = "0.1.0"
 

@@ -23,7 +23,8 @@ from ihas_lightning.flops import (
 )
 from ihas_lightning.modules import BackboneModule
 from ihas_lightning.pim import ModelSpec
-from ihas_lightning.supernet import SubArchitecture, flops_per_sample
+from ihas_lightning.subarchitecture import SubArchitecture
+from ihas_lightning.supernet import flops_per_sample
 
 SCHEMA = Schema(label="y", sparse=("a", "b", "c"), dense=("x",))
 VOCAB = {"a": 10, "b": 10, "c": 10}

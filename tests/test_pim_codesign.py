@@ -20,7 +20,7 @@ from ihas_lightning.pim.search_space import Candidate, model_spec
 from ihas_lightning.pim.standalone import train_standalone
 from ihas_lightning.pim.study import PIMObjective, StudySettings, build_objective, candidate_of, run_study
 from ihas_lightning.pim.sweep import crossover, pim_configs, scaled, table_size_sweep
-from ihas_lightning.supernet import SubArchitecture
+from ihas_lightning.subarchitecture import SubArchitecture
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -16,7 +16,8 @@ from ihas_lightning.cli import main
 from ihas_lightning.data.datamodule import CTRDataModule
 from ihas_lightning.data.loader import to_batch
 from ihas_lightning.modules import SupernetModule
-from ihas_lightning.supernet import SubArchitecture, SupernetConfig, SupernetMasks, flops_per_sample
+from ihas_lightning.subarchitecture import SubArchitecture, SupernetConfig
+from ihas_lightning.supernet import SupernetMasks, flops_per_sample
 
 from _supernet_fixtures import SCHEMA, tiny_datamodule
 

@@ -14,7 +14,7 @@ from ihas_lightning.callbacks import SupernetSampler
 from ihas_lightning.data.datamodule import CTRDataModule
 from ihas_lightning.data.loader import to_batch
 from ihas_lightning.modules import BackboneModule, SupernetModule
-from ihas_lightning.supernet import SandwichPlan, SubArchitecture, SupernetConfig
+from ihas_lightning.subarchitecture import SandwichPlan, SubArchitecture, SupernetConfig
 
 from _supernet_fixtures import tiny_datamodule
 

@@ -10,7 +10,8 @@ import torch
 from typing_extensions import override
 
 from ..backbones import CTRBackbone
-from ..supernet import SandwichPlan, SubArchitecture, SubArchitectureBatch, SupernetConfig, SupernetMasks
+from ..subarchitecture import SandwichPlan, SubArchitecture, SubArchitectureBatch, SupernetConfig
+from ..supernet import SupernetMasks
 from .stateful import StatefulCallback
 
 __all__ = ["SupernetSampler"]
@@ -21,7 +22,7 @@ class SupernetSampler(StatefulCallback):
 
     The masks are the module's ``supernet_masks`` (:class:`~ihas_lightning.modules.SupernetModule`), or, for
     any other module with a ``backbone`` (:class:`CTRBackbone`), masks this callback installs at ``setup``.
-    The search space and the schedule are this callback's (:class:`~ihas_lightning.supernet.SupernetConfig`).
+    The search space and the schedule are this callback's (:class:`~ihas_lightning.subarchitecture.SupernetConfig`).
 
     Reproducible and DDP-safe: the sub-architectures come from a ``torch.Generator`` seeded with ``seed``
     (broadcast from rank 0 at ``setup``), and every draw consumes the same amount of randomness whatever its
@@ -31,7 +32,7 @@ class SupernetSampler(StatefulCallback):
 
     With ``sandwich >= 1`` (BigNAS's sandwich rule) the callback does not apply one sub-architecture: it hands
     the module (which must be a :class:`~ihas_lightning.modules.SupernetModule`) a
-    :class:`~ihas_lightning.supernet.SandwichPlan` in ``sandwich_plan`` (the largest, the smallest and
+    :class:`~ihas_lightning.subarchitecture.SandwichPlan` in ``sandwich_plan`` (the largest, the smallest and
     ``sandwich`` sampled sub-architectures), and the module's training step trains them all on the batch.
 
     Args:

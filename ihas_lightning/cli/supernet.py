@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from ..pipeline.supernet import score_subnet, train_supernet
-from ..supernet import SAMPLINGS, SupernetConfig
+from ..subarchitecture import SAMPLINGS, SupernetConfig
 from ..training import write_json
 from .common import add_data_arguments, add_trainer_arguments, print_table, run_config_from_args
 

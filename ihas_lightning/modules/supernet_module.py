@@ -16,7 +16,8 @@ from typing_extensions import override
 from ..data.loader import Batch
 from ..data.schema import Schema
 from ..flops import backbone_flops, flops_or_none
-from ..supernet import SandwichPlan, SubArchitecture, SupernetMasks
+from ..subarchitecture import SandwichPlan, SubArchitecture
+from ..supernet import SupernetMasks
 from .backbone_module import BackboneModule
 from .base import NonFiniteLossError, check_labels
 from .config import BackboneConfig

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..supernet import SubArchitecture
+from ..subarchitecture import SubArchitecture
 from .config import ModelSpec, PIMConfig, access_stats, get_preset, zipf_hot_share
 
 __all__ = ["SearchSpace", "Candidate", "suggest", "model_spec", "allocate_budget", "measured_access"]

@@ -27,7 +27,7 @@ from ..pipeline.retrain import stage_baseline
 from ..pipeline.run_directory import RunDirectory
 from ..run_config import RunConfig
 from ..safe_load import load_checkpoint_state, load_torch_file
-from ..supernet import SubArchitecture
+from ..subarchitecture import SubArchitecture
 from ..training import datamodule_from_config, write_json
 from .study import quantized_tables
 

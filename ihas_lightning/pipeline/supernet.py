@@ -19,7 +19,7 @@ from ..data.config import DataConfig
 from ..json_files import read_json
 from ..modules.supernet_module import SupernetModule
 from ..run_config import RunConfig
-from ..supernet import SupernetConfig
+from ..subarchitecture import SupernetConfig
 from ..training import datamodule_from_config, make_trainer, write_json
 
 __all__ = ["DATA_OPTIONS", "score_subnet", "train_supernet"]
