@@ -34,6 +34,8 @@ def stage_fieldwise(run: RunDirectory, config: RunConfig, dm: CTRDataModule | No
                     stage: str = "fieldwise") -> dict:
     """Cluster the run's search with one group into ``DIR/<stage>_cluster/``, its tables at most iHAS's footprint
     (``DIR/retrain/metrics.json``), and retrain it into ``DIR/<stage>/``."""
+    if run.done(stage):
+        return run.metrics(stage)
     one_group = replace(config, cluster=replace(config.cluster, k=1))
     dm = dm or training.datamodule_from_config(config.data, config.trainer.threads)
     stage_cluster(run, one_group, dm, stage=f"{stage}_cluster", budget=_ihas_share(run, config, dm))
