@@ -37,15 +37,16 @@ def cache_dir(tmp_path_factory) -> Path:
     return path
 
 
-# torch's gloo all-reduce of sparse gradients (row-wise tables) sometimes kills a rank with a segfault inside
-# backward (seen in about 1 of 7 runs of the search here, at this commit and before it; no Python error, the
-# other rank then reports "connection reset by peer"). A run that dies that way is run again, at most twice;
-# any other failure fails at once.
+# torch's gloo all-reduce of sparse gradients (row-wise tables) sometimes kills a rank inside backward (seen in
+# about 1 of 7 runs of the search here: a segfault, or glibc's "malloc(): unaligned tcache chunk detected" and an
+# abort; no Python error, the other rank then reports "connection reset by peer" or "connection closed by
+# peer"). A run that dies that way is run again, at most twice; any other failure fails at once.
 _CRASH_RETRIES = 2
+_CRASH_MARKS = ("Segmentation fault", "Fatal Python error", "Connection reset by peer", "Connection closed by peer")
 
 
 def _crashed(done: subprocess.CompletedProcess) -> bool:
-    return done.returncode < 0 or "Segmentation fault" in done.stderr or "Connection reset by peer" in done.stderr
+    return done.returncode < 0 or any(mark in done.stderr for mark in _CRASH_MARKS)
 
 
 def _ddp(stage: str, out: Path, cache_dir: Path, resume: Path | None = None) -> list[dict]:
