@@ -86,7 +86,8 @@ def main() -> None:
     report = {"rank": rank, "world_size": trainer.world_size, "global_step": trainer.global_step,
               "checks": audit.checks, "ids": audit.ids,
               "callback_states": {c.state_key: c.state_dict() for c in callbacks},
-              "val_auc": float(trainer.callback_metrics["val_auc"])}
+              "val_auc": float(trainer.callback_metrics["val_auc"]),
+              "ddp_ignored": sorted(getattr(module, "_ddp_params_and_buffers_to_ignore", []))}
     (out / f"rank{rank}.json").write_text(json.dumps(report, default=str))
     torch.save(model_state(module), out / f"state_rank{rank}.pt")
 

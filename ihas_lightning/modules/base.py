@@ -10,6 +10,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
@@ -22,6 +23,7 @@ from ..data.loader import Batch, to_batch
 from ..data.schema import RawColumns, Schema
 from ..safe_load import load_checkpoint_state
 from .rowwise import RowwiseAdam, clip_gradients, has_sparse_grad
+from .sparse_ddp import all_reduce_sparse_gradients, broadcast_from_rank0, row_wise_tables
 
 __all__ = ["CTRModule", "NonFiniteLossError", "backbone_weights", "fused_adam", "predict_encoded"]
 
@@ -83,6 +85,21 @@ class CTRModule(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if self.encoder is None and getattr(datamodule, "encoder", None) is not None:
             self.encoder = datamodule.encoder
+        if stage == "fit" and self._sparse_ddp():
+            # gloo's sparse all-reduce can corrupt the heap: the row-wise tables are kept out of DDP and averaged
+            # over the ranks with dense collectives in on_before_optimizer_step (modules/sparse_ddp.py)
+            self._ddp_params_and_buffers_to_ignore = list(row_wise_tables(self, self.backbone.tables()))
+
+    def _sparse_ddp(self) -> bool:
+        """Whether this fit runs under DDP on several ranks with row-wise (sparse-gradient) tables."""
+        trainer = self._trainer
+        return (trainer is not None and trainer.world_size > 1 and isinstance(trainer.strategy, DDPStrategy)
+                and bool(row_wise_tables(self, self.backbone.tables())))
+
+    @override
+    def on_fit_start(self) -> None:
+        if self._sparse_ddp():                                 # DDP broadcasts only the parameters it wraps
+            broadcast_from_rank0(row_wise_tables(self, self.backbone.tables()).values())
 
     @override
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
@@ -134,6 +151,8 @@ class CTRModule(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # The L2 of row-wise tables, d/dw (l2 * ||w||^2 / B) = 2 * l2 / B * w, is the optimiser's weight decay
         # on the rows this step updates (B: the step's batch, all its accumulated micro-batches).
+        if self._sparse_ddp():
+            all_reduce_sparse_gradients(row_wise_tables(self, self.backbone.tables()).values())
         accumulated = getattr(self._trainer, "accumulate_grad_batches", 1) if self._trainer is not None else 1
         decayed = False
         for group in optimizer.param_groups:
