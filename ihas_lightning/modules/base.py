@@ -59,6 +59,7 @@ class CTRModule(pl.LightningModule):
         self.last_oov_rate: float | None = None
         self._step_batch_size = 1         # the training step's rows: the scale of the row-wise tables' L2
         self._row_l2_checked = False
+        self._ddp_row_wise: list[Tensor] = []   # row-wise tables DDP ignores this fit (averaged here instead)
         for stage in _STAGES:
             setattr(self, f"{stage}_auroc", BinaryAUROC())
             setattr(self, f"{stage}_logloss", MeanMetric())
@@ -85,21 +86,20 @@ class CTRModule(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if self.encoder is None and getattr(datamodule, "encoder", None) is not None:
             self.encoder = datamodule.encoder
-        if stage == "fit" and self._sparse_ddp():
-            # gloo's sparse all-reduce can corrupt the heap: the row-wise tables are kept out of DDP and averaged
-            # over the ranks with dense collectives in on_before_optimizer_step (modules/sparse_ddp.py)
-            self._ddp_params_and_buffers_to_ignore = list(row_wise_tables(self, self.backbone.tables()))
-
-    def _sparse_ddp(self) -> bool:
-        """Whether this fit runs under DDP on several ranks with row-wise (sparse-gradient) tables."""
-        trainer = self._trainer
-        return (trainer is not None and trainer.world_size > 1 and isinstance(trainer.strategy, DDPStrategy)
-                and bool(row_wise_tables(self, self.backbone.tables())))
+        if stage == "fit":
+            # gloo's sparse all-reduce can corrupt the heap: under DDP the row-wise tables are kept out of it and
+            # averaged over the ranks with dense collectives in on_before_optimizer_step (modules/sparse_ddp.py)
+            trainer = self._trainer
+            ddp = trainer is not None and trainer.world_size > 1 and isinstance(trainer.strategy, DDPStrategy)
+            tables = row_wise_tables(self, self.backbone.tables()) if ddp else {}
+            self._ddp_row_wise = list(tables.values())
+            if tables:
+                self._ddp_params_and_buffers_to_ignore = list(tables)
 
     @override
     def on_fit_start(self) -> None:
-        if self._sparse_ddp():                                 # DDP broadcasts only the parameters it wraps
-            broadcast_from_rank0(row_wise_tables(self, self.backbone.tables()).values())
+        if self._ddp_row_wise:                                  # DDP broadcasts only the parameters it wraps
+            broadcast_from_rank0(self._ddp_row_wise)
 
     @override
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
@@ -149,10 +149,10 @@ class CTRModule(pl.LightningModule):
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._ddp_row_wise:
+            all_reduce_sparse_gradients(self._ddp_row_wise)
         # The L2 of row-wise tables, d/dw (l2 * ||w||^2 / B) = 2 * l2 / B * w, is the optimiser's weight decay
         # on the rows this step updates (B: the step's batch, all its accumulated micro-batches).
-        if self._sparse_ddp():
-            all_reduce_sparse_gradients(row_wise_tables(self, self.backbone.tables()).values())
         accumulated = getattr(self._trainer, "accumulate_grad_batches", 1) if self._trainer is not None else 1
         decayed = False
         for group in optimizer.param_groups:

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from .. import training
 from ..data.datamodule import CTRDataModule
+from ..footprint_dims import table_params
 from ..run_config import RunConfig
 from .cluster import stage_cluster
 from .retrain import stage_retrain
@@ -26,7 +27,7 @@ def _ihas_share(run: RunDirectory, config: RunConfig, dm: CTRDataModule) -> floa
     """iHAS's footprint (tables + router, ``DIR/retrain/metrics.json``) over the uniform model's tables."""
     retrain = run.metrics("retrain")
     footprint = retrain.get("footprint_params") or retrain["embedding_params"]
-    uniform = sum(int(dm.vocab_sizes[f]) for f in dm.schema.embedded_fields) * config.model.dim
+    uniform = table_params(dict.fromkeys(dm.schema.embedded_fields, config.model.dim), dm.vocab_sizes)
     return min(1.0, footprint / uniform)
 
 
