@@ -144,27 +144,64 @@ class StandaloneCache:
         tmp.replace(self.path)
 
     def standalone(self, dataset: str, dm: CTRDataModule, sub: SubArchitecture, seed: int, epochs: int,
-                   model: dict) -> dict:
-        """Validation AUC of ``sub`` trained alone (its masks fixed throughout) for ``epochs``, from the cache
-        or trained now. ``model``: SupernetModule keyword arguments (backbone, dim, dnn_hidden_units, lr)."""
+                   model: dict, patience: int | None = None) -> dict:
+        """Validation AUC of ``sub`` trained alone (its masks fixed throughout), from the cache or trained now.
+
+        ``model``: SupernetModule keyword arguments (backbone, dim, dnn_hidden_units, lr); ``epochs`` and
+        ``patience``: as in :func:`train_standalone`."""
         settings = {**model, "epochs": epochs, "batch_size": dm.batch_size, "rows_train": len(dm.split("train"))}
+        if patience is not None:
+            settings["patience"] = patience
         key = self.key(dataset, settings, sub, seed)
         hit = self.get(key)
         if hit is not None:
             return hit
-        value = train_standalone(dm, sub, seed, epochs, model)
+        value = train_standalone(dm, sub, seed, epochs, model, patience)
         self.put(key, value)
         return value
 
 
-def train_standalone(dm: CTRDataModule, sub: SubArchitecture, seed: int, epochs: int, model: dict) -> dict:
-    """Train ``sub`` alone (a fresh backbone, its masks fixed throughout); validation AUC, logloss, seconds."""
+class _EarlyStop(pl.Callback):
+    """Scores the sub-architecture on the validation split after every epoch; stops after ``patience`` epochs
+    without a better AUC and restores nothing (the best AUC and its epoch are what is reported)."""
+
+    def __init__(self, dm: CTRDataModule, sub: SubArchitecture, patience: int) -> None:
+        self.dm, self.sub, self.patience = dm, sub, patience
+        self.aucs: list[float] = []
+        self.best: tuple[float, float] | None = None   # (auc, logloss) at the best epoch
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: SupernetModule) -> None:
+        score = module.evaluate_subnet(self.sub, self.dm)
+        self.aucs.append(score.auc)
+        if self.best is None or score.auc > self.best[0]:
+            self.best = (score.auc, score.logloss)
+        if len(self.aucs) - 1 - int(np.argmax(self.aucs)) >= self.patience:
+            trainer.should_stop = True
+
+
+def train_standalone(dm: CTRDataModule, sub: SubArchitecture, seed: int, epochs: int, model: dict,
+                     patience: int | None = None) -> dict:
+    """Train ``sub`` alone (a fresh backbone, its masks fixed throughout); validation AUC, logloss, seconds.
+
+    ``patience=None``: ``epochs`` full epochs, scored after the last. Otherwise early stopping, as a user would
+    train a candidate: scored on the validation split after every epoch, stopped after ``patience`` epochs
+    without a better AUC (at most ``epochs``), and the best epoch's AUC reported; the per-epoch scoring is in
+    the timed cost. ``epoch_aucs``: the AUC after every epoch trained (early stopping) or after the last.
+    """
     start, cpu = time.perf_counter(), time.process_time()   # data reading included: fit streams the splits
     pl.seed_everything(seed, workers=True)
     alone = SupernetModule(dm.schema, dm.vocab_sizes, seed=seed, **model)
     alone.supernet_masks.apply(sub)
-    trainer(epochs, []).fit(alone, dm)
+    stopper = [_EarlyStop(dm, sub, patience)] if patience is not None else []
+    trainer(epochs, stopper).fit(alone, dm)
+    if stopper:
+        (auc, logloss), aucs = stopper[0].best, stopper[0].aucs
+        trained, best = len(aucs), int(np.argmax(aucs)) + 1
+    else:
+        score = alone.evaluate_subnet(sub, dm)
+        auc, logloss, aucs, trained, best = score.auc, score.logloss, [score.auc], epochs, epochs
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
-    score = alone.evaluate_subnet(sub, dm)
-    return {"auc": score.auc, "logloss": score.logloss, "seconds": seconds, "cpu_seconds": cpu_seconds,
-            "embedding_share": score.embedding_share}
+    vocab = {f: alone.backbone.model.embedding_dict[f].num_embeddings for f in alone.supernet_masks.fields}
+    share = sub.embedding_params(vocab) / alone.backbone.embedding_params
+    return {"auc": auc, "logloss": logloss, "seconds": seconds, "cpu_seconds": cpu_seconds,
+            "embedding_share": share, "epochs_trained": trained, "best_epoch": best, "epoch_aucs": aucs}

@@ -6,11 +6,13 @@ Per data set (MovieLens-100K, MovieLens-1M-first3k, synthetic):
 * candidates: a pool of 4000 draws of the search space's uniform sampler (dims {0,1,2,4,8,16} per field, DNN
   width shares {0.25,0.5,0.75,1} per layer), deduplicated; ``--per-band`` of them picked at random (seeded) in
   each band of embedding-parameter share (``--bands``, each spanning a factor of about 2);
-* stand-alone: each candidate trained alone (a fresh DeepFM with its masks fixed) for full epochs over the
-  training split: 4 on MovieLens-100K (160 steps of 2048 rows) and the synthetic data (160 steps), 2 on
-  MovieLens-1M-first3k (382 steps; ``--epochs`` overrides all), for ``--seeds`` seeds; validation AUC of the
-  last epoch, mean over seeds. Results are
-  cached in ``results/supernet_rank_standalone.json`` (keyed by data, settings, candidate, seed, epochs);
+* stand-alone: each candidate trained alone (a fresh DeepFM with its masks fixed) the way a user trains a
+  model: Adam at ``--lr`` (1e-2) with early stopping, scored on the validation split after every epoch and
+  stopped after ``--patience`` (2) epochs without a better AUC, at most ``--epochs`` (10); its best epoch's
+  validation AUC, mean over ``--seeds`` (2) seeds. (``--patience 0`` restores the fixed schedule of earlier
+  results: the AUC after ``--epochs`` epochs, default 4 on MovieLens-100K and the synthetic data and 2 on
+  MovieLens-1M-first3k, which at ``--lr 2e-3`` left most candidates far from their best: docs/design.md 5.)
+  Results are cached in ``results/supernet_rank_standalone.json`` (keyed by data, settings, candidate, seed);
 * each supernet variant (``--variants``, see ``VARIANTS``): one supernet per ``--supernet-seeds`` seed, every
   candidate scored with inherited weights, and after NASRec's 50-step last-layer fine-tune.
 
@@ -58,9 +60,10 @@ VARIANTS: dict[str, dict] = {
     "long_warmup": {"epochs": 8, "warmup_epochs": 4},
     # BigNAS's sandwich rule (largest + smallest + 2 sampled per step), half the epochs: 2x the passes
     "sandwich": {"epochs": 4, "sandwich": 2},
-    # the sandwich rule for as many epochs as one stand-alone training of the data (epochs None: 4 on
-    # MovieLens-100K and synthetic, the same as "sandwich", 2 on MovieLens-1M-first3k), so the supernet's cost
-    # follows the data's stand-alone schedule instead of a fixed epoch count
+    # the sandwich rule for as many epochs as one stand-alone training of the data (epochs None: with early
+    # stopping the mean epochs the candidates trained, rounded; with --patience 0 the fixed schedule, 4 on
+    # MovieLens-100K and synthetic, 2 on MovieLens-1M-first3k), so the supernet's cost follows the data's
+    # stand-alone training instead of a fixed epoch count
     "sandwich_standalone_epochs": {"epochs": None, "sandwich": 2},
     "sandwich_kd": {"epochs": 4, "sandwich": 2, "distill": 0.5},
     "sandwich_kd_capped": {"epochs": 4, "sandwich": 2, "distill": 0.5, "sampling": "capped"},
@@ -79,6 +82,9 @@ Chosen on the development data (MovieLens-100K and synthetic; results/supernet_r
 had the highest overall tau averaged over both (0.72) and the highest lowest-band tau on synthetic (0.71); the
 variants that raised MovieLens-100K's top band lost as much elsewhere."""
 DEFAULT_VARIANT = "sandwich,baseline"
+MAX_EPOCHS = 10
+"""The most epochs of an early-stopped stand-alone training (at lr 1e-2 the candidates' best epochs were 4 on the
+synthetic data and 7-8 on the MovieLens sets, in the mean)."""
 SEARCH_SIZE = 150
 """Candidates one PIM study scores with the supernet (``pim_pareto.py --trials 150``, results/pim_pareto.md)."""
 
@@ -119,12 +125,13 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
 
     rows = []
     for index, (band, sub) in enumerate(candidates):
-        runs = [cache.standalone(name, dm, sub, 100 + s, epochs, model) for s in range(args.seeds)]
+        runs = [cache.standalone(name, dm, sub, 100 + s, epochs, model, args.patience) for s in range(args.seeds)]
         rows.append({"candidate": index, "band": band, "dims": dict(zip(sub.fields, sub.dims)),
                      "widths": list(sub.widths), "embedding_share": runs[0]["embedding_share"],
                      "standalone_auc": float(np.mean([r["auc"] for r in runs])),
                      "standalone_auc_seeds": [r["auc"] for r in runs],
-                     "standalone_seconds": float(np.mean([r["seconds"] for r in runs]))})
+                     "standalone_seconds": float(np.mean([r["seconds"] for r in runs])),
+                     "standalone_epochs_trained": [r.get("epochs_trained", epochs) for r in runs]})
         print(f"[{name}] candidate {index:2d} band {bands[band]} share {rows[-1]['embedding_share']:.3f} "
               f"stand-alone {rows[-1]['standalone_auc']:.4f} ({rows[-1]['standalone_seconds']:.1f}s)", flush=True)
     seeds = {}
@@ -135,6 +142,7 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
     result = {"dataset": name, "data": dm.data, "format": dm.format, "rows_train": len(dm.split("train")),
               "rows_val": len(dm.split("val")), "backbone": args.backbone, "dnn": list(hidden),
               "bands": [str(b) for b in bands], "per_band": args.per_band, "standalone_epochs": epochs,
+              "standalone_patience": args.patience, "lr": args.lr,
               "standalone_seeds": args.seeds, "kendall_tau_between_standalone_seeds": seeds,
               "standalone_train_seconds_cached": float(np.median([r["standalone_seconds"] for r in rows])),
               "finetune_steps": args.finetune_steps, "variants": {}, "candidates": rows}
@@ -142,14 +150,20 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
         return result
     # The cached trainings ran under other loads of a shared machine: time a few again, next to the supernets.
     timed = [sub for i, (_, sub) in enumerate(candidates) if i % args.per_band == 0][:args.time_standalone]
-    fresh = [train_standalone(dm, sub, 100, epochs, model) for sub in timed]
+    fresh = [train_standalone(dm, sub, 100, epochs, model, args.patience) for sub in timed]
     result["standalone_train_seconds_fresh"] = [f["seconds"] for f in fresh]
     result["standalone_train_cpu_seconds"] = [f["cpu_seconds"] for f in fresh]
-    result["standalone_train_seconds"] = float(np.median([f["cpu_seconds"] for f in fresh]))
+    # early stopping trains each candidate for its own number of epochs: the fresh runs' CPU seconds per epoch
+    # times the mean epochs of all the candidates' runs
+    per_epoch = float(np.median([f["cpu_seconds"] / f["epochs_trained"] for f in fresh]))
+    mean_epochs = float(np.mean([e for r in rows for e in r["standalone_epochs_trained"]]))
+    result["standalone_mean_epochs"] = mean_epochs
+    result["standalone_train_seconds"] = per_epoch * mean_epochs
 
     for variant, seed in ((v, s) for v in args.variants for s in args.supernet_seeds):
         spec = VARIANTS[variant]
-        supernet_epochs = spec["epochs"] or epochs          # None: as many as one stand-alone training
+        # None: as many epochs as one stand-alone training (early stopping: the mean it trained, rounded)
+        supernet_epochs = spec["epochs"] or (round(result["standalone_mean_epochs"]) if args.patience else epochs)
         supernet, wall, seconds, steps = train_variant(variant, dm, model, spec, supernet_epochs, seed)
         variant = variant_key(variant, seed, args.supernet_seeds)
         print(f"[{name}] {variant}: supernet {supernet_epochs} epochs, {steps} steps, {wall:.1f}s ({seconds:.1f} "
@@ -186,6 +200,13 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
     return result
 
 
+def _schedule(result: dict) -> str:
+    if not result.get("standalone_patience"):
+        return f"{result['standalone_epochs']} epochs"
+    return (f"early-stopped (patience {result['standalone_patience']}, at most {result['standalone_epochs']} epochs; "
+            f"{result.get('standalone_mean_epochs', float('nan')):.1f} trained in the mean)")
+
+
 def _fmt(values: dict) -> str:
     return "{" + ", ".join(f"{k}: {v:.2f}" for k, v in values.items()) + "}"
 
@@ -214,7 +235,7 @@ def write_report(results: list[dict], args: argparse.Namespace, payload: dict) -
     bands = results[0]["bands"]
     n = len(results[0]["candidates"])
     notes = [f"{r['dataset']}: {r['backbone']} dim 16, DNN {r['dnn']}; {r['per_band']} candidates per band; "
-             f"stand-alone {r['standalone_epochs']} epochs x {r['standalone_seeds']} seeds "
+             f"stand-alone {_schedule(r)} x {r['standalone_seeds']} seeds, Adam lr {r['lr']:g} "
              f"(timed again in the run: median {r['standalone_train_seconds']:.1f} CPU s); supernet '{head}' "
              f"{r['variants'][head]['spec']} ({r['variants'][head].get('supernet_epochs')} epochs) trained in "
              f"{r['variants'][head]['supernet_seconds']:.1f} CPU s; "
@@ -258,11 +279,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bands", default="0.03-0.06,0.15-0.3,0.5-1.0", help="embedding-parameter share bands")
     parser.add_argument("--per-band", type=int, default=8)
     parser.add_argument("--seeds", type=int, default=2, help="stand-alone training seeds per candidate")
-    parser.add_argument("--epochs", type=int, default=None, help="stand-alone epochs (default: per data set)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="stand-alone epochs: the most with --patience (default 10), else all of them (default: "
+                             "per data set)")
+    parser.add_argument("--patience", type=int, default=2,
+                        help="stand-alone early stopping: epochs without a better validation AUC (0: none, the AUC "
+                             "after the last epoch)")
     parser.add_argument("--finetune-steps", type=int, default=50)
     parser.add_argument("--backbone", default="DeepFM")
     parser.add_argument("--dnn", default="128,64")
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate, stand-alone and supernet")
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--draw-seed", type=int, default=0)
     parser.add_argument("--supernet-seeds", default="0,1",
@@ -280,8 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [d for d in args.datasets if d not in DATASETS] + [v for v in args.variants if v not in VARIANTS]
     if unknown or not args.variants or not args.datasets:
         parser.error(f"unknown or missing data sets / variants: {unknown}")
-    if args.per_band < 3 or args.seeds < 1:
-        parser.error("--per-band must be >= 3 and --seeds >= 1")
+    if args.per_band < 3 or args.seeds < 1 or args.patience < 0:
+        parser.error("--per-band must be >= 3, --seeds >= 1 and --patience >= 0")
+    args.patience = args.patience or None
+    if args.epochs is None and args.patience:
+        args.epochs = MAX_EPOCHS
     torch.set_num_threads(args.threads)
     for name in ("pytorch_lightning", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,58 @@
+"""The supernet-rank benchmark's stand-alone training: early stopping as a user would train a candidate."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _rank_parts import _EarlyStop, train_standalone  # noqa: E402
+
+from ihas_lightning import CTRDataModule, SubArchitecture  # noqa: E402
+
+
+class _Scripted:
+    """A module whose validation AUC per epoch is scripted."""
+
+    def __init__(self, aucs: list[float]) -> None:
+        self.aucs = iter(aucs)
+
+    def evaluate_subnet(self, sub, dm):
+        auc = next(self.aucs)
+        return SimpleNamespace(auc=auc, logloss=1.0 - auc)
+
+
+@pytest.mark.parametrize(("aucs", "patience", "stops_after", "best"), [
+    ([0.60, 0.70, 0.69, 0.68, 0.90], 2, 4, 0.70),   # two epochs without a better AUC: stop, keep epoch 2's
+    ([0.60, 0.70, 0.69, 0.71, 0.70], 2, None, 0.71),  # a new best resets the count
+    ([0.60, 0.59], 1, 2, 0.60),
+])
+def test_early_stop_keeps_the_best_epoch_and_stops_after_patience(aucs, patience, stops_after, best):
+    stopper, module = _EarlyStop(dm=None, sub=None, patience=patience), _Scripted(aucs)
+    trainer = SimpleNamespace(should_stop=False)
+    for epoch in range(1, len(aucs) + 1):
+        stopper.on_train_epoch_end(trainer, module)
+        if trainer.should_stop:
+            break
+    assert (epoch if trainer.should_stop else None) == stops_after
+    assert stopper.best == (best, pytest.approx(1.0 - best))
+
+
+def test_train_standalone_reports_the_best_epoch_of_a_real_training():
+    dm = CTRDataModule("synthetic", rows=3000, batch_size=512, seed=0)
+    dm.prepare_data()
+    dm.setup("fit")
+    fields = tuple(f for f in dm.vocab_sizes)
+    sub = SubArchitecture(fields, (4,) * len(fields), (16, 8))
+    model = {"backbone": "DeepFM", "dim": 8, "dnn_hidden_units": (32, 16), "lr": 1e-2}
+    stopped = train_standalone(dm, sub, seed=0, epochs=4, model=model, patience=1)
+    assert 1 <= stopped["epochs_trained"] <= 4 and len(stopped["epoch_aucs"]) == stopped["epochs_trained"]
+    assert stopped["auc"] == max(stopped["epoch_aucs"])
+    assert stopped["epoch_aucs"][stopped["best_epoch"] - 1] == stopped["auc"]
+    fixed = train_standalone(dm, sub, seed=0, epochs=2, model=model)
+    assert fixed["epochs_trained"] == 2 and fixed["epoch_aucs"] == [fixed["auc"]]   # scored once, at the end
+    # early stopping runs the same training: its first two epochs are the fixed schedule's
+    assert stopped["epochs_trained"] < 2 or stopped["epoch_aucs"][1] == pytest.approx(fixed["auc"], abs=1e-6)
