@@ -75,8 +75,13 @@ VARIANTS: dict[str, dict] = {
     # more sandwich: longer, or more sampled sub-architectures per step
     "sandwich_e8": {"epochs": 8, "sandwich": 2},
     "sandwich4": {"epochs": 4, "sandwich": 4},
+    # one sub-architecture a step, the optimiser leaving what it masks where it is (SupernetModule.freeze_masked)
+    "baseline_frozen": {"epochs": 8, "warmup_steps": 100, "freeze_masked": True},
+    "uniform_frozen_e12": {"epochs": 12, "warmup_steps": 100, "freeze_masked": True},
+    "uniform_e12": {"epochs": 12, "warmup_steps": 100},
 }
-"""Supernet variants: ``epochs`` and SupernetSampler options. The first listed in ``--variants`` is the headline.
+"""Supernet variants: ``epochs``, SupernetModule's ``freeze_masked`` and SupernetSampler options. The first listed
+in ``--variants`` is the headline.
 
 Chosen on the development data (MovieLens-100K and synthetic; results/supernet_rank_variants_*.md): ``sandwich``
 had the highest overall tau averaged over both (0.72) and the highest lowest-band tau on synthetic (0.71); the
@@ -93,8 +98,9 @@ def train_variant(name: str, dm, model: dict, spec: dict, epochs: int,
                   seed: int = 0) -> tuple[SupernetModule, float, float, int]:
     """A supernet trained ``epochs`` epochs with variant ``spec``; it, its wall and CPU seconds and its steps."""
     pl.seed_everything(seed, workers=True)
-    supernet = SupernetModule(dm.schema, dm.vocab_sizes, seed=seed, **model)
-    options = {k: v for k, v in spec.items() if k not in ("epochs", "warmup_epochs")}
+    supernet = SupernetModule(dm.schema, dm.vocab_sizes, seed=seed, freeze_masked=spec.get("freeze_masked", False),
+                              **model)
+    options = {k: v for k, v in spec.items() if k not in ("epochs", "warmup_epochs", "freeze_masked")}
     if "warmup_epochs" in spec:
         options["warmup_steps"] = spec["warmup_epochs"] * -(-len(dm.split("train")) // dm.batch_size)
     sampler = SupernetSampler(dim_choices=DIM_CHOICES, width_choices=WIDTH_CHOICES, seed=seed, **options)

@@ -39,6 +39,12 @@ class RowwiseAdam(torch.optim.Adam):
     row-wise tables. The state has Adam's keys and shapes, so ``state_dict``/``load_state_dict`` are Adam's
     and a checkpoint of either kind loads into the other. ``amsgrad`` and ``maximize`` are not supported on
     sparse gradients.
+
+    A param group with ``freeze_zero_grad=True`` leaves every element whose gradient is exactly 0 this step
+    where it is, value and both moments (for a table: the coordinates of the looked-up rows). Those are the
+    coordinates and units a supernet's sub-architecture masks; plain Adam would still move them by their stale
+    momentum and decay their second moment, so the next sub-architecture that uses them would find them moved
+    and over-stepped (:class:`~ihas_lightning.modules.SupernetModule`'s ``freeze_masked``).
     """
 
     @torch.no_grad()
@@ -50,6 +56,7 @@ class RowwiseAdam(torch.optim.Adam):
         sparse = [(p, group) for group in self.param_groups for p in group["params"]
                   if p.grad is not None and p.grad.is_sparse]
         grads = [p.grad for p, _ in sparse]
+        frozen = self._frozen_dense_elements()
         for p, _ in sparse:          # Adam's own step skips parameters without a gradient
             p.grad = None
         try:
@@ -57,12 +64,32 @@ class RowwiseAdam(torch.optim.Adam):
         finally:
             for (p, _), grad in zip(sparse, grads):
                 p.grad = grad
+        for param, zero, saved in frozen:
+            for tensor, value in zip((param, self.state[param]["exp_avg"], self.state[param]["exp_avg_sq"]), saved):
+                tensor[zero] = value
         batches: dict[tuple, tuple[dict[str, Any], list[Tensor]]] = {}
         for p, group in sparse:      # one fused update per param group, dtype, device and row width
             batches.setdefault((id(group), p.dtype, p.device, p.shape[1:]), (group, []))[1].append(p)
         for group, params in batches.values():
             self._rowwise_step(params, group)
         return loss
+
+    def _frozen_dense_elements(self) -> list[tuple[Tensor, Tensor, list[Tensor]]]:
+        """For ``freeze_zero_grad`` groups: each dense parameter's zero-gradient elements and their value and
+        moments before the step (moments not yet created are 0), to be written back after it."""
+        frozen = []
+        for group in self.param_groups:
+            if not group.get("freeze_zero_grad"):
+                continue
+            for p in group["params"]:
+                if p.grad is None or p.grad.is_sparse:
+                    continue
+                zero = p.grad == 0
+                if zero.any():
+                    state = self.state.get(p, {})
+                    frozen.append((p, zero, [p[zero]] + [state[k][zero] if k in state else p.new_zeros(())
+                                                         for k in ("exp_avg", "exp_avg_sq")]))
+        return frozen
 
     def _rowwise_step(self, params: list[Tensor], group: dict[str, Any]) -> None:
         """Lazy Adam on the rows the sparse gradients of ``params`` (same group, dtype, device, row width) hold.
@@ -107,13 +134,18 @@ class RowwiseAdam(torch.optim.Adam):
         counts = torch.as_tensor([b - a for a, b in spans], device=steps.device)
         shape = (-1,) + (1,) * (summed.dim() - 1)
         bias1, bias2 = bias1.repeat_interleave(counts).view(shape), bias2.repeat_interleave(counts).view(shape)
+        moving = summed != 0 if group.get("freeze_zero_grad") else None      # before the decay is added
         if group["weight_decay"]:
             weights = torch.cat([p.index_select(0, r) for p, r in zip(params, local)])
             summed = summed.add_(weights, alpha=group["weight_decay"])
-        m = torch.cat([s["exp_avg"].index_select(0, r) for s, r in zip(states, local)]).lerp_(summed, 1 - beta1)
+        m = torch.cat([s["exp_avg"].index_select(0, r) for s, r in zip(states, local)])
         v = torch.cat([s["exp_avg_sq"].index_select(0, r) for s, r in zip(states, local)])
+        before = (m.clone(), v.clone()) if moving is not None else None
+        m.lerp_(summed, 1 - beta1)
         v.mul_(beta2).addcmul_(summed, summed, value=1 - beta2)
         update = m / ((v.sqrt() / bias2.sqrt()).add_(group["eps"])) * (-group["lr"] / bias1)
+        if before is not None:
+            m, v, update = torch.where(moving, m, before[0]), torch.where(moving, v, before[1]), update * moving
         for param, state, r, (a, b) in zip(params, states, local, spans):
             state["exp_avg"].index_copy_(0, r, m[a:b])
             state["exp_avg_sq"].index_copy_(0, r, v[a:b])

@@ -57,6 +57,10 @@ class SupernetModule(BackboneModule):
             (see docs/design.md#5-supernet-sampling).
         config: all of the above in one :class:`BackboneConfig` (whose own ``l2_reg_embedding`` default is
             1e-5: give 0.0 for the reason above); when given, it replaces them.
+        freeze_masked: the optimiser leaves what a step's sub-architecture masks (exactly-zero gradients) where it
+            is, value and Adam moments (:class:`~ihas_lightning.modules.rowwise.RowwiseAdam`'s
+            ``freeze_zero_grad``); otherwise Adam moves it by its stale momentum. Matters with one
+            sub-architecture a step; under the sandwich rule the largest trains everything every step.
 
     Example:
         >>> module = SupernetModule(dm.schema, dm.vocab_sizes, backbone="DeepFM", dim=16)
@@ -69,10 +73,13 @@ class SupernetModule(BackboneModule):
                  dnn_hidden_units: Sequence[int] = (256, 128), lr: float = 1e-3, dnn_dropout: float = 0.0,
                  l2_reg_embedding: float = 0.0, seed: int = 1024, options: dict | None = None, *,
                  config: BackboneConfig | None = None,
-                 embedding_updates: str = "rowwise") -> None:
+                 embedding_updates: str = "rowwise", freeze_masked: bool = False) -> None:
+        if not isinstance(freeze_masked, bool):
+            raise TypeError(f"freeze_masked must be a bool, got {freeze_masked!r}")
         config = config or BackboneConfig(backbone, dim, tuple(dnn_hidden_units), lr, dnn_dropout, l2_reg_embedding,
                                           seed, options or {}, embedding_updates)
         super().__init__(schema, vocab_sizes, config=config)
+        self.hparams["freeze_masked"] = freeze_masked
         self.supernet_masks = SupernetMasks(self.backbone)
         self.sandwich_plan: SandwichPlan | None = None   # set per step by SupernetSampler(sandwich=...)
 
@@ -110,6 +117,13 @@ class SupernetModule(BackboneModule):
                                      f"{self.global_step} (batch {batch_idx}): lower the learning rate")
         self.log("train_loss", first, prog_bar=True, batch_size=labels.shape[0])
         return total
+
+    @override
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        optimizer = super().configure_optimizers()
+        for group in optimizer.param_groups:
+            group["freeze_zero_grad"] = self.hparams.freeze_masked
+        return optimizer
 
     def parse_subarch(self, dims: str, widths: str | None = None) -> SubArchitecture:
         """A sub-architecture from the CLI's ``FIELD=D,...`` and ``0.5,0.5`` strings."""
