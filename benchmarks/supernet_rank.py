@@ -98,6 +98,7 @@ def train_variant(name: str, dm, model: dict, spec: dict, epochs: int,
                   seed: int = 0) -> tuple[SupernetModule, float, float, int]:
     """A supernet trained ``epochs`` epochs with variant ``spec``; it, its wall and CPU seconds and its steps."""
     pl.seed_everything(seed, workers=True)
+    # freeze_masked off unless a variant asks: the variants measured before it existed stay reproducible
     supernet = SupernetModule(dm.schema, dm.vocab_sizes, seed=seed, freeze_masked=spec.get("freeze_masked", False),
                               **model)
     options = {k: v for k, v in spec.items() if k not in ("epochs", "warmup_epochs", "freeze_masked")}

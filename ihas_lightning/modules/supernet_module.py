@@ -73,7 +73,7 @@ class SupernetModule(BackboneModule):
                  dnn_hidden_units: Sequence[int] = (256, 128), lr: float = 1e-3, dnn_dropout: float = 0.0,
                  l2_reg_embedding: float = 0.0, seed: int = 1024, options: dict | None = None, *,
                  config: BackboneConfig | None = None,
-                 embedding_updates: str = "rowwise", freeze_masked: bool = False) -> None:
+                 embedding_updates: str = "rowwise", freeze_masked: bool = True) -> None:
         if not isinstance(freeze_masked, bool):
             raise TypeError(f"freeze_masked must be a bool, got {freeze_masked!r}")
         config = config or BackboneConfig(backbone, dim, tuple(dnn_hidden_units), lr, dnn_dropout, l2_reg_embedding,

@@ -29,11 +29,12 @@ DATA_OPTIONS = ("data", "format", "schema", "test", "rows", "min_count", "batch_
 
 
 def train_supernet(out: str | Path, config: RunConfig, space: SupernetConfig,
-                   warmup_steps: int | None = None) -> dict:
+                   warmup_steps: int | None = None, freeze_masked: bool = True) -> dict:
     """Train a supernet of ``config.model`` over ``space`` (resuming ``last.ckpt``); return its metrics.
 
     ``warmup_steps`` (None: one epoch) overrides ``space.warmup_steps``: NASRec's warm-up, from the full network
-    to sampled sub-architectures.
+    to sampled sub-architectures. ``freeze_masked``: :class:`SupernetModule`'s (the optimiser leaves what a step
+    masks where it is).
     """
     start = time.perf_counter()
     seed = config.model.seed
@@ -51,12 +52,12 @@ def train_supernet(out: str | Path, config: RunConfig, space: SupernetConfig,
     model = config.model
     module = SupernetModule(dm.schema, dm.vocab_sizes, backbone=model.backbone, dim=model.dim,
                             dnn_hidden_units=model.dnn_hidden_units, lr=model.lr, seed=seed,
-                            embedding_updates=model.embedding_updates)
+                            embedding_updates=model.embedding_updates, freeze_masked=freeze_masked)
     data = asdict(config.data)
     write_json(stage / "data.json", {k: data[k] for k in DATA_OPTIONS})
     write_json(stage / "supernet.json", {"sampler": sampler.config.to_dict(), "seed": seed,
                                          "backbone": model.backbone, "dim": model.dim,
-                                         "dnn": list(model.dnn_hidden_units)})
+                                         "dnn": list(model.dnn_hidden_units), "freeze_masked": freeze_masked})
     trainer = make_trainer(config.trainer, stage, callbacks=[sampler])
     last = stage / "checkpoints" / "last.ckpt"
     trainer.fit(module, dm, ckpt_path=str(last) if last.exists() else None)
@@ -67,7 +68,8 @@ def train_supernet(out: str | Path, config: RunConfig, space: SupernetConfig,
         "test_auc": float(test["test_auc"]), "test_logloss": float(test["test_logloss"]),
         "embedding_params": module.backbone.embedding_params, "sampled_steps": sampler.step,
         "backbone": model.backbone, "dim": model.dim, "dnn": list(model.dnn_hidden_units),
-        "supernet": sampler.config.to_dict(), "epochs": config.trainer.epochs, "seed": seed,
+        "supernet": sampler.config.to_dict(), "freeze_masked": freeze_masked, "epochs": config.trainer.epochs,
+        "seed": seed,
         "rows_train": len(dm.split("train")), "data": config.data.data, "format": dm.format,
         "checkpoint": str(last), "seconds": time.perf_counter() - start,
     }
