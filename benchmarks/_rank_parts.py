@@ -19,8 +19,8 @@ from scipy.stats import kendalltau
 from ihas_lightning import CTRDataModule, SubArchitecture, SupernetConfig, SupernetModule
 from ihas_lightning.paths import shared_data_dir
 
-__all__ = ["DATASETS", "DIM_CHOICES", "WIDTH_CHOICES", "Band", "StandaloneCache", "datamodule", "draw_candidates",
-           "parse_bands", "tau", "train_standalone", "trainer"]
+__all__ = ["DATASETS", "DIM_CHOICES", "WIDTH_CHOICES", "Band", "EarlyStopOnAUC", "StandaloneCache", "datamodule",
+           "draw_candidates", "parse_bands", "tau", "train_standalone", "trainer"]
 
 DIM_CHOICES = (0, 1, 2, 4, 8, 16)  # 0 drops a field's embedding (its first-order term stays)
 WIDTH_CHOICES = (0.25, 0.5, 0.75, 1.0)
@@ -161,7 +161,7 @@ class StandaloneCache:
         return value
 
 
-class _EarlyStop(pl.Callback):
+class EarlyStopOnAUC(pl.Callback):
     """Scores the sub-architecture on the validation split after every epoch; stops after ``patience`` epochs
     without a better AUC and restores nothing (the best AUC and its epoch are what is reported)."""
 
@@ -192,7 +192,7 @@ def train_standalone(dm: CTRDataModule, sub: SubArchitecture, seed: int, epochs:
     pl.seed_everything(seed, workers=True)
     alone = SupernetModule(dm.schema, dm.vocab_sizes, seed=seed, **model)
     alone.supernet_masks.apply(sub)
-    stopper = [_EarlyStop(dm, sub, patience)] if patience is not None else []
+    stopper = [EarlyStopOnAUC(dm, sub, patience)] if patience is not None else []
     trainer(epochs, stopper).fit(alone, dm)
     if stopper:
         (auc, logloss), aucs = stopper[0].best, stopper[0].aucs

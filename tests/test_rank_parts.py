@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _rank_parts import _EarlyStop, train_standalone  # noqa: E402
+from _rank_parts import EarlyStopOnAUC, train_standalone  # noqa: E402
 
 from ihas_lightning import CTRDataModule, SubArchitecture  # noqa: E402
 
@@ -31,7 +31,7 @@ class _Scripted:
     ([0.60, 0.59], 1, 2, 0.60),
 ])
 def test_early_stop_keeps_the_best_epoch_and_stops_after_patience(aucs, patience, stops_after, best):
-    stopper, module = _EarlyStop(dm=None, sub=None, patience=patience), _Scripted(aucs)
+    stopper, module = EarlyStopOnAUC(dm=None, sub=None, patience=patience), _Scripted(aucs)
     trainer = SimpleNamespace(should_stop=False)
     for epoch in range(1, len(aucs) + 1):
         stopper.on_train_epoch_end(trainer, module)
