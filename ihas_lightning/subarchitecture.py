@@ -30,8 +30,9 @@ class SupernetConfig:
         warmup_steps: NASRec's warm-up: the full network is sampled with probability ``1 - step / warmup_steps``
             (linear decay from 1 to 0), afterwards never on purpose. 0 = no warm-up.
         sample_widths: also sample DNN widths (otherwise every layer stays at full width).
-        sandwich: BigNAS's sandwich rule: every step trains the largest sub-architecture, the smallest and this
-            many sampled ones, their losses summed (0 = off: one sampled sub-architecture per step). Costs
+        sandwich: BigNAS's sandwich rule: every step trains the largest sub-architecture, the smallest (every
+            field at the smallest positive dim choice, the narrowest widths) and this many sampled ones, their
+            losses summed (0 = off: one sampled sub-architecture per step). Costs
             ``sandwich + 2`` forward/backward passes a step.
         distill: in-place distillation weight in [0, 1] (needs ``sandwich``): every sub-architecture but the
             largest is trained on ``(1 - distill) * BCE(labels) + distill * BCE(largest's detached probabilities)``.

@@ -88,11 +88,17 @@ class SupernetMasks:
         return SubArchitecture.full(self.fields, self.dim, self.hidden_units)
 
     def smallest(self, config: SupernetConfig | None = None) -> SubArchitecture:
-        """Every field at the smallest dim choice, every layer at the smallest width share."""
+        """Every field at the smallest positive dim choice, every layer at the smallest width share.
+
+        Positive: with 0 among the choices the smallest of every choice embeds nothing, and the sandwich rule
+        would spend a pass a step on a network that sees no field; the smallest one that still embeds every
+        field trains the narrow layers on real inputs (BigNAS's smallest child, taken over the non-empty ones).
+        """
         config = config or self.config
         widths = tuple(max(1, round(min(config.width_choices) * h)) for h in self.hidden_units) \
             if config.sample_widths else self.hidden_units
-        return SubArchitecture(self.fields, (min(config.dim_choices),) * len(self.fields), widths)
+        dim = min(d for d in config.dim_choices if d > 0)    # SupernetConfig guarantees a positive choice
+        return SubArchitecture(self.fields, (dim,) * len(self.fields), widths)
 
     def sandwich(self, generator: torch.Generator, step: int = 0,
                  config: SupernetConfig | None = None) -> SandwichPlan:

@@ -76,6 +76,12 @@ def test_sandwich_trains_largest_smallest_and_sampled_every_step(tmp_path, dm) -
     assert module.sandwich_plan is None                 # cleared at the epoch's end
 
 
+def test_the_smallest_sub_architecture_embeds_every_field_when_0_is_a_choice(dm) -> None:
+    masks = _module(dm).supernet_masks
+    smallest = masks.smallest(SupernetConfig(dim_choices=(0, 2, 8), width_choices=(0.25, 1.0)))
+    assert smallest.dims == (2, 2, 2) and smallest.widths == (4, 2)
+
+
 @pytest.mark.parametrize("distill", [0.0, 0.5])
 def test_sandwich_loss_is_the_sum_with_a_detached_teacher(dm, distill: float) -> None:
     torch.manual_seed(0)
