@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
 
 from _supernet_fixtures import SCHEMA, VOCAB, tiny_datamodule
 from ihas_lightning import SubArchitecture, SupernetModule
+from ihas_lightning.cli import main
 from ihas_lightning.modules.rowwise import RowwiseAdam
 
 
@@ -82,3 +85,14 @@ def test_freeze_masked_is_validated_and_kept_in_the_hyperparameters() -> None:
         SupernetModule(SCHEMA, {f: VOCAB for f in SCHEMA.sparse}, freeze_masked="yes")
     module = SupernetModule(SCHEMA, {f: VOCAB for f in SCHEMA.sparse}, freeze_masked=True)
     assert module.hparams.freeze_masked is True
+
+
+def test_ihas_supernet_records_and_obeys_no_freeze_masked(tmp_path) -> None:
+    assert main(["supernet", "--rows", "2000", "--dim", "4", "--dnn", "8", "--dim-choices", "2,4", "--epochs", "1",
+                 "--batch-size", "256", "--no-freeze-masked", "--out", str(tmp_path / "run"), "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    metrics = json.loads((tmp_path / "run" / "supernet" / "metrics.json").read_text())
+    assert metrics["freeze_masked"] is False
+    module = SupernetModule.load_from_checkpoint(metrics["checkpoint"], map_location="cpu")
+    assert module.hparams.freeze_masked is False
+    assert not any(group["freeze_zero_grad"] for group in module.configure_optimizers().param_groups)
