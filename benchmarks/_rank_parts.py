@@ -163,18 +163,23 @@ class StandaloneCache:
 
 class EarlyStopOnAUC(pl.Callback):
     """Scores the sub-architecture on the validation split after every epoch; stops after ``patience`` epochs
-    without a better AUC and restores nothing (the best AUC and its epoch are what is reported)."""
+    without a better AUC and restores nothing (the best epoch's score is what is reported)."""
 
     def __init__(self, dm: CTRDataModule, sub: SubArchitecture, patience: int) -> None:
         self.dm, self.sub, self.patience = dm, sub, patience
         self.aucs: list[float] = []
-        self.best: tuple[float, float] | None = None   # (auc, logloss) at the best epoch
+        self.best_score = None          # the best epoch's SubnetScore
+
+    @property
+    def best(self) -> tuple[float, float] | None:
+        """``(auc, logloss)`` at the best epoch."""
+        return None if self.best_score is None else (self.best_score.auc, self.best_score.logloss)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: SupernetModule) -> None:
         score = module.evaluate_subnet(self.sub, self.dm)
         self.aucs.append(score.auc)
-        if self.best is None or score.auc > self.best[0]:
-            self.best = (score.auc, score.logloss)
+        if self.best_score is None or score.auc > self.best_score.auc:
+            self.best_score = score
         if len(self.aucs) - 1 - int(np.argmax(self.aucs)) >= self.patience:
             trainer.should_stop = True
 
@@ -195,13 +200,12 @@ def train_standalone(dm: CTRDataModule, sub: SubArchitecture, seed: int, epochs:
     stopper = [EarlyStopOnAUC(dm, sub, patience)] if patience is not None else []
     trainer(epochs, stopper).fit(alone, dm)
     if stopper:
-        (auc, logloss), aucs = stopper[0].best, stopper[0].aucs
+        score, aucs = stopper[0].best_score, stopper[0].aucs
         trained, best = len(aucs), int(np.argmax(aucs)) + 1
     else:
         score = alone.evaluate_subnet(sub, dm)
-        auc, logloss, aucs, trained, best = score.auc, score.logloss, [score.auc], epochs, epochs
+        aucs, trained, best = [score.auc], epochs, epochs
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
-    vocab = {f: alone.backbone.model.embedding_dict[f].num_embeddings for f in alone.supernet_masks.fields}
-    share = sub.embedding_params(vocab) / alone.backbone.embedding_params
-    return {"auc": auc, "logloss": logloss, "seconds": seconds, "cpu_seconds": cpu_seconds,
-            "embedding_share": share, "epochs_trained": trained, "best_epoch": best, "epoch_aucs": aucs}
+    return {"auc": score.auc, "logloss": score.logloss, "seconds": seconds, "cpu_seconds": cpu_seconds,
+            "embedding_share": score.embedding_share, "epochs_trained": trained, "best_epoch": best,
+            "epoch_aucs": aucs}
