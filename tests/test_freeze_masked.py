@@ -96,3 +96,29 @@ def test_ihas_supernet_records_and_obeys_no_freeze_masked(tmp_path) -> None:
     module = SupernetModule.load_from_checkpoint(metrics["checkpoint"], map_location="cpu")
     assert module.hparams.freeze_masked is False
     assert not any(group["freeze_zero_grad"] for group in module.configure_optimizers().param_groups)
+
+
+def test_an_optimizer_state_saved_before_the_option_resumes_with_the_configured_freeze() -> None:
+    """A checkpoint from before ``freeze_zero_grad`` has param groups without it; Adam's load would drop the key."""
+    _, _, saved_optimizer, _ = _two_steps(freeze=True)
+    old = saved_optimizer.state_dict()
+    for group in old["param_groups"]:
+        del group["freeze_zero_grad"]
+    table, layer, optimizer, _ = _two_steps(freeze=True)
+    optimizer.load_state_dict(old)
+    assert [group["freeze_zero_grad"] for group in optimizer.param_groups] == [True]
+    # and it really freezes: a step with the layer's second output masked leaves that row and its moment alone
+    before, moment = layer.weight[1].clone(), optimizer.state[layer.weight]["exp_avg"][1].clone()
+    optimizer.zero_grad()
+    (layer(table(torch.tensor([1, 3]))) * torch.tensor([1.0, 0])).square().sum().backward()
+    optimizer.step()
+    assert torch.equal(layer.weight[1], before)
+    assert torch.equal(optimizer.state[layer.weight]["exp_avg"][1], moment)
+    assert not torch.equal(layer.weight[0], _two_steps(freeze=True)[1].weight[0])
+
+
+def test_a_saved_freeze_setting_wins_over_the_configured_one() -> None:
+    _, _, saved_optimizer, _ = _two_steps(freeze=False)
+    _, _, optimizer, _ = _two_steps(freeze=True)
+    optimizer.load_state_dict(saved_optimizer.state_dict())
+    assert [group["freeze_zero_grad"] for group in optimizer.param_groups] == [False]

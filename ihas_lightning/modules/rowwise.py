@@ -20,6 +20,7 @@ import mmap
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
 __all__ = ["RowwiseAdam", "clip_gradients", "has_sparse_grad"]
 
@@ -73,6 +74,17 @@ class RowwiseAdam(torch.optim.Adam):
         for group, params in batches.values():
             self._rowwise_step(params, group)
         return loss
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Adam's, except that a param group saved without ``freeze_zero_grad`` (a checkpoint from before the
+        option) keeps the value this optimiser was configured with instead of losing the key: a resumed run
+        does what its module's hyperparameters say. A saved value wins."""
+        configured = [group.get("freeze_zero_grad") for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, value in zip(self.param_groups, configured):
+            if value is not None:
+                group.setdefault("freeze_zero_grad", value)
 
     def _frozen_dense_elements(self) -> list[tuple[Tensor, Tensor, list[Tensor]]]:
         """For ``freeze_zero_grad`` groups: each dense parameter's zero-gradient elements and their value and
