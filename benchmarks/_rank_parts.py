@@ -19,8 +19,8 @@ from scipy.stats import kendalltau
 from ihas_lightning import CTRDataModule, SubArchitecture, SupernetConfig, SupernetModule
 from ihas_lightning.paths import shared_data_dir
 
-__all__ = ["DATASETS", "DIM_CHOICES", "WIDTH_CHOICES", "Band", "EarlyStopOnAUC", "StandaloneCache", "datamodule",
-           "draw_candidates", "parse_bands", "tau", "train_standalone", "trainer"]
+__all__ = ["DATASETS", "DIM_CHOICES", "WIDTH_CHOICES", "Band", "EarlyStopOnAUC", "EpochScores", "StandaloneCache",
+           "datamodule", "draw_candidates", "parse_bands", "tau", "train_standalone", "trainer"]
 
 DIM_CHOICES = (0, 1, 2, 4, 8, 16)  # 0 drops a field's embedding (its first-order term stays)
 WIDTH_CHOICES = (0.25, 0.5, 0.75, 1.0)
@@ -182,6 +182,29 @@ class EarlyStopOnAUC(pl.Callback):
             self.best_score = score
         if len(self.aucs) - 1 - int(np.argmax(self.aucs)) >= self.patience:
             trainer.should_stop = True
+
+
+class EpochScores(pl.Callback):
+    """Scores every candidate with the supernet's weights after every epoch: ``aucs[epoch][candidate]``, and
+    the CPU seconds the scoring took (so that a score that needs every epoch is charged for them).
+
+    A candidate's best epoch is what the stand-alone reference reports (early stopping), so its inherited
+    score at its own best epoch of the supernet is the like-for-like proxy."""
+
+    def __init__(self, dm: CTRDataModule, subs: Sequence[SubArchitecture]) -> None:
+        self.dm, self.subs = dm, list(subs)
+        self.aucs: list[list[float]] = []
+        self.cpu_seconds = 0.0
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: SupernetModule) -> None:
+        cpu = time.process_time()
+        self.aucs.append([module.evaluate_subnet(sub, self.dm).auc for sub in self.subs])
+        self.cpu_seconds += time.process_time() - cpu
+
+    @property
+    def best(self) -> list[float]:
+        """Each candidate's highest AUC over the epochs."""
+        return np.max(np.asarray(self.aucs), axis=0).tolist()
 
 
 def train_standalone(dm: CTRDataModule, sub: SubArchitecture, seed: int, epochs: int, model: dict,

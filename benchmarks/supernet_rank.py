@@ -45,8 +45,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, machine_info, now_iso, write_json, write_markdown_table  # noqa: E402
-from _rank_parts import (DATASETS, DIM_CHOICES, WIDTH_CHOICES, StandaloneCache, datamodule,  # noqa: E402
-                         draw_candidates, parse_bands, tau, train_standalone, trainer)
+from _rank_parts import (DATASETS, DIM_CHOICES, WIDTH_CHOICES, EpochScores, StandaloneCache,  # noqa: E402
+                         datamodule, draw_candidates, parse_bands, tau, train_standalone, trainer)
 
 from ihas_lightning import SupernetModule  # noqa: E402
 from ihas_lightning.callbacks import SupernetSampler  # noqa: E402
@@ -79,8 +79,15 @@ VARIANTS: dict[str, dict] = {
     "baseline_frozen": {"epochs": 8, "warmup_steps": 100, "freeze_masked": True},
     "uniform_frozen_e12": {"epochs": 12, "warmup_steps": 100, "freeze_masked": True},
     "uniform_e12": {"epochs": 12, "warmup_steps": 100},
+    # each candidate scored at its own best epoch of the supernet, as the early-stopped reference is (every
+    # candidate evaluated after every epoch, charged to the amortised cost); the last epoch's tau beside it
+    "sandwich_best_epoch": {"epochs": 4, "sandwich": 2, "score": "best_epoch"},
+    "sandwich_e8_best_epoch": {"epochs": 8, "sandwich": 2, "score": "best_epoch"},
+    "baseline_best_epoch": {"epochs": 8, "warmup_steps": 100, "score": "best_epoch"},
+    "frozen_best_epoch": {"epochs": 8, "warmup_steps": 100, "freeze_masked": True, "score": "best_epoch"},
 }
-"""Supernet variants: ``epochs``, SupernetModule's ``freeze_masked`` and SupernetSampler options. The first listed
+"""Supernet variants: ``epochs``, SupernetModule's ``freeze_masked``, ``score`` (``"best_epoch"``: see
+:class:`EpochScores`; otherwise the trained supernet's) and SupernetSampler options. The first listed
 in ``--variants`` is the headline.
 
 Chosen on the development data (MovieLens-100K and synthetic) against the fixed schedule
@@ -95,20 +102,22 @@ SEARCH_SIZE = 150
 """Candidates one PIM study scores with the supernet (``pim_pareto.py --trials 150``, results/pim_pareto.md)."""
 
 
-def train_variant(name: str, dm, model: dict, spec: dict, epochs: int,
-                  seed: int = 0) -> tuple[SupernetModule, float, float, int]:
-    """A supernet trained ``epochs`` epochs with variant ``spec``; it, its wall and CPU seconds and its steps."""
+def train_variant(name: str, dm, model: dict, spec: dict, epochs: int, seed: int = 0,
+                  epoch_scores: EpochScores | None = None) -> tuple[SupernetModule, float, float, int]:
+    """A supernet trained ``epochs`` epochs with variant ``spec``; it, its wall and CPU seconds (less what
+    ``epoch_scores``, if given, spent scoring) and its steps."""
     pl.seed_everything(seed, workers=True)
     # freeze_masked off unless a variant asks: the variants measured before it existed stay reproducible
     supernet = SupernetModule(dm.schema, dm.vocab_sizes, seed=seed, freeze_masked=spec.get("freeze_masked", False),
                               **model)
-    options = {k: v for k, v in spec.items() if k not in ("epochs", "warmup_epochs", "freeze_masked")}
+    options = {k: v for k, v in spec.items() if k not in ("epochs", "warmup_epochs", "freeze_masked", "score")}
     if "warmup_epochs" in spec:
         options["warmup_steps"] = spec["warmup_epochs"] * -(-len(dm.split("train")) // dm.batch_size)
     sampler = SupernetSampler(dim_choices=DIM_CHOICES, width_choices=WIDTH_CHOICES, seed=seed, **options)
     start, cpu = time.perf_counter(), time.process_time()
-    trainer(epochs, [sampler]).fit(supernet, dm)
-    return supernet, time.perf_counter() - start, time.process_time() - cpu, sampler.step
+    trainer(epochs, [sampler, *([epoch_scores] if epoch_scores else [])]).fit(supernet, dm)
+    scoring = epoch_scores.cpu_seconds if epoch_scores else 0.0
+    return supernet, time.perf_counter() - start - scoring, time.process_time() - cpu - scoring, sampler.step
 
 
 def variant_key(variant: str, seed: int, seeds: list[int]) -> str:
@@ -172,7 +181,8 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
         spec = VARIANTS[variant]
         # None: as many epochs as one stand-alone training (early stopping: the mean it trained, rounded)
         supernet_epochs = spec["epochs"] or (round(result["standalone_mean_epochs"]) if args.patience else epochs)
-        supernet, wall, seconds, steps = train_variant(variant, dm, model, spec, supernet_epochs, seed)
+        epoch_scores = EpochScores(dm, [sub for _, sub in candidates]) if spec.get("score") == "best_epoch" else None
+        supernet, wall, seconds, steps = train_variant(variant, dm, model, spec, supernet_epochs, seed, epoch_scores)
         variant = variant_key(variant, seed, args.supernet_seeds)
         print(f"[{name}] {variant}: supernet {supernet_epochs} epochs, {steps} steps, {wall:.1f}s ({seconds:.1f} "
               f"CPU s)", flush=True)
@@ -185,9 +195,18 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
             scored.append({**row, "inherited_auc": inherited.auc, "finetuned_auc": tuned.auc,
                            "inherited_logloss": inherited.logloss, "inherited_seconds": cpu_inherited,
                            "finetuned_seconds": time.process_time() - cpu})
+        extra = {}
+        eval_s = float(np.median([r["inherited_seconds"] for r in scored]))
+        if epoch_scores is not None:   # each candidate at its best epoch; every epoch's evaluations charged
+            for r, best in zip(scored, epoch_scores.best):
+                r["last_epoch_auc"], r["inherited_auc"] = r["inherited_auc"], best
+            evaluations = len(epoch_scores.aucs) * len(scored)
+            eval_s = epoch_scores.cpu_seconds / evaluations * len(epoch_scores.aucs)   # per candidate, all epochs
+            extra = {"kendall_tau_last_epoch": band_taus(scored, bands, "last_epoch_auc"),
+                     "epoch_aucs": epoch_scores.aucs,
+                     "best_epochs": (np.argmax(np.asarray(epoch_scores.aucs), axis=0) + 1).tolist()}
         taus = band_taus(scored, bands, "inherited_auc")
         taus_ft = band_taus(scored, bands, "finetuned_auc")
-        eval_s = float(np.median([r["inherited_seconds"] for r in scored]))
         ft_s = float(np.median([r["finetuned_seconds"] for r in scored]))
         alone_s = result["standalone_train_seconds"]
         amortised = {str(n): (n * alone_s) / (seconds + n * eval_s) for n in (len(scored), SEARCH_SIZE)}
@@ -199,12 +218,16 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
             "kendall_tau": taus,
             "kendall_tau_finetuned": taus_ft, "inherited_eval_seconds": eval_s, "finetuned_eval_seconds": ft_s,
             "speedup": alone_s / eval_s, "speedup_finetuned": alone_s / ft_s, "speedup_amortised": amortised,
-            "speedup_amortised_finetuned": amortised_ft,
+            "speedup_amortised_finetuned": amortised_ft, **extra,
             "scores": [{k: r[k] for k in ("candidate", "inherited_auc", "finetuned_auc", "inherited_logloss")}
                        for r in scored]}
         print(f"[{name}] {variant}: tau per band {_fmt(taus['bands'])} overall {taus['overall']:.2f}; fine-tuned "
               f"{_fmt(taus_ft['bands'])} overall {taus_ft['overall']:.2f}; seeds {_fmt(seeds.get('bands', {}))}; "
               f"amortised speed-up {_fmt(amortised)}", flush=True)
+        if extra:
+            last = extra["kendall_tau_last_epoch"]
+            print(f"[{name}] {variant}: last epoch's tau per band {_fmt(last['bands'])} overall "
+                  f"{last['overall']:.2f}; best epochs {extra['best_epochs']}", flush=True)
     return result
 
 
@@ -265,6 +288,16 @@ def write_report(results: list[dict], args: argparse.Namespace, payload: dict) -
              "|" + "---|" * (2 * len(bands) + 6)]
     lines += ["| " + " | ".join(f"{x:.2f}" if isinstance(x, float) else str(x) for x in row) + " |"
               for row in variants]
+    paired = [(r["dataset"], name, w) for r in results for name, w in r["variants"].items()
+              if "kendall_tau_last_epoch" in w]
+    if paired:
+        lines += ["", "## Scored at each candidate's best epoch vs after the last epoch (the same supernet)", "",
+                  "| data | variant | " + " | ".join(f"best epoch {b}" for b in bands) + " | best epoch overall | "
+                  + " | ".join(f"last {b}" for b in bands) + " | last overall |", "|" + "---|" * (2 * len(bands) + 4)]
+        lines += [f"| {d} | {name} | " + " | ".join(f"{w['kendall_tau']['bands'][b]:.2f}" for b in bands)
+                  + f" | {w['kendall_tau']['overall']:.2f} | "
+                  + " | ".join(f"{w['kendall_tau_last_epoch']['bands'][b]:.2f}" for b in bands)
+                  + f" | {w['kendall_tau_last_epoch']['overall']:.2f} |" for d, name, w in paired]
     lines += ["", "## Per candidate", "", "| data | # | band | share | dims | widths | stand-alone AUC (seeds) | "
               "inherited | fine-tuned |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
