@@ -98,6 +98,9 @@ DEFAULT_VARIANT = "sandwich,baseline"
 MAX_EPOCHS = 10
 """The most epochs of an early-stopped stand-alone training (at lr 1e-2 the candidates' best epochs were 4 on the
 synthetic data and 7-8 on the MovieLens sets, in the mean)."""
+PER_BAND = 16
+"""Candidates per band. Kendall's tau of n pairs has a standard deviation of sqrt(2(2n+5) / (9n(n-1))) under
+independence: 0.29 for n = 8 (a band of 8 hardly tells a tau of 0.5 from one of 0) and 0.19 for n = 16."""
 SEARCH_SIZE = 150
 """Candidates one PIM study scores with the supernet (``pim_pareto.py --trials 150``, results/pim_pareto.md)."""
 
@@ -318,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=DEFAULT_VARIANT, help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--rows", type=int, default=100_000, help="rows of synthetic data")
     parser.add_argument("--bands", default="0.03-0.06,0.15-0.3,0.5-1.0", help="embedding-parameter share bands")
-    parser.add_argument("--per-band", type=int, default=8)
+    parser.add_argument("--per-band", type=int, default=PER_BAND)
     parser.add_argument("--seeds", type=int, default=2, help="stand-alone training seeds per candidate")
     parser.add_argument("--epochs", type=int, default=None,
                         help="stand-alone epochs: the most with --patience (default 10), else all of them (default: "
