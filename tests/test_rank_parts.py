@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _rank_parts import EarlyStopOnAUC, train_standalone  # noqa: E402
+from _rank_parts import EarlyStopOnAUC, EpochScores, train_standalone  # noqa: E402
 
 from ihas_lightning import CTRDataModule, SubArchitecture  # noqa: E402
 
@@ -56,3 +56,19 @@ def test_train_standalone_reports_the_best_epoch_of_a_real_training():
     assert fixed["epochs_trained"] == 2 and fixed["epoch_aucs"] == [fixed["auc"]]   # scored once, at the end
     # early stopping runs the same training: its first two epochs are the fixed schedule's
     assert stopped["epochs_trained"] < 2 or stopped["epoch_aucs"][1] == pytest.approx(fixed["auc"], abs=1e-6)
+
+
+def test_epoch_scores_keep_every_epoch_and_each_candidate_s_best():
+    """Each candidate's score is its own best epoch, which may differ between candidates."""
+    scripted = iter([0.60, 0.80, 0.70, 0.75, 0.65, 0.72])        # epoch 1: a, b; epoch 2: a, b; epoch 3: a, b
+
+    class Module:
+        def evaluate_subnet(self, sub, dm):
+            return SimpleNamespace(auc=next(scripted))
+
+    scores = EpochScores(dm=None, subs=["a", "b"])
+    for _ in range(3):
+        scores.on_train_epoch_end(None, Module())
+    assert scores.aucs == [[0.60, 0.80], [0.70, 0.75], [0.65, 0.72]]
+    assert scores.best == [0.70, 0.80]
+    assert scores.cpu_seconds >= 0.0
