@@ -15,6 +15,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from scipy.stats import kendalltau
+from typing_extensions import override
 
 from ihas_lightning import CTRDataModule, SubArchitecture, SupernetConfig, SupernetModule
 from ihas_lightning.paths import shared_data_dir
@@ -175,6 +176,7 @@ class EarlyStopOnAUC(pl.Callback):
         """``(auc, logloss)`` at the best epoch."""
         return None if self.best_score is None else (self.best_score.auc, self.best_score.logloss)
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, module: SupernetModule) -> None:
         score = module.evaluate_subnet(self.sub, self.dm)
         self.aucs.append(score.auc)
@@ -196,6 +198,7 @@ class EpochScores(pl.Callback):
         self.aucs: list[list[float]] = []
         self.cpu_seconds = 0.0
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, module: SupernetModule) -> None:
         cpu = time.process_time()
         self.aucs.append([module.evaluate_subnet(sub, self.dm).auc for sub in self.subs])
