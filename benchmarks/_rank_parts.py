@@ -188,7 +188,7 @@ class EarlyStopOnAUC(pl.Callback):
 
 class EpochScores(pl.Callback):
     """Scores every candidate with the supernet's weights after every epoch: ``aucs[epoch][candidate]``, and
-    the CPU seconds the scoring took (so that a score that needs every epoch is charged for them).
+    the wall and CPU seconds the scoring took (so that a score that needs every epoch is charged for them).
 
     A candidate's best epoch is what the stand-alone reference reports (early stopping), so its inherited
     score at its own best epoch of the supernet is the like-for-like proxy."""
@@ -196,12 +196,13 @@ class EpochScores(pl.Callback):
     def __init__(self, dm: CTRDataModule, subs: Sequence[SubArchitecture]) -> None:
         self.dm, self.subs = dm, list(subs)
         self.aucs: list[list[float]] = []
-        self.cpu_seconds = 0.0
+        self.seconds = self.cpu_seconds = 0.0
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, module: SupernetModule) -> None:
-        cpu = time.process_time()
+        start, cpu = time.perf_counter(), time.process_time()
         self.aucs.append([module.evaluate_subnet(sub, self.dm).auc for sub in self.subs])
+        self.seconds += time.perf_counter() - start
         self.cpu_seconds += time.process_time() - cpu
 
     @property

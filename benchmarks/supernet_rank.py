@@ -121,8 +121,10 @@ def train_variant(name: str, dm, model: dict, spec: dict, epochs: int, seed: int
     sampler = SupernetSampler(dim_choices=DIM_CHOICES, width_choices=WIDTH_CHOICES, seed=seed, **options)
     start, cpu = time.perf_counter(), time.process_time()
     trainer(epochs, [sampler, *([epoch_scores] if epoch_scores else [])]).fit(supernet, dm)
-    scoring = epoch_scores.cpu_seconds if epoch_scores else 0.0
-    return supernet, time.perf_counter() - start - scoring, time.process_time() - cpu - scoring, sampler.step
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    if epoch_scores:
+        wall, cpu = wall - epoch_scores.seconds, cpu - epoch_scores.cpu_seconds
+    return supernet, wall, cpu, sampler.step
 
 
 def variant_key(variant: str, seed: int, seeds: list[int]) -> str:
