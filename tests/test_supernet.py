@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 
@@ -16,6 +17,7 @@ from ihas_lightning.cli import main
 from ihas_lightning.data.datamodule import CTRDataModule
 from ihas_lightning.data.loader import to_batch
 from ihas_lightning.modules import SupernetModule
+from ihas_lightning.modules.rowwise import RowwiseAdam
 from ihas_lightning.subarchitecture import SubArchitecture, SupernetConfig
 from ihas_lightning.supernet import SupernetMasks, flops_per_sample
 
@@ -241,6 +243,41 @@ def test_evaluate_subnet_finetune_leaves_supernet_unchanged(tmp_path, dm) -> Non
     assert many[0].auc == plain.auc and many[1].embedding_share == 1.0
 
 
+def test_evaluate_subnet_finetune_all_is_a_short_training_of_the_subnetwork(tmp_path, dm) -> None:
+    pl.seed_everything(0)
+    module = _module(dm, lr=1e-2)
+    _trainer(tmp_path, [SupernetSampler(dim_choices=(2, 4, 8), seed=0)], max_epochs=5).fit(module, dm)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    sub = module.parse_subarch("A=2,B=4", "0.5")
+    train, val = list(itertools.islice(dm.stream("train"), 4)), list(dm.stream("val"))
+    tuned = module.evaluate_subnet(sub, val, 4, finetune_data=train, finetune_lr=1e-2, finetune_scope="all")
+    last = module.evaluate_subnet(sub, val, 4, finetune_data=train, finetune_lr=1e-2, finetune_scope="last_layer")
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, before[key]), key                  # the supernet is restored
+    assert module.backbone.sparse_tables and tuned.finetune_scope == "all" and last.finetune_scope == "last_layer"
+    assert tuned.logloss != last.logloss                              # more than the last layer trained
+
+    # the same as 4 Adam steps of every parameter under the sub-architecture's masks, then scoring
+    module.eval()
+    module.supernet_masks.apply(sub)
+    optimizer = RowwiseAdam(module.parameters(), lr=1e-2)
+    for batch in train:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(module(batch), batch["label"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        logits = torch.cat([module(b) for b in val])
+        labels = torch.cat([b["label"] for b in val])
+    assert tuned.logloss == pytest.approx(float(torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)),
+                                          rel=1e-5)
+    table = module.backbone.model.embedding_dict["A"].weight.detach()
+    moved = table != before["backbone.model.embedding_dict.A.weight"]
+    assert moved[:, :2].any() and not moved[:, 2:].any()              # A's rows trained, its masked dims not
+    with pytest.raises(ValueError, match="finetune_scope must be one of last_layer, all, got 'dnn'"):
+        module.evaluate_subnet(sub, val, 1, finetune_data=train, finetune_scope="dnn")
+
+
 # -- CLI --------------------------------------------------------------------------------------------
 
 def test_cli_supernet_then_subnet(tmp_path, capsys) -> None:
@@ -262,5 +299,10 @@ def test_cli_supernet_then_subnet(tmp_path, capsys) -> None:
     assert re.search(f"{score['auc']:.4f}", printed)
     assert 0.3 < score["auc"] < 1.0 and score["logloss"] > 0 and score["seconds"] > 0
     assert score["subarch"]["dims"]["C1"] == 2 and score["subarch"]["widths"] == [8, 4]
+    assert main(["subnet", "--run", str(out), "--dims", "C1=2", "--finetune-steps", "3", "--finetune-scope", "all",
+                 "--finetune-lr", "1e-2", "--json", str(tmp_path / "tuned.json")]) == 0
+    tuned = json.loads((tmp_path / "tuned.json").read_text())
+    assert tuned["finetune_steps"] == 3 and tuned["finetune_scope"] == "all" and 0.3 < tuned["auc"] < 1.0
+    assert "fine-tune scope" in capsys.readouterr().out
     assert main(["subnet", "--run", str(out), "--dims", "C1=99"]) == 2
     assert "dimension must be in [0, 8], got 99" in capsys.readouterr().err

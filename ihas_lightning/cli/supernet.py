@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..modules.supernet_module import FINETUNE_SCOPES
 from ..pipeline.supernet import score_subnet, train_supernet
 from ..subarchitecture import SAMPLINGS, SupernetConfig
 from ..training import write_json
@@ -48,7 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub.add_argument("--run", required=True, help="run directory given to `ihas supernet --out`")
     sub.add_argument("--dims", default="", help="FIELD=D,... (fields not named keep the full dimension)")
     sub.add_argument("--widths", default=None, help="DNN widths: shares (0.5,0.5) or unit counts (128,64)")
-    sub.add_argument("--finetune-steps", type=int, default=0, help="post-training fine-tune of the last layer")
+    sub.add_argument("--finetune-steps", type=int, default=0, help="fine-tune steps before scoring (0: none)")
+    sub.add_argument("--finetune-scope", choices=FINETUNE_SCOPES, default="last_layer",
+                     help="what the fine-tune trains: the last layer (NASRec) or every parameter the "
+                          "sub-architecture uses")
+    sub.add_argument("--finetune-lr", type=float, default=1e-3, help="the fine-tune's Adam learning rate")
     sub.add_argument("--checkpoint", default=None, help="default: RUN/supernet/checkpoints/last.ckpt")
     sub.add_argument("--json", default=None, help="also write the score to this JSON file")
     sub.set_defaults(handler=run_subnet)
@@ -77,7 +82,8 @@ def run_supernet(args: argparse.Namespace) -> dict:
 
 
 def run_subnet(args: argparse.Namespace) -> dict:
-    result = score_subnet(args.run, args.dims, args.widths, args.finetune_steps, args.checkpoint)
+    result = score_subnet(args.run, args.dims, args.widths, args.finetune_steps, args.checkpoint,
+                          finetune_scope=args.finetune_scope, finetune_lr=args.finetune_lr)
     if args.json:
         write_json(Path(args.json), result)
     flops = result["flops_per_sample"]
@@ -85,6 +91,7 @@ def run_subnet(args: argparse.Namespace) -> dict:
         ["val AUC", result["auc"]], ["val logloss", result["logloss"]],
         ["embedding parameters", result["embedding_params"]], ["embedding share", result["embedding_share"]],
         ["FLOPs per sample", "n/a" if flops is None else f"{flops:,.0f}"],
-        ["fine-tune steps", result["finetune_steps"]], ["seconds", result["seconds"]],
+        ["fine-tune steps", result["finetune_steps"]], ["fine-tune scope", result["finetune_scope"]],
+        ["seconds", result["seconds"]],
     ])
     return result

@@ -7,7 +7,7 @@ from .linear_router import LinearRouter
 from .retrain_module import RetrainModule
 from .router import Router
 from .search_module import SearchModule
-from .supernet_module import SupernetModule
+from .supernet_module import FINETUNE_SCOPES, FinetuneScope, SubnetScore, SupernetModule
 
-__all__ = ["BackboneConfig", "BackboneModule", "CTRModule", "LinearRouter", "NonFiniteLossError", "RetrainModule",
-           "Router", "SearchModule", "SupernetModule"]
+__all__ = ["FINETUNE_SCOPES", "BackboneConfig", "BackboneModule", "CTRModule", "FinetuneScope", "LinearRouter",
+           "NonFiniteLossError", "RetrainModule", "Router", "SearchModule", "SubnetScore", "SupernetModule"]

@@ -6,7 +6,7 @@ import itertools
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +21,13 @@ from ..supernet import SupernetMasks
 from .backbone_module import BackboneModule
 from .base import NonFiniteLossError, check_labels
 from .config import BackboneConfig
+from .rowwise import RowwiseAdam
 
-__all__ = ["SupernetModule", "SubnetScore"]
+__all__ = ["FINETUNE_SCOPES", "FinetuneScope", "SupernetModule", "SubnetScore"]
+
+FinetuneScope = Literal["last_layer", "all"]
+FINETUNE_SCOPES: tuple[str, ...] = ("last_layer", "all")
+"""What a pre-scoring fine-tune trains: NASRec's last layer, or every parameter the sub-architecture uses."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class SubnetScore:
     flops_per_sample: float | None  # None: a backbone ihas_lightning.flops does not count
     finetune_steps: int
     seconds: float
+    finetune_scope: str = "last_layer"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,15 +155,22 @@ class SupernetModule(BackboneModule):
         auc = float(binary_auroc(logit, label.long()))
         return auc, float(F.binary_cross_entropy_with_logits(logit, label))
 
-    def _finetune(self, batches: Iterable[Batch], steps: int, lr: float) -> None:
-        params = self.final_layer_parameters()
+    def finetune_parameters(self, scope: FinetuneScope) -> list[torch.nn.Parameter]:
+        """What a fine-tune of ``scope`` trains (under a sub-architecture its masked parts get zero gradient)."""
+        if scope not in FINETUNE_SCOPES:
+            raise ValueError(f"finetune_scope must be one of {', '.join(FINETUNE_SCOPES)}, got '{scope}'")
+        return self.final_layer_parameters() if scope == "last_layer" else list(self.parameters())
+
+    def _finetune(self, batches: Iterable[Batch], steps: int, lr: float, scope: FinetuneScope) -> None:
+        params = self.finetune_parameters(scope)
         flags = {p: p.requires_grad for p in self.parameters()}
         try:
             for p in self.parameters():
                 p.requires_grad_(False)
             for p in params:
                 p.requires_grad_(True)
-            optimizer = torch.optim.Adam(params, lr=lr)
+            # fresh moments: rows and coordinates the steps do not reach get zero gradient and stay where they are
+            optimizer = RowwiseAdam(params, lr=lr)
             for batch in itertools.islice(itertools.cycle(batches), steps):
                 batch = self._to_device(batch)
                 loss = F.binary_cross_entropy_with_logits(self(batch), batch["label"])
@@ -173,30 +186,34 @@ class SupernetModule(BackboneModule):
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def evaluate_subnet(self, subarch: SubArchitecture, data: Any, finetune_steps: int = 0, *,
-                        finetune_data: Iterable[Batch] | None = None, finetune_lr: float = 1e-3) -> SubnetScore:
+                        finetune_data: Iterable[Batch] | None = None, finetune_lr: float = 1e-3,
+                        finetune_scope: FinetuneScope = "last_layer") -> SubnetScore:
         """Score ``subarch`` with inherited weights: validation AUC and logloss, parameters, wall seconds.
 
         ``data`` is a ``CTRDataModule`` (validation split; fine-tuning on its training split) or an iterable of
-        batches (then ``finetune_data`` supplies the fine-tuning batches). With ``finetune_steps > 0`` the final
-        layer alone is first trained for that many steps under the sub-architecture (NASRec's post-training
-        fine-tune, which improves rank correlation); the weights are restored afterwards, so the supernet is
+        batches (then ``finetune_data`` supplies the fine-tuning batches). With ``finetune_steps > 0`` the
+        sub-architecture is first trained for that many steps with Adam at ``finetune_lr``: its final layer alone
+        (``finetune_scope="last_layer"``, NASRec's post-training fine-tune) or every parameter it uses
+        (``"all"``: embedding rows, DNN units, FM and linear parts; it ranked candidates of similar size better
+        in ``benchmarks/results/supernet_rank.md``). The weights are restored afterwards, so the supernet is
         unchanged. The module is in eval mode throughout (no dropout, batch-norm statistics untouched).
         """
         if finetune_steps < 0:
             raise ValueError(f"finetune_steps must be >= 0, got {finetune_steps}")
+        tuned_params = self.finetune_parameters(finetune_scope) if finetune_steps else []
         start = time.perf_counter()
         val_batches, train_batches = self._evaluation_data(data, finetune_data, finetune_steps)
         masks, was_training, previous = self.supernet_masks, self.training, self.supernet_masks.active
-        saved = [p.detach().clone() for p in self.final_layer_parameters()] if finetune_steps else []
+        saved = [p.detach().clone() for p in tuned_params]
         self.eval()
         try:
             masks.apply(subarch)
             if finetune_steps:
-                self._finetune(train_batches, finetune_steps, finetune_lr)
+                self._finetune(train_batches, finetune_steps, finetune_lr, finetune_scope)
             auc, logloss = self._score(val_batches)
         finally:
             with torch.no_grad():
-                for p, value in zip(self.final_layer_parameters(), saved):
+                for p, value in zip(tuned_params, saved):
                     p.copy_(value)
             masks.apply(previous) if previous is not None else masks.clear()
             self.train(was_training)
@@ -204,14 +221,15 @@ class SupernetModule(BackboneModule):
         params = subarch.embedding_params(vocab)
         flops = flops_or_none(lambda: backbone_flops(self.backbone, subarch.dims, subarch.widths))
         return SubnetScore(subarch.to_dict(), auc, logloss, params, params / self.backbone.embedding_params, flops,
-                           finetune_steps, time.perf_counter() - start)
+                           finetune_steps, time.perf_counter() - start, finetune_scope)
 
     def evaluate_many(self, subarchs: Sequence[SubArchitecture], data: Any, finetune_steps: int = 0, *,
-                      finetune_data: Iterable[Batch] | None = None, finetune_lr: float = 1e-3) -> list[SubnetScore]:
+                      finetune_data: Iterable[Batch] | None = None, finetune_lr: float = 1e-3,
+                      finetune_scope: FinetuneScope = "last_layer") -> list[SubnetScore]:
         """:meth:`evaluate_subnet` for each sub-architecture, reading the data once."""
         val_batches, train_batches = self._evaluation_data(data, finetune_data, finetune_steps)
         return [self.evaluate_subnet(s, val_batches, finetune_steps, finetune_data=train_batches,
-                                     finetune_lr=finetune_lr) for s in subarchs]
+                                     finetune_lr=finetune_lr, finetune_scope=finetune_scope) for s in subarchs]
 
     def _evaluation_data(self, data: Any, finetune_data: Iterable[Batch] | None,
                          finetune_steps: int) -> tuple[list[Batch], list[Batch]]:
