@@ -97,8 +97,9 @@ Chosen on the development data (MovieLens-100K and synthetic) against the fixed 
 (results/supernet_rank_variants_*.md): ``sandwich`` had the highest overall tau averaged over both (0.72). Against
 the early-stopped reference with 16 candidates per band (results/supernet_rank.md) ``sandwich`` and ``sandwich_kd``
 still lead there (overall 0.59 and 0.60, within-band 0.43 and 0.42, against 0.56 and 0.37-0.39 for one
-sub-architecture a step), so it stays the headline (and the PIM study's supernet), although MovieLens-1M-first3k
-ranks better with one sub-architecture a step."""
+sub-architecture a step; after the whole-network fine-tune all four are within 0.02 overall, 0.65-0.67, and the
+sandwich rule leads within bands, 0.52 against 0.48-0.51), so it stays the headline (and the PIM study's
+supernet), although MovieLens-1M-first3k ranks better with one sub-architecture a step."""
 DEFAULT_VARIANT = "sandwich,baseline"
 MAX_EPOCHS = 10
 """The most epochs of an early-stopped stand-alone training (at lr 1e-2 the candidates' best epochs were 4 on the
