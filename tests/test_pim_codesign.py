@@ -12,13 +12,16 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from torchmetrics.functional.classification import binary_auroc
 
 from ihas_lightning.cli import main
+from ihas_lightning.modules.rowwise import RowwiseAdam
 from ihas_lightning.pim import ModelSpec, PIMConfig, cache_hit_rate, estimate, zipf_hot_share
 from ihas_lightning.pim.pareto import TORS_LIMITS, beats_host, choose_point, front_summary, host_only
 from ihas_lightning.pim.search_space import Candidate, model_spec
 from ihas_lightning.pim.standalone import train_standalone
-from ihas_lightning.pim.study import PIMObjective, StudySettings, build_objective, candidate_of, run_study
+from ihas_lightning.pim.study import (PIMObjective, StudySettings, build_objective, candidate_of, quantized_tables,
+                                     run_study)
 from ihas_lightning.pim.sweep import crossover, pim_configs, scaled, table_size_sweep
 from ihas_lightning.subarchitecture import SubArchitecture
 
@@ -242,3 +245,39 @@ def test_cli_costs_at_given_vocabularies_and_refuses_malformed_ones(run_dir, cap
     assert main(["pim", "--run", str(run_dir), "--trials", "1", "--baseline-epochs", "0",
                  "--cost-vocab", "C1=many"]) == 2
     assert "FIELD=ROWS" in capsys.readouterr().err
+
+
+def test_candidates_are_fine_tuned_in_fp32_then_rounded_and_scored(run_dir):
+    built = build_objective(StudySettings(run_dir=str(run_dir), finetune_steps=3, finetune_lr=1e-2))
+    module = built.module
+    assert len(built.finetune_batches) == 3 and built.finetune_lr == 1e-2
+    assert build_objective(StudySettings(run_dir=str(run_dir))).finetune_lr == module.hparams.lr   # default
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    sub = SubArchitecture(built.space.fields, (4,) * len(built.space.fields), (8, 4))
+    tuned = built.accuracy(sub, "int8")
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, before[key]), key                                   # the supernet is restored
+    plain = build_objective(StudySettings(run_dir=str(run_dir), finetune_steps=0))
+    assert plain.finetune_batches == []
+    assert plain.accuracy(sub, "fp32") == module.evaluate_subnet(sub, built.batches).auc
+
+    # by hand: 3 Adam steps of every parameter under the candidate's masks in fp32, then int8 tables, then the AUC
+    module.eval()
+    module.supernet_masks.apply(sub)
+    optimizer = RowwiseAdam(module.parameters(), lr=1e-2)
+    for batch in built.finetune_batches:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(module(batch), batch["label"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad(), quantized_tables(module, "int8"):
+        logits = torch.cat([module(b) for b in built.batches])
+    labels = torch.cat([b["label"] for b in built.batches])
+    assert tuned == pytest.approx(float(binary_auroc(logits, labels.long())), abs=1e-6)
+    module.supernet_masks.clear()
+    module.load_state_dict(before)
+    assert tuned != plain.accuracy(sub, "int8")
+    with pytest.raises(ValueError, match="finetune_steps must be >= 0, got -1"):
+        StudySettings(run_dir=str(run_dir), finetune_steps=-1)
+    with pytest.raises(ValueError, match="finetune_lr must be > 0, got 0"):
+        StudySettings(run_dir=str(run_dir), finetune_lr=0.0)

@@ -43,6 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "from the run's data)")
     parser.add_argument("--cost-zipf", type=float, default=None,
                         help="with --cost-vocab: Zipf exponent of the lookups (default: uniform)")
+    parser.add_argument("--finetune-steps", type=int, default=10,
+                        help="train each candidate's whole sub-network this many steps before scoring it (0: "
+                             "inherited weights as they are; default 10)")
+    parser.add_argument("--finetune-lr", type=float, default=None,
+                        help="the fine-tune's Adam learning rate (default: the supernet's)")
     parser.add_argument("--study-name", default="pim")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=run_pim)
@@ -64,7 +69,8 @@ def run_pim(args: argparse.Namespace) -> dict:
     settings = StudySettings(run_dir=args.run, trials=args.trials, storage=args.storage, sampler=args.sampler,
                              workers=args.workers, max_auc_drop=args.max_auc_drop, seed=args.seed,
                              study_name=args.study_name, mode=args.mode, cost_vocab=_sizes(args.cost_vocab),
-                             cost_zipf=args.cost_zipf)
+                             cost_zipf=args.cost_zipf, finetune_steps=args.finetune_steps,
+                             finetune_lr=args.finetune_lr)
     trained = None if args.baseline_epochs == 0 else train_standalone(args.run, epochs=args.baseline_epochs)
     objective = build_objective(settings)
     study = run_study(settings, objective if settings.workers == 1 else None)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -187,7 +188,8 @@ class SupernetModule(BackboneModule):
 
     def evaluate_subnet(self, subarch: SubArchitecture, data: Any, finetune_steps: int = 0, *,
                         finetune_data: Iterable[Batch] | None = None, finetune_lr: float = 1e-3,
-                        finetune_scope: FinetuneScope = "last_layer") -> SubnetScore:
+                        finetune_scope: FinetuneScope = "last_layer",
+                        score_context: Callable[[], contextlib.AbstractContextManager] | None = None) -> SubnetScore:
         """Score ``subarch`` with inherited weights: validation AUC and logloss, parameters, wall seconds.
 
         ``data`` is a ``CTRDataModule`` (validation split; fine-tuning on its training split) or an iterable of
@@ -197,6 +199,8 @@ class SupernetModule(BackboneModule):
         (``"all"``: embedding rows, DNN units, FM and linear parts; it ranked candidates of similar size better
         in ``benchmarks/results/supernet_rank.md``). The weights are restored afterwards, so the supernet is
         unchanged. The module is in eval mode throughout (no dropout, batch-norm statistics untouched).
+        ``score_context``, if given, is entered around the scoring alone, after the fine-tune (the PIM study rounds
+        the tables to a storage precision there).
         """
         if finetune_steps < 0:
             raise ValueError(f"finetune_steps must be >= 0, got {finetune_steps}")
@@ -210,7 +214,8 @@ class SupernetModule(BackboneModule):
             masks.apply(subarch)
             if finetune_steps:
                 self._finetune(train_batches, finetune_steps, finetune_lr, finetune_scope)
-            auc, logloss = self._score(val_batches)
+            with score_context() if score_context is not None else contextlib.nullcontext():
+                auc, logloss = self._score(val_batches)
         finally:
             with torch.no_grad():
                 for p, value in zip(tuned_params, saved):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import itertools
 import json
 import math
 import multiprocessing
@@ -62,6 +63,11 @@ class StudySettings:
     ``cost_vocab``: cost the candidates at these vocabulary sizes per field (e.g. the full data set's, when the
     supernet was trained on a sample; the AUC still comes from the data at hand), with Zipf(``cost_zipf``) access
     (None: uniform); see :meth:`SearchSpace.at_vocabulary`.
+
+    ``finetune_steps``: each candidate's whole sub-network is first trained this many Adam steps on the first
+    training batches, at ``finetune_lr`` (None: the supernet's own learning rate), then scored (0: inherited weights
+    as they are). Ten such steps ranked candidates of similar size better on the development data of
+    ``benchmarks/results/supernet_rank.md``.
     """
 
     run_dir: str
@@ -76,8 +82,14 @@ class StudySettings:
     heartbeat_s: int = 30
     cost_vocab: Mapping[str, int] | None = None
     cost_zipf: float | None = None
+    finetune_steps: int = 10
+    finetune_lr: float | None = None
 
     def __post_init__(self) -> None:
+        if self.finetune_steps < 0:
+            raise ValueError(f"finetune_steps must be >= 0, got {self.finetune_steps}")
+        if self.finetune_lr is not None and not self.finetune_lr > 0:
+            raise ValueError(f"finetune_lr must be > 0, got {self.finetune_lr}")
         if self.trials < 0 or self.workers < 1:
             raise ValueError(f"trials must be >= 0 and workers >= 1, got {self.trials} and {self.workers}")
         if self.sampler not in SAMPLERS:
@@ -152,25 +164,37 @@ class PIMObjective:
         space: the search space (:meth:`SearchSpace.from_module`).
         batches: the evaluation batches (validation; kept in memory).
         max_auc_drop: optional largest validation AUC drop against the full supernet.
-        memo: validation AUCs already computed on ``module`` and ``batches`` (objectives that differ only in
-            costs share one; see :meth:`accuracy`).
+        memo: validation AUCs already computed on ``module`` and ``batches`` with the same fine-tune (objectives
+            that differ only in costs share one; see :meth:`accuracy`).
+        finetune_batches, finetune_lr: with training batches, each candidate's whole sub-network is trained one
+            Adam step on each (at ``finetune_lr``) before it is scored, in fp32; the tables are rounded to the
+            candidate's precision after that.
     """
 
     def __init__(self, module: Any, space: SearchSpace, batches: Sequence[dict], max_auc_drop: float | None = None,
-                 memo: dict[tuple, float] | None = None):
+                 memo: dict[tuple, float] | None = None, finetune_batches: Sequence[dict] = (),
+                 finetune_lr: float = 1e-2):
         self.module, self.space, self.batches = module, space, list(batches)
+        self.finetune_batches, self.finetune_lr = list(finetune_batches), finetune_lr
         self.max_auc_drop = max_auc_drop
         self._aucs = {} if memo is None else memo  # validation AUCs by candidate, shared by objectives of one module
         self.baseline_auc = self.accuracy(space.full, "fp32")
 
     def accuracy(self, subarch: Any, precision: str, batches: Sequence[dict] | None = None) -> float:
-        """AUC of ``subarch`` with inherited weights at ``precision``; on the validation batches it is computed once
-        per (dims, widths, precision) and remembered (samplers propose the same candidate again)."""
+        """AUC of ``subarch`` with inherited (and, with ``finetune_batches``, briefly fine-tuned) weights at
+        ``precision``; on the validation batches it is computed once per (dims, widths, precision) and remembered
+        (samplers propose the same candidate again)."""
         key = (tuple(subarch.dims), tuple(subarch.widths), precision)
         if batches is None and key in self._aucs:
             return self._aucs[key]
-        with quantized_tables(self.module, precision):
-            auc = self.module.evaluate_subnet(subarch, batches or self.batches).auc
+        if self.finetune_batches:
+            auc = self.module.evaluate_subnet(
+                subarch, batches or self.batches, len(self.finetune_batches), finetune_data=self.finetune_batches,
+                finetune_lr=self.finetune_lr, finetune_scope="all",
+                score_context=lambda: quantized_tables(self.module, precision)).auc
+        else:
+            with quantized_tables(self.module, precision):
+                auc = self.module.evaluate_subnet(subarch, batches or self.batches).auc
         if batches is None:
             self._aucs[key] = auc
         return auc
@@ -285,7 +309,8 @@ def _study(settings: StudySettings, seed: int) -> optuna.Study:
 
 
 def build_objective(settings: StudySettings) -> PIMObjective:
-    """The trial objective of a study: the run's trained supernet scored on its validation batches.
+    """The trial objective of a study: the run's trained supernet scored on its validation batches, each candidate
+    after ``settings.finetune_steps`` fine-tuning steps on the first training batches.
 
     The validation batches are read once per loaded supernet and kept, so the workers of a study share them, and
     so are the validation AUCs of the candidates scored: a second study on the same supernet (another cost
@@ -295,11 +320,17 @@ def build_objective(settings: StudySettings) -> PIMObjective:
     key = ("val", id(module))
     if key not in _BATCHES:
         _BATCHES[key] = [dict(b) for b in dm.stream("val")]
+    steps, lr = settings.finetune_steps, settings.finetune_lr or float(module.hparams.lr)
+    train_key = ("train", id(module), steps)
+    if train_key not in _BATCHES:
+        _BATCHES[train_key] = [dict(b) for b in itertools.islice(dm.stream("train"), steps)]
     space = SearchSpace.from_module(module, dm, dim_choices=_dim_choices(settings.run_dir, module),
                                     mode=settings.mode)
     if settings.cost_vocab is not None:
         space = space.at_vocabulary(settings.cost_vocab, settings.cost_zipf)
-    return PIMObjective(module, space, _BATCHES[key], settings.max_auc_drop, memo=_AUCS.setdefault(key, {}))
+    return PIMObjective(module, space, _BATCHES[key], settings.max_auc_drop,
+                        memo=_AUCS.setdefault((*key, steps, lr), {}), finetune_batches=_BATCHES[train_key],
+                        finetune_lr=lr)
 
 
 _BATCHES: dict[tuple, list] = {}
