@@ -243,9 +243,10 @@ def test_evaluate_subnet_finetune_leaves_supernet_unchanged(tmp_path, dm) -> Non
     assert many[0].auc == plain.auc and many[1].embedding_share == 1.0
 
 
-def test_evaluate_subnet_finetune_all_is_a_short_training_of_the_subnetwork(tmp_path, dm) -> None:
+@pytest.mark.parametrize("updates", ["rowwise", "dense"])
+def test_evaluate_subnet_finetune_all_is_a_short_training_of_the_subnetwork(tmp_path, dm, updates) -> None:
     pl.seed_everything(0)
-    module = _module(dm, lr=1e-2)
+    module = _module(dm, lr=1e-2, embedding_updates=updates)     # row-wise: only the touched rows are put back
     _trainer(tmp_path, [SupernetSampler(dim_choices=(2, 4, 8), seed=0)], max_epochs=5).fit(module, dm)
     before = {k: v.clone() for k, v in module.state_dict().items()}
     sub = module.parse_subarch("A=2,B=4", "0.5")
@@ -254,7 +255,8 @@ def test_evaluate_subnet_finetune_all_is_a_short_training_of_the_subnetwork(tmp_
     last = module.evaluate_subnet(sub, val, 4, finetune_data=train, finetune_lr=1e-2, finetune_scope="last_layer")
     for key, value in module.state_dict().items():
         assert torch.equal(value, before[key]), key                  # the supernet is restored
-    assert module.backbone.sparse_tables and tuned.finetune_scope == "all" and last.finetune_scope == "last_layer"
+    assert module.backbone.sparse_tables == (updates == "rowwise")
+    assert tuned.finetune_scope == "all" and last.finetune_scope == "last_layer"
     assert tuned.logloss != last.logloss                              # more than the last layer trained
 
     # the same as 4 Adam steps of every parameter under the sub-architecture's masks, then scoring

@@ -49,6 +49,36 @@ class SubnetScore:
         return asdict(self)
 
 
+class _FinetuneUndo:
+    """What a pre-scoring fine-tune changed, to put back: a dense parameter whole, a table with sparse (row-wise)
+    gradients only in the rows the steps touched, since copying a table of millions of rows for every candidate
+    would cost far more than scoring it. Values are saved just before each optimiser step, so each is saved before
+    its first change (``RowwiseAdam`` leaves untouched rows and gradient-less parameters as they are)."""
+
+    def __init__(self) -> None:
+        self.whole: dict[torch.nn.Parameter, torch.Tensor] = {}
+        self.rows: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]] = []
+
+    @torch.no_grad()
+    def save_before_step(self, params: Iterable[torch.nn.Parameter]) -> None:
+        for p in params:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                rows = p.grad.coalesce().indices()[0]                                     # (R,)
+                self.rows.append((p, rows, p[rows].clone()))
+            elif p not in self.whole:
+                self.whole[p] = p.detach().clone()
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for p, rows, values in reversed(self.rows):          # the earliest save of a row is written last
+            p.index_copy_(0, rows, values)
+        for p, value in self.whole.items():
+            p.copy_(value)
+        self.whole, self.rows = {}, []
+
+
 class SupernetModule(BackboneModule):
     """The supernet of NASRec-style weight sharing: train it with :class:`~ihas_lightning.callbacks.SupernetSampler`.
 
@@ -162,7 +192,8 @@ class SupernetModule(BackboneModule):
             raise ValueError(f"finetune_scope must be one of {', '.join(FINETUNE_SCOPES)}, got '{scope}'")
         return self.final_layer_parameters() if scope == "last_layer" else list(self.parameters())
 
-    def _finetune(self, batches: Iterable[Batch], steps: int, lr: float, scope: FinetuneScope) -> None:
+    def _finetune(self, batches: Iterable[Batch], steps: int, lr: float, scope: FinetuneScope,
+                  undo: _FinetuneUndo) -> None:
         params = self.finetune_parameters(scope)
         flags = {p: p.requires_grad for p in self.parameters()}
         try:
@@ -177,6 +208,7 @@ class SupernetModule(BackboneModule):
                 loss = F.binary_cross_entropy_with_logits(self(batch), batch["label"])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                undo.save_before_step(params)
                 optimizer.step()
         finally:
             for p, flag in flags.items():
@@ -204,22 +236,20 @@ class SupernetModule(BackboneModule):
         """
         if finetune_steps < 0:
             raise ValueError(f"finetune_steps must be >= 0, got {finetune_steps}")
-        tuned_params = self.finetune_parameters(finetune_scope) if finetune_steps else []
+        self.finetune_parameters(finetune_scope)                                 # a bad scope fails first
         start = time.perf_counter()
         val_batches, train_batches = self._evaluation_data(data, finetune_data, finetune_steps)
         masks, was_training, previous = self.supernet_masks, self.training, self.supernet_masks.active
-        saved = [p.detach().clone() for p in tuned_params]
+        undo = _FinetuneUndo()
         self.eval()
         try:
             masks.apply(subarch)
             if finetune_steps:
-                self._finetune(train_batches, finetune_steps, finetune_lr, finetune_scope)
+                self._finetune(train_batches, finetune_steps, finetune_lr, finetune_scope, undo)
             with score_context() if score_context is not None else contextlib.nullcontext():
                 auc, logloss = self._score(val_batches)
         finally:
-            with torch.no_grad():
-                for p, value in zip(tuned_params, saved):
-                    p.copy_(value)
+            undo.restore()
             masks.apply(previous) if previous is not None else masks.clear()
             self.train(was_training)
         vocab = {f: self.backbone.model.embedding_dict[f].num_embeddings for f in masks.fields}
