@@ -258,6 +258,7 @@ def test_evaluate_subnet_finetune_all_is_a_short_training_of_the_subnetwork(tmp_
     assert module.backbone.sparse_tables == (updates == "rowwise")
     assert tuned.finetune_scope == "all" and last.finetune_scope == "last_layer"
     assert tuned.logloss != last.logloss                              # more than the last layer trained
+    assert module.evaluate_subnet(sub, val).finetune_scope is None
 
     # the same as 4 Adam steps of every parameter under the sub-architecture's masks, then scoring
     module.eval()

@@ -91,7 +91,7 @@ def run_subnet(args: argparse.Namespace) -> dict:
         ["val AUC", result["auc"]], ["val logloss", result["logloss"]],
         ["embedding parameters", result["embedding_params"]], ["embedding share", result["embedding_share"]],
         ["FLOPs per sample", "n/a" if flops is None else f"{flops:,.0f}"],
-        ["fine-tune steps", result["finetune_steps"]], ["fine-tune scope", result["finetune_scope"]],
+        ["fine-tune steps", result["finetune_steps"]], ["fine-tune scope", result["finetune_scope"] or "-"],
         ["seconds", result["seconds"]],
     ])
     return result

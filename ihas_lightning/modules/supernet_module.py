@@ -43,7 +43,7 @@ class SubnetScore:
     flops_per_sample: float | None  # None: a backbone ihas_lightning.flops does not count
     finetune_steps: int
     seconds: float
-    finetune_scope: str = "last_layer"
+    finetune_scope: str | None = None  # what the fine-tune trained (None: no fine-tune)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -256,7 +256,7 @@ class SupernetModule(BackboneModule):
         params = subarch.embedding_params(vocab)
         flops = flops_or_none(lambda: backbone_flops(self.backbone, subarch.dims, subarch.widths))
         return SubnetScore(subarch.to_dict(), auc, logloss, params, params / self.backbone.embedding_params, flops,
-                           finetune_steps, time.perf_counter() - start, finetune_scope)
+                           finetune_steps, time.perf_counter() - start, finetune_scope if finetune_steps else None)
 
     def evaluate_many(self, subarchs: Sequence[SubArchitecture], data: Any, finetune_steps: int = 0, *,
                       finetune_data: Iterable[Batch] | None = None, finetune_lr: float = 1e-3,
