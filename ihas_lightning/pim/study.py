@@ -187,14 +187,10 @@ class PIMObjective:
         key = (tuple(subarch.dims), tuple(subarch.widths), precision)
         if batches is None and key in self._aucs:
             return self._aucs[key]
-        if self.finetune_batches:
-            auc = self.module.evaluate_subnet(
-                subarch, batches or self.batches, len(self.finetune_batches), finetune_data=self.finetune_batches,
-                finetune_lr=self.finetune_lr, finetune_scope="all",
-                score_context=lambda: quantized_tables(self.module, precision)).auc
-        else:
-            with quantized_tables(self.module, precision):
-                auc = self.module.evaluate_subnet(subarch, batches or self.batches).auc
+        auc = self.module.evaluate_subnet(
+            subarch, batches or self.batches, len(self.finetune_batches), finetune_data=self.finetune_batches,
+            finetune_lr=self.finetune_lr, finetune_scope="all",
+            score_context=lambda: quantized_tables(self.module, precision)).auc
         if batches is None:
             self._aucs[key] = auc
         return auc
