@@ -51,7 +51,7 @@ from _rank_parts import (DATASETS, DIM_CHOICES, WIDTH_CHOICES, EpochScores, Stan
                          datamodule, draw_candidates, parse_bands, tau, train_standalone, trainer)
 
 from ihas_lightning import SupernetModule  # noqa: E402
-from ihas_lightning.modules import FINETUNE_SCOPES  # noqa: E402
+from ihas_lightning.modules import FINETUNE_SCOPES, REFIT_BATCHES, REFIT_LR  # noqa: E402
 from ihas_lightning.callbacks import SupernetSampler  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
@@ -174,7 +174,8 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
               "standalone_seeds": args.seeds, "kendall_tau_between_standalone_seeds": seeds,
               "standalone_train_seconds_cached": float(np.median([r["standalone_seconds"] for r in rows])),
               "finetune_steps": args.finetune_steps, "finetune_scope": args.finetune_scope,
-              "finetune_lr": args.finetune_lr, "variants": {}, "candidates": rows}
+              "finetune_lr": args.finetune_lr, "refit_steps": args.refit_steps, "refit_lr": args.refit_lr,
+              "variants": {}, "candidates": rows}
     if args.standalone_only:
         return result
     # The cached trainings ran under other loads of a shared machine: time a few again, next to the supernets.
@@ -204,7 +205,8 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
             inherited = supernet.evaluate_subnet(sub, dm)          # reads the validation split each time
             cpu_inherited, cpu = time.process_time() - cpu, time.process_time()
             tuned = supernet.evaluate_subnet(sub, dm, finetune_steps=args.finetune_steps,
-                                             finetune_scope=args.finetune_scope, finetune_lr=args.finetune_lr)
+                                             finetune_scope=args.finetune_scope, finetune_lr=args.finetune_lr,
+                                             refit_steps=args.refit_steps, refit_lr=args.refit_lr)
             scored.append({**row, "inherited_auc": inherited.auc, "finetuned_auc": tuned.auc,
                            "inherited_logloss": inherited.logloss, "inherited_seconds": cpu_inherited,
                            "finetuned_seconds": time.process_time() - cpu})
@@ -289,7 +291,9 @@ def write_report(results: list[dict], args: argparse.Namespace, payload: dict) -
               "times varied up to 10x between identical runs minutes apart; "
               f"speed-up: median stand-alone training / median evaluation (data reading included on both sides); "
               f"amortised: N stand-alone trainings / (supernet training + N evaluations) for N = {n} / {SEARCH_SIZE}",
-              f"fine-tuned: {args.finetune_steps} Adam steps (lr {args.finetune_lr:g}) of "
+              (f"fine-tuned: the first-order weights refit ({args.refit_steps} steps at lr {args.refit_lr:g} on "
+               f"{REFIT_BATCHES} training batches, the rest frozen), then " if args.refit_steps else "fine-tuned: ")
+              + f"{args.finetune_steps} Adam steps (lr {args.finetune_lr:g}) of "
               f"{'every parameter the candidate uses' if args.finetune_scope == 'all' else 'the last layer'} before "
               "scoring, charged to the evaluation's time",
               f"machine: {payload['machine']['cpu']}, {args.threads} torch thread(s); command: {payload['command']}"]
@@ -345,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-scope", choices=FINETUNE_SCOPES, default="all",
                         help="what the fine-tune trains: every parameter the candidate uses, or the last layer")
     parser.add_argument("--finetune-lr", type=float, default=1e-2, help="the fine-tune's Adam learning rate")
+    parser.add_argument("--refit-steps", type=int, default=200,
+                        help="first-order refit steps before the fine-tune (0: none; SupernetModule.evaluate_subnet)")
+    parser.add_argument("--refit-lr", type=float, default=REFIT_LR, help="the first-order refit's Adam learning rate")
     parser.add_argument("--backbone", default="DeepFM")
     parser.add_argument("--dnn", default="128,64")
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate, stand-alone and supernet")
@@ -365,8 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [d for d in args.datasets if d not in DATASETS] + [v for v in args.variants if v not in VARIANTS]
     if unknown or not args.variants or not args.datasets:
         parser.error(f"unknown or missing data sets / variants: {unknown}")
-    if args.per_band < 3 or args.seeds < 1 or args.patience < 0:
-        parser.error("--per-band must be >= 3, --seeds >= 1 and --patience >= 0")
+    if args.per_band < 3 or args.seeds < 1 or args.patience < 0 or args.refit_steps < 0:
+        parser.error("--per-band must be >= 3, --seeds >= 1, --patience >= 0 and --refit-steps >= 0")
     args.patience = args.patience or None
     if args.epochs is None and args.patience:
         args.epochs = MAX_EPOCHS

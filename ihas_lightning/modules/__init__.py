@@ -3,11 +3,13 @@
 from .backbone_module import BackboneModule
 from .base import CTRModule, NonFiniteLossError
 from .config import BackboneConfig
+from .first_order_refit import FirstOrderRefit
 from .linear_router import LinearRouter
 from .retrain_module import RetrainModule
 from .router import Router
 from .search_module import SearchModule
-from .supernet_module import FINETUNE_SCOPES, FinetuneScope, SubnetScore, SupernetModule
+from .supernet_module import FINETUNE_SCOPES, REFIT_BATCHES, REFIT_LR, FinetuneScope, SubnetScore, SupernetModule
 
-__all__ = ["FINETUNE_SCOPES", "BackboneConfig", "BackboneModule", "CTRModule", "FinetuneScope", "LinearRouter",
-           "NonFiniteLossError", "RetrainModule", "Router", "SearchModule", "SubnetScore", "SupernetModule"]
+__all__ = ["FINETUNE_SCOPES", "REFIT_BATCHES", "REFIT_LR", "BackboneConfig", "BackboneModule", "CTRModule",
+           "FinetuneScope", "FirstOrderRefit", "LinearRouter", "NonFiniteLossError", "RetrainModule", "Router",
+           "SearchModule", "SubnetScore", "SupernetModule"]

@@ -43,6 +43,7 @@ from typing import Any
 import optuna
 import torch
 
+from ..modules.supernet_module import REFIT_BATCHES, REFIT_LR
 from .config import get_preset
 from .cost_model import estimate
 from .search_space import Candidate, SearchSpace, model_spec, suggest
@@ -66,8 +67,9 @@ class StudySettings:
 
     ``finetune_steps``: each candidate's whole sub-network is first trained this many Adam steps on the first
     training batches, at ``finetune_lr`` (None: the supernet's own learning rate), then scored (0: inherited weights
-    as they are). Ten such steps ranked candidates of similar size better on the development data of
-    ``benchmarks/results/supernet_rank.md``.
+    as they are). Before that the first-order weights are refit for ``refit_steps`` steps at ``refit_lr``
+    (:class:`~ihas_lightning.modules.FirstOrderRefit`; 0: none). Both together ranked candidates of similar size
+    better on the development data of ``benchmarks/results/supernet_rank.md``.
     """
 
     run_dir: str
@@ -84,10 +86,15 @@ class StudySettings:
     cost_zipf: float | None = None
     finetune_steps: int = 10
     finetune_lr: float | None = None
+    refit_steps: int = 200
+    refit_lr: float = REFIT_LR
 
     def __post_init__(self) -> None:
-        if self.finetune_steps < 0:
-            raise ValueError(f"finetune_steps must be >= 0, got {self.finetune_steps}")
+        if self.finetune_steps < 0 or self.refit_steps < 0:
+            raise ValueError(f"finetune_steps and refit_steps must be >= 0, got {self.finetune_steps} and "
+                             f"{self.refit_steps}")
+        if not self.refit_lr > 0:
+            raise ValueError(f"refit_lr must be > 0, got {self.refit_lr}")
         if self.finetune_lr is not None and not self.finetune_lr > 0:
             raise ValueError(f"finetune_lr must be > 0, got {self.finetune_lr}")
         if self.trials < 0 or self.workers < 1:
@@ -166,16 +173,21 @@ class PIMObjective:
         max_auc_drop: optional largest validation AUC drop against the full supernet.
         memo: validation AUCs already computed on ``module`` and ``batches`` with the same fine-tune (objectives
             that differ only in costs share one; see :meth:`accuracy`).
-        finetune_batches, finetune_lr: with training batches, each candidate's whole sub-network is trained one
-            Adam step on each (at ``finetune_lr``) before it is scored, in fp32; the tables are rounded to the
-            candidate's precision after that.
+        finetune_batches, finetune_lr, finetune_steps: training batches; each candidate's whole sub-network is
+            trained ``finetune_steps`` Adam steps on them (None: one on each) at ``finetune_lr`` before it is scored,
+            in fp32; the tables are rounded to the candidate's precision after that.
+        refit_steps, refit_lr: the first-order refit before the fine-tune, on the first
+            :data:`~ihas_lightning.modules.REFIT_BATCHES` of ``finetune_batches`` (0: none).
     """
 
     def __init__(self, module: Any, space: SearchSpace, batches: Sequence[dict], max_auc_drop: float | None = None,
                  memo: dict[tuple, float] | None = None, finetune_batches: Sequence[dict] = (),
-                 finetune_lr: float = 1e-2):
+                 finetune_lr: float = 1e-2, finetune_steps: int | None = None, refit_steps: int = 0,
+                 refit_lr: float = REFIT_LR):
         self.module, self.space, self.batches = module, space, list(batches)
         self.finetune_batches, self.finetune_lr = list(finetune_batches), finetune_lr
+        self.finetune_steps = len(self.finetune_batches) if finetune_steps is None else finetune_steps
+        self.refit_steps, self.refit_lr = (refit_steps, refit_lr) if self.finetune_batches else (0, refit_lr)
         self.max_auc_drop = max_auc_drop
         self._aucs = {} if memo is None else memo  # validation AUCs by candidate, shared by objectives of one module
         self.baseline_auc = self.accuracy(space.full, "fp32")
@@ -188,8 +200,8 @@ class PIMObjective:
         if batches is None and key in self._aucs:
             return self._aucs[key]
         auc = self.module.evaluate_subnet(
-            subarch, batches or self.batches, len(self.finetune_batches), finetune_data=self.finetune_batches,
-            finetune_lr=self.finetune_lr, finetune_scope="all",
+            subarch, batches or self.batches, self.finetune_steps, finetune_data=self.finetune_batches,
+            finetune_lr=self.finetune_lr, finetune_scope="all", refit_steps=self.refit_steps, refit_lr=self.refit_lr,
             score_context=lambda: quantized_tables(self.module, precision)).auc
         if batches is None:
             self._aucs[key] = auc
@@ -306,7 +318,8 @@ def _study(settings: StudySettings, seed: int) -> optuna.Study:
 
 def build_objective(settings: StudySettings) -> PIMObjective:
     """The trial objective of a study: the run's trained supernet scored on its validation batches, each candidate
-    after ``settings.finetune_steps`` fine-tuning steps on the first training batches.
+    after ``settings.refit_steps`` first-order refit and ``settings.finetune_steps`` fine-tuning steps on the first
+    training batches.
 
     The validation batches are read once per loaded supernet and kept, so the workers of a study share them, and
     so are the validation AUCs of the candidates scored: a second study on the same supernet (another cost
@@ -317,16 +330,18 @@ def build_objective(settings: StudySettings) -> PIMObjective:
     if key not in _BATCHES:
         _BATCHES[key] = [dict(b) for b in dm.stream("val")]
     steps, lr = settings.finetune_steps, settings.finetune_lr or float(module.hparams.lr)
-    train_key = ("train", id(module), steps)
+    refit = (settings.refit_steps, settings.refit_lr)
+    count = max(steps, REFIT_BATCHES if settings.refit_steps else 0)
+    train_key = ("train", id(module), count)
     if train_key not in _BATCHES:
-        _BATCHES[train_key] = [dict(b) for b in itertools.islice(dm.stream("train"), steps)]
+        _BATCHES[train_key] = [dict(b) for b in itertools.islice(dm.stream("train"), count)]
     space = SearchSpace.from_module(module, dm, dim_choices=_dim_choices(settings.run_dir, module),
                                     mode=settings.mode)
     if settings.cost_vocab is not None:
         space = space.at_vocabulary(settings.cost_vocab, settings.cost_zipf)
     return PIMObjective(module, space, _BATCHES[key], settings.max_auc_drop,
-                        memo=_AUCS.setdefault((*key, steps, lr), {}), finetune_batches=_BATCHES[train_key],
-                        finetune_lr=lr)
+                        memo=_AUCS.setdefault((*key, steps, lr, *refit), {}), finetune_batches=_BATCHES[train_key],
+                        finetune_lr=lr, finetune_steps=steps, refit_steps=refit[0], refit_lr=refit[1])
 
 
 _BATCHES: dict[tuple, list] = {}

@@ -1,0 +1,120 @@
+"""The first-order refit before a sub-architecture is scored: its design is the backbone's first-order logit, its
+steps are Adam's on those weights with the rest frozen, and the supernet is put back afterwards."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from ihas_lightning.callbacks import SupernetSampler
+from ihas_lightning.data.datamodule import CTRDataModule
+from ihas_lightning.modules import FirstOrderRefit, SupernetModule
+from ihas_lightning.modules.rowwise import RowwiseAdam
+from ihas_lightning.subarchitecture import SubArchitecture
+
+from _supernet_fixtures import tiny_datamodule
+
+
+def _trained(tmp_path: Path, dm: CTRDataModule, backbone: str = "DeepFM") -> SupernetModule:
+    pl.seed_everything(0)
+    module = SupernetModule(dm.schema, dm.vocab_sizes, backbone=backbone, dim=8, dnn_hidden_units=(16, 8), lr=1e-2,
+                            seed=7)
+    pl.Trainer(max_epochs=5, callbacks=[SupernetSampler(dim_choices=(0, 2, 4, 8), seed=0)], logger=False,
+               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+               limit_val_batches=0, default_root_dir=str(tmp_path), accelerator="cpu").fit(module, dm)
+    return module
+
+
+def _real(data_dir: Path, tmp_path: Path, name: str) -> CTRDataModule:
+    if name == "synthetic":                           # dense features: the first-order part's dense weight
+        dm = CTRDataModule("synthetic", rows=3000, batch_size=256, cache_dir=str(tmp_path))
+    else:                                             # genres: multi-valued, mean-pooled
+        dm = CTRDataModule(str(data_dir / "movielens" / "ml-100k"), format="movielens-100k", cache_dir=str(tmp_path),
+                           batch_size=256)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+@pytest.mark.parametrize("name", ["movielens-100k", "synthetic"])
+def test_design_is_the_backbones_first_order_logit(data_dir: Path, tmp_path: Path, name: str) -> None:
+    dm = _real(data_dir, tmp_path, name)
+    module = SupernetModule(dm.schema, dm.vocab_sizes, dim=8, dnn_hidden_units=(16,), seed=3)
+    torch.manual_seed(0)
+    for p in module.backbone.model.linear_model.parameters():
+        torch.nn.init.normal_(p)                          # DeepCTR's init (std 1e-4) would hide a wrong term
+    torch.nn.init.zeros_(module.backbone.model.dnn_linear.weight)   # the DNN also reads the dense features
+    module.eval()
+    batches = list(itertools.islice(dm.stream("train"), 2))
+    refit = FirstOrderRefit(module.backbone, batches)
+    assert refit.available and refit.size == sum(p.numel() for p in module.backbone.model.linear_model.parameters())
+    # every embedding dropped and no DNN output: DeepFM's logit is the first-order logit plus its bias
+    masks = module.supernet_masks
+    masks.apply(SubArchitecture(masks.fields, (0,) * len(masks.fields), masks.hidden_units))
+    with torch.no_grad():
+        for index, batch in enumerate(batches):
+            rest = module(batch) - refit.logit(refit.read(), index)
+            assert rest.std().item() < 1e-5 and refit.logit(refit.read(), index).std().item() > 0.5
+
+
+def test_refit_is_adam_on_the_first_order_weights_with_the_rest_frozen(tmp_path: Path) -> None:
+    dm = tiny_datamodule()
+    module = _trained(tmp_path, dm)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    sub = module.parse_subarch("A=0,B=4,C=2", "0.5")        # the click depends on A x B: A's embedding dropped
+    train, val = list(itertools.islice(dm.stream("train"), 2)), list(dm.stream("val"))
+    refit = module.evaluate_subnet(sub, val, finetune_data=train, refit_steps=6, refit_lr=1e-2, refit_batches=2)
+    both = module.evaluate_subnet(sub, val, 3, finetune_data=train, finetune_lr=1e-2, finetune_scope="all",
+                                  refit_steps=6, refit_lr=1e-2, refit_batches=2)
+    plain = module.evaluate_subnet(sub, val)
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, before[key]), key                     # the supernet is restored, refit or not
+    assert (refit.refit_steps, both.refit_steps, plain.refit_steps) == (6, 6, 0)
+
+    # by hand: Adam on the first-order weights only, the batches in turn, then scoring
+    module.eval()
+    module.supernet_masks.apply(sub)
+    linear = list(module.backbone.model.linear_model.parameters())
+    for p in module.parameters():
+        p.requires_grad_(False)
+    for p in linear:
+        p.requires_grad_(True)
+    optimizer = RowwiseAdam(linear, lr=1e-2)                        # lazy Adam on the row-wise tables
+    fit_loss = []
+    for batch in itertools.islice(itertools.cycle(train), 6):
+        loss = F.binary_cross_entropy_with_logits(module(batch), batch["label"])
+        fit_loss.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for p in module.parameters():
+        p.requires_grad_(True)
+    with torch.no_grad():
+        logits = torch.cat([module(b) for b in val])
+        after = [F.binary_cross_entropy_with_logits(module(b), b["label"]).item() for b in train]
+    labels = torch.cat([b["label"] for b in val])
+    assert refit.logloss == pytest.approx(F.binary_cross_entropy_with_logits(logits, labels).item(), rel=1e-5)
+    assert sum(after) < fit_loss[0] + fit_loss[1]                       # the refit lowered the training loss
+    assert both.logloss != refit.logloss                                 # the fine-tune ran after it
+    moved = [name for name, v in module.state_dict().items() if not torch.equal(v, before[name])]
+    assert moved and all(name.startswith("backbone.model.linear_model.") for name in moved)
+    module.supernet_masks.clear()
+    module.load_state_dict(before)
+    with pytest.raises(ValueError, match="refit_steps must be >= 0"):
+        module.evaluate_subnet(sub, val, finetune_data=train, refit_steps=-1)
+    with pytest.raises(ValueError, match="needs training batches"):
+        module.evaluate_subnet(sub, val, refit_steps=5)
+
+
+def test_backbone_that_never_reads_first_order_weights_is_not_refit(tmp_path: Path) -> None:
+    dm = tiny_datamodule()
+    module = _trained(tmp_path, dm, backbone="PNN")                # PNN's forward has no first-order term
+    sub = module.parse_subarch("A=2", "0.5")
+    train, val = list(itertools.islice(dm.stream("train"), 2)), list(dm.stream("val"))
+    score = module.evaluate_subnet(sub, val, finetune_data=train, refit_steps=5)
+    assert score.refit_steps == 0 and score.auc == module.evaluate_subnet(sub, val).auc
