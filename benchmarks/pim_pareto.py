@@ -10,7 +10,7 @@ Per data set:
 2. the baseline: a uniform-16 model of that shape trained on its own on the same split with the quality
    benchmark's recipe (``ihas run``'s baseline: batch 1024, 5 + 2 epochs; :mod:`ihas_lightning.pim.standalone`);
 3. the multi-objective study (TPE; validation AUC with the supernet's weights after a first-order refit,
-   ``--refit-steps``, and a 10-step fine-tune of each candidate's whole sub-network, ``--finetune-steps``, as in
+   ``--refit-sweeps``, and a 10-step fine-tune of each candidate's whole sub-network, ``--finetune-steps``, as in
    ``ihas pim``; latency and energy ratios), whose
    reported points are chosen on validation only: the highest validation AUC among front points within the
    TORS cost ratios (``chosen``), and the same among front points where PIM pays, i.e. with a table in PIM and
@@ -111,7 +111,7 @@ def study(run: Path, args: argparse.Namespace, trained: dict, test: list, tag: s
           cost_vocab: dict | None = None, zipf: float | None = None) -> dict:
     settings = StudySettings(run_dir=str(run), trials=args.trials, sampler=args.sampler, seed=args.seed,
                              study_name=f"pim_{tag}", cost_vocab=cost_vocab, cost_zipf=zipf,
-                             finetune_steps=args.finetune_steps, refit_steps=args.refit_steps)
+                             finetune_steps=args.finetune_steps, refit_sweeps=args.refit_sweeps)
     objective = build_objective(settings)
     start = time.perf_counter()
     result = run_study(settings, objective)
@@ -168,7 +168,7 @@ def run_dataset(name: str, args: argparse.Namespace, root: Path) -> dict:
     supernet_s = time.perf_counter() - start
     trained = train_standalone(run, stage="pim_baseline", batch_size=BASELINE_BATCH)
     objective = build_objective(StudySettings(run_dir=str(run), finetune_steps=args.finetune_steps,
-                                              refit_steps=args.refit_steps))
+                                              refit_sweeps=args.refit_sweeps))
     _, dm = load_supernet(str(run))
     test = [dict(b) for b in dm.stream("test")]
     full_test = objective.accuracy(objective.space.full, "fp32", test)
@@ -232,10 +232,10 @@ def write_markdown(path: Path, payload: dict) -> None:
              f"{payload['baseline_epochs']} epochs, best epoch by validation AUC), served host-only in fp32. Reported "
              "points are chosen on validation AUC only (highest among front points within the cost ratios; "
              "`PIM pays`: among those with a table in PIM that beat their own shape served host-only), then tested "
-             f"with the supernet's weights (each candidate's first-order weights refit "
-             f"{payload.get('refit_steps', 0)} steps, `ihas pim --refit-steps`, then its whole sub-network fine-tuned "
-             f"{payload['finetune_steps']} steps before scoring, `ihas pim --finetune-steps`) and retrained on their "
-             "own with the baseline's recipe. Costs are ratios under "
+             f"with the supernet's weights (each candidate's first-order weights refit with "
+             f"{payload.get('refit_sweeps', 0)} Newton sweeps, `ihas pim --refit-sweeps`, then its whole sub-network "
+             f"fine-tuned {payload['finetune_steps']} steps before scoring, `ihas pim --finetune-steps`) and "
+             "retrained on their own with the baseline's recipe. Costs are ratios under "
              "the analytic model of `ihas_lightning/pim/cost_model.py` (not a simulator), which counts the host's "
              "last-level cache. The Criteo rows costed at the real vocabularies take their AUCs from the 10k-row "
              "sample at hand (1,000 test rows: differences of a few thousandths are within its noise).", "",
@@ -321,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--finetune-steps", type=int, default=10,
                         help="fine-tune steps of each candidate's whole sub-network before scoring (0: inherited)")
-    parser.add_argument("--refit-steps", type=int, default=200,
-                        help="first-order refit steps of each candidate before the fine-tune (0: none)")
+    parser.add_argument("--refit-sweeps", type=int, default=5,
+                        help="first-order refit sweeps of each candidate before the fine-tune (0: none)")
     parser.add_argument("--out", default=None, help="run directory (default: a temporary one)")
     parser.add_argument("--json", default=str(RESULTS_DIR / "pim_pareto.json"))
     args = parser.parse_args(argv)
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"benchmark": "pim_pareto", "date": now_iso(), "machine": machine_info(),
                "target": {"auc_tolerance": AUC_TOLERANCE, **TORS_LIMITS}, "baseline_epochs": DEFAULT_EPOCHS,
                "baseline_batch_size": BASELINE_BATCH, "finetune_steps": args.finetune_steps,
-               "refit_steps": args.refit_steps,
+               "refit_sweeps": args.refit_sweeps,
                "command": "python benchmarks/pim_pareto.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "results": results, "criteo_sweep": criteo_sweeps(), "seconds": time.perf_counter() - start}
     path = write_json(args.json, payload)

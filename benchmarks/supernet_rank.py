@@ -14,11 +14,12 @@ Per data set (MovieLens-100K, MovieLens-1M-first3k, synthetic):
   MovieLens-1M-first3k, which at ``--lr 2e-3`` left most candidates far from their best: docs/design.md 5.)
   Results are cached in ``results/supernet_rank_standalone.json`` (keyed by data, settings, candidate, seed);
 * each supernet variant (``--variants``, see ``VARIANTS``): one supernet per ``--supernet-seeds`` seed, every
-  candidate scored with inherited weights, and after its first-order weights are refit (``--refit-steps``, 200
-  at ``--refit-lr`` 3e-2, the rest frozen: ``FirstOrderRefit``) and a short fine-tune: ``--finetune-steps`` (10)
+  candidate scored with inherited weights, and after its first-order weights are refit (``--refit-sweeps`` 5
+  Newton sweeps, prior ``--refit-prior`` 1, on 40k training rows, the rest frozen: ``FirstOrderRefit``) and a
+  short fine-tune: ``--finetune-steps`` (10)
   Adam steps at ``--finetune-lr`` (1e-2, the training's) of every parameter the candidate uses
   (``--finetune-scope all``; ``last_layer`` with 50 steps at 1e-3 is NASRec's post-training fine-tune, an earlier
-  results' column; ``--refit-steps 0`` the fine-tune alone, the column before the refit).
+  results' column; ``--refit-sweeps 0`` the fine-tune alone, the column before the refit).
 
 Reported: Kendall tau (inherited / fine-tuned vs stand-alone) per band and over all candidates, the same tau
 between the two stand-alone seeds (the ceiling of any proxy), and speed-ups: one inherited evaluation
@@ -53,7 +54,7 @@ from _rank_parts import (DATASETS, DIM_CHOICES, WIDTH_CHOICES, EpochScores, Stan
                          datamodule, draw_candidates, parse_bands, tau, train_standalone, trainer)
 
 from ihas_lightning import SupernetModule  # noqa: E402
-from ihas_lightning.modules import FINETUNE_SCOPES, REFIT_BATCHES, REFIT_LR  # noqa: E402
+from ihas_lightning.modules import FINETUNE_SCOPES, REFIT_ROWS, REFIT_PRIOR  # noqa: E402
 from ihas_lightning.callbacks import SupernetSampler  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
@@ -178,7 +179,7 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
               "standalone_seeds": args.seeds, "kendall_tau_between_standalone_seeds": seeds,
               "standalone_train_seconds_cached": float(np.median([r["standalone_seconds"] for r in rows])),
               "finetune_steps": args.finetune_steps, "finetune_scope": args.finetune_scope,
-              "finetune_lr": args.finetune_lr, "refit_steps": args.refit_steps, "refit_lr": args.refit_lr,
+              "finetune_lr": args.finetune_lr, "refit_sweeps": args.refit_sweeps, "refit_prior": args.refit_prior,
               "variants": {}, "candidates": rows}
     if args.standalone_only:
         return result
@@ -210,7 +211,7 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
             cpu_inherited, cpu = time.process_time() - cpu, time.process_time()
             tuned = supernet.evaluate_subnet(sub, dm, finetune_steps=args.finetune_steps,
                                              finetune_scope=args.finetune_scope, finetune_lr=args.finetune_lr,
-                                             refit_steps=args.refit_steps, refit_lr=args.refit_lr)
+                                             refit_sweeps=args.refit_sweeps, refit_prior=args.refit_prior)
             scored.append({**row, "inherited_auc": inherited.auc, "finetuned_auc": tuned.auc,
                            "inherited_logloss": inherited.logloss, "inherited_seconds": cpu_inherited,
                            "finetuned_seconds": time.process_time() - cpu})
@@ -295,8 +296,9 @@ def write_report(results: list[dict], args: argparse.Namespace, payload: dict) -
               "times varied up to 10x between identical runs minutes apart; "
               f"speed-up: median stand-alone training / median evaluation (data reading included on both sides); "
               f"amortised: N stand-alone trainings / (supernet training + N evaluations) for N = {n} / {SEARCH_SIZE}",
-              (f"fine-tuned: the first-order weights refit ({args.refit_steps} steps at lr {args.refit_lr:g} on "
-               f"{REFIT_BATCHES} training batches, the rest frozen), then " if args.refit_steps else "fine-tuned: ")
+              (f"fine-tuned: the first-order weights refit ({args.refit_sweeps} Newton sweeps, prior "
+               f"{args.refit_prior:g}, on the first {REFIT_ROWS:,} training rows, the rest frozen), then "
+               if args.refit_sweeps else "fine-tuned: ")
               + f"{args.finetune_steps} Adam steps (lr {args.finetune_lr:g}) of "
               f"{'every parameter the candidate uses' if args.finetune_scope == 'all' else 'the last layer'} before "
               "scoring, charged to the evaluation's time",
@@ -353,9 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-scope", choices=FINETUNE_SCOPES, default="all",
                         help="what the fine-tune trains: every parameter the candidate uses, or the last layer")
     parser.add_argument("--finetune-lr", type=float, default=1e-2, help="the fine-tune's Adam learning rate")
-    parser.add_argument("--refit-steps", type=int, default=200,
-                        help="first-order refit steps before the fine-tune (0: none; SupernetModule.evaluate_subnet)")
-    parser.add_argument("--refit-lr", type=float, default=REFIT_LR, help="the first-order refit's Adam learning rate")
+    parser.add_argument("--refit-sweeps", type=int, default=5,
+                        help="first-order refit sweeps before the fine-tune (0: none; SupernetModule.evaluate_subnet)")
+    parser.add_argument("--refit-prior", type=float, default=REFIT_PRIOR,
+                        help="the first-order refit's prior precision around the inherited weights")
     parser.add_argument("--backbone", default="DeepFM")
     parser.add_argument("--dnn", default="128,64")
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate, stand-alone and supernet")
@@ -376,8 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [d for d in args.datasets if d not in DATASETS] + [v for v in args.variants if v not in VARIANTS]
     if unknown or not args.variants or not args.datasets:
         parser.error(f"unknown or missing data sets / variants: {unknown}")
-    if args.per_band < 3 or args.seeds < 1 or args.patience < 0 or args.refit_steps < 0:
-        parser.error("--per-band must be >= 3, --seeds >= 1, --patience >= 0 and --refit-steps >= 0")
+    if args.per_band < 3 or args.seeds < 1 or args.patience < 0 or args.refit_sweeps < 0:
+        parser.error("--per-band must be >= 3, --seeds >= 1, --patience >= 0 and --refit-sweeps >= 0")
     args.patience = args.patience or None
     if args.epochs is None and args.patience:
         args.epochs = MAX_EPOCHS

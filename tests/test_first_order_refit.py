@@ -1,5 +1,5 @@
 """The first-order refit before a sub-architecture is scored: its design is the backbone's first-order logit, its
-steps are Adam's on those weights with the rest frozen, and the supernet is put back afterwards."""
+result is the maximum a posteriori fit of those weights with the rest frozen, and the supernet is put back."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from ihas_lightning.callbacks import SupernetSampler
 from ihas_lightning.data.datamodule import CTRDataModule
 from ihas_lightning.modules import FirstOrderRefit, SupernetModule
-from ihas_lightning.modules.rowwise import RowwiseAdam
 from ihas_lightning.subarchitecture import SubArchitecture
 
 from _supernet_fixtures import tiny_datamodule
@@ -62,53 +61,62 @@ def test_design_is_the_backbones_first_order_logit(data_dir: Path, tmp_path: Pat
             assert rest.std().item() < 1e-5 and refit.logit(refit.read(), index).std().item() > 0.5
 
 
-def test_refit_is_adam_on_the_first_order_weights_with_the_rest_frozen(tmp_path: Path) -> None:
+def _objective(module: SupernetModule, batches: list, linear: list, inherited: list, prior: float) -> torch.Tensor:
+    """The refit's objective: summed logloss of the batches plus prior / 2 * ||w - w_inherited||^2."""
+    loss = sum(F.binary_cross_entropy_with_logits(module(b), b["label"], reduction="sum") for b in batches)
+    return loss + prior / 2 * sum(((p - p0) ** 2).sum() for p, p0 in zip(linear, inherited))
+
+
+def test_refit_is_the_map_fit_of_the_first_order_weights_with_the_rest_frozen(tmp_path: Path) -> None:
     dm = tiny_datamodule()
     module = _trained(tmp_path, dm)
     before = {k: v.clone() for k, v in module.state_dict().items()}
     sub = module.parse_subarch("A=0,B=4,C=2", "0.5")        # the click depends on A x B: A's embedding dropped
-    train, val = list(itertools.islice(dm.stream("train"), 2)), list(dm.stream("val"))
-    refit = module.evaluate_subnet(sub, val, finetune_data=train, refit_steps=6, refit_lr=1e-2, refit_batches=2)
+    train, val = list(itertools.islice(dm.stream("train"), 3)), list(dm.stream("val"))
+    refit = module.evaluate_subnet(sub, val, finetune_data=train, refit_sweeps=40, refit_prior=2.0, refit_rows=128)
     both = module.evaluate_subnet(sub, val, 3, finetune_data=train, finetune_lr=1e-2, finetune_scope="all",
-                                  refit_steps=6, refit_lr=1e-2, refit_batches=2)
+                                  refit_sweeps=40, refit_prior=2.0, refit_rows=128)
     plain = module.evaluate_subnet(sub, val)
     for key, value in module.state_dict().items():
         assert torch.equal(value, before[key]), key                     # the supernet is restored, refit or not
-    assert (refit.refit_steps, both.refit_steps, plain.refit_steps) == (6, 6, 0)
+    assert (refit.refit_sweeps, both.refit_sweeps, plain.refit_sweeps) == (40, 40, 0)
+    assert both.logloss != refit.logloss                                 # the fine-tune ran after the refit
 
-    # by hand: Adam on the first-order weights only, the batches in turn, then scoring
+    # by hand: the refit's weights are a stationary point of its objective on the first 128 rows (2 batches of 64)
     module.eval()
     module.supernet_masks.apply(sub)
     linear = list(module.backbone.model.linear_model.parameters())
+    inherited = [p.detach().clone() for p in linear]
+    fitter = FirstOrderRefit(module.backbone, train[:2])
+    objective = [_objective(module, train[:2], linear, inherited, 2.0).item()]
+    for sweeps in (1, 3, 40):                                            # every sweep lowers the objective
+        fitter.write(fitter.fit(sweeps, 2.0))
+        objective.append(_objective(module, train[:2], linear, inherited, 2.0).item())
+        for p, p0 in zip(linear, inherited):
+            p.data.copy_(p0)
+    assert objective[0] > objective[1] > objective[2] > objective[3]
+    fitter.write(fitter.fit(40, 2.0))
     for p in module.parameters():
         p.requires_grad_(False)
     for p in linear:
         p.requires_grad_(True)
-    optimizer = RowwiseAdam(linear, lr=1e-2)                        # lazy Adam on the row-wise tables
-    fit_loss = []
-    for batch in itertools.islice(itertools.cycle(train), 6):
-        loss = F.binary_cross_entropy_with_logits(module(batch), batch["label"])
-        fit_loss.append(loss.item())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    for p in module.parameters():
-        p.requires_grad_(True)
+    _objective(module, train[:2], linear, inherited, 2.0).backward()
+    assert max(float(p.grad.to_dense().abs().max()) for p in linear) < 1e-3
     with torch.no_grad():
         logits = torch.cat([module(b) for b in val])
-        after = [F.binary_cross_entropy_with_logits(module(b), b["label"]).item() for b in train]
     labels = torch.cat([b["label"] for b in val])
     assert refit.logloss == pytest.approx(F.binary_cross_entropy_with_logits(logits, labels).item(), rel=1e-5)
-    assert sum(after) < fit_loss[0] + fit_loss[1]                       # the refit lowered the training loss
-    assert both.logloss != refit.logloss                                 # the fine-tune ran after it
-    moved = [name for name, v in module.state_dict().items() if not torch.equal(v, before[name])]
-    assert moved and all(name.startswith("backbone.model.linear_model.") for name in moved)
+    for p in module.parameters():
+        p.requires_grad_(True)
+        p.grad = None
     module.supernet_masks.clear()
     module.load_state_dict(before)
-    with pytest.raises(ValueError, match="refit_steps must be >= 0"):
-        module.evaluate_subnet(sub, val, finetune_data=train, refit_steps=-1)
+    with pytest.raises(ValueError, match="refit_sweeps must be >= 0"):
+        module.evaluate_subnet(sub, val, finetune_data=train, refit_sweeps=-1)
+    with pytest.raises(ValueError, match="refit_prior > 0"):
+        module.evaluate_subnet(sub, val, finetune_data=train, refit_sweeps=1, refit_prior=0.0)
     with pytest.raises(ValueError, match="needs training batches"):
-        module.evaluate_subnet(sub, val, refit_steps=5)
+        module.evaluate_subnet(sub, val, refit_sweeps=5)
 
 
 def test_backbone_that_never_reads_first_order_weights_is_not_refit(tmp_path: Path) -> None:
@@ -116,5 +124,5 @@ def test_backbone_that_never_reads_first_order_weights_is_not_refit(tmp_path: Pa
     module = _trained(tmp_path, dm, backbone="PNN")                # PNN's forward has no first-order term
     sub = module.parse_subarch("A=2", "0.5")
     train, val = list(itertools.islice(dm.stream("train"), 2)), list(dm.stream("val"))
-    score = module.evaluate_subnet(sub, val, finetune_data=train, refit_steps=5)
-    assert score.refit_steps == 0 and score.auc == module.evaluate_subnet(sub, val).auc
+    score = module.evaluate_subnet(sub, val, finetune_data=train, refit_sweeps=5)
+    assert score.refit_sweeps == 0 and score.auc == module.evaluate_subnet(sub, val).auc

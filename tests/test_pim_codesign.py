@@ -15,7 +15,7 @@ import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from ihas_lightning.cli import main
-from ihas_lightning.modules import REFIT_BATCHES
+from ihas_lightning.modules import REFIT_ROWS
 from ihas_lightning.modules.rowwise import RowwiseAdam
 from ihas_lightning.pim import ModelSpec, PIMConfig, cache_hit_rate, estimate, zipf_hot_share
 from ihas_lightning.pim.pareto import TORS_LIMITS, beats_host, choose_point, front_summary, host_only
@@ -249,7 +249,7 @@ def test_cli_costs_at_given_vocabularies_and_refuses_malformed_ones(run_dir, cap
 
 
 def test_candidates_are_fine_tuned_in_fp32_then_rounded_and_scored(run_dir):
-    built = build_objective(StudySettings(run_dir=str(run_dir), finetune_steps=3, finetune_lr=1e-2, refit_steps=0))
+    built = build_objective(StudySettings(run_dir=str(run_dir), finetune_steps=3, finetune_lr=1e-2, refit_sweeps=0))
     module = built.module
     assert len(built.finetune_batches) == 3 and built.finetune_lr == 1e-2
     assert build_objective(StudySettings(run_dir=str(run_dir))).finetune_lr == module.hparams.lr   # default
@@ -258,7 +258,7 @@ def test_candidates_are_fine_tuned_in_fp32_then_rounded_and_scored(run_dir):
     tuned = built.accuracy(sub, "int8")
     for key, value in module.state_dict().items():
         assert torch.equal(value, before[key]), key                                   # the supernet is restored
-    plain = build_objective(StudySettings(run_dir=str(run_dir), finetune_steps=0, refit_steps=0))
+    plain = build_objective(StudySettings(run_dir=str(run_dir), finetune_steps=0, refit_sweeps=0))
     assert plain.finetune_batches == []
     assert plain.accuracy(sub, "fp32") == module.evaluate_subnet(sub, built.batches).auc
 
@@ -278,16 +278,17 @@ def test_candidates_are_fine_tuned_in_fp32_then_rounded_and_scored(run_dir):
     module.supernet_masks.clear()
     module.load_state_dict(before)
     assert tuned != plain.accuracy(sub, "int8")
-    # the default also refits the first-order weights first, on the first REFIT_BATCHES training batches
+    # the default also refits the first-order weights first, on the first REFIT_ROWS training rows (all of them here)
     refit = build_objective(StudySettings(run_dir=str(run_dir), finetune_steps=3, finetune_lr=1e-2))
-    assert (refit.finetune_steps, refit.refit_steps, len(refit.finetune_batches)) == (3, 200, REFIT_BATCHES)
+    rows = sum(len(b["label"]) for b in refit.finetune_batches)
+    assert (refit.finetune_steps, refit.refit_sweeps) == (3, 5) and rows == 2400 < REFIT_ROWS   # 80% of 3000
     by_hand = module.evaluate_subnet(sub, built.batches, 3, finetune_data=refit.finetune_batches, finetune_lr=1e-2,
-                                     finetune_scope="all", refit_steps=200,
+                                     finetune_scope="all", refit_sweeps=5,
                                      score_context=lambda: quantized_tables(module, "int8"))
-    assert by_hand.refit_steps == 200 and refit.accuracy(sub, "int8") == by_hand.auc != tuned
-    with pytest.raises(ValueError, match="finetune_steps and refit_steps must be >= 0, got -1 and 200"):
+    assert by_hand.refit_sweeps == 5 and refit.accuracy(sub, "int8") == by_hand.auc != tuned
+    with pytest.raises(ValueError, match="finetune_steps and refit_sweeps must be >= 0, got -1 and 5"):
         StudySettings(run_dir=str(run_dir), finetune_steps=-1)
-    with pytest.raises(ValueError, match="refit_lr must be > 0, got 0"):
-        StudySettings(run_dir=str(run_dir), refit_lr=0.0)
+    with pytest.raises(ValueError, match="refit_prior must be > 0, got 0"):
+        StudySettings(run_dir=str(run_dir), refit_prior=0.0)
     with pytest.raises(ValueError, match="finetune_lr must be > 0, got 0"):
         StudySettings(run_dir=str(run_dir), finetune_lr=0.0)

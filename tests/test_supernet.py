@@ -314,11 +314,11 @@ def test_cli_supernet_then_subnet(tmp_path, capsys) -> None:
     tuned = json.loads((tmp_path / "tuned.json").read_text())
     assert tuned["finetune_steps"] == 3 and tuned["finetune_scope"] == "all" and 0.3 < tuned["auc"] < 1.0
     assert "fine-tune scope" in capsys.readouterr().out
-    assert main(["subnet", "--run", str(out), "--dims", "C1=0", "--refit-steps", "20", "--refit-lr", "0.05",
+    assert main(["subnet", "--run", str(out), "--dims", "C1=0", "--refit-sweeps", "3", "--refit-prior", "0.5",
                  "--json", str(tmp_path / "refit.json")]) == 0
     refit = json.loads((tmp_path / "refit.json").read_text())
-    assert refit["refit_steps"] == 20 and refit["finetune_steps"] == 0 and score["refit_steps"] == 0
+    assert refit["refit_sweeps"] == 3 and refit["finetune_steps"] == 0 and score["refit_sweeps"] == 0
     assert refit["auc"] != json.loads(main_score(out, "C1=0"))["auc"]
-    assert "first-order refit steps" in capsys.readouterr().out
+    assert "first-order refit sweeps" in capsys.readouterr().out
     assert main(["subnet", "--run", str(out), "--dims", "C1=99"]) == 2
     assert "dimension must be in [0, 8], got 99" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..modules.supernet_module import REFIT_LR
+from ..modules.supernet_module import REFIT_PRIOR
 from .common import print_table
 
 __all__ = ["register", "run_pim"]
@@ -49,11 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "inherited weights as they are; default 10)")
     parser.add_argument("--finetune-lr", type=float, default=None,
                         help="the fine-tune's Adam learning rate (default: the supernet's)")
-    parser.add_argument("--refit-steps", type=int, default=200,
-                        help="before the fine-tune, refit each candidate's first-order weights this many steps, the "
-                             "rest frozen (0: none; default 200)")
-    parser.add_argument("--refit-lr", type=float, default=REFIT_LR,
-                        help=f"the first-order refit's Adam learning rate (default {REFIT_LR:g})")
+    parser.add_argument("--refit-sweeps", type=int, default=5,
+                        help="before the fine-tune, refit each candidate's first-order weights with this many Newton "
+                             "sweeps, the rest frozen (0: none; default 5)")
+    parser.add_argument("--refit-prior", type=float, default=REFIT_PRIOR,
+                        help="the first-order refit's prior precision around the inherited weights (default "
+                             f"{REFIT_PRIOR:g})")
     parser.add_argument("--study-name", default="pim")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=run_pim)
@@ -76,7 +77,7 @@ def run_pim(args: argparse.Namespace) -> dict:
                              workers=args.workers, max_auc_drop=args.max_auc_drop, seed=args.seed,
                              study_name=args.study_name, mode=args.mode, cost_vocab=_sizes(args.cost_vocab),
                              cost_zipf=args.cost_zipf, finetune_steps=args.finetune_steps,
-                             finetune_lr=args.finetune_lr, refit_steps=args.refit_steps, refit_lr=args.refit_lr)
+                             finetune_lr=args.finetune_lr, refit_sweeps=args.refit_sweeps, refit_prior=args.refit_prior)
     trained = None if args.baseline_epochs == 0 else train_standalone(args.run, epochs=args.baseline_epochs)
     objective = build_objective(settings)
     study = run_study(settings, objective if settings.workers == 1 else None)

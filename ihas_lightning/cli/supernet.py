@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..modules.supernet_module import FINETUNE_SCOPES, REFIT_LR
+from ..modules.supernet_module import FINETUNE_SCOPES, REFIT_PRIOR
 from ..pipeline.supernet import score_subnet, train_supernet
 from ..subarchitecture import SAMPLINGS, SupernetConfig
 from ..training import write_json
@@ -54,9 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="what the fine-tune trains: the last layer (NASRec) or every parameter the "
                           "sub-architecture uses")
     sub.add_argument("--finetune-lr", type=float, default=1e-3, help="the fine-tune's Adam learning rate")
-    sub.add_argument("--refit-steps", type=int, default=0,
-                     help="refit the first-order weights this many steps before the fine-tune (0: none)")
-    sub.add_argument("--refit-lr", type=float, default=REFIT_LR, help="the first-order refit's Adam learning rate")
+    sub.add_argument("--refit-sweeps", type=int, default=0,
+                     help="refit the first-order weights with this many Newton sweeps before the fine-tune (0: none)")
+    sub.add_argument("--refit-prior", type=float, default=REFIT_PRIOR, help="the first-order refit's prior precision")
     sub.add_argument("--checkpoint", default=None, help="default: RUN/supernet/checkpoints/last.ckpt")
     sub.add_argument("--json", default=None, help="also write the score to this JSON file")
     sub.set_defaults(handler=run_subnet)
@@ -87,7 +87,7 @@ def run_supernet(args: argparse.Namespace) -> dict:
 def run_subnet(args: argparse.Namespace) -> dict:
     result = score_subnet(args.run, args.dims, args.widths, args.finetune_steps, args.checkpoint,
                           finetune_scope=args.finetune_scope, finetune_lr=args.finetune_lr,
-                          refit_steps=args.refit_steps, refit_lr=args.refit_lr)
+                          refit_sweeps=args.refit_sweeps, refit_prior=args.refit_prior)
     if args.json:
         write_json(Path(args.json), result)
     flops = result["flops_per_sample"]
@@ -95,7 +95,7 @@ def run_subnet(args: argparse.Namespace) -> dict:
         ["val AUC", result["auc"]], ["val logloss", result["logloss"]],
         ["embedding parameters", result["embedding_params"]], ["embedding share", result["embedding_share"]],
         ["FLOPs per sample", "n/a" if flops is None else f"{flops:,.0f}"],
-        ["first-order refit steps", result["refit_steps"]],
+        ["first-order refit sweeps", result["refit_sweeps"]],
         ["fine-tune steps", result["finetune_steps"]], ["fine-tune scope", result["finetune_scope"] or "-"],
         ["seconds", result["seconds"]],
     ])

@@ -8,8 +8,8 @@ from .linear_router import LinearRouter
 from .retrain_module import RetrainModule
 from .router import Router
 from .search_module import SearchModule
-from .supernet_module import FINETUNE_SCOPES, REFIT_BATCHES, REFIT_LR, FinetuneScope, SubnetScore, SupernetModule
+from .supernet_module import FINETUNE_SCOPES, REFIT_ROWS, REFIT_PRIOR, FinetuneScope, SubnetScore, SupernetModule
 
-__all__ = ["FINETUNE_SCOPES", "REFIT_BATCHES", "REFIT_LR", "BackboneConfig", "BackboneModule", "CTRModule",
+__all__ = ["FINETUNE_SCOPES", "REFIT_ROWS", "REFIT_PRIOR", "BackboneConfig", "BackboneModule", "CTRModule",
            "FinetuneScope", "FirstOrderRefit", "LinearRouter", "NonFiniteLossError", "RetrainModule", "Router",
            "SearchModule", "SubnetScore", "SupernetModule"]

@@ -8,12 +8,13 @@ dropping ``item_id`` cost 0.025 validation AUC against stand-alone training, kee
 (``benchmarks/results/supernet_rank.md``), so candidates sorted by which fields they drop rather than by
 quality.
 
-:class:`FirstOrderRefit` fits those weights again for the candidate: everything else is frozen, so the rest of
-the network's logit on the refit batches is computed once (one forward per batch), and the first-order logit is
-a sparse linear map of the ids (one per single-valued field, the mean over present ids of a multi-valued one,
-the dense values). Each step is then a gather and a scatter over the batch's ids and a lazy Adam update of
-the ids it touched, far cheaper than a step of the network. The refit is a logistic regression with the rest
-of the network as offset. See docs/design.md#5-supernet-sampling.
+:class:`FirstOrderRefit` fits those weights again for the candidate, everything else frozen: a logistic
+regression with the rest of the network as offset. The rest's logit on the refit rows is computed once (one
+forward per batch), and the first-order logit is a sparse linear map of the ids (one per single-valued field,
+the mean over present ids of a multi-valued one, the dense values), so the fit costs a few gathers and scatters
+over those rows per table. It is a maximum a posteriori fit with a Gaussian prior around the inherited
+weights, so an id seen in few rows stays near what the supernet learned: without it (200 Adam steps on 20k
+rows, tried first) the refit overfit those rows and cost 0.02-0.05 validation AUC (docs/design.md, section 5).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class FirstOrderRefit:
 
     Args:
         backbone: the supernet's backbone; its ``linear_model`` tables (and dense weight) are what is refit.
-        batches: training batches the refit fits (the same every step, cycled).
+        batches: the training batches the refit fits.
 
     ``available`` is False for backbones without first-order tables and for :data:`REFINED_FIRST_ORDER`; then,
     and for backbones whose forward never reads them (PNN), :meth:`fit` returns None.
@@ -125,37 +126,53 @@ class FirstOrderRefit:
         return torch.zeros_like(d.labels).index_add_(0, d.rows, flat[d.touched][d.local] * d.values)
 
     @torch.no_grad()
-    def fit(self, steps: int, lr: float) -> Tensor | None:
-        """Fit the first-order weights for the backbone as it is now (masks applied); returns them, flat (the
-        tables are not touched: :meth:`write` them), or None where the backbone has none or never reads them.
+    def fit(self, sweeps: int, prior: float) -> Tensor | None:
+        """Maximum a posteriori first-order weights for the backbone as it is now (masks applied).
 
-        The rest of the logit is the backbone's output less the current first-order logit, per batch (one
-        forward each). Then ``steps`` lazy Adam steps (``RowwiseAdam``'s rule: only the weights a batch reads
-        move, bias correction by the step count) on the batches in turn, minimising their logloss.
+        Minimises the refit rows' summed logloss plus ``prior / 2 * ||w - w_inherited||^2``, one table (block)
+        at a time, ``sweeps`` times over the blocks. A block's step is ``-g / (h + prior)`` with ``h`` the
+        logloss's curvature bound ``sum_rows p (1 - p) |x_j| sum_k |x_k|`` (exact for a single-valued field,
+        whose ids never share a row), so every step lowers the objective. The prior keeps an id seen in few
+        rows near its inherited weight. The rest of the logit is the backbone's output less the inherited
+        first-order logit, per batch (one forward each). Returns the weights, flat (the tables are not touched:
+        :meth:`write` them), or None where the backbone has no first-order weights or never reads them.
         """
         if not self.available or not self.batches:
             return None
-        flat = self.read()
+        inherited = self.read()
         calls = []
         hook = self.backbone.model.linear_model.register_forward_hook(lambda *_: calls.append(1))
         try:
-            offsets = [self.backbone(batch) - self.logit(flat, i) for i, batch in enumerate(self.batches)]
+            offsets = [self.backbone(batch) - self.logit(inherited, i) for i, batch in enumerate(self.batches)]
         finally:
             hook.remove()
-        if len(calls) < len(self.batches):                     # the model's forward does not add the first order
+        if len(calls) < len(self.batches):
             return None
-        exp_avg, exp_avg_sq = torch.zeros_like(flat), torch.zeros_like(flat)
-        beta1, beta2, eps = 0.9, 0.999, 1e-8
-        for step in range(1, steps + 1):
-            index = (step - 1) % len(self.designs)
-            d = self.designs[index]
-            w = flat[d.touched]
-            z = offsets[index] + torch.zeros_like(d.labels).index_add_(0, d.rows, w[d.local] * d.values)
-            residual = (torch.sigmoid(z) - d.labels) / d.labels.shape[0]                      # d logloss / d z
-            grad = torch.zeros_like(w).index_add_(0, d.local, residual[d.rows] * d.values)     # (U,)
-            m = exp_avg[d.touched].mul_(beta1).add_(grad, alpha=1 - beta1)
-            v = exp_avg_sq[d.touched].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            exp_avg[d.touched], exp_avg_sq[d.touched] = m, v
-            denom = (v / (1 - beta2 ** step)).sqrt_().add_(eps)
-            flat[d.touched] = w - lr / (1 - beta1 ** step) * m / denom
+        rows, cols, values, start = [], [], [], 0
+        for d in self.designs:
+            rows.append(d.rows + start)
+            cols.append(d.touched[d.local])
+            values.append(d.values)
+            start += d.labels.shape[0]
+        rows, cols, values = torch.cat(rows), torch.cat(cols), torch.cat(values)
+        labels = torch.cat([d.labels for d in self.designs])
+        flat = inherited.clone()
+        z = torch.cat(offsets).index_add_(0, rows, flat[cols] * values)                       # (N,)
+        blocks, offset = [], 0
+        for param in self.params:
+            size = param.numel()
+            inside = (cols >= offset) & (cols < offset + size)
+            r, c, v = rows[inside], cols[inside] - offset, values[inside]
+            row_sum = torch.zeros_like(z).index_add_(0, r, v.abs())                            # sum_k |x_k|
+            blocks.append((offset, size, r, c, v, v.abs() * row_sum[r]))
+            offset += size
+        for _ in range(sweeps):
+            for offset, size, r, c, v, bound in blocks:
+                p = torch.sigmoid(z)
+                w = flat[offset:offset + size]
+                grad = torch.zeros_like(w).index_add_(0, c, v * (p - labels)[r])
+                curve = torch.zeros_like(w).index_add_(0, c, bound * (p * (1 - p))[r])
+                delta = -(grad + prior * (w - inherited[offset:offset + size])) / (curve + prior)
+                w += delta
+                z.index_add_(0, r, v * delta[c])
         return flat

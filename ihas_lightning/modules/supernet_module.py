@@ -25,15 +25,27 @@ from .config import BackboneConfig
 from .first_order_refit import FirstOrderRefit
 from .rowwise import RowwiseAdam
 
-__all__ = ["FINETUNE_SCOPES", "REFIT_BATCHES", "REFIT_LR", "FinetuneScope", "SupernetModule", "SubnetScore"]
+__all__ = ["FINETUNE_SCOPES", "REFIT_PRIOR", "REFIT_ROWS", "FinetuneScope", "SupernetModule", "SubnetScore"]
 
 FinetuneScope = Literal["last_layer", "all"]
 FINETUNE_SCOPES: tuple[str, ...] = ("last_layer", "all")
 """What a pre-scoring fine-tune trains: NASRec's last layer, or every parameter the sub-architecture uses."""
-REFIT_LR = 3e-2
-"""The first-order refit's Adam learning rate (chosen on the development sets, docs/design.md#5-supernet-sampling)."""
-REFIT_BATCHES = 10
-"""Training batches the first-order refit fits (the fine-tune's first ones)."""
+REFIT_PRIOR = 1.0
+"""The first-order refit's Gaussian prior around the inherited weights (its precision; chosen on the development
+sets, docs/design.md#5-supernet-sampling)."""
+REFIT_ROWS = 40_000
+"""Training rows the first-order refit fits (the first batches that hold them)."""
+
+
+def _first_rows(batches: Sequence[Batch], rows: int) -> list[Batch]:
+    """The first batches that hold ``rows`` rows (all of them if they hold fewer)."""
+    out, seen = [], 0
+    for batch in batches:
+        if seen >= rows:
+            break
+        out.append(batch)
+        seen += len(batch["label"])
+    return out
 
 
 @dataclass(frozen=True)
@@ -49,7 +61,7 @@ class SubnetScore:
     finetune_steps: int
     seconds: float
     finetune_scope: str | None = None  # what the fine-tune trained (None: no fine-tune)
-    refit_steps: int = 0  # first-order refit steps before the fine-tune (0: none, or no first-order part)
+    refit_sweeps: int = 0  # first-order refit sweeps before the fine-tune (0: none, or no first-order part)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -226,8 +238,8 @@ class SupernetModule(BackboneModule):
 
     def evaluate_subnet(self, subarch: SubArchitecture, data: Any, finetune_steps: int = 0, *,
                         finetune_data: Iterable[Batch] | None = None, finetune_lr: float = 1e-3,
-                        finetune_scope: FinetuneScope = "last_layer", refit_steps: int = 0,
-                        refit_lr: float = REFIT_LR, refit_batches: int = REFIT_BATCHES,
+                        finetune_scope: FinetuneScope = "last_layer", refit_sweeps: int = 0,
+                        refit_prior: float = REFIT_PRIOR, refit_rows: int = REFIT_ROWS,
                         score_context: Callable[[], contextlib.AbstractContextManager] | None = None) -> SubnetScore:
         """Score ``subarch`` with inherited weights: validation AUC and logloss, parameters, wall seconds.
 
@@ -238,28 +250,29 @@ class SupernetModule(BackboneModule):
         (``"all"``: embedding rows, DNN units, FM and linear parts; it ranked candidates of similar size better
         in ``benchmarks/results/supernet_rank.md``). The weights are restored afterwards, so the supernet is
         unchanged. The module is in eval mode throughout (no dropout, batch-norm statistics untouched).
-        With ``refit_steps > 0`` the first-order weights are refit first (:class:`FirstOrderRefit`: ``refit_steps``
-        lazy Adam steps at ``refit_lr`` on the first ``refit_batches`` training batches, the rest of the network
-        frozen), so a field the candidate drops or narrows gets back in its first-order weight what its embedding
-        carried in the supernet; skipped (``SubnetScore.refit_steps`` 0) for backbones without such weights (PNN).
+        With ``refit_sweeps > 0`` the first-order weights are refit first (:class:`FirstOrderRefit`: a maximum a
+        posteriori fit, prior precision ``refit_prior`` around the inherited weights, ``refit_sweeps`` Newton sweeps
+        over the tables, on the first ``refit_rows`` training rows; the rest of the network frozen), so a field the
+        candidate drops or narrows gets back in its first-order weight what its embedding carried in the
+        supernet; skipped (``SubnetScore.refit_sweeps`` 0) for backbones without such weights (PNN).
         ``score_context``, if given, is entered around the scoring alone, after the fine-tune (the PIM study rounds
         the tables to a storage precision there).
         """
-        if finetune_steps < 0 or refit_steps < 0 or refit_batches < 1:
-            raise ValueError(f"finetune_steps and refit_steps must be >= 0 and refit_batches >= 1, got "
-                             f"{finetune_steps}, {refit_steps} and {refit_batches}")
+        if finetune_steps < 0 or refit_sweeps < 0 or refit_rows < 1 or not refit_prior > 0:
+            raise ValueError(f"finetune_steps and refit_sweeps must be >= 0, refit_rows >= 1 and refit_prior > 0, got "
+                             f"{finetune_steps}, {refit_sweeps}, {refit_rows} and {refit_prior}")
         self.finetune_parameters(finetune_scope)                                 # a bad scope fails first
         start = time.perf_counter()
-        val_batches, train_batches = self._evaluation_data(
-            data, finetune_data, max(finetune_steps, refit_batches if refit_steps else 0))
+        val_batches, train_batches = self._evaluation_data(data, finetune_data, finetune_steps,
+                                                           refit_rows if refit_sweeps else 0)
         masks, was_training, previous = self.supernet_masks, self.training, self.supernet_masks.active
         undo, refit, first_order = _FinetuneUndo(), None, None
         self.eval()
         try:
             masks.apply(subarch)
-            if refit_steps:
-                refit = FirstOrderRefit(self.backbone, train_batches[:refit_batches])
-                fitted = refit.fit(refit_steps, refit_lr)
+            if refit_sweeps:
+                refit = FirstOrderRefit(self.backbone, _first_rows(train_batches, refit_rows))
+                fitted = refit.fit(refit_sweeps, refit_prior)
                 if fitted is not None:
                     first_order = refit.read()
                     refit.write(fitted)
@@ -278,37 +291,43 @@ class SupernetModule(BackboneModule):
         flops = flops_or_none(lambda: backbone_flops(self.backbone, subarch.dims, subarch.widths))
         return SubnetScore(subarch.to_dict(), auc, logloss, params, params / self.backbone.embedding_params, flops,
                            finetune_steps, time.perf_counter() - start, finetune_scope if finetune_steps else None,
-                           refit_steps if first_order is not None else 0)
+                           refit_sweeps if first_order is not None else 0)
 
     def evaluate_many(self, subarchs: Sequence[SubArchitecture], data: Any, finetune_steps: int = 0, *,
                       finetune_data: Iterable[Batch] | None = None, finetune_lr: float = 1e-3,
-                      finetune_scope: FinetuneScope = "last_layer", refit_steps: int = 0,
-                      refit_lr: float = REFIT_LR, refit_batches: int = REFIT_BATCHES) -> list[SubnetScore]:
+                      finetune_scope: FinetuneScope = "last_layer", refit_sweeps: int = 0,
+                      refit_prior: float = REFIT_PRIOR, refit_rows: int = REFIT_ROWS) -> list[SubnetScore]:
         """:meth:`evaluate_subnet` for each sub-architecture, reading the data once."""
-        val_batches, train_batches = self._evaluation_data(
-            data, finetune_data, max(finetune_steps, refit_batches if refit_steps else 0))
+        val_batches, train_batches = self._evaluation_data(data, finetune_data, finetune_steps,
+                                                           refit_rows if refit_sweeps else 0)
         return [self.evaluate_subnet(s, val_batches, finetune_steps, finetune_data=train_batches,
-                                     finetune_lr=finetune_lr, finetune_scope=finetune_scope, refit_steps=refit_steps,
-                                     refit_lr=refit_lr, refit_batches=refit_batches) for s in subarchs]
+                                     finetune_lr=finetune_lr, finetune_scope=finetune_scope, refit_sweeps=refit_sweeps,
+                                     refit_prior=refit_prior, refit_rows=refit_rows) for s in subarchs]
 
-    def _evaluation_data(self, data: Any, finetune_data: Iterable[Batch] | None,
-                         train_count: int) -> tuple[list[Batch], list[Batch]]:
-        """The validation batches and the first ``train_count`` training batches (fine-tune and refit)."""
+    def _evaluation_data(self, data: Any, finetune_data: Iterable[Batch] | None, batches: int,
+                         rows: int) -> tuple[list[Batch], list[Batch]]:
+        """The validation batches and the first training batches: at least ``batches`` of them (the fine-tune's
+        steps) and ``rows`` rows (the refit's), fewer where the data ends."""
+        needed = batches > 0 or rows > 0
         if hasattr(data, "stream"):
             val = data.stream("val")
-            if finetune_data is None and train_count:
-                finetune_data = itertools.islice(data.stream("train"), train_count)
+            if finetune_data is None and needed:
+                finetune_data = data.stream("train")
         else:
             val = data
-        if train_count and finetune_data is None:
-            raise ValueError("finetune_steps or refit_steps > 0 needs training batches: pass a CTRDataModule or "
+        if needed and finetune_data is None:
+            raise ValueError("finetune_steps or refit_sweeps > 0 needs training batches: pass a CTRDataModule or "
                              "finetune_data")
         val_batches = [self._to_device(b) for b in val]
         if not val_batches:
             raise ValueError("no validation batches to score the sub-architecture on")
-        train_batches = [self._to_device(b) for b in itertools.islice(finetune_data, train_count)] \
-            if train_count else []
-        if train_count and not train_batches:
+        train_batches, seen = [], 0
+        for batch in finetune_data if needed else ():
+            if len(train_batches) >= batches and seen >= rows:
+                break
+            train_batches.append(self._to_device(batch))
+            seen += len(batch["label"])
+        if needed and not train_batches:
             raise ValueError("finetune_data gave no training batches")
         return val_batches, train_batches
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import itertools
 import json
 import math
 import multiprocessing
@@ -43,7 +42,7 @@ from typing import Any
 import optuna
 import torch
 
-from ..modules.supernet_module import REFIT_BATCHES, REFIT_LR
+from ..modules.supernet_module import REFIT_ROWS, REFIT_PRIOR
 from .config import get_preset
 from .cost_model import estimate
 from .search_space import Candidate, SearchSpace, model_spec, suggest
@@ -67,8 +66,9 @@ class StudySettings:
 
     ``finetune_steps``: each candidate's whole sub-network is first trained this many Adam steps on the first
     training batches, at ``finetune_lr`` (None: the supernet's own learning rate), then scored (0: inherited weights
-    as they are). Before that the first-order weights are refit for ``refit_steps`` steps at ``refit_lr``
-    (:class:`~ihas_lightning.modules.FirstOrderRefit`; 0: none). Both together ranked candidates of similar size
+    as they are). Before that the first-order weights are refit (:class:`~ihas_lightning.modules.FirstOrderRefit`:
+    ``refit_sweeps`` Newton sweeps, prior precision ``refit_prior``, on the first
+    :data:`~ihas_lightning.modules.REFIT_ROWS` training rows; 0: none). Both together ranked candidates of similar size
     better on the development data of ``benchmarks/results/supernet_rank.md``.
     """
 
@@ -86,15 +86,15 @@ class StudySettings:
     cost_zipf: float | None = None
     finetune_steps: int = 10
     finetune_lr: float | None = None
-    refit_steps: int = 200
-    refit_lr: float = REFIT_LR
+    refit_sweeps: int = 5
+    refit_prior: float = REFIT_PRIOR
 
     def __post_init__(self) -> None:
-        if self.finetune_steps < 0 or self.refit_steps < 0:
-            raise ValueError(f"finetune_steps and refit_steps must be >= 0, got {self.finetune_steps} and "
-                             f"{self.refit_steps}")
-        if not self.refit_lr > 0:
-            raise ValueError(f"refit_lr must be > 0, got {self.refit_lr}")
+        if self.finetune_steps < 0 or self.refit_sweeps < 0:
+            raise ValueError(f"finetune_steps and refit_sweeps must be >= 0, got {self.finetune_steps} and "
+                             f"{self.refit_sweeps}")
+        if not self.refit_prior > 0:
+            raise ValueError(f"refit_prior must be > 0, got {self.refit_prior}")
         if self.finetune_lr is not None and not self.finetune_lr > 0:
             raise ValueError(f"finetune_lr must be > 0, got {self.finetune_lr}")
         if self.trials < 0 or self.workers < 1:
@@ -176,18 +176,18 @@ class PIMObjective:
         finetune_batches, finetune_lr, finetune_steps: training batches; each candidate's whole sub-network is
             trained ``finetune_steps`` Adam steps on them (None: one on each) at ``finetune_lr`` before it is scored,
             in fp32; the tables are rounded to the candidate's precision after that.
-        refit_steps, refit_lr: the first-order refit before the fine-tune, on the first
-            :data:`~ihas_lightning.modules.REFIT_BATCHES` of ``finetune_batches`` (0: none).
+        refit_sweeps, refit_prior: the first-order refit before the fine-tune, on the first
+            :data:`~ihas_lightning.modules.REFIT_ROWS` rows of ``finetune_batches`` (0: none).
     """
 
     def __init__(self, module: Any, space: SearchSpace, batches: Sequence[dict], max_auc_drop: float | None = None,
                  memo: dict[tuple, float] | None = None, finetune_batches: Sequence[dict] = (),
-                 finetune_lr: float = 1e-2, finetune_steps: int | None = None, refit_steps: int = 0,
-                 refit_lr: float = REFIT_LR):
+                 finetune_lr: float = 1e-2, finetune_steps: int | None = None, refit_sweeps: int = 0,
+                 refit_prior: float = REFIT_PRIOR):
         self.module, self.space, self.batches = module, space, list(batches)
         self.finetune_batches, self.finetune_lr = list(finetune_batches), finetune_lr
         self.finetune_steps = len(self.finetune_batches) if finetune_steps is None else finetune_steps
-        self.refit_steps, self.refit_lr = (refit_steps, refit_lr) if self.finetune_batches else (0, refit_lr)
+        self.refit_sweeps, self.refit_prior = (refit_sweeps, refit_prior) if self.finetune_batches else (0, refit_prior)
         self.max_auc_drop = max_auc_drop
         self._aucs = {} if memo is None else memo  # validation AUCs by candidate, shared by objectives of one module
         self.baseline_auc = self.accuracy(space.full, "fp32")
@@ -201,7 +201,8 @@ class PIMObjective:
             return self._aucs[key]
         auc = self.module.evaluate_subnet(
             subarch, batches or self.batches, self.finetune_steps, finetune_data=self.finetune_batches,
-            finetune_lr=self.finetune_lr, finetune_scope="all", refit_steps=self.refit_steps, refit_lr=self.refit_lr,
+            finetune_lr=self.finetune_lr, finetune_scope="all", refit_sweeps=self.refit_sweeps,
+            refit_prior=self.refit_prior,
             score_context=lambda: quantized_tables(self.module, precision)).auc
         if batches is None:
             self._aucs[key] = auc
@@ -318,7 +319,7 @@ def _study(settings: StudySettings, seed: int) -> optuna.Study:
 
 def build_objective(settings: StudySettings) -> PIMObjective:
     """The trial objective of a study: the run's trained supernet scored on its validation batches, each candidate
-    after ``settings.refit_steps`` first-order refit and ``settings.finetune_steps`` fine-tuning steps on the first
+    after ``settings.refit_sweeps`` first-order refit and ``settings.finetune_steps`` fine-tuning steps on the first
     training batches.
 
     The validation batches are read once per loaded supernet and kept, so the workers of a study share them, and
@@ -330,21 +331,32 @@ def build_objective(settings: StudySettings) -> PIMObjective:
     if key not in _BATCHES:
         _BATCHES[key] = [dict(b) for b in dm.stream("val")]
     steps, lr = settings.finetune_steps, settings.finetune_lr or float(module.hparams.lr)
-    refit = (settings.refit_steps, settings.refit_lr)
-    count = max(steps, REFIT_BATCHES if settings.refit_steps else 0)
-    train_key = ("train", id(module), count)
+    refit = (settings.refit_sweeps, settings.refit_prior)
+    rows = REFIT_ROWS if settings.refit_sweeps else 0
+    train_key = ("train", id(module), steps, rows)
     if train_key not in _BATCHES:
-        _BATCHES[train_key] = [dict(b) for b in itertools.islice(dm.stream("train"), count)]
+        _BATCHES[train_key] = _first_batches(dm.stream("train"), steps, rows)
     space = SearchSpace.from_module(module, dm, dim_choices=_dim_choices(settings.run_dir, module),
                                     mode=settings.mode)
     if settings.cost_vocab is not None:
         space = space.at_vocabulary(settings.cost_vocab, settings.cost_zipf)
     return PIMObjective(module, space, _BATCHES[key], settings.max_auc_drop,
                         memo=_AUCS.setdefault((*key, steps, lr, *refit), {}), finetune_batches=_BATCHES[train_key],
-                        finetune_lr=lr, finetune_steps=steps, refit_steps=refit[0], refit_lr=refit[1])
+                        finetune_lr=lr, finetune_steps=steps, refit_sweeps=refit[0], refit_prior=refit[1])
 
 
 _BATCHES: dict[tuple, list] = {}
+
+
+def _first_batches(stream: Iterator[dict], count: int, rows: int) -> list[dict]:
+    """The first training batches: at least ``count`` of them holding at least ``rows`` rows (fewer at the end)."""
+    out, seen = [], 0
+    for batch in stream:
+        if len(out) >= count and seen >= rows:
+            break
+        out.append(dict(batch))
+        seen += len(batch["label"])
+    return out
 _AUCS: dict[tuple, dict] = {}
 
 

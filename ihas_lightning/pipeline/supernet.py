@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 from ..callbacks.supernet_sampler import SupernetSampler
 from ..data.config import DataConfig
 from ..json_files import read_json
-from ..modules.supernet_module import REFIT_LR, FinetuneScope, SupernetModule
+from ..modules.supernet_module import REFIT_PRIOR, FinetuneScope, SupernetModule
 from ..run_config import RunConfig
 from ..subarchitecture import SupernetConfig
 from ..training import datamodule_from_config, make_trainer, write_json
@@ -79,7 +79,7 @@ def train_supernet(out: str | Path, config: RunConfig, space: SupernetConfig,
 
 def score_subnet(run: str | Path, dims: str = "", widths: str | None = None, finetune_steps: int = 0,
                  checkpoint: str | Path | None = None, *, finetune_scope: FinetuneScope = "last_layer",
-                 finetune_lr: float = 1e-3, refit_steps: int = 0, refit_lr: float = REFIT_LR) -> dict:
+                 finetune_lr: float = 1e-3, refit_sweeps: int = 0, refit_prior: float = REFIT_PRIOR) -> dict:
     """Validation score of one sub-architecture (``FIELD=D,...`` and DNN ``widths``) with inherited weights,
     optionally after a first-order refit and a fine-tune (:meth:`SupernetModule.evaluate_subnet`)."""
     stage = Path(run) / "supernet"
@@ -93,5 +93,5 @@ def score_subnet(run: str | Path, dims: str = "", widths: str | None = None, fin
     module = SupernetModule.load_from_checkpoint(str(checkpoint), map_location="cpu")
     subarch = module.parse_subarch(dims, widths)
     score = module.evaluate_subnet(subarch, dm, finetune_steps=finetune_steps, finetune_scope=finetune_scope,
-                                   finetune_lr=finetune_lr, refit_steps=refit_steps, refit_lr=refit_lr)
+                                   finetune_lr=finetune_lr, refit_sweeps=refit_sweeps, refit_prior=refit_prior)
     return {**score.to_dict(), "subarchitecture": str(subarch), "run": str(run), "checkpoint": str(checkpoint)}
