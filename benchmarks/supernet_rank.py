@@ -103,8 +103,8 @@ still lead there (overall 0.59 and 0.60, within-band 0.43 and 0.42, against 0.56
 sub-architecture a step; after the whole-network fine-tune all four are within 0.02 overall, 0.65-0.67, and the
 sandwich rule leads within bands, 0.52 against 0.48-0.51), so it stays the headline (and the PIM study's
 supernet), although MovieLens-1M-first3k ranks better with one sub-architecture a step. With the first-order refit
-before the fine-tune (at 94dc238) it still leads within bands there (0.66 against 0.53-0.66; overall 0.71 against
-0.69-0.73)."""
+before the fine-tune (at 865251d) ``sandwich_kd`` leads it there by 0.01 (within-band 0.68 against 0.67, overall 0.76
+against 0.75; one sub-architecture a step 0.54-0.59 and 0.69-0.72), within what the supernet's seed moves: kept."""
 DEFAULT_VARIANT = "sandwich,baseline"
 MAX_EPOCHS = 10
 """The most epochs of an early-stopped stand-alone training (at lr 1e-2 the candidates' best epochs were 4 on the

@@ -319,8 +319,8 @@ def _study(settings: StudySettings, seed: int) -> optuna.Study:
 
 def build_objective(settings: StudySettings) -> PIMObjective:
     """The trial objective of a study: the run's trained supernet scored on its validation batches, each candidate
-    after ``settings.refit_sweeps`` first-order refit and ``settings.finetune_steps`` fine-tuning steps on the first
-    training batches.
+    after a first-order refit (``settings.refit_sweeps`` sweeps) and ``settings.finetune_steps`` fine-tuning steps on
+    the first training batches.
 
     The validation batches are read once per loaded supernet and kept, so the workers of a study share them, and
     so are the validation AUCs of the candidates scored: a second study on the same supernet (another cost
