@@ -16,10 +16,10 @@ Per data set (MovieLens-100K, MovieLens-1M-first3k, synthetic):
 * each supernet variant (``--variants``, see ``VARIANTS``): one supernet per ``--supernet-seeds`` seed, every
   candidate scored with inherited weights, and after its first-order weights are refit (``--refit-sweeps`` 5
   Newton sweeps, prior ``--refit-prior`` 1, on 40k training rows, the rest frozen: ``FirstOrderRefit``) and a
-  short fine-tune: ``--finetune-steps`` (10)
-  Adam steps at ``--finetune-lr`` (1e-2, the training's) of every parameter the candidate uses
-  (``--finetune-scope all``; ``last_layer`` with 50 steps at 1e-3 is NASRec's post-training fine-tune, an earlier
-  results' column; ``--refit-sweeps 0`` the fine-tune alone, the column before the refit).
+  short fine-tune: ``--finetune-steps`` (10) Adam steps at ``--finetune-lr`` (1e-2, the training's) of every
+  parameter the candidate uses (``--finetune-scope all``; ``last_layer`` with 50 steps at 1e-3 is NASRec's
+  post-training fine-tune, an earlier results' column; ``--refit-sweeps 0`` the fine-tune alone, the column before
+  the refit).
 
 Reported: Kendall tau (inherited / fine-tuned vs stand-alone) per band and over all candidates, the same tau
 between the two stand-alone seeds (the ceiling of any proxy), and speed-ups: one inherited evaluation

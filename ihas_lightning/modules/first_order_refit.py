@@ -40,9 +40,8 @@ class _Design:
     """One batch's first-order logit as a sparse map: ``logit[rows] += weight[cols] * values``."""
 
     rows: Tensor    # (nnz,) batch row of each term
-    local: Tensor   # (nnz,) index of the term's weight in ``touched``
+    cols: Tensor    # (nnz,) index of the term's weight in the flat vector
     values: Tensor  # (nnz,)
-    touched: Tensor  # (U,) flat indices of the weights the batch reads, unique
     labels: Tensor  # (B,)
 
 
@@ -104,9 +103,7 @@ class FirstOrderRefit:
             rows.append(arange.repeat_interleave(k))
             cols.append(torch.arange(k, device=arange.device).repeat(n) + starts[id(dense_weight)])
             values.append(batch["dense"].reshape(-1).to(dtype))
-        col = torch.cat(cols)
-        touched, local = torch.unique(col, return_inverse=True)
-        return _Design(torch.cat(rows), local, torch.cat(values), touched, batch["label"].to(dtype))
+        return _Design(torch.cat(rows), torch.cat(cols), torch.cat(values), batch["label"].to(dtype))
 
     def read(self) -> Tensor:
         """The first-order weights, flat (a copy)."""
@@ -123,7 +120,7 @@ class FirstOrderRefit:
     def logit(self, flat: Tensor, index: int) -> Tensor:
         """(B,) first-order logit of batch ``index`` under weights ``flat``."""
         d = self.designs[index]
-        return torch.zeros_like(d.labels).index_add_(0, d.rows, flat[d.touched][d.local] * d.values)
+        return torch.zeros_like(d.labels).index_add_(0, d.rows, flat[d.cols] * d.values)
 
     @torch.no_grad()
     def fit(self, sweeps: int, prior: float) -> Tensor | None:
@@ -133,9 +130,10 @@ class FirstOrderRefit:
         at a time, ``sweeps`` times over the blocks. A block's step is ``-g / (h + prior)`` with ``h`` the
         logloss's curvature bound ``sum_rows p (1 - p) |x_j| sum_k |x_k|`` (exact for a single-valued field,
         whose ids never share a row), so every step lowers the objective. The prior keeps an id seen in few
-        rows near its inherited weight. The rest of the logit is the backbone's output less the inherited
-        first-order logit, per batch (one forward each). Returns the weights, flat (the tables are not touched:
-        :meth:`write` them), or None where the backbone has no first-order weights or never reads them.
+        rows near its inherited weight. The fit starts from the backbone's own logits (one forward per batch) and
+        moves them by the first-order weights' changes only, the rest of the network fixed. Returns the weights,
+        flat (the tables are not touched: :meth:`write` them), or None where the backbone has no first-order
+        weights or never reads them.
         """
         if not self.available or not self.batches:
             return None
@@ -143,21 +141,19 @@ class FirstOrderRefit:
         calls = []
         hook = self.backbone.model.linear_model.register_forward_hook(lambda *_: calls.append(1))
         try:
-            offsets = [self.backbone(batch) - self.logit(inherited, i) for i, batch in enumerate(self.batches)]
+            z = torch.cat([self.backbone(batch) for batch in self.batches])                    # (N,) logits
         finally:
             hook.remove()
         if len(calls) < len(self.batches):
             return None
-        rows, cols, values, start = [], [], [], 0
+        rows, start = [], 0
         for d in self.designs:
             rows.append(d.rows + start)
-            cols.append(d.touched[d.local])
-            values.append(d.values)
             start += d.labels.shape[0]
-        rows, cols, values = torch.cat(rows), torch.cat(cols), torch.cat(values)
+        rows = torch.cat(rows)
+        cols, values = torch.cat([d.cols for d in self.designs]), torch.cat([d.values for d in self.designs])
         labels = torch.cat([d.labels for d in self.designs])
         flat = inherited.clone()
-        z = torch.cat(offsets).index_add_(0, rows, flat[cols] * values)                       # (N,)
         blocks, offset = [], 0
         for param in self.params:
             size = param.numel()

@@ -25,7 +25,8 @@ from .config import BackboneConfig
 from .first_order_refit import FirstOrderRefit
 from .rowwise import RowwiseAdam
 
-__all__ = ["FINETUNE_SCOPES", "REFIT_PRIOR", "REFIT_ROWS", "FinetuneScope", "SupernetModule", "SubnetScore"]
+__all__ = ["FINETUNE_SCOPES", "REFIT_PRIOR", "REFIT_ROWS", "FinetuneScope", "SupernetModule", "SubnetScore",
+           "first_batches"]
 
 FinetuneScope = Literal["last_layer", "all"]
 FINETUNE_SCOPES: tuple[str, ...] = ("last_layer", "all")
@@ -37,11 +38,12 @@ REFIT_ROWS = 40_000
 """Training rows the first-order refit fits (the first batches that hold them)."""
 
 
-def _first_rows(batches: Sequence[Batch], rows: int) -> list[Batch]:
-    """The first batches that hold ``rows`` rows (all of them if they hold fewer)."""
+def first_batches(batches: Iterable[Batch], count: int = 0, rows: int = 0) -> list[Batch]:
+    """The first batches: at least ``count`` of them, holding at least ``rows`` rows (fewer where they end); what
+    a fine-tune of ``count`` steps and a first-order refit on ``rows`` rows read."""
     out, seen = [], 0
     for batch in batches:
-        if seen >= rows:
+        if len(out) >= count and seen >= rows:
             break
         out.append(batch)
         seen += len(batch["label"])
@@ -271,7 +273,7 @@ class SupernetModule(BackboneModule):
         try:
             masks.apply(subarch)
             if refit_sweeps:
-                refit = FirstOrderRefit(self.backbone, _first_rows(train_batches, refit_rows))
+                refit = FirstOrderRefit(self.backbone, first_batches(train_batches, rows=refit_rows))
                 fitted = refit.fit(refit_sweeps, refit_prior)
                 if fitted is not None:
                     first_order = refit.read()
@@ -321,12 +323,7 @@ class SupernetModule(BackboneModule):
         val_batches = [self._to_device(b) for b in val]
         if not val_batches:
             raise ValueError("no validation batches to score the sub-architecture on")
-        train_batches, seen = [], 0
-        for batch in finetune_data if needed else ():
-            if len(train_batches) >= batches and seen >= rows:
-                break
-            train_batches.append(self._to_device(batch))
-            seen += len(batch["label"])
+        train_batches = [self._to_device(b) for b in first_batches(finetune_data, batches, rows)] if needed else []
         if needed and not train_batches:
             raise ValueError("finetune_data gave no training batches")
         return val_batches, train_batches

@@ -42,7 +42,7 @@ from typing import Any
 import optuna
 import torch
 
-from ..modules.supernet_module import REFIT_ROWS, REFIT_PRIOR
+from ..modules.supernet_module import REFIT_PRIOR, REFIT_ROWS, first_batches
 from .config import get_preset
 from .cost_model import estimate
 from .search_space import Candidate, SearchSpace, model_spec, suggest
@@ -335,7 +335,7 @@ def build_objective(settings: StudySettings) -> PIMObjective:
     rows = REFIT_ROWS if settings.refit_sweeps else 0
     train_key = ("train", id(module), steps, rows)
     if train_key not in _BATCHES:
-        _BATCHES[train_key] = _first_batches(dm.stream("train"), steps, rows)
+        _BATCHES[train_key] = [dict(b) for b in first_batches(dm.stream("train"), steps, rows)]
     space = SearchSpace.from_module(module, dm, dim_choices=_dim_choices(settings.run_dir, module),
                                     mode=settings.mode)
     if settings.cost_vocab is not None:
@@ -346,17 +346,6 @@ def build_objective(settings: StudySettings) -> PIMObjective:
 
 
 _BATCHES: dict[tuple, list] = {}
-
-
-def _first_batches(stream: Iterator[dict], count: int, rows: int) -> list[dict]:
-    """The first training batches: at least ``count`` of them holding at least ``rows`` rows (fewer at the end)."""
-    out, seen = [], 0
-    for batch in stream:
-        if len(out) >= count and seen >= rows:
-            break
-        out.append(dict(batch))
-        seen += len(batch["label"])
-    return out
 _AUCS: dict[tuple, dict] = {}
 
 
