@@ -84,8 +84,8 @@ class _FinetuneUndo:
         for p in params:
             if p.grad is None:
                 continue
-            if p.grad.is_sparse:
-                rows = p.grad.coalesce().indices()[0]                                     # (R,)
+            if p.grad.is_sparse:       # the looked-up ids, repeats included: a repeat saves the same value
+                rows = p.grad._indices()[0]                                               # (R,)
                 self.rows.append((p, rows, p[rows].clone()))
             elif p not in self.whole:
                 self.whole[p] = p.detach().clone()
