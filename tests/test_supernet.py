@@ -284,9 +284,10 @@ def test_evaluate_subnet_finetune_all_is_a_short_training_of_the_subnetwork(tmp_
 # -- CLI --------------------------------------------------------------------------------------------
 
 def main_score(run, dims: str) -> str:
-    """``ihas subnet``'s JSON for ``dims`` scored with inherited weights."""
+    """``ihas subnet``'s JSON for ``dims`` scored with inherited weights as they are."""
     path = run.parent / "inherited.json"
-    assert main(["subnet", "--run", str(run), "--dims", dims, "--json", str(path)]) == 0
+    assert main(["subnet", "--run", str(run), "--dims", dims, "--finetune-steps", "0", "--refit-sweeps", "0",
+                 "--json", str(path)]) == 0
     return path.read_text()
 
 
@@ -309,16 +310,24 @@ def test_cli_supernet_then_subnet(tmp_path, capsys) -> None:
     assert re.search(f"{score['auc']:.4f}", printed)
     assert 0.3 < score["auc"] < 1.0 and score["logloss"] > 0 and score["seconds"] > 0
     assert score["subarch"]["dims"]["C1"] == 2 and score["subarch"]["widths"] == [8, 4]
+    # by default the scoring the ranking benchmark keeps: refit, then 10 steps of everything at the supernet's lr
+    assert (score["refit_sweeps"], score["finetune_steps"], score["finetune_scope"]) == (5, 10, "all")
+    lr = SupernetModule.load_from_checkpoint(str(stage / "checkpoints" / "last.ckpt")).hparams.lr
+    assert main(["subnet", "--run", str(out), "--dims", "C1=2,C2=4", "--widths", "0.5,0.5", "--finetune-lr", str(lr),
+                 "--json", str(tmp_path / "explicit.json")]) == 0
+    assert json.loads((tmp_path / "explicit.json").read_text())["auc"] == score["auc"]
+    assert json.loads(main_score(out, "C1=2,C2=4"))["auc"] != score["auc"]
     assert main(["subnet", "--run", str(out), "--dims", "C1=2", "--finetune-steps", "3", "--finetune-scope", "all",
                  "--finetune-lr", "1e-2", "--json", str(tmp_path / "tuned.json")]) == 0
     tuned = json.loads((tmp_path / "tuned.json").read_text())
     assert tuned["finetune_steps"] == 3 and tuned["finetune_scope"] == "all" and 0.3 < tuned["auc"] < 1.0
     assert "fine-tune scope" in capsys.readouterr().out
     assert main(["subnet", "--run", str(out), "--dims", "C1=0", "--refit-sweeps", "3", "--refit-prior", "0.5",
-                 "--json", str(tmp_path / "refit.json")]) == 0
+                 "--finetune-steps", "0", "--json", str(tmp_path / "refit.json")]) == 0
     refit = json.loads((tmp_path / "refit.json").read_text())
-    assert refit["refit_sweeps"] == 3 and refit["finetune_steps"] == 0 and score["refit_sweeps"] == 0
-    assert refit["auc"] != json.loads(main_score(out, "C1=0"))["auc"]
+    assert refit["refit_sweeps"] == 3 and refit["finetune_steps"] == 0
+    inherited = json.loads(main_score(out, "C1=0"))
+    assert (inherited["refit_sweeps"], inherited["finetune_steps"]) == (0, 0) and refit["auc"] != inherited["auc"]
     assert "first-order refit sweeps" in capsys.readouterr().out
     assert main(["subnet", "--run", str(out), "--dims", "C1=99"]) == 2
     assert "dimension must be in [0, 8], got 99" in capsys.readouterr().err

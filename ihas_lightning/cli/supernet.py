@@ -44,18 +44,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "behaviour before the optimiser froze it)")
     parser.set_defaults(handler=run_supernet)
 
-    sub = subparsers.add_parser("subnet", help="score one sub-architecture of a trained supernet with inherited "
-                                "weights", description=__doc__)
+    sub = subparsers.add_parser("subnet", help="score one sub-architecture of a trained supernet with its "
+                                "inherited weights, after a first-order refit and a short fine-tune",
+                                description=__doc__)
     sub.add_argument("--run", required=True, help="run directory given to `ihas supernet --out`")
     sub.add_argument("--dims", default="", help="FIELD=D,... (fields not named keep the full dimension)")
     sub.add_argument("--widths", default=None, help="DNN widths: shares (0.5,0.5) or unit counts (128,64)")
-    sub.add_argument("--finetune-steps", type=int, default=0, help="fine-tune steps before scoring (0: none)")
-    sub.add_argument("--finetune-scope", choices=FINETUNE_SCOPES, default="last_layer",
-                     help="what the fine-tune trains: the last layer (NASRec) or every parameter the "
-                          "sub-architecture uses")
-    sub.add_argument("--finetune-lr", type=float, default=1e-3, help="the fine-tune's Adam learning rate")
-    sub.add_argument("--refit-sweeps", type=int, default=0,
-                     help="refit the first-order weights with this many Newton sweeps before the fine-tune (0: none)")
+    sub.add_argument("--finetune-steps", type=int, default=10,
+                     help="fine-tune steps before scoring (default 10; 0 with --refit-sweeps 0: inherited weights "
+                          "as they are)")
+    sub.add_argument("--finetune-scope", choices=FINETUNE_SCOPES, default="all",
+                     help="what the fine-tune trains: every parameter the sub-architecture uses (default) or the "
+                          "last layer (NASRec)")
+    sub.add_argument("--finetune-lr", type=float, default=None,
+                     help="the fine-tune's Adam learning rate (default: the supernet's)")
+    sub.add_argument("--refit-sweeps", type=int, default=5,
+                     help="refit the first-order weights with this many Newton sweeps before the fine-tune (default "
+                          "5; 0: none)")
     sub.add_argument("--refit-prior", type=float, default=REFIT_PRIOR, help="the first-order refit's prior precision")
     sub.add_argument("--checkpoint", default=None, help="default: RUN/supernet/checkpoints/last.ckpt")
     sub.add_argument("--json", default=None, help="also write the score to this JSON file")

@@ -79,9 +79,11 @@ def train_supernet(out: str | Path, config: RunConfig, space: SupernetConfig,
 
 def score_subnet(run: str | Path, dims: str = "", widths: str | None = None, finetune_steps: int = 0,
                  checkpoint: str | Path | None = None, *, finetune_scope: FinetuneScope = "last_layer",
-                 finetune_lr: float = 1e-3, refit_sweeps: int = 0, refit_prior: float = REFIT_PRIOR) -> dict:
+                 finetune_lr: float | None = None, refit_sweeps: int = 0,
+                 refit_prior: float = REFIT_PRIOR) -> dict:
     """Validation score of one sub-architecture (``FIELD=D,...`` and DNN ``widths``) with inherited weights,
-    optionally after a first-order refit and a fine-tune (:meth:`SupernetModule.evaluate_subnet`)."""
+    optionally after a first-order refit and a fine-tune at ``finetune_lr`` (None: the supernet's learning rate;
+    :meth:`SupernetModule.evaluate_subnet`)."""
     stage = Path(run) / "supernet"
     options_path = stage / "data.json"
     if not options_path.exists():
@@ -92,6 +94,7 @@ def score_subnet(run: str | Path, dims: str = "", widths: str | None = None, fin
     dm = datamodule_from_config(DataConfig(**read_json(options_path)))
     module = SupernetModule.load_from_checkpoint(str(checkpoint), map_location="cpu")
     subarch = module.parse_subarch(dims, widths)
+    finetune_lr = float(module.hparams.lr) if finetune_lr is None else finetune_lr
     score = module.evaluate_subnet(subarch, dm, finetune_steps=finetune_steps, finetune_scope=finetune_scope,
                                    finetune_lr=finetune_lr, refit_sweeps=refit_sweeps, refit_prior=refit_prior)
     return {**score.to_dict(), "subarchitecture": str(subarch), "run": str(run), "checkpoint": str(checkpoint)}
