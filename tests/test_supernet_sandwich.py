@@ -146,7 +146,7 @@ def test_cli_supernet_sandwich_options(tmp_path, capsys) -> None:
     common = ["supernet", "--data", "synthetic", "--rows", "3000", "--epochs", "1", "--dim", "8", "--dim-choices",
               "2,4,8", "--dnn", "16,8", "--batch-size", "256", "--quiet", "--cache-dir", str(tmp_path / "cache"),
               "--accelerator", "cpu"]
-    assert main([*common, "--out", str(tmp_path / "bad"), "--distill", "0.5"]) == 2
+    assert main([*common, "--out", str(tmp_path / "bad"), "--sandwich", "0", "--distill", "0.5"]) == 2
     assert "distill needs the sandwich rule" in capsys.readouterr().err
     out = tmp_path / "run"
     assert main([*common, "--out", str(out), "--sandwich", "1", "--distill", "0.5", "--sampling", "capped"]) == 0

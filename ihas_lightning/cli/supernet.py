@@ -31,9 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="full-network probability decays from 1 to 0 over these steps (default: one epoch)")
     group.add_argument("--per-sample", action="store_true", help="one sub-architecture per sample, not per batch")
     group.add_argument("--no-widths", action="store_true", help="keep DNN widths full; sample dims only")
-    group.add_argument("--sandwich", type=int, default=0,
+    group.add_argument("--sandwich", type=int, default=2,
                        help="sandwich rule: train the largest, the smallest and this many sampled sub-architectures "
-                            "per step (0: one sampled per step)")
+                            "per step (default 2, what ranked candidates best in benchmarks/results/"
+                            "supernet_rank.md; 0: one sampled per step)")
     group.add_argument("--distill", type=float, default=0.0,
                        help="in-place distillation weight in [0, 1] from the largest sub-architecture (needs "
                             "--sandwich)")
