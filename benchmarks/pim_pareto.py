@@ -58,6 +58,7 @@ from ihas_lightning.paths import shared_data_dir  # noqa: E402
 from ihas_lightning.pim.pareto import TORS_LIMITS, write_outputs  # noqa: E402
 from ihas_lightning.pim.search_space import model_spec  # noqa: E402
 from ihas_lightning.pim.standalone import DEFAULT_EPOCHS, train_standalone  # noqa: E402
+from ihas_lightning.modules import REFIT_SWEEPS  # noqa: E402
 from ihas_lightning.pim.study import StudySettings, build_objective, candidate_of, load_supernet, run_study  # noqa: E402
 from ihas_lightning.pim.sweep import crossover, pim_configs, table_size_sweep  # noqa: E402
 from ihas_lightning.pipeline.supernet import train_supernet  # noqa: E402
@@ -321,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--finetune-steps", type=int, default=10,
                         help="fine-tune steps of each candidate's whole sub-network before scoring (0: inherited)")
-    parser.add_argument("--refit-sweeps", type=int, default=5,
+    parser.add_argument("--refit-sweeps", type=int, default=REFIT_SWEEPS,
                         help="first-order refit sweeps of each candidate before the fine-tune (0: none)")
     parser.add_argument("--out", default=None, help="run directory (default: a temporary one)")
     parser.add_argument("--json", default=str(RESULTS_DIR / "pim_pareto.json"))

@@ -54,7 +54,7 @@ from _rank_parts import (DATASETS, DIM_CHOICES, WIDTH_CHOICES, EpochScores, Stan
                          datamodule, draw_candidates, parse_bands, tau, train_standalone, trainer)
 
 from ihas_lightning import SupernetModule  # noqa: E402
-from ihas_lightning.modules import FINETUNE_SCOPES, REFIT_ROWS, REFIT_PRIOR  # noqa: E402
+from ihas_lightning.modules import FINETUNE_SCOPES, REFIT_PRIOR, REFIT_ROWS, REFIT_SWEEPS  # noqa: E402
 from ihas_lightning.callbacks import SupernetSampler  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-scope", choices=FINETUNE_SCOPES, default="all",
                         help="what the fine-tune trains: every parameter the candidate uses, or the last layer")
     parser.add_argument("--finetune-lr", type=float, default=1e-2, help="the fine-tune's Adam learning rate")
-    parser.add_argument("--refit-sweeps", type=int, default=5,
+    parser.add_argument("--refit-sweeps", type=int, default=REFIT_SWEEPS,
                         help="first-order refit sweeps before the fine-tune (0: none; SupernetModule.evaluate_subnet)")
     parser.add_argument("--refit-prior", type=float, default=REFIT_PRIOR,
                         help="the first-order refit's prior precision around the inherited weights")

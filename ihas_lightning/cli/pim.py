@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..modules.supernet_module import REFIT_PRIOR
+from ..modules.supernet_module import REFIT_PRIOR, REFIT_SWEEPS
 from .common import print_table
 
 __all__ = ["register", "run_pim"]
@@ -49,9 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "inherited weights as they are; default 10)")
     parser.add_argument("--finetune-lr", type=float, default=None,
                         help="the fine-tune's Adam learning rate (default: the supernet's)")
-    parser.add_argument("--refit-sweeps", type=int, default=5,
+    parser.add_argument("--refit-sweeps", type=int, default=REFIT_SWEEPS,
                         help="before the fine-tune, refit each candidate's first-order weights with this many Newton "
-                             "sweeps, the rest frozen (0: none; default 5)")
+                             f"sweeps, the rest frozen (0: none; default {REFIT_SWEEPS})")
     parser.add_argument("--refit-prior", type=float, default=REFIT_PRIOR,
                         help="the first-order refit's prior precision around the inherited weights (default "
                              f"{REFIT_PRIOR:g})")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..modules.supernet_module import FINETUNE_SCOPES, REFIT_PRIOR
+from ..modules.supernet_module import FINETUNE_SCOPES, REFIT_PRIOR, REFIT_SWEEPS
 from ..pipeline.supernet import score_subnet, train_supernet
 from ..subarchitecture import SAMPLINGS, SupernetConfig
 from ..training import write_json
@@ -59,9 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "last layer (NASRec)")
     sub.add_argument("--finetune-lr", type=float, default=None,
                      help="the fine-tune's Adam learning rate (default: the supernet's)")
-    sub.add_argument("--refit-sweeps", type=int, default=5,
+    sub.add_argument("--refit-sweeps", type=int, default=REFIT_SWEEPS,
                      help="refit the first-order weights with this many Newton sweeps before the fine-tune (default "
-                          "5; 0: none)")
+                          f"{REFIT_SWEEPS}; 0: none)")
     sub.add_argument("--refit-prior", type=float, default=REFIT_PRIOR, help="the first-order refit's prior precision")
     sub.add_argument("--checkpoint", default=None, help="default: RUN/supernet/checkpoints/last.ckpt")
     sub.add_argument("--json", default=None, help="also write the score to this JSON file")

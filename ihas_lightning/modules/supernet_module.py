@@ -25,8 +25,8 @@ from .config import BackboneConfig
 from .first_order_refit import FirstOrderRefit
 from .rowwise import RowwiseAdam
 
-__all__ = ["FINETUNE_SCOPES", "REFIT_PRIOR", "REFIT_ROWS", "FinetuneScope", "SupernetModule", "SubnetScore",
-           "first_batches"]
+__all__ = ["FINETUNE_SCOPES", "REFIT_PRIOR", "REFIT_ROWS", "REFIT_SWEEPS", "FinetuneScope", "SupernetModule",
+           "SubnetScore", "first_batches"]
 
 FinetuneScope = Literal["last_layer", "all"]
 FINETUNE_SCOPES: tuple[str, ...] = ("last_layer", "all")
@@ -36,6 +36,9 @@ REFIT_PRIOR = 1.0
 sets, docs/design.md#5-supernet-sampling)."""
 REFIT_ROWS = 40_000
 """Training rows the first-order refit fits (the first batches that hold them)."""
+REFIT_SWEEPS = 5
+"""The first-order refit's Newton sweeps where the commands refit (``ihas subnet``, ``ihas pim``, the benchmarks); 2
+and 3 ranked the development sets as well, 1 worse (README, supernet ranking)."""
 
 
 def first_batches(batches: Iterable[Batch], count: int = 0, rows: int = 0) -> list[Batch]:

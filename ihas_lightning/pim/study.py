@@ -42,7 +42,7 @@ from typing import Any
 import optuna
 import torch
 
-from ..modules.supernet_module import REFIT_PRIOR, REFIT_ROWS, first_batches
+from ..modules.supernet_module import REFIT_PRIOR, REFIT_ROWS, REFIT_SWEEPS, first_batches
 from .config import get_preset
 from .cost_model import estimate
 from .search_space import Candidate, SearchSpace, model_spec, suggest
@@ -86,7 +86,7 @@ class StudySettings:
     cost_zipf: float | None = None
     finetune_steps: int = 10
     finetune_lr: float | None = None
-    refit_sweeps: int = 5
+    refit_sweeps: int = REFIT_SWEEPS
     refit_prior: float = REFIT_PRIOR
 
     def __post_init__(self) -> None:
