@@ -140,8 +140,9 @@ def test_in_memory_and_store_give_identical_batches(tmp_path: Path) -> None:
     store = save_encoded(tmp_path / "cache", columns)
     for shuffle in (False, True):
         for epoch in (0, 1):
+            # rows in memory are one chunk: a store read in one chunk (16 batches of 50 >= 777 rows) is the same
             memory = BatchStream(columns, 50, shuffle=shuffle, seed=5, chunk_batches=3, epoch_fn=lambda e=epoch: e)
-            disk = BatchStream(store, 50, shuffle=shuffle, seed=5, chunk_batches=3, epoch_fn=lambda e=epoch: e)
+            disk = BatchStream(store, 50, shuffle=shuffle, seed=5, chunk_batches=16, epoch_fn=lambda e=epoch: e)
             a, b = list(memory), list(disk)
             assert len(a) == len(b) == 16
             for x, y in zip(a, b):
@@ -149,6 +150,18 @@ def test_in_memory_and_store_give_identical_batches(tmp_path: Path) -> None:
                 for key in x:
                     assert x[key].dtype == y[key].dtype
                     assert torch.equal(x[key], y[key])
+
+
+def test_rows_in_memory_are_shuffled_whole_a_store_by_chunks(tmp_path: Path) -> None:
+    # rows in file order (MovieLens's ratings sorted by user): the first batches of an epoch in memory come from
+    # the whole split, those of an on-disk store from one contiguous chunk of it
+    columns = make_columns(1000)
+    store = save_encoded(tmp_path / "cache", columns)
+    memory = np.concatenate(rows_of(BatchStream(columns, 50, shuffle=True, seed=5, chunk_batches=2))[:2])
+    disk = np.concatenate(rows_of(BatchStream(store, 50, shuffle=True, seed=5, chunk_batches=2))[:2])
+    assert len(memory) == len(disk) == 100
+    assert np.ptp(disk) == 99 and len(np.unique(disk)) == 100           # one chunk: 100 contiguous rows
+    assert len(np.unique(memory // 100)) == 10 and np.ptp(memory) > 900  # every tenth of the rows
 
 
 def test_split_rows_seeded_and_disjoint() -> None:
