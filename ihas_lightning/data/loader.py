@@ -4,10 +4,8 @@ DeepCTR-Torch's own ``fit`` indexes a ``TensorDataset`` row by row (its issue #7
 is several times faster. Rows in memory are shuffled whole every epoch. An on-disk cache (larger than RAM) is
 shuffled in two levels so that it is read in large contiguous chunks: the chunk order is permuted, then rows
 inside a chunk. Splits keep the file's row order, so chunks of a sorted file hold blocks of it: MovieLens's
-ratings sorted by user, chunked (64 batches) in memory too until November 2026, trained an epoch a third of the
-users at a time, and its first batches (what a supernet's candidates are refit and fine-tuned on) held 1,059 of
-3,000 users; DeepFM's best validation AUC on MovieLens-1M-first3k was 0.003-0.005 lower than with the whole
-shuffle (docs/design.md, section 1).
+ratings sorted by user, chunked in memory too until November 2026, trained an epoch a third of the users at a
+time (docs/design.md, section 9).
 """
 
 from __future__ import annotations
