@@ -113,6 +113,11 @@ def tau(x: Sequence[float], y: Sequence[float]) -> float:
     return float(kendalltau(x, y).statistic)
 
 
+OLD_SHUFFLE_CHUNK_BATCHES = 64
+"""Until ``19831c6`` rows in memory were shuffled in chunks of this many batches (docs/design.md, section 9): the
+cache's entries for data of more batches were trained so, those of fewer are what the loader does now."""
+
+
 class StandaloneCache:
     """Stand-alone validation AUCs on disk, keyed by data set, training settings, sub-architecture and seed.
 
@@ -132,6 +137,16 @@ class StandaloneCache:
         return f"{dataset}|{options}|dims={','.join(map(str, sub.dims))}|widths={','.join(map(str, sub.widths))}" \
                f"|seed={seed}"
 
+    @staticmethod
+    def settings(dm: CTRDataModule, epochs: int, model: dict, patience: int | None = None) -> dict:
+        """What a stand-alone result depends on besides the data set, sub-architecture and seed."""
+        settings = {**model, "epochs": epochs, "batch_size": dm.batch_size, "rows_train": len(dm.split("train"))}
+        if patience is not None:
+            settings["patience"] = patience
+        if settings["rows_train"] > OLD_SHUFFLE_CHUNK_BATCHES * dm.batch_size:
+            settings["shuffle"] = "whole"   # trained in 64-batch chunks before 19831c6: those entries do not apply
+        return settings
+
     def get(self, key: str) -> dict | None:
         return self._read().get(key)
 
@@ -150,10 +165,7 @@ class StandaloneCache:
 
         ``model``: SupernetModule keyword arguments (backbone, dim, dnn_hidden_units, lr); ``epochs`` and
         ``patience``: as in :func:`train_standalone`."""
-        settings = {**model, "epochs": epochs, "batch_size": dm.batch_size, "rows_train": len(dm.split("train"))}
-        if patience is not None:
-            settings["patience"] = patience
-        key = self.key(dataset, settings, sub, seed)
+        key = self.key(dataset, self.settings(dm, epochs, model, patience), sub, seed)
         hit = self.get(key)
         if hit is not None:
             return hit

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _rank_parts import EarlyStopOnAUC, EpochScores, train_standalone  # noqa: E402
+from _rank_parts import EarlyStopOnAUC, EpochScores, StandaloneCache, train_standalone  # noqa: E402
 
 from ihas_lightning import CTRDataModule, SubArchitecture  # noqa: E402
 
@@ -71,3 +71,17 @@ def test_epoch_scores_keep_every_epoch_and_each_candidate_s_best():
         scores.on_train_epoch_end(None, Module())
     assert scores.aucs == [[0.60, 0.80], [0.70, 0.75], [0.65, 0.72]]
     assert scores.best == [0.70, 0.80]
+
+
+def test_cached_standalone_results_of_the_chunked_shuffle_are_not_reused():
+    """Data of more than 64 batches was shuffled in chunks before 19831c6: its key changes, one chunk's does not."""
+    model = {"backbone": "DeepFM", "dim": 8}
+    keys = {}
+    for batch_size in (32, 64):                         # 2,400 training rows: 75 and 38 batches
+        dm = CTRDataModule("synthetic", rows=3000, batch_size=batch_size, seed=0)
+        dm.prepare_data()
+        dm.setup("fit")
+        settings = StandaloneCache.settings(dm, 4, model, patience=2)
+        assert settings["rows_train"] == 2400 and settings["patience"] == 2
+        keys[batch_size] = settings.get("shuffle")
+    assert keys == {32: "whole", 64: None}
