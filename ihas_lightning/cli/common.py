@@ -9,7 +9,8 @@ from typing import Any
 from ..data.readers import FORMATS
 from ..run_config import RunConfig, with_fields
 
-__all__ = ["add_data_arguments", "add_trainer_arguments", "print_table", "run_config_from_args"]
+__all__ = ["add_data_arguments", "add_scoring_arguments", "add_trainer_arguments", "print_table",
+           "run_config_from_args"]
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +52,24 @@ def add_trainer_arguments(parser: argparse.ArgumentParser, epochs: int = 3) -> N
     group.add_argument("--threads", type=int, default=1,
                        help="CPU threads for torch (default 1: CTR models this small gain little from more; see "
                             "docs/design.md#9-engineering-measurements); 0 = torch's default")
+
+
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a supernet's sub-architecture is scored (``ihas subnet``, ``ihas pim``): first-order refit, then a short
+    fine-tune of its whole sub-network; the defaults are what ranked candidates best in the ranking benchmark."""
+    from ..modules.supernet_module import REFIT_PRIOR, REFIT_SWEEPS
+
+    parser.add_argument("--finetune-steps", type=int, default=10,
+                        help="train the sub-network this many steps before scoring it (default 10; 0 with "
+                             "--refit-sweeps 0: inherited weights as they are)")
+    parser.add_argument("--finetune-lr", type=float, default=None,
+                        help="the fine-tune's Adam learning rate (default: the supernet's)")
+    parser.add_argument("--refit-sweeps", type=int, default=REFIT_SWEEPS,
+                        help="before the fine-tune, refit the first-order weights with this many Newton sweeps, the "
+                             f"rest frozen (0: none; default {REFIT_SWEEPS})")
+    parser.add_argument("--refit-prior", type=float, default=REFIT_PRIOR,
+                        help="the first-order refit's prior precision around the inherited weights (default "
+                             f"{REFIT_PRIOR:g})")
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:

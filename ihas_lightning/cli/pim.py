@@ -17,8 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..modules.supernet_module import REFIT_PRIOR, REFIT_SWEEPS
-from .common import print_table
+from .common import add_scoring_arguments, print_table
 
 __all__ = ["register", "run_pim"]
 
@@ -44,17 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "from the run's data)")
     parser.add_argument("--cost-zipf", type=float, default=None,
                         help="with --cost-vocab: Zipf exponent of the lookups (default: uniform)")
-    parser.add_argument("--finetune-steps", type=int, default=10,
-                        help="train each candidate's whole sub-network this many steps before scoring it (0: "
-                             "inherited weights as they are; default 10)")
-    parser.add_argument("--finetune-lr", type=float, default=None,
-                        help="the fine-tune's Adam learning rate (default: the supernet's)")
-    parser.add_argument("--refit-sweeps", type=int, default=REFIT_SWEEPS,
-                        help="before the fine-tune, refit each candidate's first-order weights with this many Newton "
-                             f"sweeps, the rest frozen (0: none; default {REFIT_SWEEPS})")
-    parser.add_argument("--refit-prior", type=float, default=REFIT_PRIOR,
-                        help="the first-order refit's prior precision around the inherited weights (default "
-                             f"{REFIT_PRIOR:g})")
+    add_scoring_arguments(parser)
     parser.add_argument("--study-name", default="pim")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=run_pim)

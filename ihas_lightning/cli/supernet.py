@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..modules.supernet_module import FINETUNE_SCOPES, REFIT_PRIOR, REFIT_SWEEPS
+from ..modules.supernet_module import FINETUNE_SCOPES
 from ..pipeline.supernet import score_subnet, train_supernet
 from ..subarchitecture import SAMPLINGS, SupernetConfig
 from ..training import write_json
-from .common import add_data_arguments, add_trainer_arguments, print_table, run_config_from_args
+from .common import (add_data_arguments, add_scoring_arguments, add_trainer_arguments, print_table,
+                     run_config_from_args)
 
 __all__ = ["register", "run_supernet", "run_subnet"]
 
@@ -51,18 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub.add_argument("--run", required=True, help="run directory given to `ihas supernet --out`")
     sub.add_argument("--dims", default="", help="FIELD=D,... (fields not named keep the full dimension)")
     sub.add_argument("--widths", default=None, help="DNN widths: shares (0.5,0.5) or unit counts (128,64)")
-    sub.add_argument("--finetune-steps", type=int, default=10,
-                     help="fine-tune steps before scoring (default 10; 0 with --refit-sweeps 0: inherited weights "
-                          "as they are)")
+    add_scoring_arguments(sub)
     sub.add_argument("--finetune-scope", choices=FINETUNE_SCOPES, default="all",
                      help="what the fine-tune trains: every parameter the sub-architecture uses (default) or the "
                           "last layer (NASRec)")
-    sub.add_argument("--finetune-lr", type=float, default=None,
-                     help="the fine-tune's Adam learning rate (default: the supernet's)")
-    sub.add_argument("--refit-sweeps", type=int, default=REFIT_SWEEPS,
-                     help="refit the first-order weights with this many Newton sweeps before the fine-tune (default "
-                          f"{REFIT_SWEEPS}; 0: none)")
-    sub.add_argument("--refit-prior", type=float, default=REFIT_PRIOR, help="the first-order refit's prior precision")
     sub.add_argument("--checkpoint", default=None, help="default: RUN/supernet/checkpoints/last.ckpt")
     sub.add_argument("--json", default=None, help="also write the score to this JSON file")
     sub.set_defaults(handler=run_subnet)
