@@ -15,11 +15,11 @@ Per data set (MovieLens-100K, MovieLens-1M-first3k, synthetic):
   Results are cached in ``results/supernet_rank_standalone.json`` (keyed by data, settings, candidate, seed);
 * each supernet variant (``--variants``, see ``VARIANTS``): one supernet per ``--supernet-seeds`` seed, every
   candidate scored with inherited weights, and after its first-order weights are refit (``--refit-sweeps`` 5
-  Newton sweeps, prior ``--refit-prior`` 1, on 40k training rows, the rest frozen: ``FirstOrderRefit``) and a
-  short fine-tune: ``--finetune-steps`` (10) Adam steps at ``--finetune-lr`` (1e-2, the training's) of every
-  parameter the candidate uses (``--finetune-scope all``; ``last_layer`` with 50 steps at 1e-3 is NASRec's
-  post-training fine-tune, an earlier results' column; ``--refit-sweeps 0`` the fine-tune alone, the column before
-  the refit).
+  Newton sweeps, prior ``--refit-prior`` 1, on ``--refit-rows`` (40k) training rows, the rest frozen:
+  ``FirstOrderRefit``) and a short fine-tune: ``--finetune-steps`` (10) Adam steps at ``--finetune-lr`` (1e-2, the
+  training's) of every parameter the candidate uses (``--finetune-scope all``; ``last_layer`` with 50 steps at 1e-3
+  is NASRec's post-training fine-tune, an earlier results' column; ``--refit-sweeps 0`` the fine-tune alone, the
+  column before the refit).
 
 Reported: Kendall tau (inherited / fine-tuned vs stand-alone) per band and over all candidates, the same tau
 between the two stand-alone seeds (the ceiling of any proxy), and speed-ups: one inherited evaluation
@@ -180,6 +180,7 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
               "standalone_train_seconds_cached": float(np.median([r["standalone_seconds"] for r in rows])),
               "finetune_steps": args.finetune_steps, "finetune_scope": args.finetune_scope,
               "finetune_lr": args.finetune_lr, "refit_sweeps": args.refit_sweeps, "refit_prior": args.refit_prior,
+              "refit_rows": args.refit_rows,
               "variants": {}, "candidates": rows}
     if args.standalone_only:
         return result
@@ -211,7 +212,8 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
             cpu_inherited, cpu = time.process_time() - cpu, time.process_time()
             tuned = supernet.evaluate_subnet(sub, dm, finetune_steps=args.finetune_steps,
                                              finetune_scope=args.finetune_scope, finetune_lr=args.finetune_lr,
-                                             refit_sweeps=args.refit_sweeps, refit_prior=args.refit_prior)
+                                             refit_sweeps=args.refit_sweeps, refit_prior=args.refit_prior,
+                                             refit_rows=args.refit_rows)
             scored.append({**row, "inherited_auc": inherited.auc, "finetuned_auc": tuned.auc,
                            "inherited_logloss": inherited.logloss, "inherited_seconds": cpu_inherited,
                            "finetuned_seconds": time.process_time() - cpu})
@@ -297,7 +299,9 @@ def write_report(results: list[dict], args: argparse.Namespace, payload: dict) -
               f"speed-up: median stand-alone training / median evaluation (data reading included on both sides); "
               f"amortised: N stand-alone trainings / (supernet training + N evaluations) for N = {n} / {SEARCH_SIZE}",
               (f"fine-tuned: the first-order weights refit ({args.refit_sweeps} Newton sweeps, prior "
-               f"{args.refit_prior:g}, on the first {REFIT_ROWS:,} training rows, the rest frozen), then "
+               f"{args.refit_prior:g}, on the first {args.refit_rows:,} training rows"
+               + (" (all of them where a split has fewer)" if any(r["rows_train"] < args.refit_rows for r in results)
+                  else "") + ", the rest frozen), then "
                if args.refit_sweeps else "fine-tuned: ")
               + f"{args.finetune_steps} Adam steps (lr {args.finetune_lr:g}) of "
               f"{'every parameter the candidate uses' if args.finetune_scope == 'all' else 'the last layer'} before "
@@ -359,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="first-order refit sweeps before the fine-tune (0: none; SupernetModule.evaluate_subnet)")
     parser.add_argument("--refit-prior", type=float, default=REFIT_PRIOR,
                         help="the first-order refit's prior precision around the inherited weights")
+    parser.add_argument("--refit-rows", type=int, default=REFIT_ROWS,
+                        help="training rows the first-order refit fits (the first batches that hold them)")
     parser.add_argument("--backbone", default="DeepFM")
     parser.add_argument("--dnn", default="128,64")
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate, stand-alone and supernet")
@@ -379,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [d for d in args.datasets if d not in DATASETS] + [v for v in args.variants if v not in VARIANTS]
     if unknown or not args.variants or not args.datasets:
         parser.error(f"unknown or missing data sets / variants: {unknown}")
-    if args.per_band < 3 or args.seeds < 1 or args.patience < 0 or args.refit_sweeps < 0:
-        parser.error("--per-band must be >= 3, --seeds >= 1, --patience >= 0 and --refit-sweeps >= 0")
+    if args.per_band < 3 or args.seeds < 1 or args.patience < 0 or args.refit_sweeps < 0 or args.refit_rows < 1:
+        parser.error("--per-band must be >= 3, --seeds >= 1, --patience >= 0, --refit-sweeps >= 0 and "
+                     "--refit-rows >= 1")
     args.patience = args.patience or None
     if args.epochs is None and args.patience:
         args.epochs = MAX_EPOCHS

@@ -286,8 +286,17 @@ def test_candidates_are_fine_tuned_in_fp32_then_rounded_and_scored(run_dir):
                                      finetune_scope="all", refit_sweeps=5,
                                      score_context=lambda: quantized_tables(module, "int8"))
     assert by_hand.refit_sweeps == 5 and refit.accuracy(sub, "int8") == by_hand.auc != tuned
-    with pytest.raises(ValueError, match="finetune_steps and refit_sweeps must be >= 0, got -1 and 5"):
+    # refit_rows: the refit fits the first batches holding that many rows (2 of 256 rows here; the 3 fine-tune steps
+    # read 3 batches); the default fitted all 2400
+    few = build_objective(StudySettings(run_dir=str(run_dir), finetune_steps=3, finetune_lr=1e-2, refit_rows=300))
+    assert len(few.finetune_batches) == 3 and few.refit_rows == 300
+    assert module.evaluate_subnet(sub, built.batches, 0, finetune_data=few.finetune_batches, refit_sweeps=5,
+                                  refit_rows=300).refit_rows == 512
+    assert few.accuracy(sub, "int8") != refit.accuracy(sub, "int8")
+    with pytest.raises(ValueError, match="refit_rows >= 1, got -1, 5 and 40000"):
         StudySettings(run_dir=str(run_dir), finetune_steps=-1)
+    with pytest.raises(ValueError, match="refit_rows >= 1, got 10, 5 and 0"):
+        StudySettings(run_dir=str(run_dir), refit_rows=0)
     with pytest.raises(ValueError, match="refit_prior must be > 0, got 0"):
         StudySettings(run_dir=str(run_dir), refit_prior=0.0)
     with pytest.raises(ValueError, match="finetune_lr must be > 0, got 0"):

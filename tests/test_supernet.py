@@ -326,6 +326,11 @@ def test_cli_supernet_then_subnet(tmp_path, capsys) -> None:
                  "--finetune-steps", "0", "--json", str(tmp_path / "refit.json")]) == 0
     refit = json.loads((tmp_path / "refit.json").read_text())
     assert refit["refit_sweeps"] == 3 and refit["finetune_steps"] == 0
+    assert refit["refit_rows"] == 2400                     # 40,000 by default: the whole training split here
+    assert main(["subnet", "--run", str(out), "--dims", "C1=0", "--refit-sweeps", "3", "--refit-prior", "0.5",
+                 "--refit-rows", "300", "--finetune-steps", "0", "--json", str(tmp_path / "few.json")]) == 0
+    few = json.loads((tmp_path / "few.json").read_text())
+    assert few["refit_rows"] == 512 and few["auc"] != refit["auc"]     # the first 2 batches hold the 300 rows
     inherited = json.loads(main_score(out, "C1=0"))
     assert (inherited["refit_sweeps"], inherited["finetune_steps"]) == (0, 0) and refit["auc"] != inherited["auc"]
     assert "first-order refit sweeps" in capsys.readouterr().out

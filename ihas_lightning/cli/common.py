@@ -57,7 +57,7 @@ def add_trainer_arguments(parser: argparse.ArgumentParser, epochs: int = 3) -> N
 def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     """How a supernet's sub-architecture is scored (``ihas subnet``, ``ihas pim``): first-order refit, then a short
     fine-tune of its whole sub-network; the defaults are what ranked candidates best in the ranking benchmark."""
-    from ..modules.supernet_module import REFIT_PRIOR, REFIT_SWEEPS
+    from ..modules.supernet_module import REFIT_PRIOR, REFIT_ROWS, REFIT_SWEEPS
 
     parser.add_argument("--finetune-steps", type=int, default=10,
                         help="train the sub-network this many steps before scoring it (default 10; 0 with "
@@ -70,6 +70,10 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refit-prior", type=float, default=REFIT_PRIOR,
                         help="the first-order refit's prior precision around the inherited weights (default "
                              f"{REFIT_PRIOR:g})")
+    parser.add_argument("--refit-rows", type=int, default=REFIT_ROWS,
+                        help="training rows the first-order refit fits, the first batches that hold them (default "
+                             f"{REFIT_ROWS:,}; more fit the first-order weights better on large data and cost a "
+                             "forward pass over them per candidate)")
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:

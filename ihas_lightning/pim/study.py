@@ -67,8 +67,8 @@ class StudySettings:
     ``finetune_steps``: each candidate's whole sub-network is first trained this many Adam steps on the first
     training batches, at ``finetune_lr`` (None: the supernet's own learning rate), then scored (0: inherited weights
     as they are). Before that the first-order weights are refit (:class:`~ihas_lightning.modules.FirstOrderRefit`:
-    ``refit_sweeps`` Newton sweeps, prior precision ``refit_prior``, on the first
-    :data:`~ihas_lightning.modules.REFIT_ROWS` training rows; 0: none). Both together ranked candidates of similar size
+    ``refit_sweeps`` Newton sweeps, prior precision ``refit_prior``, on the first ``refit_rows`` training rows,
+    default :data:`~ihas_lightning.modules.REFIT_ROWS`; 0 sweeps: none). Both together ranked candidates of similar size
     better on the development data of ``benchmarks/results/supernet_rank.md``.
     """
 
@@ -88,11 +88,12 @@ class StudySettings:
     finetune_lr: float | None = None
     refit_sweeps: int = REFIT_SWEEPS
     refit_prior: float = REFIT_PRIOR
+    refit_rows: int = REFIT_ROWS
 
     def __post_init__(self) -> None:
-        if self.finetune_steps < 0 or self.refit_sweeps < 0:
-            raise ValueError(f"finetune_steps and refit_sweeps must be >= 0, got {self.finetune_steps} and "
-                             f"{self.refit_sweeps}")
+        if self.finetune_steps < 0 or self.refit_sweeps < 0 or self.refit_rows < 1:
+            raise ValueError(f"finetune_steps and refit_sweeps must be >= 0 and refit_rows >= 1, got "
+                             f"{self.finetune_steps}, {self.refit_sweeps} and {self.refit_rows}")
         if not self.refit_prior > 0:
             raise ValueError(f"refit_prior must be > 0, got {self.refit_prior}")
         if self.finetune_lr is not None and not self.finetune_lr > 0:
@@ -176,18 +177,19 @@ class PIMObjective:
         finetune_batches, finetune_lr, finetune_steps: training batches; each candidate's whole sub-network is
             trained ``finetune_steps`` Adam steps on them (None: one on each) at ``finetune_lr`` before it is scored,
             in fp32; the tables are rounded to the candidate's precision after that.
-        refit_sweeps, refit_prior: the first-order refit before the fine-tune, on the first
-            :data:`~ihas_lightning.modules.REFIT_ROWS` rows of ``finetune_batches`` (0: none).
+        refit_sweeps, refit_prior, refit_rows: the first-order refit before the fine-tune, on the first
+            ``refit_rows`` rows of ``finetune_batches`` (0 sweeps: none).
     """
 
     def __init__(self, module: Any, space: SearchSpace, batches: Sequence[dict], max_auc_drop: float | None = None,
                  memo: dict[tuple, float] | None = None, finetune_batches: Sequence[dict] = (),
                  finetune_lr: float = 1e-2, finetune_steps: int | None = None, refit_sweeps: int = 0,
-                 refit_prior: float = REFIT_PRIOR):
+                 refit_prior: float = REFIT_PRIOR, refit_rows: int = REFIT_ROWS):
         self.module, self.space, self.batches = module, space, list(batches)
         self.finetune_batches, self.finetune_lr = list(finetune_batches), finetune_lr
         self.finetune_steps = len(self.finetune_batches) if finetune_steps is None else finetune_steps
         self.refit_sweeps, self.refit_prior = (refit_sweeps, refit_prior) if self.finetune_batches else (0, refit_prior)
+        self.refit_rows = refit_rows
         self.max_auc_drop = max_auc_drop
         self._aucs = {} if memo is None else memo  # validation AUCs by candidate, shared by objectives of one module
         self.baseline_auc = self.accuracy(space.full, "fp32")
@@ -202,7 +204,7 @@ class PIMObjective:
         auc = self.module.evaluate_subnet(
             subarch, batches or self.batches, self.finetune_steps, finetune_data=self.finetune_batches,
             finetune_lr=self.finetune_lr, finetune_scope="all", refit_sweeps=self.refit_sweeps,
-            refit_prior=self.refit_prior,
+            refit_prior=self.refit_prior, refit_rows=self.refit_rows,
             score_context=lambda: quantized_tables(self.module, precision)).auc
         if batches is None:
             self._aucs[key] = auc
@@ -331,8 +333,8 @@ def build_objective(settings: StudySettings) -> PIMObjective:
     if key not in _BATCHES:
         _BATCHES[key] = [dict(b) for b in dm.stream("val")]
     steps, lr = settings.finetune_steps, settings.finetune_lr or float(module.hparams.lr)
-    refit = (settings.refit_sweeps, settings.refit_prior)
-    rows = REFIT_ROWS if settings.refit_sweeps else 0
+    refit = (settings.refit_sweeps, settings.refit_prior, settings.refit_rows)
+    rows = settings.refit_rows if settings.refit_sweeps else 0
     train_key = ("train", id(module), steps, rows)
     if train_key not in _BATCHES:
         _BATCHES[train_key] = [dict(b) for b in first_batches(dm.stream("train"), steps, rows)]
@@ -342,7 +344,8 @@ def build_objective(settings: StudySettings) -> PIMObjective:
         space = space.at_vocabulary(settings.cost_vocab, settings.cost_zipf)
     return PIMObjective(module, space, _BATCHES[key], settings.max_auc_drop,
                         memo=_AUCS.setdefault((*key, steps, lr, *refit), {}), finetune_batches=_BATCHES[train_key],
-                        finetune_lr=lr, finetune_steps=steps, refit_sweeps=refit[0], refit_prior=refit[1])
+                        finetune_lr=lr, finetune_steps=steps, refit_sweeps=refit[0], refit_prior=refit[1],
+                        refit_rows=refit[2])
 
 
 _BATCHES: dict[tuple, list] = {}

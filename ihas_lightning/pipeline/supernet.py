@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 from ..callbacks.supernet_sampler import SupernetSampler
 from ..data.config import DataConfig
 from ..json_files import read_json
-from ..modules.supernet_module import REFIT_PRIOR, FinetuneScope, SupernetModule
+from ..modules.supernet_module import REFIT_PRIOR, REFIT_ROWS, FinetuneScope, SupernetModule
 from ..run_config import RunConfig
 from ..subarchitecture import SupernetConfig
 from ..training import datamodule_from_config, make_trainer, write_json
@@ -80,7 +80,7 @@ def train_supernet(out: str | Path, config: RunConfig, space: SupernetConfig,
 def score_subnet(run: str | Path, dims: str = "", widths: str | None = None, finetune_steps: int = 0,
                  checkpoint: str | Path | None = None, *, finetune_scope: FinetuneScope = "last_layer",
                  finetune_lr: float | None = None, refit_sweeps: int = 0,
-                 refit_prior: float = REFIT_PRIOR) -> dict:
+                 refit_prior: float = REFIT_PRIOR, refit_rows: int = REFIT_ROWS) -> dict:
     """Validation score of one sub-architecture (``FIELD=D,...`` and DNN ``widths``) with inherited weights,
     optionally after a first-order refit and a fine-tune at ``finetune_lr`` (None: the supernet's learning rate;
     :meth:`SupernetModule.evaluate_subnet`)."""
@@ -96,5 +96,6 @@ def score_subnet(run: str | Path, dims: str = "", widths: str | None = None, fin
     subarch = module.parse_subarch(dims, widths)
     finetune_lr = float(module.hparams.lr) if finetune_lr is None else finetune_lr
     score = module.evaluate_subnet(subarch, dm, finetune_steps=finetune_steps, finetune_scope=finetune_scope,
-                                   finetune_lr=finetune_lr, refit_sweeps=refit_sweeps, refit_prior=refit_prior)
+                                   finetune_lr=finetune_lr, refit_sweeps=refit_sweeps, refit_prior=refit_prior,
+                                   refit_rows=refit_rows)
     return {**score.to_dict(), "subarchitecture": str(subarch), "run": str(run), "checkpoint": str(checkpoint)}
