@@ -272,13 +272,12 @@ class SupernetModule(BackboneModule):
         val_batches, train_batches = self._evaluation_data(data, finetune_data, finetune_steps,
                                                            refit_rows if refit_sweeps else 0)
         masks, was_training, previous = self.supernet_masks, self.training, self.supernet_masks.active
-        undo, refit, first_order, refit_batches = _FinetuneUndo(), None, None, []
+        undo, refit, first_order = _FinetuneUndo(), None, None
         self.eval()
         try:
             masks.apply(subarch)
             if refit_sweeps:
-                refit_batches = first_batches(train_batches, rows=refit_rows)
-                refit = FirstOrderRefit(self.backbone, refit_batches)
+                refit = FirstOrderRefit(self.backbone, first_batches(train_batches, rows=refit_rows))
                 fitted = refit.fit(refit_sweeps, refit_prior)
                 if fitted is not None:
                     first_order = refit.read()
@@ -299,7 +298,7 @@ class SupernetModule(BackboneModule):
         return SubnetScore(subarch.to_dict(), auc, logloss, params, params / self.backbone.embedding_params, flops,
                            finetune_steps, time.perf_counter() - start, finetune_scope if finetune_steps else None,
                            refit_sweeps if first_order is not None else 0,
-                           sum(len(b["label"]) for b in refit_batches) if first_order is not None else 0)
+                           sum(len(b["label"]) for b in refit.batches) if first_order is not None else 0)
 
     def evaluate_many(self, subarchs: Sequence[SubArchitecture], data: Any, finetune_steps: int = 0, *,
                       finetune_data: Iterable[Batch] | None = None, finetune_lr: float = 1e-3,
