@@ -17,6 +17,7 @@ import torch
 from scipy.stats import kendalltau
 from typing_extensions import override
 
+from _common import provenance
 from ihas_lightning import CTRDataModule, SubArchitecture, SupernetConfig, SupernetModule
 from ihas_lightning.paths import shared_data_dir
 
@@ -121,7 +122,8 @@ cache's entries for data of more batches were trained so, those of fewer are wha
 class StandaloneCache:
     """Stand-alone validation AUCs on disk, keyed by data set, training settings, sub-architecture and seed.
 
-    Every entry is written as soon as it is trained (re-reading the file first, so two processes filling it
+    The entries are trained at many commits, so each records its own (``provenance``; entries trained before it did
+    lack it). Every entry is written as soon as it is trained (re-reading the file first, so two processes filling it
     lose nothing but a race on the very same key).
     """
 
@@ -169,7 +171,7 @@ class StandaloneCache:
         hit = self.get(key)
         if hit is not None:
             return hit
-        value = train_standalone(dm, sub, seed, epochs, model, patience)
+        value = {**train_standalone(dm, sub, seed, epochs, model, patience), "provenance": provenance()}
         self.put(key, value)
         return value
 

@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _rank_parts import EarlyStopOnAUC, EpochScores, StandaloneCache, train_standalone  # noqa: E402
 
-from ihas_lightning import CTRDataModule, SubArchitecture  # noqa: E402
+from ihas_lightning import CTRDataModule, SubArchitecture, SupernetModule  # noqa: E402
 
 
 class _Scripted:
@@ -85,3 +85,17 @@ def test_cached_standalone_results_of_the_chunked_shuffle_are_not_reused():
         assert settings["rows_train"] == 2400 and settings["patience"] == 2
         keys[batch_size] = settings.get("shuffle")
     assert keys == {32: "whole", 64: None}
+
+
+def test_a_newly_cached_standalone_result_records_its_commit_and_is_read_back(tmp_path, monkeypatch):
+    """Cache entries are trained at many commits: each new one records its own; a hit trains nothing."""
+    dm = CTRDataModule("synthetic", rows=600, batch_size=128, seed=0)
+    dm.prepare_data()
+    dm.setup("fit")
+    model = {"backbone": "DeepFM", "dim": 4, "dnn_hidden_units": (8,), "lr": 1e-2}
+    sub = SupernetModule(dm.schema, dm.vocab_sizes, seed=0, **model).supernet_masks.full
+    cache = StandaloneCache(tmp_path / "cache.json")
+    first = cache.standalone("synthetic", dm, sub, seed=0, epochs=1, model=model)
+    assert len(first["provenance"]["commit"]) == 40 and 0.0 < first["auc"] < 1.0
+    monkeypatch.setattr("_rank_parts.train_standalone", lambda *a, **k: pytest.fail("a cache hit retrained"))
+    assert cache.standalone("synthetic", dm, sub, seed=0, epochs=1, model=model) == first
