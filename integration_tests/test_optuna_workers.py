@@ -1,8 +1,8 @@
 """``ihas pim`` workers on shared storage, through the project's own storage, worker and objective code.
 
 Every test runs the PIM study's real objective (the inherited-weight validation AUC of a tiny supernet trained
-on MovieLens-100K, plus the analytic cost model) through :mod:`ihas_lightning.pim.study` (``make_storage``,
-``run_study``), as ``ihas pim`` does:
+on MovieLens-100K, plus the analytic cost model) through :mod:`ihas_lightning.pim.storage` (``make_storage``) and
+:mod:`ihas_lightning.pim.study` (``run_study``), as ``ihas pim`` does:
 
 * ``ihas pim --workers 4 --trials 20`` (4 worker processes x 5 trials) on a journal file and on PostgreSQL gives
   exactly 20 complete trials numbered 0-19, each with its three objective values and two constraints.
@@ -40,7 +40,8 @@ import torch
 
 from ihas_lightning.cli import main
 from ihas_lightning.pim import study as pim_study
-from ihas_lightning.pim.study import StudySettings, build_objective, candidate_of, make_storage, run_study
+from ihas_lightning.pim.storage import make_storage
+from ihas_lightning.pim.study import StudySettings, build_objective, candidate_of, run_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 COMPLETE, RUNNING, FAIL = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING,

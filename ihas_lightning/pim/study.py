@@ -45,8 +45,8 @@ from .cost_model import estimate
 from .search_space import Candidate, SearchSpace, model_spec, suggest
 from .storage import SAMPLERS, make_sampler, make_storage
 
-__all__ = ["StudySettings", "PIMObjective", "build_objective", "load_supernet", "make_storage", "make_sampler",
-           "run_study", "quantized_tables", "candidate_of", "DIRECTIONS", "METRIC_NAMES"]
+__all__ = ["StudySettings", "PIMObjective", "build_objective", "load_supernet", "run_study", "quantized_tables",
+           "candidate_of", "DIRECTIONS", "METRIC_NAMES"]
 
 DIRECTIONS = ("maximize", "minimize", "minimize")
 METRIC_NAMES = ("auc", "latency_ratio", "energy_ratio")
