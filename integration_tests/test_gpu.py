@@ -65,8 +65,7 @@ def _on_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("stage", ["search", "supernet", "retrain"])
 def test_a_stage_trains_on_the_gpu_and_ends_near_the_cpu_run(stage: str, tmp_path: Path, cache_dir: Path) -> None:
     gpu_trainer, gpu, _, seen = _fit(stage, tmp_path / "gpu", cache_dir, ACCELERATOR, epochs=2)
-    assert seen.devices == {DEVICE}
-    assert all(p.device.type == DEVICE for p in gpu.parameters())
+    assert seen.devices == {DEVICE}                       # (Lightning moves the module back to the CPU after fit)
     cpu_trainer, cpu, _, _ = _fit(stage, tmp_path / "cpu", cache_dir, "cpu", epochs=2)
     gpu_state, cpu_state = _on_cpu(model_state(gpu)), model_state(cpu)
     assert sorted(gpu_state) == sorted(cpu_state)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from ..gates import GateConfig, GateOutput, InstanceGates
+from ..noise import generator_on, state_device
 from ..regularizers import decided_share, expected_param_share
 from .deepctr_model import embedded_columns, find_deepctr_model, searched_module_from
 from .gate_statistics import gate_heatmap
@@ -99,6 +100,7 @@ class DimensionSearch(StatefulCallback):
         self._pending_state: dict[str, Any] | None = None
         self._noise: torch.Generator | None = None
         self._noise_state: Tensor | None = None
+        self._noise_device: str | None = None                  # the device type _noise_state belongs to
         self._train_probs: list[Tensor] = []
         self._step_share: Tensor | None = None
         self._val: list[GateOutput] | None = None
@@ -229,10 +231,7 @@ class DimensionSearch(StatefulCallback):
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if self._noise is None or self._noise.device != device:
-            self._noise = torch.Generator(device=device)
-            self._noise.manual_seed(self.seed)
-            if self._noise_state is not None and device.type == "cpu":
-                self._noise.set_state(self._noise_state)
+            self._noise = generator_on(device, self.seed, self._noise_state, self._noise_device)
         return self._noise
 
     @torch.no_grad()
@@ -326,12 +325,15 @@ class DimensionSearch(StatefulCallback):
     # -- state and export -------------------------------------------------------------------------------
     @override
     def state_dict(self) -> dict[str, Any]:
-        noise = self._noise.get_state() if self._noise is not None and self._noise.device.type == "cpu" \
-            else self._noise_state
+        if self._noise is not None:
+            noise, device = self._noise.get_state(), self._noise.device.type
+        else:
+            noise, device = self._noise_state, state_device(self._noise_state, self._noise_device)
         gates = None if self.gates is None else {k: v.detach().cpu() for k, v in self.gates.state_dict().items()}
         return {"gates": gates,
                 "fields": list(self.fields), "step": self.step, "regularizer_scale": self.regularizer_scale,
-                "anneal_steps": self.anneal_steps, "regularizer_steps": self.regularizer_steps, "noise_state": noise}
+                "anneal_steps": self.anneal_steps, "regularizer_steps": self.regularizer_steps, "noise_state": noise,
+                "noise_device": device}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -348,6 +350,7 @@ class DimensionSearch(StatefulCallback):
         self.step, self.regularizer_scale = int(state["step"]), float(state["regularizer_scale"])
         self.anneal_steps, self.regularizer_steps = state["anneal_steps"], state["regularizer_steps"]
         self._noise_state, self._noise, self._pending_state = state["noise_state"], None, None
+        self._noise_device = state.get("noise_device")
 
     def export_search_checkpoint(self, path: str | Path, options: dict[str, Any] | None = None) -> Path:
         """Write a :class:`~ihas_lightning.modules.SearchModule` checkpoint of the model's weights and the gates.

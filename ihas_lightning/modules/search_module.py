@@ -14,6 +14,7 @@ from ..backbones import build_backbone
 from ..data.loader import Batch
 from ..data.schema import Schema
 from ..gates import GateConfig, GateOutput, InstanceGates
+from ..noise import generator_on, state_device
 from ..regularizers import decided_share, expected_param_share
 from .base import CTRModule, fused_adam
 from .config import BackboneConfig
@@ -71,6 +72,7 @@ class SearchModule(CTRModule):
         # uninterrupted one would have drawn.
         self._noise: torch.Generator | None = None
         self._noise_state: Tensor | None = None
+        self._noise_device: str | None = None                  # the device type _noise_state belongs to
         self.last_gates: GateOutput | None = None
         self.backbone.embedding_transform = self._gate_embeddings
         self._val_masks: set[bytes] = set()
@@ -93,10 +95,7 @@ class SearchModule(CTRModule):
     def _generator(self, device: torch.device) -> torch.Generator:
         """The noise generator on the embeddings' device, created at first use (seeded) or from a checkpoint."""
         if self._noise is None or self._noise.device != device:
-            self._noise = torch.Generator(device=device)
-            self._noise.manual_seed(self.hparams.seed)
-            if self._noise_state is not None:
-                self._noise.set_state(self._noise_state)
+            self._noise = generator_on(device, self.hparams.seed, self._noise_state, self._noise_device)
         return self._noise
 
     @override
@@ -179,8 +178,11 @@ class SearchModule(CTRModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        noise = self._noise.get_state() if self._noise is not None else self._noise_state
-        checkpoint["ihas_search"] = {"noise_state": noise,
+        if self._noise is not None:
+            noise, device = self._noise.get_state(), self._noise.device.type
+        else:
+            noise, device = self._noise_state, state_device(self._noise_state, self._noise_device)
+        checkpoint["ihas_search"] = {"noise_state": noise, "noise_device": device,
                                      "regularizer_scale": float(self.regularizer_scale)}
 
     @override
@@ -188,6 +190,6 @@ class SearchModule(CTRModule):
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("ihas_search")
         if state is not None:
-            self._noise_state = state["noise_state"]
+            self._noise_state, self._noise_device = state["noise_state"], state.get("noise_device")
             self._noise = None
             self.regularizer_scale = state["regularizer_scale"]
