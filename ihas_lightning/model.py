@@ -132,12 +132,14 @@ class IHASModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> IHASModel:
-        """The model saved at ``path``; a file that is not one (or would run code on load) is a ValueError."""
-        data = load_torch_file(path, "an IHASModel file", map_location)
+        """The model saved at ``path``, on ``map_location``; a file that is not one (or would run code on load) is
+        a ValueError."""
+        data = load_torch_file(path, "an IHASModel file", "cpu")
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         if found != "ihas-model/1":
             raise ValueError(f"'{path}' is not an IHASModel file (format {found!r}); save one with IHASModel.save")
         module = RetrainModule(**data["hparams"])
         module.load_state_dict(data["state_dict"])
+        module.to(map_location)           # built on the CPU, where load_state_dict copied the file's tensors
         encoder = FeatureEncoder.from_dict(data["encoder"]) if data["encoder"] else None
         return cls(module, encoder, data["group_share"])

@@ -3,6 +3,11 @@ the same seeded run on the CPU; a run killed mid-epoch on the GPU resumes exactl
 the same on either device and the supernet is restored on both; ``ihas run --accelerator gpu`` completes and
 the model file it writes loads and predicts on a machine without a GPU.
 
+Run on an H100 and an H200 (2026-11-27, with the whole suite): what they found is fixed, with CPU tests where a
+CPU can show it (tests/test_noise.py, test_model.py, test_pim_study.py, the ONNX export under onnxruntime
+1.30), except DCN's first step on CUDA (README, "Scale"); this file's search-stage comparison, changed after
+that run, and the fixes themselves have not yet run on a GPU.
+
 ``IHAS_GPU_TESTS_ON=cpu`` runs the same tests with the CPU in the GPU's place: a dry run of the tests' own
 logic where no GPU is lent (every comparison then holds exactly).
 """
@@ -69,8 +74,15 @@ def test_a_stage_trains_on_the_gpu_and_ends_near_the_cpu_run(stage: str, tmp_pat
     cpu_trainer, cpu, _, _ = _fit(stage, tmp_path / "cpu", cache_dir, "cpu", epochs=2)
     gpu_state, cpu_state = _on_cpu(model_state(gpu)), model_state(cpu)
     assert sorted(gpu_state) == sorted(cpu_state)
+    if stage == "search":
+        # the gates' noise comes from the device's own generator (CUDA's Philox stream is not the CPU's), so
+        # the searches differ sample by sample (seen on an H100: C1's table 14% apart); their quality must not
+        for metric in ("val_auc", "val_logloss"):
+            got, expected = float(gpu_trainer.callback_metrics[metric]), float(cpu_trainer.callback_metrics[metric])
+            assert abs(got - expected) < 0.03, f"{stage} {metric}: {got} on the GPU, {expected} on the CPU"
+        return
     # 24 Adam steps: float rounding differs between the devices, so the weights agree to a relative 1e-2
-    # overall, not bit for bit; the validation metrics to 0.01
+    # overall, not bit for bit (seen on an H100 and an H200); the validation metrics to 0.01
     for key, expected in cpu_state.items():
         if expected.is_floating_point() and expected.numel():
             difference = (gpu_state[key] - expected).norm()

@@ -75,9 +75,10 @@ def test_mde_keeps_the_candidate_with_the_best_validation_auc(run: RunDirectory)
     assert mde["footprint_gap"] == footprint_gap(mde["embedding_params"], mde["target_footprint"])
     # within 1% of the target, unless the target lies beyond every field at --dim (then all fields are at 8)
     assert abs(mde["footprint_gap"]) <= 0.01 or set(mde["dims"].values()) == {8}
-    # alpha 0 is the matched rule's widths (capped at --dim)
+    # alpha 0 is uniform: every field d or d + 1, except that the fit onto the target may move one field a column
+    # further (footprint_dims: the target wins over the power law's order); seen on a GPU run's target
     uniform = next(c for c in candidates if c["alpha"] == 0.0)
-    assert max(uniform["dims"].values()) - min(uniform["dims"].values()) <= 1
+    assert max(uniform["dims"].values()) - min(uniform["dims"].values()) <= 2
 
 
 def test_fieldwise_is_one_group_without_a_router(run: RunDirectory) -> None:

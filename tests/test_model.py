@@ -29,6 +29,9 @@ def test_ihas_model_round_trip(retrain_dm, tmp_path: Path) -> None:
     assert loaded.embedding_params == model.embedding_params == 15166
     assert loaded.flops_per_sample == model.flops_per_sample > 0
     assert loaded.group_share == [0.5, 0.3, 0.2]
+    # map_location places the module (it was built on the CPU whatever the file's tensors were on: seen on a GPU)
+    on_meta = IHASModel.load(path, map_location="meta")
+    assert {t.device.type for t in (*on_meta.parameters(), *on_meta.buffers())} == {"meta"}
     assert torch.equal(loaded.module.group_dims, torch.tensor(GROUP_DIMS))
     assert loaded.module.table_widths == module.table_widths
 

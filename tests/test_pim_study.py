@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ihas_lightning.callbacks import OptunaPruning
+import ihas_lightning.pim.study as pim_study
 from ihas_lightning.cli import main
 from ihas_lightning.pim.pareto import write_outputs
 from ihas_lightning.pim.search_space import Candidate, allocate_budget, suggest
@@ -107,7 +108,11 @@ def test_raising_trial_is_failed_and_the_study_goes_on(run_dir, objective, tmp_p
     assert report["failed"] == [{"number": 1, "error": "RuntimeError: cost model exploded"}]
 
 
-def test_two_workers_share_one_storage(run_dir, tmp_path):
+@pytest.mark.parametrize("cuda_used", [False, True])
+def test_two_workers_share_one_storage(run_dir, tmp_path, monkeypatch, cuda_used):
+    # After this process used CUDA the workers are spawned, not forked (a forked child's autograd fails there)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: cuda_used)
+    assert pim_study._start_method() == ("spawn" if cuda_used else "fork")
     storage = f"journal:{tmp_path / 'workers.log'}"
     study = run_study(_settings(run_dir, storage, 4, workers=2))
     numbers = [t.number for t in study.trials]

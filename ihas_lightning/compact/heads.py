@@ -248,7 +248,8 @@ def _cin(x0: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], activa
         z = hidden.unsqueeze(2) * x0.unsqueeze(1)                                         # (n, H, fields, width)
         # every size given (no flatten, no -1): ONNX cannot infer a -1 next to an empty group's 0 rows
         z = z.reshape(z.shape[0], z.shape[1] * z.shape[2], z.shape[3])                     # (n, H*fields, width)
-        y = torch.matmul(weight, z) + bias.unsqueeze(-1)                                     # (n, size, width)
+        # both operands batched: onnxruntime 1.30 cannot broadcast a 2-D left operand over an empty group
+        y = torch.matmul(weight.expand(z.shape[0], -1, -1), z) + bias.unsqueeze(-1)          # (n, size, width)
         y = activation(y) if activation is not None else y
         if split_half and i != len(weights) - 1:
             half = weight.shape[0] // 2
@@ -256,7 +257,9 @@ def _cin(x0: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], activa
         else:
             hidden = direct = y
         outputs.append(direct)
-    return torch.cat(outputs, dim=1).sum(-1)
+    maps = torch.cat(outputs, dim=1)                                                     # (n, maps, width)
+    # the sizes restated: onnxruntime 1.30's ReduceSum loses the shape of an empty group's (0, maps, width)
+    return maps.sum(-1).reshape(maps.shape[0], maps.shape[1])
 
 
 class _XDeepFM(GroupHead):

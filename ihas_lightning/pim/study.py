@@ -323,9 +323,7 @@ def run_study(settings: StudySettings, objective: PIMObjective | None = None) ->
     else:
         study = _study(settings, settings.seed)  # create it once, before the workers race to
         _close(study)
-        # fork (Linux): the workers inherit the loaded supernet and the cached validation batches instead of
-        # re-importing torch and reloading both; the parent holds no open storage connection at the fork.
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        method = _start_method()
         inherited = (objective or build_objective(settings)) if method == "fork" else None
         shares = [settings.trials // settings.workers + (i < settings.trials % settings.workers)
                   for i in range(settings.workers)]
@@ -340,6 +338,16 @@ def run_study(settings: StudySettings, objective: PIMObjective | None = None) ->
         if failed:
             raise RuntimeError(f"PIM study workers {failed} exited with an error (see their output above)")
     return _study(settings, settings.seed)
+
+
+def _start_method() -> str:
+    """``fork`` (Linux) where it is safe: the workers inherit the loaded supernet and the cached validation batches
+    instead of re-importing torch and reloading both (the parent holds no open storage connection at the fork).
+    Not once this process has used CUDA: a forked child can use neither CUDA nor autograd after the parent's
+    autograd engine started its device threads (seen on a GPU machine: every trial failed); then ``spawn``."""
+    if "fork" in multiprocessing.get_all_start_methods() and not torch.cuda.is_initialized():
+        return "fork"
+    return "spawn"
 
 
 def _close(study: optuna.Study) -> None:
