@@ -72,20 +72,34 @@ def vocabulary(kind: str = "capped") -> tuple[int, ...]:
 
 def make_data(rows: int, seed: int = 0, vocab: str = "capped"):
     """Encoded train rows (ids shifted by 2: 0 = missing, 1 = OOV; Zipf-distributed, exponent 1.1), a tiny
-    val/test split, the encoder."""
+    val/test split, the encoder.
+
+    The dense counts are encoded as ``FeatureEncoder`` encodes them (log1p, standardized with the training
+    split's mean and standard deviation, missing -> 0), not fed raw: raw counts reach 3e8, and DCN's cross
+    network squares them, to gradients of 1e19 that overflow Adam's second moment on a GPU (found there).
+    """
     from ihas_lightning.data import SyntheticConfig, SyntheticCTR
     from ihas_lightning.data.encoders import EncodedColumns, FeatureEncoder
 
     generator = SyntheticCTR(SyntheticConfig(num_sparse=26, num_dense=13, vocab_sizes=vocabulary(vocab)), seed=seed)
+    chunks = {"train": generator.generate(rows, seed=1), "val": generator.generate(BATCH_SIZE, seed=2),
+              "test": generator.generate(BATCH_SIZE, seed=3)}
 
-    def encoded(n: int, data_seed: int) -> EncodedColumns:
-        chunk = generator.generate(n, seed=data_seed)
-        return EncodedColumns(chunk.labels.astype(np.float32), chunk.sparse + 2, chunk.dense.astype(np.float32),
-                              np.zeros((n, 0), dtype=np.int64))
+    def logged(chunk) -> np.ndarray:
+        return np.where(chunk.dense_missing, np.nan, np.log1p(np.maximum(chunk.dense.astype(np.float64), 0.0)))
 
-    splits = {"train": encoded(rows, 1), "val": encoded(BATCH_SIZE, 2), "test": encoded(BATCH_SIZE, 3)}
     encoder = FeatureEncoder.for_integer_ids(generator.schema, generator.vocab_sizes)
-    return splits, encoder
+    train = logged(chunks["train"])
+    encoder.dense_mean = np.nan_to_num(np.nanmean(train, axis=0))
+    std = np.nanstd(train, axis=0)
+    encoder.dense_std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
+
+    def encoded(chunk) -> EncodedColumns:
+        dense = np.nan_to_num((logged(chunk) - encoder.dense_mean) / encoder.dense_std, nan=0.0).astype(np.float32)
+        n = len(chunk.labels)
+        return EncodedColumns(chunk.labels.astype(np.float32), chunk.sparse + 2, dense, np.zeros((n, 0), np.int64))
+
+    return {name: encoded(chunk) for name, chunk in chunks.items()}, encoder
 
 
 def save_data(path: Path, splits, encoder) -> None:
