@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["generator_on", "state_device"]
+__all__ = ["generator_on", "generator_state", "state_device"]
 
 _CPU_STATE_BYTES = torch.Generator().get_state().numel()
 
@@ -33,3 +33,12 @@ def generator_on(device: torch.device, seed: int, state: Tensor | None = None,
     if state is not None and state_device(state, saved_device) == torch.device(device).type:
         generator.set_state(state)
     return generator
+
+
+def generator_state(generator: torch.Generator | None, saved: Tensor | None,
+                    saved_device: str | None = None) -> tuple[Tensor | None, str | None]:
+    """What a checkpoint stores: the live ``generator``'s state and device type, else the state it would be
+    restored from (``saved``, of ``saved_device``), still unused."""
+    if generator is not None:
+        return generator.get_state(), generator.device.type
+    return saved, state_device(saved, saved_device)

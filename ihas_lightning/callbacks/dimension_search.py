@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from ..gates import GateConfig, GateOutput, InstanceGates
-from ..noise import generator_on, state_device
+from ..noise import generator_on, generator_state
 from ..regularizers import decided_share, expected_param_share
 from .deepctr_model import embedded_columns, find_deepctr_model, searched_module_from
 from .gate_statistics import gate_heatmap
@@ -325,10 +325,7 @@ class DimensionSearch(StatefulCallback):
     # -- state and export -------------------------------------------------------------------------------
     @override
     def state_dict(self) -> dict[str, Any]:
-        if self._noise is not None:
-            noise, device = self._noise.get_state(), self._noise.device.type
-        else:
-            noise, device = self._noise_state, state_device(self._noise_state, self._noise_device)
+        noise, device = generator_state(self._noise, self._noise_state, self._noise_device)
         gates = None if self.gates is None else {k: v.detach().cpu() for k, v in self.gates.state_dict().items()}
         return {"gates": gates,
                 "fields": list(self.fields), "step": self.step, "regularizer_scale": self.regularizer_scale,

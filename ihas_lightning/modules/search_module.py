@@ -14,7 +14,7 @@ from ..backbones import build_backbone
 from ..data.loader import Batch
 from ..data.schema import Schema
 from ..gates import GateConfig, GateOutput, InstanceGates
-from ..noise import generator_on, state_device
+from ..noise import generator_on, generator_state
 from ..regularizers import decided_share, expected_param_share
 from .base import CTRModule, fused_adam
 from .config import BackboneConfig
@@ -178,10 +178,7 @@ class SearchModule(CTRModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        if self._noise is not None:
-            noise, device = self._noise.get_state(), self._noise.device.type
-        else:
-            noise, device = self._noise_state, state_device(self._noise_state, self._noise_device)
+        noise, device = generator_state(self._noise, self._noise_state, self._noise_device)
         checkpoint["ihas_search"] = {"noise_state": noise, "noise_device": device,
                                      "regularizer_scale": float(self.regularizer_scale)}
 
