@@ -85,19 +85,16 @@ def make_data(rows: int, seed: int = 0, vocab: str = "capped"):
     chunks = {"train": generator.generate(rows, seed=1), "val": generator.generate(BATCH_SIZE, seed=2),
               "test": generator.generate(BATCH_SIZE, seed=3)}
 
-    def logged(chunk) -> np.ndarray:
-        return np.where(chunk.dense_missing, np.nan, np.log1p(np.maximum(chunk.dense.astype(np.float64), 0.0)))
+    def raw_dense(chunk) -> np.ndarray:
+        return np.where(chunk.dense_missing, np.nan, chunk.dense.astype(np.float64))
 
     encoder = FeatureEncoder.for_integer_ids(generator.schema, generator.vocab_sizes)
-    train = logged(chunks["train"])
-    encoder.dense_mean = np.nan_to_num(np.nanmean(train, axis=0))
-    std = np.nanstd(train, axis=0)
-    encoder.dense_std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
+    encoder.fit_dense(raw_dense(chunks["train"]))
 
     def encoded(chunk) -> EncodedColumns:
-        dense = np.nan_to_num((logged(chunk) - encoder.dense_mean) / encoder.dense_std, nan=0.0).astype(np.float32)
         n = len(chunk.labels)
-        return EncodedColumns(chunk.labels.astype(np.float32), chunk.sparse + 2, dense, np.zeros((n, 0), np.int64))
+        return EncodedColumns(chunk.labels.astype(np.float32), chunk.sparse + 2, encoder.encode_dense(raw_dense(chunk)),
+                              np.zeros((n, 0), np.int64))
 
     return {name: encoded(chunk) for name, chunk in chunks.items()}, encoder
 

@@ -132,12 +132,23 @@ class FeatureEncoder:
             flat = np.array([t for row in raw.multivalued[field.name] for t in row], dtype=object)
             self.vocabularies[field.name] = FieldVocabulary.fit(flat, self.min_count)
         if self.schema.dense:
-            dense = self._transform_dense_raw(raw)
-            self.dense_mean = np.nanmean(dense, axis=0) if len(dense) else self.dense_mean
-            self.dense_mean = np.nan_to_num(self.dense_mean)
-            std = np.nanstd(dense, axis=0) if len(dense) else self.dense_std
-            self.dense_std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
+            self.fit_dense(self._dense_raw(raw))
         return self
+
+    def fit_dense(self, values: np.ndarray) -> FeatureEncoder:
+        """The dense fields' statistics from raw values (N, F_dense) in ``schema.dense`` order, NaN = missing
+        (for data whose categories need no vocabulary, as :meth:`for_integer_ids`)."""
+        dense = self._logged(values)
+        self.dense_mean = np.nanmean(dense, axis=0) if len(dense) else self.dense_mean
+        self.dense_mean = np.nan_to_num(self.dense_mean)
+        std = np.nanstd(dense, axis=0) if len(dense) else self.dense_std
+        self.dense_std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
+        return self
+
+    def encode_dense(self, values: np.ndarray) -> np.ndarray:
+        """Raw dense values (N, F_dense), NaN = missing -> standardized float32, missing -> 0."""
+        standardized = (self._logged(values) - self.dense_mean) / self.dense_std
+        return np.nan_to_num(standardized, nan=0.0).astype(np.float32)
 
     @classmethod
     def for_integer_ids(cls, schema: Schema, vocab_sizes: dict[str, int]) -> FeatureEncoder:
@@ -156,8 +167,7 @@ class FeatureEncoder:
             if self.schema.sparse else np.zeros((n, 0), dtype=np.int64)
         dense = np.zeros((n, len(self.schema.dense)), dtype=np.float32)
         if self.schema.dense:
-            standardized = (self._transform_dense_raw(raw) - self.dense_mean) / self.dense_std
-            dense = np.nan_to_num(standardized, nan=0.0).astype(np.float32)
+            dense = self.encode_dense(self._dense_raw(raw))
         multi = [self._encode_multi(raw, f.name, f.max_len) for f in self.schema.multivalued]
         multi_array = np.concatenate(multi, axis=1) if multi else np.zeros((n, 0), dtype=np.int64)
         return EncodedColumns(raw.labels.astype(np.float32), sparse.astype(np.int64), dense, multi_array)
@@ -198,14 +208,16 @@ class FeatureEncoder:
                 f"rows have fields {list(raw.schema.embedded_fields) + list(raw.schema.dense)}, the encoder "
                 f"was fitted on {list(self.schema.embedded_fields) + list(self.schema.dense)}", source=raw.source)
 
-    def _transform_dense_raw(self, raw: RawColumns) -> np.ndarray:
-        columns = []
-        for name in self.schema.dense:
-            values = np.asarray(raw.dense[name], dtype=np.float64)
+    def _dense_raw(self, raw: RawColumns) -> np.ndarray:
+        return np.stack([np.asarray(raw.dense[name], dtype=np.float64) for name in self.schema.dense], axis=1)
+
+    def _logged(self, values: np.ndarray) -> np.ndarray:
+        """(N, F_dense) float64 with ``log1p(max(x, 0))`` on the ``log_dense`` fields; NaN = missing stays."""
+        values = np.array(values, dtype=np.float64)
+        for j, name in enumerate(self.schema.dense):
             if name in self.schema.log_dense:
-                values = np.log1p(np.maximum(values, 0.0))
-            columns.append(values)
-        return np.stack(columns, axis=1)  # (N, F_dense), NaN = missing
+                values[:, j] = np.log1p(np.maximum(values[:, j], 0.0))
+        return values
 
     def _encode_multi(self, raw: RawColumns, name: str, max_len: int) -> np.ndarray:
         rows = raw.multivalued[name]
