@@ -3,10 +3,9 @@ the same seeded run on the CPU; a run killed mid-epoch on the GPU resumes exactl
 the same on either device and the supernet is restored on both; ``ihas run --accelerator gpu`` completes and
 the model file it writes loads and predicts on a machine without a GPU.
 
-Run on an H100 and an H200 (2026-11-27, with the whole suite): what they found is fixed, with CPU tests where a
-CPU can show it (tests/test_noise.py, test_model.py, test_pim_study.py, test_benchmark_data.py, the ONNX export
-under onnxruntime 1.30; README, "Scale"); this file's search-stage comparison, changed after that run, and the
-fixes themselves have not yet run on a GPU.
+Run on an H100 and an H200 (2026-11-27, with the whole suite), and again on an H200 after the fixes, where all
+eight passed once the compact form's buffers followed the module's device (README, "Scale";
+benchmarks/results/gpu_2026-11-27/).
 
 ``IHAS_GPU_TESTS_ON=cpu`` runs the same tests with the CPU in the GPU's place: a dry run of the tests' own
 logic where no GPU is lent (every comparison then holds exactly).

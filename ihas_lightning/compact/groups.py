@@ -91,8 +91,9 @@ class CompactGroups(nn.Module):
         """The compact form of a trained ``RetrainModule`` that routes (``groups_from="router"``)."""
         if module.hparams.groups_from != "router":
             raise ValueError("a RetrainModule with groups_from='batch' has no router to serve with")
-        return cls(module.backbone, module.group_dims.tolist(), module.router if module.num_groups > 1 else None,
-                   module.group_params)
+        compact = cls(module.backbone, module.group_dims.tolist(), module.router if module.num_groups > 1 else None,
+                      module.group_params)
+        return compact.to(module.group_dims.device)      # the index buffers it builds follow the module's device
 
     @property
     def num_groups(self) -> int:
