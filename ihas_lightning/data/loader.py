@@ -120,6 +120,9 @@ class BatchStream(IterableDataset):
                 index += in_chunk
                 yield from (None for _ in range(in_chunk))
                 continue
+            # Let go of the last chunk before reading the next: held, a store's two chunks (and the next one's
+            # mapped pages) were in memory at once once a split had two full chunks (memory_scale.md).
+            chunk = None
             chunk = self._read(slice(int(start), int(stop)))           # rows in memory: views, no copy
             order = rng.permutation(size) if rng is not None else None
             for begin in range(0, size, self.batch_size):
