@@ -193,6 +193,48 @@ def test_a_store_holds_one_chunk_at_a_time(tmp_path: Path, shuffle: bool) -> Non
     assert np.array_equal(np.sort(np.concatenate([b["sparse"][:, 0].numpy() for b in batches])), np.arange(1000))
 
 
+def _vm_hwm_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM")
+
+
+def test_reading_a_range_costs_the_rows_once_not_twice(tmp_path: Path) -> None:
+    # Read through a memory map and copied, a range was resident twice at the read's peak (the mapped pages and
+    # the copy): 2x the rows; read from the file, once.
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        _vm_hwm_bytes()
+    except OSError:
+        pytest.skip("needs Linux's /proc/self/clear_refs and VmHWM")
+    rows, width = 80_000, 64
+    sparse = np.random.default_rng(0).integers(0, 2**40, (rows, width))
+    columns = EncodedColumns(np.zeros(rows, np.float32), sparse, np.zeros((rows, 1), np.float32),
+                             np.zeros((rows, 0), np.int64))
+    store = save_encoded(tmp_path / "wide", columns)
+    del sparse, columns
+    gc.collect()
+    before = _vm_hwm_bytes()
+    Path("/proc/self/clear_refs").write_text("5")
+    start = _vm_hwm_bytes()
+    chunk = store.read(slice(0, rows))
+    grown = _vm_hwm_bytes() - start
+    assert chunk.sparse.nbytes == rows * width * 8 and grown < 1.4 * chunk.sparse.nbytes, (grown, before)
+    np.testing.assert_array_equal(chunk.sparse[123], np.load(store.directory / "sparse.npy", mmap_mode="r")[123])
+
+
+def test_a_damaged_cache_file_is_a_clear_error(tmp_path: Path) -> None:
+    store = save_encoded(tmp_path / "cache", make_columns(100))
+    data = (store.directory / "dense.npy").read_bytes()
+    (store.directory / "dense.npy").write_bytes(data[:-8])
+    with pytest.raises(ValueError, match="dense.npy' ends before row 100: the cache is truncated"):
+        store.read(slice(0, 100))
+    np.save(store.directory / "labels.npy", np.zeros(100, np.float64))
+    with pytest.raises(ValueError, match="labels.npy' holds a float64 array of shape"):
+        store.read(slice(0, 10))
+
+
 def test_split_rows_seeded_and_disjoint() -> None:
     train, val, test = split_rows(10_000, (0.1, 0.1), seed=0)
     assert (len(train), len(val), len(test)) == (8000, 1000, 1000)

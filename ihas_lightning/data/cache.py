@@ -1,6 +1,9 @@
-"""Encoded columns on disk as ``.npy`` files, read back through short-lived memory maps.
+"""Encoded columns on disk as ``.npy`` files, read back a range of rows at a time.
 
-A map is opened for each read and closed after it, so the pages of a 10M-row file never pile up in the
+A range (a chunk of the loader) is read from the file straight into a fresh array: read through a memory map
+and copied, its mapped pages counted in the process's resident memory beside the copy until the map closed, one
+chunk's worth more at each read (``benchmarks/results/memory_scale.md``). Scattered rows (an index array) are
+gathered through a map that is closed right after. Either way the pages of a 10M-row file never pile up in the
 process's resident memory: training over data larger than RAM keeps a flat footprint.
 """
 
@@ -75,12 +78,16 @@ class EncodedStore:
         return self.num_rows
 
     def read(self, rows: slice | np.ndarray) -> EncodedColumns:
-        """Rows by slice or by (sorted is fastest) index array."""
+        """Rows by slice (read from the files) or by (sorted is fastest) index array (gathered through maps)."""
         parts = {}
         for part in _PARTS:
-            mapped = np.load(self.directory / f"{part}.npy", mmap_mode="r")
-            parts[part] = np.array(mapped[rows])
-            del mapped
+            path = self.directory / f"{part}.npy"
+            if isinstance(rows, slice) and rows.step in (None, 1):
+                parts[part] = _read_range(path, rows, _PARTS[part])
+            else:
+                mapped = np.load(path, mmap_mode="r")
+                parts[part] = np.array(mapped[rows])
+                del mapped
         return EncodedColumns(**parts)
 
     def read_labels(self) -> np.ndarray:
@@ -96,3 +103,21 @@ class EncodedStore:
     def iter_chunks(self, chunk_rows: int) -> Iterable[EncodedColumns]:
         for start in range(0, self.num_rows, chunk_rows):
             yield self.read(slice(start, min(start + chunk_rows, self.num_rows)))
+
+
+def _read_range(path: Path, rows: slice, dtype: type) -> np.ndarray:
+    """Rows ``rows`` (a step-1 slice) of the ``.npy`` array at ``path``, read into a fresh array."""
+    with open(path, "rb") as file:
+        version = np.lib.format.read_magic(file)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, found = read_header(file)
+        if found != np.dtype(dtype) or fortran_order or not shape:
+            raise ValueError(f"'{path}' holds a {'Fortran-order ' if fortran_order else ''}{found} array of shape "
+                             f"{shape}, not the cache's row-major {np.dtype(dtype)} rows: remove the cache folder")
+        start, stop, _ = rows.indices(shape[0])
+        out = np.empty((max(stop - start, 0), *shape[1:]), dtype=found)
+        if out.nbytes:
+            file.seek(start * (out.nbytes // len(out)), 1)
+            if file.readinto(memoryview(out.reshape(-1)).cast("B")) != out.nbytes:
+                raise ValueError(f"'{path}' ends before row {stop}: the cache is truncated; remove the cache folder")
+    return out
