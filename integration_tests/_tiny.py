@@ -68,6 +68,21 @@ def trainer(root: Path, callbacks: list[Callback], max_epochs: int = 3, **kwargs
                       deterministic=True, **kwargs)
 
 
+def fit_stage(stage: str, root: Path, cache_dir: Path, *, epochs: int, every: int = 4, crash: int | None = None,
+              ckpt_path: str | None = None, watch: tuple[Callback, ...] = (), accelerator: str = "cpu"):
+    """One seeded stage fit with ``last.ckpt`` every ``every`` steps, optionally crashing at step ``crash`` or
+    resuming from ``ckpt_path``; ``watch`` adds observing callbacks. Returns the trainer, module, the stage's
+    callbacks and the data module."""
+    pl.seed_everything(0)
+    dm = tiny_dm(cache_dir)
+    module, callbacks = STAGES[stage](dm)
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, every_n_train_steps=every)
+    extra = [CrashAt(crash)] if crash is not None else []
+    tr = trainer(root, [*extra, *callbacks, checkpoint, *watch], max_epochs=epochs, accelerator=accelerator)
+    tr.fit(module, dm, ckpt_path=ckpt_path)
+    return tr, module, callbacks, dm
+
+
 def model_state(module: pl.LightningModule) -> dict[str, torch.Tensor]:
     """Parameters and buffers (gates, BatchNorm statistics, lambda, temperature), without metric states."""
     return {k: v for k, v in module.state_dict().items() if "auroc" not in k and "logloss" not in k}

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback
 
-from _tiny import STAGES, CrashAt, SimulatedCrash, assert_same, flat_tensors, model_state, tiny_dm, trainer
+from _tiny import SimulatedCrash, assert_same, fit_stage, flat_tensors, model_state, tiny_dm
 from ihas_lightning.cli import main
 from ihas_lightning.model import IHASModel
 from ihas_lightning.subarchitecture import SubArchitecture
@@ -51,14 +51,9 @@ def cache_dir(tmp_path_factory) -> Path:
 
 def _fit(stage: str, root: Path, cache_dir: Path, accelerator: str, epochs: int, crash: int | None = None,
          ckpt_path: str | None = None):
-    pl.seed_everything(0)
-    dm = tiny_dm(cache_dir)
-    module, callbacks = STAGES[stage](dm)
     seen = DeviceSeen()
-    checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, every_n_train_steps=4)
-    extra = [CrashAt(crash)] if crash is not None else []
-    tr = trainer(root, [*extra, *callbacks, checkpoint, seen], max_epochs=epochs, accelerator=accelerator)
-    tr.fit(module, dm, ckpt_path=ckpt_path)
+    tr, module, callbacks, _ = fit_stage(stage, root, cache_dir, epochs=epochs, crash=crash, ckpt_path=ckpt_path,
+                                         watch=(seen,), accelerator=accelerator)
     return tr, module, callbacks, seen
 
 

@@ -17,8 +17,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from _tiny import (STAGES, STEPS_PER_EPOCH, CrashAt, SimulatedCrash, assert_same, flat_tensors, model_state,
-                   tiny_dm, trainer)
+from _tiny import (STAGES, STEPS_PER_EPOCH, SimulatedCrash, assert_same, fit_stage, flat_tensors,
+                   model_state, tiny_dm, trainer)
 
 EVERY = 4          # checkpoint every 4 training steps
 CRASH = 19         # crash after step 19: last.ckpt is from step 16, i.e. 4 batches into epoch 1
@@ -31,14 +31,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 def _fit(stage: str, root: Path, cache_dir: Path, crash: int | None = None, ckpt_path: str | None = None):
-    pl.seed_everything(0)
-    dm = tiny_dm(cache_dir)
-    module, callbacks = STAGES[stage](dm)
-    checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, every_n_train_steps=EVERY)
-    extra = [CrashAt(crash)] if crash is not None else []
-    tr = trainer(root, [*extra, *callbacks, checkpoint], max_epochs=EPOCHS)
-    tr.fit(module, dm, ckpt_path=ckpt_path)
-    return tr, module, callbacks, dm
+    return fit_stage(stage, root, cache_dir, epochs=EPOCHS, every=EVERY, crash=crash, ckpt_path=ckpt_path)
 
 
 def _callback_state(callbacks) -> dict:
