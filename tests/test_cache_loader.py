@@ -49,6 +49,7 @@ def test_save_encoded_round_trip_keeps_int64_exact(tmp_path: Path) -> None:
     index = np.array([3, 1, 99, 50])
     np.testing.assert_array_equal(store.read(index).dense, columns.dense[index])
     assert sum(len(c) for c in store.iter_chunks(33)) == 100
+    np.testing.assert_array_equal(store.read_labels(), columns.labels)
     # A fresh store over the same folder sees the same rows.
     np.testing.assert_array_equal(EncodedStore(tmp_path / "cache").read_all().sparse, columns.sparse)
     with pytest.raises(FileNotFoundError, match="meta.json"):

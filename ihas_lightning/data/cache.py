@@ -91,11 +91,8 @@ class EncodedStore:
         return EncodedColumns(**parts)
 
     def read_labels(self) -> np.ndarray:
-        """All labels ``(N,)``, read through a map that is closed right after."""
-        mapped = np.load(self.directory / "labels.npy", mmap_mode="r")
-        labels = np.array(mapped)
-        del mapped
-        return labels
+        """All labels ``(N,)``."""
+        return _read_range(self.directory / "labels.npy", slice(0, self.num_rows), _PARTS["labels"])
 
     def read_all(self) -> EncodedColumns:
         return self.read(slice(0, self.num_rows))
