@@ -120,8 +120,8 @@ class BatchStream(IterableDataset):
                 index += in_chunk
                 yield from (None for _ in range(in_chunk))
                 continue
-            # Let go of the last chunk before reading the next: held, a store's two chunks (and the next one's
-            # mapped pages) were in memory at once once a split had two full chunks (memory_scale.md).
+            # Let go of the last chunk before reading the next, so a store has one chunk in memory at a time
+            # (held, two were, as soon as a split had two full chunks: memory_scale.md).
             chunk = None
             chunk = self._read(slice(int(start), int(stop)))           # rows in memory: views, no copy
             order = rng.permutation(size) if rng is not None else None
