@@ -22,7 +22,7 @@ from ihas_lightning import CTRDataModule, SubArchitecture, SupernetConfig, Super
 from ihas_lightning.paths import shared_data_dir
 
 __all__ = ["DATASETS", "DIM_CHOICES", "WIDTH_CHOICES", "Band", "EarlyStopOnAUC", "EpochScores", "StandaloneCache",
-           "datamodule", "draw_candidates", "parse_bands", "tau", "train_standalone", "trainer"]
+           "band_taus", "datamodule", "draw_candidates", "parse_bands", "tau", "train_standalone", "trainer"]
 
 DIM_CHOICES = (0, 1, 2, 4, 8, 16)  # 0 drops a field's embedding (its first-order term stays)
 WIDTH_CHOICES = (0.25, 0.5, 0.75, 1.0)
@@ -112,6 +112,14 @@ def draw_candidates(module: SupernetModule, bands: Sequence[Band], per_band: int
 def tau(x: Sequence[float], y: Sequence[float]) -> float:
     """Kendall's tau-b (NaN when one side is constant)."""
     return float(kendalltau(x, y).statistic)
+
+
+def band_taus(rows: list[dict], bands: list, key: str, ref: str = "standalone_auc") -> dict:
+    """Tau of ``key`` against ``ref`` over the rows of each band (``row["band"]``, an index into ``bands``) and
+    over all rows."""
+    out = {str(b): tau([r[key] for r in rows if r["band"] == i], [r[ref] for r in rows if r["band"] == i])
+           for i, b in enumerate(bands)}
+    return {"bands": out, "overall": tau([r[key] for r in rows], [r[ref] for r in rows])}
 
 
 OLD_SHUFFLE_CHUNK_BATCHES = 64

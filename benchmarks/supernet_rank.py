@@ -51,7 +51,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, machine_info, now_iso  # noqa: E402
 from _rank_parts import (DATASETS, DIM_CHOICES, WIDTH_CHOICES, EpochScores, StandaloneCache,  # noqa: E402
-                         datamodule, draw_candidates, parse_bands, tau, train_standalone, trainer)
+                         band_taus, datamodule, draw_candidates, parse_bands, train_standalone, trainer)
 from _rank_report import variant_key, write_report  # noqa: E402
 
 from ihas_lightning import SupernetModule  # noqa: E402
@@ -144,12 +144,6 @@ def train_variant(name: str, dm, model: dict, spec: dict, epochs: int, seed: int
     if epoch_scores:
         wall, cpu = wall - epoch_scores.seconds, cpu - epoch_scores.cpu_seconds
     return supernet, wall, cpu, sampler.step
-
-
-def band_taus(rows: list[dict], bands: list, key: str, ref: str = "standalone_auc") -> dict:
-    out = {str(b): tau([r[key] for r in rows if r["band"] == i], [r[ref] for r in rows if r["band"] == i])
-           for i, b in enumerate(bands)}
-    return {"bands": out, "overall": tau([r[key] for r in rows], [r[ref] for r in rows])}
 
 
 def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> dict:

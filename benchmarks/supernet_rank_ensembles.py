@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, write_json, write_markdown_table  # noqa: E402
-from _rank_parts import tau  # noqa: E402
+from _rank_parts import band_taus  # noqa: E402
 
 ENSEMBLES: dict[str, tuple[str, ...]] = {
     "sandwich (seed 0)": ("sandwich",),
@@ -38,12 +38,9 @@ ENSEMBLES: dict[str, tuple[str, ...]] = {
 
 def ensemble_taus(dataset: dict, members: tuple[str, ...]) -> dict:
     """Tau per band and overall of the members' mean fine-tuned AUC against the stand-alone mean AUC."""
-    candidates = dataset["candidates"]
-    reference = np.array([c["standalone_auc"] for c in candidates])
-    band = np.array([c["band"] for c in candidates])
     score = np.mean([[s["finetuned_auc"] for s in dataset["variants"][m]["scores"]] for m in members], axis=0)
-    bands = {name: tau(score[band == i], reference[band == i]) for i, name in enumerate(dataset["bands"])}
-    return {"bands": bands, "overall": tau(score, reference)}
+    rows = [{**c, "ensemble_auc": float(x)} for c, x in zip(dataset["candidates"], score)]
+    return band_taus(rows, dataset["bands"], "ensemble_auc")
 
 
 def main(argv: list[str] | None = None) -> int:
