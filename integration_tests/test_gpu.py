@@ -1,7 +1,8 @@
 """On a GPU (skipped without one, so CI, which has none, skips them): every stage trains on CUDA and ends near
 the same seeded run on the CPU; a run killed mid-epoch on the GPU resumes exactly; a supernet's candidate scores
 the same on either device and the supernet is restored on both; ``ihas run --accelerator gpu`` completes and
-the model file it writes loads and predicts on a machine without a GPU.
+the model file it writes loads and predicts on a machine without a GPU; ``ihas subnet --device cuda`` scores as
+on the CPU and ``ihas pim --device cuda`` completes with two worker processes (the last one not yet run on a GPU).
 
 Run on an H100 and an H200 (2026-11-27, with the whole suite), and again on an H200 after the fixes, where all
 eight passed once the compact form's buffers followed the module's device (README, "Scale";
@@ -147,3 +148,23 @@ def test_ihas_run_on_the_gpu_writes_a_model_that_serves_on_the_cpu(tmp_path: Pat
     assert got.shape == (len(batch["label"]),) and bool(((got > 0) & (got < 1)).all())
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     assert main(["report", "--run", str(run)]) == 0 and (run / "report.md").is_file()
+
+
+def test_ihas_subnet_and_ihas_pim_score_on_the_gpu(tmp_path: Path, cache_dir: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["supernet", "--rows", "3000", "--dim", "8", "--dnn", "16,8", "--dim-choices", "2,4,8", "--epochs",
+                 "1", "--batch-size", "256", "--out", str(run), "--quiet", "--cache-dir", str(cache_dir),
+                 "--accelerator", "cpu"]) == 0
+    scores = {}
+    for device in ("cpu", DEVICE):
+        path = tmp_path / f"{device}.json"
+        assert main(["subnet", "--run", str(run), "--dims", "C1=2,C2=4", "--widths", "0.5,0.5", "--device", device,
+                     "--json", str(path)]) == 0
+        scores[device] = json.loads(path.read_text())
+    assert scores[DEVICE]["device"].startswith(DEVICE)
+    assert abs(scores[DEVICE]["auc"] - scores["cpu"]["auc"]) < 2e-3, scores
+    # two worker processes (spawned once CUDA is in use), each loading the supernet on the GPU
+    assert main(["pim", "--run", str(run), "--trials", "4", "--workers", "2", "--baseline-epochs", "0",
+                 "--device", DEVICE]) == 0
+    report = json.loads((run / "pim" / "pareto.json").read_text())
+    assert report["trials"] == {"COMPLETE": 4}

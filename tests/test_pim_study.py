@@ -196,3 +196,23 @@ def test_pruning_callback_refuses_multi_objective_and_bad_arguments():
         OptunaPruning(single, report_every="batch")
     with pytest.raises(TypeError, match="optuna Trial"):
         OptunaPruning("trial-0")
+
+
+def test_a_device_that_is_not_there_fails_before_any_trial(run_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda': CUDA is not available here"):
+        StudySettings(run_dir=str(run_dir), device="cuda")
+    storage = tmp_path / "study.db"
+    assert main(["pim", "--run", str(run_dir), "--trials", "2", "--storage", f"sqlite:///{storage}",
+                 "--device", "cuda:1"]) == 2
+    assert "device 'cuda:1': CUDA is not available here" in capsys.readouterr().err
+    assert not storage.exists()                          # nothing trained, no study created
+
+
+def test_the_objective_scores_on_the_settings_device(run_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)   # auto: the CPU where CUDA is not
+    objective = build_objective(StudySettings(run_dir=str(run_dir), device="auto"))
+    assert objective.module.device.type == "cpu"
+    assert {t.device.type for b in objective.batches + objective.finetune_batches for t in b.values()} == {"cpu"}
+    default = build_objective(StudySettings(run_dir=str(run_dir)))
+    assert default.module is objective.module                         # one load per run and device

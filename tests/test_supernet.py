@@ -336,3 +336,23 @@ def test_cli_supernet_then_subnet(tmp_path, capsys) -> None:
     assert "first-order refit sweeps" in capsys.readouterr().out
     assert main(["subnet", "--run", str(out), "--dims", "C1=99"]) == 2
     assert "dimension must be in [0, 8], got 99" in capsys.readouterr().err
+
+
+def test_cli_subnet_scores_on_the_device_it_is_given(tmp_path, capsys, monkeypatch) -> None:
+    out = tmp_path / "run"
+    assert main(["supernet", "--data", "synthetic", "--rows", "2000", "--epochs", "1", "--dim", "4",
+                 "--dim-choices", "2,4", "--dnn", "8", "--batch-size", "256", "--out", str(out), "--quiet",
+                 "--cache-dir", str(tmp_path / "cache"), "--accelerator", "cpu"]) == 0
+    scores = {}
+    for name, device in (("default", []), ("cpu", ["--device", "cpu"]), ("auto", ["--device", "auto"])):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)      # auto: the CPU where CUDA is not
+        assert main(["subnet", "--run", str(out), "--dims", "C1=2", "--finetune-steps", "2",
+                     "--json", str(tmp_path / f"{name}.json"), *device]) == 0
+        scores[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert scores["default"]["device"] == scores["cpu"]["device"] == scores["auto"]["device"] == "cpu"
+    assert scores["default"]["auc"] == scores["cpu"]["auc"] == scores["auto"]["auc"]
+    assert re.search(r"device\W+cpu", capsys.readouterr().out)
+    assert main(["subnet", "--run", str(out), "--dims", "C1=2", "--device", "cuda"]) == 2
+    assert "device 'cuda': CUDA is not available here" in capsys.readouterr().err
+    assert main(["subnet", "--run", str(out), "--dims", "C1=2", "--device", "npu"]) == 2
+    assert "device must be cpu, cuda, cuda:N" in capsys.readouterr().err

@@ -74,6 +74,9 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training rows the first-order refit fits, the first batches that hold them (default "
                              f"{REFIT_ROWS:,}; more fit the first-order weights better on large data and cost a "
                              "forward pass over them per candidate)")
+    parser.add_argument("--device", default="cpu",
+                        help="where the candidates are scored: cpu (default), cuda, cuda:N or auto (cuda where "
+                             "available)")
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:

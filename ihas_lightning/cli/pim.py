@@ -67,7 +67,7 @@ def run_pim(args: argparse.Namespace) -> dict:
                              study_name=args.study_name, mode=args.mode, cost_vocab=_sizes(args.cost_vocab),
                              cost_zipf=args.cost_zipf, finetune_steps=args.finetune_steps,
                              finetune_lr=args.finetune_lr, refit_sweeps=args.refit_sweeps, refit_prior=args.refit_prior,
-                             refit_rows=args.refit_rows)
+                             refit_rows=args.refit_rows, device=args.device)
     trained = None if args.baseline_epochs == 0 else train_standalone(args.run, epochs=args.baseline_epochs)
     objective = build_objective(settings)
     study = run_study(settings, objective if settings.workers == 1 else None)

@@ -86,7 +86,8 @@ def run_supernet(args: argparse.Namespace) -> dict:
 def run_subnet(args: argparse.Namespace) -> dict:
     result = score_subnet(args.run, args.dims, args.widths, args.finetune_steps, args.checkpoint,
                           finetune_scope=args.finetune_scope, finetune_lr=args.finetune_lr,
-                          refit_sweeps=args.refit_sweeps, refit_prior=args.refit_prior, refit_rows=args.refit_rows)
+                          refit_sweeps=args.refit_sweeps, refit_prior=args.refit_prior, refit_rows=args.refit_rows,
+                          device=args.device)
     if args.json:
         write_json(Path(args.json), result)
     flops = result["flops_per_sample"]
@@ -96,6 +97,6 @@ def run_subnet(args: argparse.Namespace) -> dict:
         ["FLOPs per sample", "n/a" if flops is None else f"{flops:,.0f}"],
         ["first-order refit sweeps", result["refit_sweeps"]], ["first-order refit rows", result["refit_rows"]],
         ["fine-tune steps", result["finetune_steps"]], ["fine-tune scope", result["finetune_scope"] or "-"],
-        ["seconds", result["seconds"]],
+        ["device", result["device"]], ["seconds", result["seconds"]],
     ])
     return result

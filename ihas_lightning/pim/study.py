@@ -39,6 +39,7 @@ from typing import Any
 import optuna
 import torch
 
+from ..devices import resolve_device
 from ..modules.supernet_module import REFIT_PRIOR, REFIT_ROWS, REFIT_SWEEPS, first_batches
 from .config import get_preset
 from .cost_model import estimate
@@ -66,6 +67,9 @@ class StudySettings:
     ``refit_sweeps`` Newton sweeps, prior precision ``refit_prior``, on the first ``refit_rows`` training rows,
     default :data:`~ihas_lightning.modules.REFIT_ROWS`; 0 sweeps: none). Both together ranked candidates of similar size
     better on the development data of ``benchmarks/results/supernet_rank.md``.
+
+    ``device``: where the candidates are scored (:func:`~ihas_lightning.devices.resolve_device`; every worker
+    process loads the supernet there).
     """
 
     run_dir: str
@@ -85,8 +89,10 @@ class StudySettings:
     refit_sweeps: int = REFIT_SWEEPS
     refit_prior: float = REFIT_PRIOR
     refit_rows: int = REFIT_ROWS
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
+        resolve_device(self.device)                       # a device that is not there fails before any trial
         if self.finetune_steps < 0 or self.refit_sweeps < 0 or self.refit_rows < 1:
             raise ValueError(f"finetune_steps and refit_sweeps must be >= 0 and refit_rows >= 1, got "
                              f"{self.finetune_steps}, {self.refit_sweeps} and {self.refit_rows}")
@@ -108,24 +114,26 @@ class StudySettings:
         return self.storage or f"sqlite:///{Path(self.run_dir).resolve() / 'pim' / 'study.db'}"
 
 
-_SUPERNETS: dict[str, tuple[Any, Any]] = {}
+_SUPERNETS: dict[tuple[str, str], tuple[Any, Any]] = {}
 
 
-def load_supernet(run_dir: str | Path) -> tuple[Any, Any]:
-    """The trained supernet of ``ihas supernet --out run_dir`` and its data module (cached per process)."""
+def load_supernet(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Any]:
+    """The trained supernet of ``ihas supernet --out run_dir``, on ``device``, and its data module (cached per
+    process and device)."""
     from ..data.config import DataConfig
     from ..modules.supernet_module import SupernetModule
     from ..training import datamodule_from_config
 
     stage = Path(run_dir) / "supernet"
-    key = str(stage.resolve())
+    device = resolve_device(device)
+    key = (str(stage.resolve()), str(device))
     if key not in _SUPERNETS:
         options, checkpoint = stage / "data.json", stage / "checkpoints" / "last.ckpt"
         if not options.exists() or not checkpoint.exists():
             raise FileNotFoundError(f"no trained supernet in {stage} (need data.json and checkpoints/last.ckpt): "
                                     f"run `ihas supernet --out {run_dir}` first")
         dm = datamodule_from_config(DataConfig(**json.loads(options.read_text())))
-        module = SupernetModule.load_from_checkpoint(str(checkpoint), map_location="cpu").eval()
+        module = SupernetModule.load_from_checkpoint(str(checkpoint), map_location=device).to(device).eval()
         _SUPERNETS[key] = (module, dm)
     return _SUPERNETS[key]
 
@@ -266,16 +274,16 @@ def build_objective(settings: StudySettings) -> PIMObjective:
     so are the validation AUCs of the candidates scored: a second study on the same supernet (another cost
     vocabulary, say) scores none of them again.
     """
-    module, dm = load_supernet(settings.run_dir)
+    module, dm = load_supernet(settings.run_dir, settings.device)
     key = ("val", id(module))
-    if key not in _BATCHES:
-        _BATCHES[key] = [dict(b) for b in dm.stream("val")]
+    if key not in _BATCHES:                                 # on the module's device, so a trial copies none
+        _BATCHES[key] = [_on(module.device, b) for b in dm.stream("val")]
     steps, lr = settings.finetune_steps, settings.finetune_lr or float(module.hparams.lr)
     refit = (settings.refit_sweeps, settings.refit_prior, settings.refit_rows)
     rows = settings.refit_rows if settings.refit_sweeps else 0
     train_key = ("train", id(module), steps, rows)
     if train_key not in _BATCHES:
-        _BATCHES[train_key] = [dict(b) for b in first_batches(dm.stream("train"), steps, rows)]
+        _BATCHES[train_key] = [_on(module.device, b) for b in first_batches(dm.stream("train"), steps, rows)]
     space = SearchSpace.from_module(module, dm, dim_choices=_dim_choices(settings.run_dir, module),
                                     mode=settings.mode)
     if settings.cost_vocab is not None:
@@ -288,6 +296,10 @@ def build_objective(settings: StudySettings) -> PIMObjective:
 
 _BATCHES: dict[tuple, list] = {}
 _AUCS: dict[tuple, dict] = {}
+
+
+def _on(device: torch.device, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _dim_choices(run_dir: str, module: Any) -> tuple[int, ...]:

@@ -13,9 +13,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 
 from ..callbacks.supernet_sampler import SupernetSampler
 from ..data.config import DataConfig
+from ..devices import resolve_device
 from ..json_files import read_json
 from ..modules.supernet_module import REFIT_PRIOR, REFIT_ROWS, FinetuneScope, SupernetModule
 from ..run_config import RunConfig
@@ -80,10 +82,12 @@ def train_supernet(out: str | Path, config: RunConfig, space: SupernetConfig,
 def score_subnet(run: str | Path, dims: str = "", widths: str | None = None, finetune_steps: int = 0,
                  checkpoint: str | Path | None = None, *, finetune_scope: FinetuneScope = "last_layer",
                  finetune_lr: float | None = None, refit_sweeps: int = 0,
-                 refit_prior: float = REFIT_PRIOR, refit_rows: int = REFIT_ROWS) -> dict:
+                 refit_prior: float = REFIT_PRIOR, refit_rows: int = REFIT_ROWS,
+                 device: str | torch.device = "cpu") -> dict:
     """Validation score of one sub-architecture (``FIELD=D,...`` and DNN ``widths``) with inherited weights,
     optionally after a first-order refit and a fine-tune at ``finetune_lr`` (None: the supernet's learning rate;
-    :meth:`SupernetModule.evaluate_subnet`)."""
+    :meth:`SupernetModule.evaluate_subnet`), computed on ``device`` (:func:`~ihas_lightning.devices.resolve_device`)."""
+    device = resolve_device(device)
     stage = Path(run) / "supernet"
     options_path = stage / "data.json"
     if not options_path.exists():
@@ -92,10 +96,11 @@ def score_subnet(run: str | Path, dims: str = "", widths: str | None = None, fin
     if not checkpoint.exists():
         raise FileNotFoundError(f"supernet checkpoint {checkpoint} not found")
     dm = datamodule_from_config(DataConfig(**read_json(options_path)))
-    module = SupernetModule.load_from_checkpoint(str(checkpoint), map_location="cpu")
+    module = SupernetModule.load_from_checkpoint(str(checkpoint), map_location=device).to(device)
     subarch = module.parse_subarch(dims, widths)
     finetune_lr = float(module.hparams.lr) if finetune_lr is None else finetune_lr
     score = module.evaluate_subnet(subarch, dm, finetune_steps=finetune_steps, finetune_scope=finetune_scope,
                                    finetune_lr=finetune_lr, refit_sweeps=refit_sweeps, refit_prior=refit_prior,
                                    refit_rows=refit_rows)
-    return {**score.to_dict(), "subarchitecture": str(subarch), "run": str(run), "checkpoint": str(checkpoint)}
+    return {**score.to_dict(), "subarchitecture": str(subarch), "run": str(run), "checkpoint": str(checkpoint),
+            "device": str(device)}
