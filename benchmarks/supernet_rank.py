@@ -179,7 +179,7 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
               "standalone_train_seconds_cached": float(np.median([r["standalone_seconds"] for r in rows])),
               "finetune_steps": args.finetune_steps, "finetune_scope": args.finetune_scope,
               "finetune_lr": args.finetune_lr, "refit_sweeps": args.refit_sweeps, "refit_prior": args.refit_prior,
-              "refit_rows": args.refit_rows,
+              "refit_rows": args.refit_rows, "refit_fields": args.refit_fields,
               "variants": {}, "candidates": rows}
     if args.standalone_only:
         return result
@@ -212,7 +212,7 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
             tuned = supernet.evaluate_subnet(sub, dm, finetune_steps=args.finetune_steps,
                                              finetune_scope=args.finetune_scope, finetune_lr=args.finetune_lr,
                                              refit_sweeps=args.refit_sweeps, refit_prior=args.refit_prior,
-                                             refit_rows=args.refit_rows)
+                                             refit_rows=args.refit_rows, refit_fields=args.refit_fields)
             scored.append({**row, "inherited_auc": inherited.auc, "finetuned_auc": tuned.auc,
                            "inherited_logloss": inherited.logloss, "inherited_seconds": cpu_inherited,
                            "finetuned_seconds": time.process_time() - cpu})
@@ -281,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the first-order refit's prior precision around the inherited weights")
     parser.add_argument("--refit-rows", type=int, default=REFIT_ROWS,
                         help="training rows the first-order refit fits (the first batches that hold them)")
+    parser.add_argument("--refit-fields", choices=("all", "narrowed"), default="all",
+                        help="the refit moves every first-order weight, or only those of the fields a candidate "
+                             "narrows")
     parser.add_argument("--backbone", default="DeepFM")
     parser.add_argument("--dnn", default="128,64")
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate, stand-alone and supernet")

@@ -19,7 +19,7 @@ rows, tried first) the refit overfit those rows and cost 0.02-0.05 validation AU
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -64,9 +64,11 @@ class FirstOrderRefit:
         schema = backbone.schema
         names = (*schema.sparse, *backbone._multi_slices)
         self.params: list[torch.nn.Parameter] = [tables[name].weight for name in names if name in tables]
+        self.names: list[str | None] = [name for name in names if name in tables]   # None: the dense weights
         dense_weight = getattr(linear, "weight", None) if schema.dense else None
         if isinstance(dense_weight, torch.nn.Parameter):
             self.params.append(dense_weight)
+            self.names.append(None)
         self.available = bool(self.params) and type(model).__name__ not in REFINED_FIRST_ORDER
         starts, offset = {}, 0      # id(parameter) -> its first index in the flat vector
         for p in self.params:
@@ -123,7 +125,7 @@ class FirstOrderRefit:
         return torch.zeros_like(d.labels).index_add_(0, d.rows, flat[d.cols] * d.values)
 
     @torch.no_grad()
-    def fit(self, sweeps: int, prior: float) -> Tensor | None:
+    def fit(self, sweeps: int, prior: float, fields: Collection[str] | None = None) -> Tensor | None:
         """Maximum a posteriori first-order weights for the backbone as it is now (masks applied).
 
         Minimises the refit rows' summed logloss plus ``prior / 2 * ||w - w_inherited||^2``, one table (block)
@@ -133,7 +135,8 @@ class FirstOrderRefit:
         rows near its inherited weight. The fit starts from the backbone's own logits (one forward per batch) and
         moves them by the first-order weights' changes only, the rest of the network fixed. Returns the weights,
         flat (the tables are not touched: :meth:`write` them), or None where the backbone has no first-order
-        weights or never reads them.
+        weights or never reads them. With ``fields`` only those fields' tables move (the dense weights and the
+        others keep their inherited values, and stay in the logits as they are).
         """
         if not self.available or not self.batches:
             return None
@@ -155,12 +158,13 @@ class FirstOrderRefit:
         labels = torch.cat([d.labels for d in self.designs])
         flat = inherited.clone()
         blocks, offset = [], 0
-        for param in self.params:
+        for param, name in zip(self.params, self.names):
             size = param.numel()
             inside = (cols >= offset) & (cols < offset + size)
             r, c, v = rows[inside], cols[inside] - offset, values[inside]
             row_sum = torch.zeros_like(z).index_add_(0, r, v.abs())                            # sum_k |x_k|
-            blocks.append((offset, size, r, c, v, v.abs() * row_sum[r]))
+            if fields is None or name in fields:
+                blocks.append((offset, size, r, c, v, v.abs() * row_sum[r]))
             offset += size
         for _ in range(sweeps):
             for offset, size, r, c, v, bound in blocks:

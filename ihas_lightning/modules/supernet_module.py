@@ -25,12 +25,16 @@ from .config import BackboneConfig
 from .first_order_refit import FirstOrderRefit
 from .rowwise import RowwiseAdam
 
-__all__ = ["FINETUNE_SCOPES", "REFIT_PRIOR", "REFIT_ROWS", "REFIT_SWEEPS", "FinetuneScope", "SupernetModule",
-           "SubnetScore", "first_batches"]
+__all__ = ["FINETUNE_SCOPES", "REFIT_FIELDS", "REFIT_PRIOR", "REFIT_ROWS", "REFIT_SWEEPS", "FinetuneScope",
+           "RefitFields", "SupernetModule", "SubnetScore", "first_batches"]
 
 FinetuneScope = Literal["last_layer", "all"]
 FINETUNE_SCOPES: tuple[str, ...] = ("last_layer", "all")
 """What a pre-scoring fine-tune trains: NASRec's last layer, or every parameter the sub-architecture uses."""
+RefitFields = Literal["all", "narrowed"]
+REFIT_FIELDS: tuple[str, ...] = ("all", "narrowed")
+"""Which first-order weights the refit moves: every table's and the dense weights, or only the tables of the fields
+the candidate narrows or drops (below the supernet's dim), the others keeping what the supernet learned."""
 REFIT_PRIOR = 1.0
 """The first-order refit's Gaussian prior around the inherited weights (its precision; chosen on the development
 sets, docs/design.md#5-supernet-sampling)."""
@@ -246,6 +250,7 @@ class SupernetModule(BackboneModule):
                         finetune_data: Iterable[Batch] | None = None, finetune_lr: float = 1e-3,
                         finetune_scope: FinetuneScope = "last_layer", refit_sweeps: int = 0,
                         refit_prior: float = REFIT_PRIOR, refit_rows: int = REFIT_ROWS,
+                        refit_fields: RefitFields = "all",
                         score_context: Callable[[], contextlib.AbstractContextManager] | None = None) -> SubnetScore:
         """Score ``subarch`` with inherited weights: validation AUC and logloss, parameters, wall seconds.
 
@@ -264,6 +269,8 @@ class SupernetModule(BackboneModule):
         ``score_context``, if given, is entered around the scoring alone, after the fine-tune (the PIM study rounds
         the tables to a storage precision there).
         """
+        if refit_fields not in REFIT_FIELDS:
+            raise ValueError(f"refit_fields must be one of {', '.join(REFIT_FIELDS)}, got '{refit_fields}'")
         if finetune_steps < 0 or refit_sweeps < 0 or refit_rows < 1 or not refit_prior > 0:
             raise ValueError(f"finetune_steps and refit_sweeps must be >= 0, refit_rows >= 1 and refit_prior > 0, got "
                              f"{finetune_steps}, {refit_sweeps}, {refit_rows} and {refit_prior}")
@@ -278,7 +285,9 @@ class SupernetModule(BackboneModule):
             masks.apply(subarch)
             if refit_sweeps:
                 refit = FirstOrderRefit(self.backbone, first_batches(train_batches, rows=refit_rows))
-                fitted = refit.fit(refit_sweeps, refit_prior)
+                fields = None if refit_fields == "all" else \
+                    {f for f, d in zip(subarch.fields, subarch.dims) if d < masks.dim}
+                fitted = refit.fit(refit_sweeps, refit_prior, fields)
                 if fitted is not None:
                     first_order = refit.read()
                     refit.write(fitted)
