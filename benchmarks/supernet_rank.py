@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the first-order refit's prior precision around the inherited weights")
     parser.add_argument("--refit-rows", type=int, default=REFIT_ROWS,
                         help="training rows the first-order refit fits (the first batches that hold them)")
-    parser.add_argument("--refit-fields", choices=("all", "narrowed"), default="all",
+    parser.add_argument("--refit-fields", choices=("all", "narrowed", "scaled"), default="all",
                         help="the refit moves every first-order weight, or only those of the fields a candidate "
                              "narrows")
     parser.add_argument("--backbone", default="DeepFM")

@@ -19,7 +19,7 @@ rows, tried first) the refit overfit those rows and cost 0.02-0.05 validation AU
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -125,7 +125,7 @@ class FirstOrderRefit:
         return torch.zeros_like(d.labels).index_add_(0, d.rows, flat[d.cols] * d.values)
 
     @torch.no_grad()
-    def fit(self, sweeps: int, prior: float, fields: Collection[str] | None = None) -> Tensor | None:
+    def fit(self, sweeps: int, prior: float, fields: Mapping[str, float] | None = None) -> Tensor | None:
         """Maximum a posteriori first-order weights for the backbone as it is now (masks applied).
 
         Minimises the refit rows' summed logloss plus ``prior / 2 * ||w - w_inherited||^2``, one table (block)
@@ -135,8 +135,8 @@ class FirstOrderRefit:
         rows near its inherited weight. The fit starts from the backbone's own logits (one forward per batch) and
         moves them by the first-order weights' changes only, the rest of the network fixed. Returns the weights,
         flat (the tables are not touched: :meth:`write` them), or None where the backbone has no first-order
-        weights or never reads them. With ``fields`` only those fields' tables move (the dense weights and the
-        others keep their inherited values, and stay in the logits as they are).
+        weights or never reads them. With ``fields`` (name -> factor) only those fields' tables move, each with
+        ``prior * factor``; the dense weights and the other tables keep their inherited values.
         """
         if not self.available or not self.batches:
             return None
@@ -164,15 +164,16 @@ class FirstOrderRefit:
             r, c, v = rows[inside], cols[inside] - offset, values[inside]
             row_sum = torch.zeros_like(z).index_add_(0, r, v.abs())                            # sum_k |x_k|
             if fields is None or name in fields:
-                blocks.append((offset, size, r, c, v, v.abs() * row_sum[r]))
+                scale = 1.0 if fields is None else float(fields[name])
+                blocks.append((offset, size, r, c, v, v.abs() * row_sum[r], prior * scale))
             offset += size
         for _ in range(sweeps):
-            for offset, size, r, c, v, bound in blocks:
+            for offset, size, r, c, v, bound, block_prior in blocks:
                 p = torch.sigmoid(z)
                 w = flat[offset:offset + size]
                 grad = torch.zeros_like(w).index_add_(0, c, v * (p - labels)[r])
                 curve = torch.zeros_like(w).index_add_(0, c, bound * (p * (1 - p))[r])
-                delta = -(grad + prior * (w - inherited[offset:offset + size])) / (curve + prior)
+                delta = -(grad + block_prior * (w - inherited[offset:offset + size])) / (curve + block_prior)
                 w += delta
                 z.index_add_(0, r, v * delta[c])
         return flat

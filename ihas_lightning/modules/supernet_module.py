@@ -31,8 +31,8 @@ __all__ = ["FINETUNE_SCOPES", "REFIT_FIELDS", "REFIT_PRIOR", "REFIT_ROWS", "REFI
 FinetuneScope = Literal["last_layer", "all"]
 FINETUNE_SCOPES: tuple[str, ...] = ("last_layer", "all")
 """What a pre-scoring fine-tune trains: NASRec's last layer, or every parameter the sub-architecture uses."""
-RefitFields = Literal["all", "narrowed"]
-REFIT_FIELDS: tuple[str, ...] = ("all", "narrowed")
+RefitFields = Literal["all", "narrowed", "scaled"]
+REFIT_FIELDS: tuple[str, ...] = ("all", "narrowed", "scaled")
 """Which first-order weights the refit moves: every table's and the dense weights, or only the tables of the fields
 the candidate narrows or drops (below the supernet's dim), the others keeping what the supernet learned."""
 REFIT_PRIOR = 1.0
@@ -75,6 +75,16 @@ class SubnetScore:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _refit_scales(subarch: SubArchitecture, dim: int, refit_fields: RefitFields) -> dict[str, float] | None:
+    """The fields a refit moves, each with its prior's factor (None: every first-order weight, factor 1)."""
+    if refit_fields == "all":
+        return None
+    narrowed = {f: d for f, d in zip(subarch.fields, subarch.dims) if d < dim}
+    if refit_fields == "narrowed":
+        return dict.fromkeys(narrowed, 1.0)
+    return {f: dim / (dim - d) for f, d in narrowed.items()}     # "scaled": prior / (1 - the share it keeps)
 
 
 class _FinetuneUndo:
@@ -285,9 +295,7 @@ class SupernetModule(BackboneModule):
             masks.apply(subarch)
             if refit_sweeps:
                 refit = FirstOrderRefit(self.backbone, first_batches(train_batches, rows=refit_rows))
-                fields = None if refit_fields == "all" else \
-                    {f for f, d in zip(subarch.fields, subarch.dims) if d < masks.dim}
-                fitted = refit.fit(refit_sweeps, refit_prior, fields)
+                fitted = refit.fit(refit_sweeps, refit_prior, _refit_scales(subarch, masks.dim, refit_fields))
                 if fitted is not None:
                     first_order = refit.read()
                     refit.write(fitted)
