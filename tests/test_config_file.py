@@ -110,7 +110,8 @@ def test_pim_s_printed_options(capsys) -> None:
     assert data == {"run": "runs/x", "trials": 7, "storage": None, "sampler": "nsga2", "workers": 1,
                     "max_auc_drop": 0.01, "mode": "per_field", "baseline_epochs": None, "cost_vocab": None,
                     "cost_zipf": None, "finetune_steps": 10, "finetune_lr": None, "refit_sweeps": 5,
-                    "refit_prior": 1.0, "refit_rows": 40000, "device": "cpu", "study_name": "pim", "seed": 0}
+                    "refit_prior": 1.0, "refit_rows": 40000, "device": "cpu", "quiet": False, "study_name": "pim",
+                    "seed": 0}
 
 
 def test_print_config_runs_nothing_and_prints_a_missing_required_option_as_null(tmp_path: Path, capsys) -> None:

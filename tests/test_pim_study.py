@@ -216,3 +216,13 @@ def test_the_objective_scores_on_the_settings_device(run_dir, monkeypatch):
     assert {t.device.type for b in objective.batches + objective.finetune_batches for t in b.values()} == {"cpu"}
     default = build_objective(StudySettings(run_dir=str(run_dir)))
     assert default.module is objective.module                         # one load per run and device
+
+
+def test_the_trials_show_a_progress_bar_unless_quiet(run_dir, tmp_path, capsys):
+    for quiet, storage in ((False, tmp_path / "bar.db"), (True, tmp_path / "quiet.db")):
+        assert main(["pim", "--run", str(run_dir), "--trials", "3", "--baseline-epochs", "0",
+                     "--storage", f"sqlite:///{storage}", *(["--quiet"] if quiet else [])]) == 0
+        err = capsys.readouterr().err
+        assert ("3/3" in err) is not quiet, err
+    with pytest.raises(TypeError, match="progress must be a bool"):
+        StudySettings(run_dir=str(run_dir), progress="yes")

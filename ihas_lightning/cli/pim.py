@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cost-zipf", type=float, default=None,
                         help="with --cost-vocab: Zipf exponent of the lookups (default: uniform)")
     add_scoring_arguments(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar of the trials")
     parser.add_argument("--study-name", default="pim")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=run_pim)
@@ -67,7 +68,8 @@ def run_pim(args: argparse.Namespace) -> dict:
                              study_name=args.study_name, mode=args.mode, cost_vocab=_sizes(args.cost_vocab),
                              cost_zipf=args.cost_zipf, finetune_steps=args.finetune_steps,
                              finetune_lr=args.finetune_lr, refit_sweeps=args.refit_sweeps, refit_prior=args.refit_prior,
-                             refit_rows=args.refit_rows, device=args.device)
+                             refit_rows=args.refit_rows, device=args.device,
+                             progress=not args.quiet)
     trained = None if args.baseline_epochs == 0 else train_standalone(args.run, epochs=args.baseline_epochs)
     objective = build_objective(settings)
     study = run_study(settings, objective if settings.workers == 1 else None)

@@ -70,6 +70,8 @@ class StudySettings:
 
     ``device``: where the candidates are scored (:func:`~ihas_lightning.devices.resolve_device`; every worker
     process loads the supernet there).
+
+    ``progress``: a progress bar of the trials (Optuna's; with several workers, the first worker's share).
     """
 
     run_dir: str
@@ -90,9 +92,12 @@ class StudySettings:
     refit_prior: float = REFIT_PRIOR
     refit_rows: int = REFIT_ROWS
     device: str = "cpu"
+    progress: bool = False
 
     def __post_init__(self) -> None:
         resolve_device(self.device)                       # a device that is not there fails before any trial
+        if not isinstance(self.progress, bool):
+            raise TypeError(f"progress must be a bool, got {self.progress!r}")
         if self.finetune_steps < 0 or self.refit_sweeps < 0 or self.refit_rows < 1:
             raise ValueError(f"finetune_steps and refit_sweeps must be >= 0 and refit_rows >= 1, got "
                              f"{self.finetune_steps}, {self.refit_sweeps} and {self.refit_rows}")
@@ -321,7 +326,8 @@ def _optimize(settings: StudySettings, n_trials: int, worker: int, objective: PI
         study.set_metric_names(list(METRIC_NAMES))
     study.set_user_attr("baseline_auc", objective.baseline_auc)
     study.set_user_attr("search_space", objective.space.to_dict())
-    study.optimize(objective, n_trials=n_trials, catch=(Exception,), gc_after_trial=False)
+    study.optimize(objective, n_trials=n_trials, catch=(Exception,), gc_after_trial=False,
+                   show_progress_bar=settings.progress and worker == 0)
 
 
 def _worker(settings: StudySettings, n_trials: int, worker: int, objective: PIMObjective | None) -> None:
