@@ -126,3 +126,36 @@ def test_backbone_that_never_reads_first_order_weights_is_not_refit(tmp_path: Pa
     train, val = list(itertools.islice(dm.stream("train"), 2)), list(dm.stream("val"))
     score = module.evaluate_subnet(sub, val, finetune_data=train, refit_sweeps=5)
     assert score.refit_sweeps == 0 and score.auc == module.evaluate_subnet(sub, val).auc
+
+
+def test_refit_of_some_fields_moves_only_their_tables_with_their_own_prior(tmp_path: Path) -> None:
+    dm = tiny_datamodule()
+    module = _trained(tmp_path, dm)
+    module.eval()
+    sub = module.parse_subarch("A=0,B=4", "0.5")                     # C keeps the full dim
+    module.supernet_masks.apply(sub)
+    train, val = list(itertools.islice(dm.stream("train"), 2)), list(dm.stream("val"))
+    fitter = FirstOrderRefit(module.backbone, train)
+    inherited = fitter.read()
+    spans, offset = {}, 0
+    for name, p in zip(fitter.names, fitter.params):
+        spans[name], offset = slice(offset, offset + p.numel()), offset + p.numel()
+    some = fitter.fit(10, 1.0, {"A": 1.0, "B": 3.0})
+    assert torch.equal(some[spans["C"]], inherited[spans["C"]])     # not named: as the supernet left it
+    assert not torch.equal(some[spans["A"]], inherited[spans["A"]]) and not torch.equal(some[spans["B"]],
+                                                                                       inherited[spans["B"]])
+    # B's factor is its prior: the same as fitting B alone at prior 3 once A is where the joint fit put it
+    start = inherited.clone()
+    start[spans["A"]] = some[spans["A"]]
+    fitter.write(start)
+    alone = fitter.fit(200, 3.0, {"B": 1.0})
+    fitter.write(inherited)
+    torch.testing.assert_close(alone[spans["B"]], some[spans["B"]], atol=2e-3, rtol=0)
+    module.supernet_masks.clear()
+    full = module.parse_subarch("", None)                             # nothing narrowed: "narrowed" refits nothing
+    plain = module.evaluate_subnet(full, val)
+    narrowed = module.evaluate_subnet(full, val, finetune_data=train, refit_sweeps=5, refit_fields="narrowed")
+    refit_all = module.evaluate_subnet(full, val, finetune_data=train, refit_sweeps=5)
+    assert narrowed.auc == plain.auc and narrowed.logloss == plain.logloss and refit_all.logloss != plain.logloss
+    with pytest.raises(ValueError, match="refit_fields must be one of all, narrowed, scaled, got 'some'"):
+        module.evaluate_subnet(sub, val, finetune_data=train, refit_sweeps=5, refit_fields="some")

@@ -33,8 +33,9 @@ FINETUNE_SCOPES: tuple[str, ...] = ("last_layer", "all")
 """What a pre-scoring fine-tune trains: NASRec's last layer, or every parameter the sub-architecture uses."""
 RefitFields = Literal["all", "narrowed", "scaled"]
 REFIT_FIELDS: tuple[str, ...] = ("all", "narrowed", "scaled")
-"""Which first-order weights the refit moves: every table's and the dense weights, or only the tables of the fields
-the candidate narrows or drops (below the supernet's dim), the others keeping what the supernet learned."""
+"""Which first-order weights the refit moves: every table's and the dense weights (``all``), or only the tables of
+the fields the candidate narrows or drops (below the supernet's dim), the others keeping what the supernet learned
+(``narrowed``; ``scaled``: each of them with the prior times ``dim / (dim - d)``, firmer the less it narrows)."""
 REFIT_PRIOR = 1.0
 """The first-order refit's Gaussian prior around the inherited weights (its precision; chosen on the development
 sets, docs/design.md#5-supernet-sampling)."""
@@ -276,6 +277,9 @@ class SupernetModule(BackboneModule):
         over the tables, on the first ``refit_rows`` training rows; the rest of the network frozen), so a field the
         candidate drops or narrows gets back in its first-order weight what its embedding carried in the
         supernet; skipped (``SubnetScore.refit_sweeps`` 0) for backbones without such weights (PNN).
+        ``refit_fields`` (:data:`REFIT_FIELDS`): ``"all"`` refits every first-order weight; ``"narrowed"`` only the
+        tables of the fields the candidate narrows, ``"scaled"`` those with the prior times ``dim / (dim - d)``.
+        Both ranked the development sets worse than ``"all"`` (README, supernet ranking), which stays the default.
         ``score_context``, if given, is entered around the scoring alone, after the fine-tune (the PIM study rounds
         the tables to a storage precision there).
         """
