@@ -95,7 +95,7 @@ VARIANTS: dict[str, dict] = {
     # the sandwich rule with an L2 on the tables' rows a step trains (the largest trains every row a batch looks
     # up, so nothing masked is decayed): against the shared rows of large tables overfitting in the supernet where
     # each early-stopped stand-alone candidate stops before they do. Tried on the development sets, not kept
-    # (README: 1e-3 and 1e-2 change nothing, 1 and 10 rank MovieLens-100K worse)
+    # (docs/supernet_ranking.md: 1e-3 and 1e-2 change nothing, 1 and 10 rank MovieLens-100K worse)
     "sandwich_l2_1e-3": {"epochs": 4, "sandwich": 2, "l2_reg_embedding": 1e-3},
     "sandwich_l2_1e-2": {"epochs": 4, "sandwich": 2, "l2_reg_embedding": 1e-2},
     "sandwich_l2_1": {"epochs": 4, "sandwich": 2, "l2_reg_embedding": 1.0},

@@ -6,7 +6,8 @@ that file, cell for cell, on the README's columns (a README table may show a sub
 columns; cells compare with whitespace collapsed and ``**`` emphasis dropped). Every result the section links
 (``benchmarks/results/X.md`` with an ``X.json`` beside it) must have its provenance sentence, made by
 :func:`provenance_sentence` from the JSON, somewhere in the section (line breaks are free). The result files are
-the truth: when they disagree, change the README.
+the truth: when they disagree, change the README. The pages of :data:`DOCUMENTS` (results too detailed for the
+README, such as what was tried for a requirement) are checked whole, the same way.
 
 Usage: ``python scripts/readme_tables.py`` prints the problems (exit 1) or "ok", and the provenance sentences.
 """
@@ -19,12 +20,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MARKER", "Table", "check_readme", "markdown_tables", "provenance_sentence", "section",
-           "table_problems"]
+__all__ = ["DOCUMENTS", "MARKER", "Table", "check_all", "check_document", "check_readme", "markdown_tables",
+           "provenance_sentence", "section", "table_problems"]
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = re.compile(r"<!--\s*table:\s*(\S+)\s*-->")
-RESULT_LINK = re.compile(r"\]\(benchmarks/results/([\w.-]+)\.md\)")
+RESULT_LINK = re.compile(r"\]\((?:\.\./)?benchmarks/results/([\w.-]+)\.md\)")
+DOCUMENTS = ("docs/supernet_ranking.md",)
+"""Pages besides README.md that report benchmark results, checked whole (their links may start with ``../``)."""
 
 
 @dataclass(frozen=True)
@@ -128,34 +131,51 @@ def provenance_sentence(name: str, payload: dict) -> str:
 
 def check_readme(root: Path = ROOT, heading: str = "## Benchmarks") -> tuple[list[str], list[str]]:
     """The problems found in ``root/README.md``'s ``heading`` section, and the provenance sentences it needs."""
-    first, text = section((root / "README.md").read_text(), heading)
+    return check_document(root, "README.md", heading)
+
+
+def check_document(root: Path, name: str, heading: str | None = None) -> tuple[list[str], list[str]]:
+    """The problems found in ``root/name`` (its ``heading`` section, or the whole page), and the provenance
+    sentences it needs."""
+    page = (root / name).read_text()
+    first, text = section(page, heading) if heading else (1, page)
     problems: list[str] = []
     for table in markdown_tables(text, first):
         if table.marker is None:
-            problems.append(f"README.md line {table.line}: a table without a '<!-- table: "
+            problems.append(f"{name} line {table.line}: a table without a '<!-- table: "
                             "benchmarks/results/X.md -->' marker right above it")
             continue
         path = root / table.marker
         if not path.is_file():
-            problems.append(f"README.md line {table.line}: its marker names {table.marker}, which does not exist")
+            problems.append(f"{name} line {table.line}: its marker names {table.marker}, which does not exist")
             continue
-        problems += table_problems(table, markdown_tables(path.read_text()), table.marker)
+        problems += [p.replace("README.md", name, 1)
+                     for p in table_problems(table, markdown_tables(path.read_text()), table.marker)]
     flat = " ".join(text.split())
     sentences = []
-    for name in dict.fromkeys(RESULT_LINK.findall(text)):
-        result = root / "benchmarks" / "results" / f"{name}.json"
+    for result_name in dict.fromkeys(RESULT_LINK.findall(text)):
+        result = root / "benchmarks" / "results" / f"{result_name}.json"
         if not result.is_file():
             continue
-        sentence = provenance_sentence(name, json.loads(result.read_text()))
+        sentence = provenance_sentence(result_name, json.loads(result.read_text()))
         sentences.append(sentence)
         if sentence not in flat:
-            problems.append(f"README.md {heading} links benchmarks/results/{name}.md but does not say (line breaks "
-                            f"free): {sentence}")
+            problems.append(f"{name} {heading or ''} links benchmarks/results/{result_name}.md but does not say "
+                            f"(line breaks free): {sentence}".replace("  ", " "))
+    return problems, sentences
+
+
+def check_all(root: Path = ROOT) -> tuple[list[str], list[str]]:
+    """README.md's ``## Benchmarks`` section and every page of :data:`DOCUMENTS`."""
+    problems, sentences = check_readme(root)
+    for name in DOCUMENTS:
+        more, said = check_document(root, name)
+        problems, sentences = problems + more, sentences + said
     return problems, sentences
 
 
 def main() -> int:
-    problems, sentences = check_readme()
+    problems, sentences = check_all()
     print("\n".join(problems) if problems else "ok")
     print("\nProvenance sentences:\n" + "\n".join(sentences))
     return 1 if problems else 0

@@ -36,6 +36,25 @@ def test_readme_benchmark_tables_and_provenance_match_the_result_files() -> None
     assert sum("measured at commit" in s for s in sentences) >= 3
 
 
+def test_the_detailed_result_pages_say_what_the_result_files_say() -> None:
+    problems, _ = readme_tables.check_all(ROOT)
+    assert not problems, "\n".join(problems)
+    assert "docs/supernet_ranking.md" in readme_tables.DOCUMENTS
+    _, said = readme_tables.check_document(ROOT, "docs/supernet_ranking.md")
+    assert len(said) >= 5                    # the variants' results it links, each with its sentence
+
+
+def test_a_page_whose_link_starts_with_dot_dot_needs_its_sentence_too(tmp_path: Path) -> None:
+    root = _mini_repo(tmp_path)
+    (root / "docs").mkdir()
+    (root / "docs" / "page.md").write_text("# p\n\nSee [`speed.md`](../benchmarks/results/speed.md).\n")
+    problems, _ = readme_tables.check_document(root, "docs/page.md")
+    assert len(problems) == 1 and problems[0].startswith("docs/page.md links benchmarks/results/speed.md")
+    sentence = readme_tables.provenance_sentence("speed", RESULT_JSON)
+    (root / "docs" / "page.md").write_text(f"# p\n\nSee [`speed.md`](../benchmarks/results/speed.md).\n{sentence}\n")
+    assert readme_tables.check_document(root, "docs/page.md") == ([], [sentence])
+
+
 RESULT_MD = """# Speed
 
 | model | search (samples/s) | plain (samples/s) | ratio | >= 0.7 |

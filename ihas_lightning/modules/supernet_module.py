@@ -43,7 +43,7 @@ REFIT_ROWS = 40_000
 """Training rows the first-order refit fits (the first batches that hold them)."""
 REFIT_SWEEPS = 5
 """The first-order refit's Newton sweeps where the commands refit (``ihas subnet``, ``ihas pim``, the benchmarks); 2
-and 3 ranked the development sets as well, 1 worse (README, supernet ranking)."""
+and 3 ranked the development sets as well, 1 worse (docs/supernet_ranking.md)."""
 
 
 def first_batches(batches: Iterable[Batch], count: int = 0, rows: int = 0) -> list[Batch]:
@@ -279,7 +279,7 @@ class SupernetModule(BackboneModule):
         supernet; skipped (``SubnetScore.refit_sweeps`` 0) for backbones without such weights (PNN).
         ``refit_fields`` (:data:`REFIT_FIELDS`): ``"all"`` refits every first-order weight; ``"narrowed"`` only the
         tables of the fields the candidate narrows, ``"scaled"`` those with the prior times ``dim / (dim - d)``.
-        Both ranked the development sets worse than ``"all"`` (README, supernet ranking), which stays the default.
+        Both ranked the development sets worse than ``"all"`` (docs/supernet_ranking.md), which stays the default.
         ``score_context``, if given, is entered around the scoring alone, after the fine-tune (the PIM study rounds
         the tables to a storage precision there).
         """
