@@ -55,7 +55,7 @@ from _rank_parts import (DATASETS, DIM_CHOICES, WIDTH_CHOICES, EpochScores, Stan
 from _rank_report import variant_key, write_report  # noqa: E402
 
 from ihas_lightning import SupernetModule  # noqa: E402
-from ihas_lightning.modules import FINETUNE_SCOPES, REFIT_PRIOR, REFIT_ROWS, REFIT_SWEEPS  # noqa: E402
+from ihas_lightning.modules import FINETUNE_SCOPES, REFIT_FIELDS, REFIT_PRIOR, REFIT_ROWS, REFIT_SWEEPS  # noqa: E402
 from ihas_lightning.callbacks import SupernetSampler  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
@@ -281,9 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the first-order refit's prior precision around the inherited weights")
     parser.add_argument("--refit-rows", type=int, default=REFIT_ROWS,
                         help="training rows the first-order refit fits (the first batches that hold them)")
-    parser.add_argument("--refit-fields", choices=("all", "narrowed", "scaled"), default="all",
-                        help="the refit moves every first-order weight, or only those of the fields a candidate "
-                             "narrows")
+    parser.add_argument("--refit-fields", choices=REFIT_FIELDS, default="all",
+                        help="the refit moves every first-order weight (all), only those of the fields a candidate "
+                             "narrows (narrowed), or those with a firmer prior the less they narrow (scaled)")
     parser.add_argument("--backbone", default="DeepFM")
     parser.add_argument("--dnn", default="128,64")
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate, stand-alone and supernet")

@@ -160,8 +160,9 @@ def check_document(root: Path, name: str, heading: str | None = None) -> tuple[l
         sentence = provenance_sentence(result_name, json.loads(result.read_text()))
         sentences.append(sentence)
         if sentence not in flat:
-            problems.append(f"{name} {heading or ''} links benchmarks/results/{result_name}.md but does not say "
-                            f"(line breaks free): {sentence}".replace("  ", " "))
+            where = f"{name} {heading}" if heading else name
+            problems.append(f"{where} links benchmarks/results/{result_name}.md but does not say (line breaks "
+                            f"free): {sentence}")
     return problems, sentences
 
 

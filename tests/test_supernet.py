@@ -344,8 +344,8 @@ def test_cli_subnet_scores_on_the_device_it_is_given(tmp_path, capsys, monkeypat
                  "--dim-choices", "2,4", "--dnn", "8", "--batch-size", "256", "--out", str(out), "--quiet",
                  "--cache-dir", str(tmp_path / "cache"), "--accelerator", "cpu"]) == 0
     scores = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)          # auto: the CPU where CUDA is not
     for name, device in (("default", []), ("cpu", ["--device", "cpu"]), ("auto", ["--device", "auto"])):
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)      # auto: the CPU where CUDA is not
         assert main(["subnet", "--run", str(out), "--dims", "C1=2", "--finetune-steps", "2",
                      "--json", str(tmp_path / f"{name}.json"), *device]) == 0
         scores[name] = json.loads((tmp_path / f"{name}.json").read_text())

@@ -8,9 +8,9 @@ from .linear_router import LinearRouter
 from .retrain_module import RetrainModule
 from .router import Router
 from .search_module import SearchModule
-from .supernet_module import (FINETUNE_SCOPES, REFIT_PRIOR, REFIT_ROWS, REFIT_SWEEPS, FinetuneScope, SubnetScore,
-                              SupernetModule)
+from .supernet_module import (FINETUNE_SCOPES, REFIT_FIELDS, REFIT_PRIOR, REFIT_ROWS, REFIT_SWEEPS, FinetuneScope,
+                              RefitFields, SubnetScore, SupernetModule)
 
-__all__ = ["FINETUNE_SCOPES", "REFIT_PRIOR", "REFIT_ROWS", "REFIT_SWEEPS", "BackboneConfig", "BackboneModule",
-           "CTRModule", "FinetuneScope", "FirstOrderRefit", "LinearRouter", "NonFiniteLossError", "RetrainModule",
-           "Router", "SearchModule", "SubnetScore", "SupernetModule"]
+__all__ = ["FINETUNE_SCOPES", "REFIT_FIELDS", "REFIT_PRIOR", "REFIT_ROWS", "REFIT_SWEEPS", "BackboneConfig",
+           "BackboneModule", "CTRModule", "FinetuneScope", "FirstOrderRefit", "LinearRouter", "NonFiniteLossError",
+           "RefitFields", "RetrainModule", "Router", "SearchModule", "SubnetScore", "SupernetModule"]
