@@ -9,7 +9,8 @@ eight passed once the compact form's buffers followed the module's device (READM
 benchmarks/results/gpu_2026-11-27/).
 
 ``IHAS_GPU_TESTS_ON=cpu`` runs the same tests with the CPU in the GPU's place: a dry run of the tests' own
-logic where no GPU is lent (every comparison then holds exactly).
+logic where no GPU is lent (every comparison then holds exactly). ``scripts/gpu_check.sh`` runs them, then the
+whole suite, on a lent GPU machine.
 """
 
 from __future__ import annotations
