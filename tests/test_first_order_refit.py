@@ -159,3 +159,23 @@ def test_refit_of_some_fields_moves_only_their_tables_with_their_own_prior(tmp_p
     assert narrowed.auc == plain.auc and narrowed.logloss == plain.logloss and refit_all.logloss != plain.logloss
     with pytest.raises(ValueError, match="refit_fields must be one of all, narrowed, scaled, got 'some'"):
         module.evaluate_subnet(sub, val, finetune_data=train, refit_sweeps=5, refit_fields="some")
+
+
+def test_candidates_refit_on_the_same_batches_share_one_design_and_score_as_alone(tmp_path: Path) -> None:
+    dm = tiny_datamodule()
+    module = _trained(tmp_path, dm)
+    train, val = list(itertools.islice(dm.stream("train"), 3)), list(dm.stream("val"))
+    subs = [module.parse_subarch(dims, "0.5") for dims in ("A=0,B=4", "C=2", "A=8,B=0,C=0")]
+    options = dict(finetune_steps=2, finetune_scope="all", finetune_lr=1e-2, refit_sweeps=3, refit_rows=128)
+    alone = []
+    for sub in subs:
+        module._last_refit = None                               # a fresh refit for each candidate
+        alone.append(module.evaluate_subnet(sub, val, finetune_data=train, **options))
+    many = module.evaluate_many(subs, val, finetune_data=train, **options)
+    refit = module._last_refit
+    assert [s.auc for s in many] == [s.auc for s in alone] and [s.logloss for s in many] == [s.logloss for s in alone]
+    module.evaluate_subnet(subs[0], val, finetune_data=train, **options)
+    assert module._last_refit is refit                          # the same rows: the same design
+    module.evaluate_subnet(subs[0], val, finetune_data=[dict(b) | {"label": b["label"].clone()} for b in train],
+                           **options)
+    assert module._last_refit is not refit                      # other tensors: built again

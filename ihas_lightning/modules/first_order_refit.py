@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -75,6 +76,7 @@ class FirstOrderRefit:
             starts[id(p)] = offset
             offset += p.shape[0]
         self.size = offset
+        self.source = list(batches)                  # as given (their tensors identify the rows: SupernetModule)
         self.batches = [backbone.check_batch(batch) for batch in batches]   # out-of-range ids as the forward maps them
         self.designs = [self._design(batch, tables, dense_weight, starts) for batch in self.batches] \
             if self.available else []
@@ -106,6 +108,31 @@ class FirstOrderRefit:
             cols.append(torch.arange(k, device=arange.device).repeat(n) + starts[id(dense_weight)])
             values.append(batch["dense"].reshape(-1).to(dtype))
         return _Design(torch.cat(rows), torch.cat(cols), torch.cat(values), batch["label"].to(dtype))
+
+    @cached_property
+    def _blocks(self) -> list[tuple[str | None, int, int, Tensor, Tensor, Tensor, Tensor]]:
+        """Per table: its name, offset and size in the flat vector, its terms (rows, ids, values) and their
+        curvature bound ``|x_j| sum_k |x_k|``; they depend on the batches alone, so a refit that scores many
+        candidates on the same rows builds them once."""
+        rows, start = [], 0
+        for d in self.designs:
+            rows.append(d.rows + start)
+            start += d.labels.shape[0]
+        rows = torch.cat(rows)
+        cols, values = torch.cat([d.cols for d in self.designs]), torch.cat([d.values for d in self.designs])
+        blocks, offset = [], 0
+        for param, name in zip(self.params, self.names):
+            size = param.numel()
+            inside = (cols >= offset) & (cols < offset + size)
+            r, c, v = rows[inside], cols[inside] - offset, values[inside]
+            row_sum = torch.zeros(start, dtype=v.dtype, device=v.device).index_add_(0, r, v.abs())  # sum_k |x_k|
+            blocks.append((name, offset, size, r, c, v, v.abs() * row_sum[r]))
+            offset += size
+        return blocks
+
+    @cached_property
+    def _labels(self) -> Tensor:
+        return torch.cat([d.labels for d in self.designs])
 
     def read(self) -> Tensor:
         """The first-order weights, flat (a copy)."""
@@ -149,24 +176,9 @@ class FirstOrderRefit:
             hook.remove()
         if len(calls) < len(self.batches):
             return None
-        rows, start = [], 0
-        for d in self.designs:
-            rows.append(d.rows + start)
-            start += d.labels.shape[0]
-        rows = torch.cat(rows)
-        cols, values = torch.cat([d.cols for d in self.designs]), torch.cat([d.values for d in self.designs])
-        labels = torch.cat([d.labels for d in self.designs])
-        flat = inherited.clone()
-        blocks, offset = [], 0
-        for param, name in zip(self.params, self.names):
-            size = param.numel()
-            inside = (cols >= offset) & (cols < offset + size)
-            r, c, v = rows[inside], cols[inside] - offset, values[inside]
-            row_sum = torch.zeros_like(z).index_add_(0, r, v.abs())                            # sum_k |x_k|
-            if fields is None or name in fields:
-                scale = 1.0 if fields is None else float(fields[name])
-                blocks.append((offset, size, r, c, v, v.abs() * row_sum[r], prior * scale))
-            offset += size
+        labels, flat = self._labels, inherited.clone()
+        blocks = [(*block[1:], prior * (1.0 if fields is None else float(fields[block[0]])))
+                  for block in self._blocks if fields is None or block[0] in fields]
         for _ in range(sweeps):
             for offset, size, r, c, v, bound, block_prior in blocks:
                 p = torch.sigmoid(z)

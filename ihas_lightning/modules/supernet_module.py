@@ -158,6 +158,7 @@ class SupernetModule(BackboneModule):
         self.hparams["freeze_masked"] = freeze_masked
         self.supernet_masks = SupernetMasks(self.backbone)
         self.sandwich_plan: SandwichPlan | None = None   # set per step by SupernetSampler(sandwich=...)
+        self._last_refit: FirstOrderRefit | None = None     # reused while candidates are refit on the same batches
 
     @override
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -298,7 +299,7 @@ class SupernetModule(BackboneModule):
         try:
             masks.apply(subarch)
             if refit_sweeps:
-                refit = FirstOrderRefit(self.backbone, first_batches(train_batches, rows=refit_rows))
+                refit = self._refit_on(first_batches(train_batches, rows=refit_rows))
                 fitted = refit.fit(refit_sweeps, refit_prior, _refit_scales(subarch, masks.dim, refit_fields))
                 if fitted is not None:
                     first_order = refit.read()
@@ -320,6 +321,15 @@ class SupernetModule(BackboneModule):
                            finetune_steps, time.perf_counter() - start, finetune_scope if finetune_steps else None,
                            refit_sweeps if first_order is not None else 0,
                            sum(len(b["label"]) for b in refit.batches) if first_order is not None else 0)
+
+    def _refit_on(self, batches: list[Batch]) -> FirstOrderRefit:
+        """A first-order refit on ``batches``: the last one where they are the very same tensors (its design, a
+        sizeable share of a candidate's scoring, depends on the rows alone), a new one otherwise."""
+        last = self._last_refit
+        if last is None or len(last.source) != len(batches) or any(
+                a is not b for old, new in zip(last.source, batches) for a, b in zip(old.values(), new.values())):
+            last = self._last_refit = FirstOrderRefit(self.backbone, batches)
+        return last
 
     def evaluate_many(self, subarchs: Sequence[SubArchitecture], data: Any, finetune_steps: int = 0, *,
                       finetune_data: Iterable[Batch] | None = None, finetune_lr: float = 1e-3,
