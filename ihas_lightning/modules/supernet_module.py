@@ -326,8 +326,9 @@ class SupernetModule(BackboneModule):
         """A first-order refit on ``batches``: the last one where they are the very same tensors (its design, a
         sizeable share of a candidate's scoring, depends on the rows alone), a new one otherwise."""
         last = self._last_refit
-        if last is None or len(last.source) != len(batches) or any(
-                a is not b for old, new in zip(last.source, batches) for a, b in zip(old.values(), new.values())):
+        same = last is not None and len(last.source) == len(batches) and all(
+            old.keys() == new.keys() and all(old[k] is new[k] for k in old) for old, new in zip(last.source, batches))
+        if not same:
             last = self._last_refit = FirstOrderRefit(self.backbone, batches)
         return last
 
