@@ -38,6 +38,7 @@ from typing import Any
 
 import optuna
 import torch
+from pytorch_lightning.utilities import move_data_to_device
 
 from ..devices import resolve_device
 from ..modules.supernet_module import REFIT_PRIOR, REFIT_ROWS, REFIT_SWEEPS, first_batches
@@ -282,13 +283,14 @@ def build_objective(settings: StudySettings) -> PIMObjective:
     module, dm = load_supernet(settings.run_dir, settings.device)
     key = ("val", id(module))
     if key not in _BATCHES:                                 # on the module's device, so a trial copies none
-        _BATCHES[key] = [_on(module.device, b) for b in dm.stream("val")]
+        _BATCHES[key] = [move_data_to_device(b, module.device) for b in dm.stream("val")]
     steps, lr = settings.finetune_steps, settings.finetune_lr or float(module.hparams.lr)
     refit = (settings.refit_sweeps, settings.refit_prior, settings.refit_rows)
     rows = settings.refit_rows if settings.refit_sweeps else 0
     train_key = ("train", id(module), steps, rows)
     if train_key not in _BATCHES:
-        _BATCHES[train_key] = [_on(module.device, b) for b in first_batches(dm.stream("train"), steps, rows)]
+        _BATCHES[train_key] = [move_data_to_device(b, module.device)
+                               for b in first_batches(dm.stream("train"), steps, rows)]
     space = SearchSpace.from_module(module, dm, dim_choices=_dim_choices(settings.run_dir, module),
                                     mode=settings.mode)
     if settings.cost_vocab is not None:
@@ -301,10 +303,6 @@ def build_objective(settings: StudySettings) -> PIMObjective:
 
 _BATCHES: dict[tuple, list] = {}
 _AUCS: dict[tuple, dict] = {}
-
-
-def _on(device: torch.device, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _dim_choices(run_dir: str, module: Any) -> tuple[int, ...]:
