@@ -24,11 +24,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 
 from .backbones import CTRBackbone
 from .flops import backbone_flops, dnn_of
+from .narrow_dnn import NARROW_DNN_BACKBONES, NarrowDNN, narrow_dnn_columns, narrowable
 from .subarchitecture import SandwichPlan, SubArchitecture, SubArchitectureBatch, SupernetConfig
 
 __all__ = ["SupernetMasks", "flops_per_sample"]
@@ -132,6 +136,33 @@ class SupernetMasks:
             self._widths = [(torch.arange(h) < w).float() for w, h in zip(widths, self.hidden_units)]
         self._cache.clear()
         self.active = subarch
+
+    @contextlib.contextmanager
+    def narrowed(self, subarch: SubArchitecture) -> Iterator[bool]:
+        """``subarch`` applied with the DNN physically cut to it (:class:`~ihas_lightning.narrow_dnn.NarrowDNN`):
+        the masked network's outputs at the sub-architecture's own cost. Yields whether the DNN was cut (False: a
+        backbone outside :data:`~ihas_lightning.narrow_dnn.NARROW_DNN_BACKBONES`, batch norm or per-unit
+        activations; then the masks alone). The narrow copy's weights train apart from the supernet's and are
+        dropped on exit, when the DNN and the sub-architecture applied before come back."""
+        previous = self.active
+        model, dnn = self.backbone.model, dnn_of(self.backbone)
+        cut = (isinstance(subarch, SubArchitecture) and dnn is not None
+               and type(model).__name__ in NARROW_DNN_BACKBONES
+               and narrowable(dnn, len(self.fields), self.dim, len(self.backbone.schema.dense)))
+        self.apply(subarch)
+        try:
+            if not cut:
+                yield False
+                return
+            columns = narrow_dnn_columns(subarch.dims, self.dim, len(self.backbone.schema.dense))
+            model.dnn, widths = NarrowDNN(dnn, columns, subarch.widths or self.hidden_units), self._widths
+            self._widths = None                   # the narrow DNN has only the kept units: nothing to mask
+            try:
+                yield True
+            finally:
+                model.dnn, self._widths = dnn, widths
+        finally:
+            self.apply(previous) if previous is not None else self.clear()
 
     def clear(self) -> None:
         """Back to the full network; the masks leave the graph (bit-identical to the plain backbone)."""

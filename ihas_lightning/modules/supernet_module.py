@@ -262,7 +262,7 @@ class SupernetModule(BackboneModule):
                         finetune_data: Iterable[Batch] | None = None, finetune_lr: float = 1e-3,
                         finetune_scope: FinetuneScope = "last_layer", refit_sweeps: int = 0,
                         refit_prior: float = REFIT_PRIOR, refit_rows: int = REFIT_ROWS,
-                        refit_fields: RefitFields = "all",
+                        refit_fields: RefitFields = "all", narrow: bool = True,
                         score_context: Callable[[], contextlib.AbstractContextManager] | None = None) -> SubnetScore:
         """Score ``subarch`` with inherited weights: validation AUC and logloss, parameters, wall seconds.
 
@@ -281,6 +281,10 @@ class SupernetModule(BackboneModule):
         ``refit_fields`` (:data:`REFIT_FIELDS`): ``"all"`` refits every first-order weight; ``"narrowed"`` only the
         tables of the fields the candidate narrows, ``"scaled"`` those with the prior times ``dim / (dim - d)``.
         Both ranked the development sets worse than ``"all"`` (docs/supernet_ranking.md), which stays the default.
+        With ``narrow`` (the default) the DNN computes at the candidate's own widths and input columns
+        (:meth:`SupernetMasks.narrowed`, where the backbone allows): the masked network's scores up to float
+        rounding at about two thirds of its time (``benchmarks/results/supernet_rank.md``); ``narrow=False`` runs
+        the masked full-width network.
         ``score_context``, if given, is entered around the scoring alone, after the fine-tune (the PIM study rounds
         the tables to a storage precision there).
         """
@@ -297,17 +301,19 @@ class SupernetModule(BackboneModule):
         undo, refit, first_order = _FinetuneUndo(), None, None
         self.eval()
         try:
-            masks.apply(subarch)
-            if refit_sweeps:
-                refit = self._refit_on(first_batches(train_batches, rows=refit_rows))
-                fitted = refit.fit(refit_sweeps, refit_prior, _refit_scales(subarch, masks.dim, refit_fields))
-                if fitted is not None:
-                    first_order = refit.read()
-                    refit.write(fitted)
-            if finetune_steps:
-                self._finetune(train_batches, finetune_steps, finetune_lr, finetune_scope, undo)
-            with score_context() if score_context is not None else contextlib.nullcontext():
-                auc, logloss = self._score(val_batches)
+            if not narrow:
+                masks.apply(subarch)
+            with masks.narrowed(subarch) if narrow else contextlib.nullcontext():
+                if refit_sweeps:
+                    refit = self._refit_on(first_batches(train_batches, rows=refit_rows))
+                    fitted = refit.fit(refit_sweeps, refit_prior, _refit_scales(subarch, masks.dim, refit_fields))
+                    if fitted is not None:
+                        first_order = refit.read()
+                        refit.write(fitted)
+                if finetune_steps:
+                    self._finetune(train_batches, finetune_steps, finetune_lr, finetune_scope, undo)
+                with score_context() if score_context is not None else contextlib.nullcontext():
+                    auc, logloss = self._score(val_batches)
         finally:
             undo.restore()                                    # the fine-tune's saves hold the refit weights
             if first_order is not None:
@@ -335,13 +341,14 @@ class SupernetModule(BackboneModule):
     def evaluate_many(self, subarchs: Sequence[SubArchitecture], data: Any, finetune_steps: int = 0, *,
                       finetune_data: Iterable[Batch] | None = None, finetune_lr: float = 1e-3,
                       finetune_scope: FinetuneScope = "last_layer", refit_sweeps: int = 0,
-                      refit_prior: float = REFIT_PRIOR, refit_rows: int = REFIT_ROWS) -> list[SubnetScore]:
+                      refit_prior: float = REFIT_PRIOR, refit_rows: int = REFIT_ROWS,
+                      narrow: bool = True) -> list[SubnetScore]:
         """:meth:`evaluate_subnet` for each sub-architecture, reading the data once."""
         val_batches, train_batches = self._evaluation_data(data, finetune_data, finetune_steps,
                                                            refit_rows if refit_sweeps else 0)
         return [self.evaluate_subnet(s, val_batches, finetune_steps, finetune_data=train_batches,
                                      finetune_lr=finetune_lr, finetune_scope=finetune_scope, refit_sweeps=refit_sweeps,
-                                     refit_prior=refit_prior, refit_rows=refit_rows) for s in subarchs]
+                                     refit_prior=refit_prior, refit_rows=refit_rows, narrow=narrow) for s in subarchs]
 
     def _evaluation_data(self, data: Any, finetune_data: Iterable[Batch] | None, batches: int,
                          rows: int) -> tuple[list[Batch], list[Batch]]:
