@@ -100,6 +100,9 @@ VARIANTS: dict[str, dict] = {
     "sandwich_l2_1e-2": {"epochs": 4, "sandwich": 2, "l2_reg_embedding": 1e-2},
     "sandwich_l2_1": {"epochs": 4, "sandwich": 2, "l2_reg_embedding": 1.0},
     "sandwich_l2_10": {"epochs": 4, "sandwich": 2, "l2_reg_embedding": 10.0},
+    # one sub-architecture per sample (nested-dropout-like, against the shared rows overfitting; 2026-11-27)
+    "per_sample": {"epochs": 4, "warmup_steps": 100, "per_sample": True},
+    "per_sample_e8": {"epochs": 8, "warmup_steps": 100, "per_sample": True},
 }
 """Supernet variants: ``epochs``, SupernetModule's ``freeze_masked``, ``score`` (``"best_epoch"``: see
 :class:`EpochScores`; otherwise the trained supernet's) and SupernetSampler options. The first listed
