@@ -283,8 +283,8 @@ class SupernetModule(BackboneModule):
         Both ranked the development sets worse than ``"all"`` (docs/supernet_ranking.md), which stays the default.
         With ``narrow`` (the default) the DNN computes at the candidate's own widths and input columns
         (:meth:`SupernetMasks.narrowed`, where the backbone allows): the masked network's scores up to float
-        rounding at about two thirds of its time (``benchmarks/results/supernet_rank.md``); ``narrow=False`` runs
-        the masked full-width network.
+        rounding (1.2e-7 AUC) at 0.69-0.77 of its CPU time (``benchmarks/results/narrow_scoring.md``);
+        ``narrow=False`` runs the masked full-width network.
         ``score_context``, if given, is entered around the scoring alone, after the fine-tune (the PIM study rounds
         the tables to a storage precision there).
         """
