@@ -178,4 +178,12 @@ def test_candidates_refit_on_the_same_batches_share_one_design_and_score_as_alon
     assert module._last_refit is refit                          # the same rows: the same design
     module.evaluate_subnet(subs[0], val, finetune_data=[dict(b) | {"label": b["label"].clone()} for b in train],
                            **options)
-    assert module._last_refit is not refit                      # other tensors: built again
+    assert module._last_refit is refit                          # the same rows read again: the same design
+    flipped = [dict(b) | {"label": 1.0 - b["label"]} for b in train]
+    assert module.evaluate_subnet(subs[0], val, finetune_data=flipped, **options).logloss != many[0].logloss
+    assert module._last_refit is not refit                      # other rows: built again
+    module._last_refit = None
+    assert module.evaluate_subnet(subs[0], dm, **options).auc == module.evaluate_subnet(subs[0], dm, **options).auc
+    refit = module._last_refit
+    module.evaluate_subnet(subs[1], dm, **options)
+    assert module._last_refit is refit                          # a data module read afresh per candidate

@@ -88,6 +88,11 @@ def _refit_scales(subarch: SubArchitecture, dim: int, refit_fields: RefitFields)
     return {f: dim / (dim - d) for f, d in narrowed.items()}     # "scaled": prior / (1 - the share it keeps)
 
 
+def _same_values(old: torch.Tensor, new: torch.Tensor) -> bool:
+    return old is new or (old.shape == new.shape and old.dtype == new.dtype and old.device == new.device
+                          and torch.equal(old, new))
+
+
 class _FinetuneUndo:
     """What a pre-scoring fine-tune changed, to put back: a dense parameter whole, a table with sparse (row-wise)
     gradients only in the rows the steps touched, since copying a table of millions of rows for every candidate
@@ -329,11 +334,14 @@ class SupernetModule(BackboneModule):
                            sum(len(b["label"]) for b in refit.batches) if first_order is not None else 0)
 
     def _refit_on(self, batches: list[Batch]) -> FirstOrderRefit:
-        """A first-order refit on ``batches``: the last one where they are the very same tensors (its design, a
-        sizeable share of a candidate's scoring, depends on the rows alone), a new one otherwise."""
+        """A first-order refit on ``batches``: the last one where they hold the same rows (its design, a sizeable
+        share of a candidate's scoring, depends on the rows alone; comparing them costs far less than building
+        it, and a loop of ``evaluate_subnet(sub, datamodule)`` reads the same rows afresh for every candidate), a
+        new one otherwise."""
         last = self._last_refit
         same = last is not None and len(last.source) == len(batches) and all(
-            old.keys() == new.keys() and all(old[k] is new[k] for k in old) for old, new in zip(last.source, batches))
+            old.keys() == new.keys() and all(_same_values(old[k], new[k]) for k in old)
+            for old, new in zip(last.source, batches))
         if not same:
             last = self._last_refit = FirstOrderRefit(self.backbone, batches)
         return last
