@@ -76,7 +76,7 @@ class FirstOrderRefit:
             starts[id(p)] = offset
             offset += p.shape[0]
         self.size = offset
-        self.source = list(batches)                  # as given (their tensors identify the rows: SupernetModule)
+        self.source = list(batches)                  # as given (SupernetModule compares them to reuse the design)
         self.batches = [backbone.check_batch(batch) for batch in batches]   # out-of-range ids as the forward maps them
         self.designs = [self._design(batch, tables, dense_weight, starts) for batch in self.batches] \
             if self.available else []

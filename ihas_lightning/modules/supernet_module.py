@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import move_data_to_device
 from torchmetrics.functional.classification import binary_auroc
 from typing_extensions import override
 
@@ -249,7 +250,7 @@ class SupernetModule(BackboneModule):
             # fresh moments: rows and coordinates the steps do not reach get zero gradient and stay where they are
             optimizer = RowwiseAdam(params, lr=lr)
             for batch in itertools.islice(itertools.cycle(batches), steps):
-                batch = self._to_device(batch)
+                batch = move_data_to_device(batch, self.device)
                 loss = F.binary_cross_entropy_with_logits(self(batch), batch["label"])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -259,9 +260,6 @@ class SupernetModule(BackboneModule):
             for p, flag in flags.items():
                 p.requires_grad_(flag)
                 p.grad = None
-
-    def _to_device(self, batch: Batch) -> Batch:
-        return {k: v.to(self.device) for k, v in batch.items()}
 
     def evaluate_subnet(self, subarch: SubArchitecture, data: Any, finetune_steps: int = 0, *,
                         finetune_data: Iterable[Batch] | None = None, finetune_lr: float = 1e-3,
@@ -372,10 +370,11 @@ class SupernetModule(BackboneModule):
         if needed and finetune_data is None:
             raise ValueError("finetune_steps or refit_sweeps > 0 needs training batches: pass a CTRDataModule or "
                              "finetune_data")
-        val_batches = [self._to_device(b) for b in val]
+        val_batches = [move_data_to_device(b, self.device) for b in val]
         if not val_batches:
             raise ValueError("no validation batches to score the sub-architecture on")
-        train_batches = [self._to_device(b) for b in first_batches(finetune_data, batches, rows)] if needed else []
+        train_batches = [move_data_to_device(b, self.device)
+                         for b in first_batches(finetune_data, batches, rows)] if needed else []
         if needed and not train_batches:
             raise ValueError("finetune_data gave no training batches")
         return val_batches, train_batches
