@@ -106,13 +106,35 @@ def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+class _EvalModeRecorder(Callback):
+    """Records, per stage, the modules in eval mode when training starts (Lightning keeps the modes it finds)."""
+
+    def __init__(self, record: dict, stage: str) -> None:
+        self.record, self.stage = record, stage
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.record[self.stage] = [name for name, m in pl_module.named_modules() if not m.training]
+
+
+TRAIN_START_EVAL_MODULES: dict[str, list[str]] = {}
+"""Filled by the ``finished`` run: stage -> the modules in eval mode at the start of its training."""
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, cache) -> tuple[Path, float]:
     """One complete tiny run (shared by the tests that only read it or copy it)."""
     run = tmp_path_factory.mktemp("finished") / "run"
     torch.set_num_threads(1)
+    original = training.make_trainer
+
+    def make_trainer(config, stage_dir, callbacks=(), **kwargs):
+        recorder = _EvalModeRecorder(TRAIN_START_EVAL_MODULES, Path(stage_dir).name)
+        return original(config, stage_dir, [*callbacks, recorder], **kwargs)
+
     start = time.perf_counter()
-    assert main(_tiny(run, cache)) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "make_trainer", make_trainer)
+        assert main(_tiny(run, cache)) == 0
     return run, time.perf_counter() - start
 
 
@@ -178,6 +200,13 @@ def test_run_writes_metrics_and_report(finished) -> None:
 
 
 @torch.no_grad()
+def test_every_stage_trains_in_train_mode(finished) -> None:
+    # The retraining used to start in the eval mode the linear router's fit left it in: dropout off and batch-norm
+    # statistics frozen for all of it (Lightning only warned).
+    assert set(TRAIN_START_EVAL_MODULES) == {"search", "retrain", "baseline", "baseline_matched"}
+    assert TRAIN_START_EVAL_MODULES == {stage: [] for stage in TRAIN_START_EVAL_MODULES}
+
+
 def test_the_budget_fit_scores_dimensions_by_validation_logloss(finished) -> None:
     """``--budget-fit loss`` scores candidate dimensions by the searched model's validation logloss, each row
     cut to its group's first columns; checked against zeroing embeddings by hand. ``auto`` (the default)

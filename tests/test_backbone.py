@@ -31,7 +31,7 @@ from ihas_lightning.data.loader import BatchStream, to_batch
 from ihas_lightning.data.readers import read_data
 from ihas_lightning.data.schema import MultiValuedField, Schema
 from ihas_lightning.modules import BackboneModule
-from ihas_lightning.modules.base import fused_adam, predict_encoded
+from ihas_lightning.modules.base import eval_mode, fused_adam, predict_encoded
 
 SMALL = Schema(label="y", sparse=("a", "b", "c"), dense=("x", "z"),
                multivalued=(MultiValuedField("t", "|", max_len=3),))
@@ -128,6 +128,22 @@ def test_predict_encoded_batches_rows_and_keeps_the_mode() -> None:
         whole = torch.sigmoid(module(to_batch(columns))).numpy()
     np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-6)
     assert predict_encoded(module, columns.take(np.arange(0)), batch_size=3).shape == (0,)
+
+
+def test_eval_mode_puts_every_submodule_back_in_its_own_mode() -> None:
+    module = BackboneModule(SMALL, SMALL_VOCAB, dim=4, dnn_hidden_units=(8,), dnn_dropout=0.5, seed=3)
+    module.train()
+    module.backbone.model.dnn.dropout.eval()                  # a submodule kept in eval mode on purpose
+    before = {name: m.training for name, m in module.named_modules()}
+    batch = to_batch(small_columns(6))
+    with eval_mode(module):
+        assert not any(m.training for m in module.modules())
+        first, second = module(batch), module(batch)
+    assert torch.equal(first, second)                          # dropout off inside
+    assert {name: m.training for name, m in module.named_modules()} == before
+    with pytest.raises(RuntimeError, match="inside"), eval_mode(module):
+        raise RuntimeError("inside")
+    assert {name: m.training for name, m in module.named_modules()} == before
 
 
 def test_fused_adam_keeps_param_groups_and_their_learning_rates() -> None:

@@ -135,8 +135,21 @@ def test_every_variant_starts_from_the_searched_tables_with_fresh_dense_layers(t
     table = next(k for k in module.state_dict() if k.startswith(TABLE_PREFIXES[0]))
     width = module.state_dict()[table].shape[1]
     assert torch.equal(module.state_dict()[table], searched[table][:, :width])
-    with pytest.raises(ValueError, match="cannot start table"):
-        load_tables(BackboneModule(dm.schema, dm.vocab_sizes, config=replace(config.model, dim=16)), searched)
+    # wider than the search (a matched model whose footprint outweighs the searched width's tables): every searched
+    # column, then the module's own initialisation
+    searched_width = searched[table].shape[1]
+    wide_config = replace(config.model, dim=searched_width + 3)
+    wide, fresh_wide = (BackboneModule(dm.schema, dm.vocab_sizes, config=wide_config) for _ in range(2))
+    load_tables(wide, searched)
+    value = wide.state_dict()[table]
+    assert value.shape[1] == searched_width + 3 and torch.equal(value[:, :searched_width], searched[table])
+    assert torch.equal(value[:, searched_width:], fresh_wide.state_dict()[table][:, searched_width:])
+    missing = {k: v for k, v in searched.items() if k != table}
+    with pytest.raises(ValueError, match=f"cannot start table '{table}' .* \\(missing\\)"):
+        load_tables(wide, missing)
+    fewer_rows = {**searched, table: searched[table][:-1]}
+    with pytest.raises(ValueError, match=f"cannot start table '{table}'"):
+        load_tables(wide, fewer_rows)
 
 
 def test_finished_stages_are_not_redone(transferred: Path) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from ..safe_load import load_checkpoint_state
 from .rowwise import RowwiseAdam, clip_gradients, has_sparse_grad
 from .sparse_ddp import all_reduce_sparse_gradients, broadcast_from_rank0, row_wise_tables
 
-__all__ = ["CTRModule", "NonFiniteLossError", "backbone_weights", "fused_adam", "predict_encoded"]
+__all__ = ["CTRModule", "NonFiniteLossError", "backbone_weights", "eval_mode", "fused_adam", "predict_encoded"]
 
 _STAGES = ("train", "val", "test")
 log = logging.getLogger(__name__)
@@ -236,20 +237,35 @@ def fused_adam(params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 
     return RowwiseAdam(split, lr=lr, fused=fused)
 
 
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode inside the block and every submodule back in its own mode after it.
+
+    Lightning (2.2 on) starts ``fit`` in the modes it finds and only warns about modules left in eval mode, so a
+    scoring or routing pass before training (fitting a router, measuring agreement) must not leave its eval mode
+    behind: dropout would stay off and batch-norm statistics frozen for the whole training.
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 @torch.no_grad()
 def predict_encoded(model: nn.Module, encoded: EncodedColumns, batch_size: int = 8192) -> np.ndarray:
     """Click probabilities ``sigmoid(model(batch))`` ``(n,)`` for encoded rows, ``batch_size`` rows at a time.
 
     Runs in eval mode on the device of the model's parameters and puts the model back in the mode it was in.
     """
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     out = []
-    for start in range(0, len(encoded), batch_size):
-        batch = to_batch(encoded.take(np.arange(start, min(start + batch_size, len(encoded)))))
-        out.append(torch.sigmoid(model({k: v.to(device) for k, v in batch.items()})).cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(encoded), batch_size):
+            batch = to_batch(encoded.take(np.arange(start, min(start + batch_size, len(encoded)))))
+            out.append(torch.sigmoid(model({k: v.to(device) for k, v in batch.items()})).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 

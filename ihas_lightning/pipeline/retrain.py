@@ -144,16 +144,19 @@ TABLE_PREFIXES = ("backbone.model.embedding_dict.", "backbone.model.linear_model
 
 def load_tables(module: BackboneModule, state: Mapping[str, Tensor]) -> None:
     """Start ``module``'s embedding and first-order tables from ``state``'s, each cut to the first columns the
-    module stores; a ValueError names a table ``state`` lacks or whose rows differ."""
+    module stores. A table wider than ``state``'s (a footprint-matched model can be, when iHAS's tables and router
+    outweigh the searched width's tables) takes all of them and keeps its own initialisation in the columns after.
+    A ValueError names a table ``state`` lacks or whose rows differ."""
     own = module.state_dict()
     tables = {}
     for key, target in own.items():
         if not key.startswith(TABLE_PREFIXES):
             continue
-        if key not in state or state[key].shape[0] != target.shape[0] or state[key].shape[1] < target.shape[1]:
+        if key not in state or state[key].shape[0] != target.shape[0]:
             shape = tuple(state[key].shape) if key in state else "missing"
             raise ValueError(f"cannot start table '{key}' {tuple(target.shape)} from the given state ({shape})")
-        tables[key] = state[key][:, :target.shape[1]]
+        width = min(state[key].shape[1], target.shape[1])
+        tables[key] = torch.cat([state[key][:, :width].to(target), target[:, width:]], dim=1)
     module.load_state_dict(tables, strict=False)
 
 

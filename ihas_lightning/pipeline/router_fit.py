@@ -13,6 +13,7 @@ import torch
 from ..clustering import ClusterResult
 from ..data.datamodule import CTRDataModule
 from ..modules import LinearRouter, RetrainModule, SearchModule
+from ..modules.base import eval_mode
 from .search import searched_masks
 
 __all__ = ["fit_linear_router", "routing_agreement", "searched_routes"]
@@ -33,14 +34,14 @@ def searched_routes(search: SearchModule, clusters: ClusterResult, dm: CTRDataMo
 
 @torch.no_grad()
 def _module_routes(module: RetrainModule, dm: CTRDataModule, split: str, max_rows: int | None = None) -> torch.Tensor:
-    """(N,) the module's own routing of the rows of ``split`` (on its own tables)."""
-    module.eval()
+    """(N,) the module's own routing of the rows of ``split`` (on its own tables); its modes are kept."""
     groups, rows = [], 0
-    for batch in dm.stream(split, shuffle=False):
-        groups.append(module.route(module.backbone.field_embeddings(batch)))
-        rows += len(groups[-1])
-        if max_rows is not None and rows >= max_rows:
-            break
+    with eval_mode(module):
+        for batch in dm.stream(split, shuffle=False):
+            groups.append(module.route(module.backbone.field_embeddings(batch)))
+            rows += len(groups[-1])
+            if max_rows is not None and rows >= max_rows:
+                break
     return torch.cat(groups)[:max_rows] if groups else torch.zeros(0, dtype=torch.long)
 
 
@@ -51,8 +52,7 @@ def fit_linear_router(module: RetrainModule, search: SearchModule, clusters: Clu
     router = module.router
     if not isinstance(router, LinearRouter):
         raise ValueError(f"fit_linear_router needs a RetrainModule with the linear router, got {type(router).__name__}")
-    module.eval()
-    with torch.no_grad():
+    with eval_mode(module), torch.no_grad():      # the retraining then starts in the modes it found
         features, rows = [], 0
         for batch in dm.stream("train", shuffle=False):
             features.append(router.features(module.backbone.field_embeddings(batch)))          # (B, F*c)
