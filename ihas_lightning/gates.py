@@ -5,18 +5,8 @@ Recommendation Models", arXiv 2309.07967) lets a small gate network decide, per 
 ``D`` dimensions of each field's embedding the backbone sees: ``e' = e * z`` with ``z`` in [0, 1].
 A closed gate (``z = 0``) removes the dimension exactly, both in the forward pass and in the gradient.
 
-Two relaxations of the Bernoulli gate are offered (``GateConfig.relaxation``):
-
-* ``"hard_concrete"`` (default; Louizos, Welling & Kingma 2018, "Learning Sparse Neural Networks through
-  L0 Regularization"): ``u ~ U(0, 1)``, ``s = sigmoid((log u - log(1 - u) + a) / tau)``, stretched to
-  ``(gamma, zeta) = (-0.1, 1.1)`` and clamped to [0, 1]. ``P(z > 0) = sigmoid(a - tau log(-gamma/zeta))``
-  (their eq. 12).
-* ``"gaussian"`` (Yamada, Lindenbaum, Negahban & Kluger 2020, "Feature Selection using Stochastic Gates"):
-  ``z = clamp(mu + 0.5 + sigma * eps, 0, 1)``, ``eps ~ N(0, 1)``, ``P(z > 0) = Phi((mu + 0.5) / sigma)``.
-  We set ``mu = sigma * a / 1.702 - 0.5`` so that ``P(z > 0) = Phi(a / 1.702) ~= sigmoid(a)`` (the
-  logistic approximation of the normal CDF): a logit means about the same under both relaxations, and
-  ``init_open_logit = 3`` does not start the gates in Phi's flat tail where gradients vanish.
-  The temperature is not used by this relaxation; ``sigma`` is its noise scale.
+Two relaxations of the Bernoulli gate are offered (``GateConfig.relaxation``), hard concrete (default) and
+Gaussian: :mod:`ihas_lightning.relaxations`.
 
 Throughout, ``prob = P(z > 0)`` is *the* open-probability: regularizers, statistics and the deterministic
 evaluation mask ``z = 1[prob >= 0.5]`` all use it. With prefix gates ``prob`` is the cumulative product.
@@ -42,6 +32,12 @@ from ihas_lightning.regularizers import (
     mean_active_dims,
     polarization,
 )
+from ihas_lightning.relaxations import (
+    gaussian_gate_prob,
+    gaussian_gate_sample,
+    hard_concrete_prob,
+    hard_concrete_sample,
+)
 
 __all__ = [
     "LOGIT_BOUND",
@@ -50,16 +46,8 @@ __all__ = [
     "GateOutput",
     "InstanceGates",
     "check_min_dim",
-    "gaussian_gate_prob",
-    "gaussian_gate_sample",
-    "hard_concrete_prob",
-    "hard_concrete_sample",
 ]
 
-HC_GAMMA = -0.1  # hard-concrete stretch interval (gamma, zeta), Louizos et al. 2018, sec. 4
-HC_ZETA = 1.1
-_PROBIT_SCALE = 1.702  # Phi(x) ~= sigmoid(1.702 x)
-_U_EPS = 1e-6
 LOGIT_BOUND = 10.0  # |a| <= 10 keeps P(z > 0) strictly inside (0, 1) in float32 for tau <= 2
 
 
@@ -225,35 +213,6 @@ class GateOutput(NamedTuple):
     mask: Tensor
     prob: Tensor
     logits: Tensor
-
-
-def hard_concrete_prob(logits: Tensor, temperature: float | Tensor) -> Tensor:
-    """``P(z > 0) = sigmoid(a - tau * log(-gamma / zeta))`` (Louizos et al. 2018, eq. 12)."""
-    return torch.sigmoid(logits - temperature * math.log(-HC_GAMMA / HC_ZETA))
-
-
-def hard_concrete_sample(logits: Tensor, temperature: float | Tensor,
-                         generator: torch.Generator | None = None) -> Tensor:
-    """A reparameterized hard-concrete sample in [0, 1] (Louizos et al. 2018, eqs. 9-10)."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-    s = torch.sigmoid((torch.logit(u, eps=_U_EPS) + logits) / temperature)    # logit: log u - log(1 - u), clamped
-    # hardtanh is clamp(0, 1) with a one-pass backward (clamp's is a comparison pair and a where)
-    return F.hardtanh(s * (HC_ZETA - HC_GAMMA) + HC_GAMMA, 0.0, 1.0)
-
-
-def _stg_mu(logits: Tensor, sigma: float) -> Tensor:
-    return sigma * logits / _PROBIT_SCALE - 0.5
-
-
-def gaussian_gate_prob(logits: Tensor, sigma: float) -> Tensor:
-    """``P(z > 0) = Phi((mu + 0.5) / sigma) = Phi(a / 1.702)`` for the Gaussian stochastic gate."""
-    return torch.special.ndtr((_stg_mu(logits, sigma) + 0.5) / sigma)
-
-
-def gaussian_gate_sample(logits: Tensor, sigma: float, generator: torch.Generator | None = None) -> Tensor:
-    """``z = clamp(mu + 0.5 + sigma * eps, 0, 1)``, ``eps ~ N(0, 1)`` (Yamada et al. 2020, eq. 4)."""
-    eps = torch.randn(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-    return (_stg_mu(logits, sigma) + 0.5 + sigma * eps).clamp(0.0, 1.0)
 
 
 class InstanceGates(nn.Module):

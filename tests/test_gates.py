@@ -9,20 +9,18 @@ import torch
 from torch import nn
 
 from ihas_lightning.clustering import ClusterConfig
-from ihas_lightning.gates import (
-    BudgetController,
-    GateConfig,
-    InstanceGates,
-    gaussian_gate_prob,
-    gaussian_gate_sample,
-    hard_concrete_prob,
-    hard_concrete_sample,
-)
+from ihas_lightning.gates import BudgetController, GateConfig, InstanceGates
 from ihas_lightning.regularizers import (
     decided_share,
     expected_param_share,
     mean_active_dims,
     polarization,
+)
+from ihas_lightning.relaxations import (
+    gaussian_gate_prob,
+    gaussian_gate_sample,
+    hard_concrete_prob,
+    hard_concrete_sample,
 )
 
 RELAXATIONS = ["hard_concrete", "gaussian"]
