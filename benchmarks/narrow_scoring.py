@@ -36,6 +36,7 @@ from _rank_parts import (DATASETS, DIM_CHOICES, WIDTH_CHOICES, datamodule, draw_
 from ihas_lightning import SupernetModule  # noqa: E402
 from ihas_lightning.callbacks import SupernetSampler  # noqa: E402
 from ihas_lightning.modules import REFIT_ROWS, REFIT_SWEEPS  # noqa: E402
+from ihas_lightning.modules.supernet_module import first_batches  # noqa: E402
 
 SCORING = {"finetune_steps": 10, "finetune_lr": 1e-2, "finetune_scope": "all", "refit_sweeps": REFIT_SWEEPS,
            "refit_rows": REFIT_ROWS}
@@ -50,7 +51,9 @@ def measure(name: str, backbone: str, args: argparse.Namespace) -> dict:
     candidates, _ = draw_candidates(supernet, parse_bands("0.03-0.06,0.15-0.3,0.5-1.0"), args.per_band, seed=0)
     sampler = SupernetSampler(dim_choices=DIM_CHOICES, width_choices=WIDTH_CHOICES, seed=0, sandwich=2)
     trainer(4, [sampler]).fit(supernet, dm)
-    val, train = supernet._evaluation_data(dm, None, SCORING["finetune_steps"], SCORING["refit_rows"])
+    # read once, as a search does (ihas pim); both sides score the same batches
+    val = list(dm.stream("val"))
+    train = first_batches(dm.stream("train"), SCORING["finetune_steps"], SCORING["refit_rows"])
     subs = [sub for _, sub in candidates]
     seconds: dict[bool, list[float]] = {False: [], True: []}
     aucs: dict[bool, list[float]] = {}
