@@ -19,6 +19,7 @@ from typing_extensions import override
 
 from _common import provenance
 from ihas_lightning import CTRDataModule, SubArchitecture, SupernetConfig, SupernetModule
+from ihas_lightning.data import SyntheticConfig
 from ihas_lightning.paths import shared_data_dir
 
 __all__ = ["DATASETS", "DIM_CHOICES", "WIDTH_CHOICES", "Band", "EarlyStopOnAUC", "EpochScores", "StandaloneCache",
@@ -31,15 +32,22 @@ DATASETS: dict[str, dict] = {
     "movielens-100k": {"path": "movielens/ml-100k", "format": "movielens-100k", "epochs": 4},
     "ml-1m-first3k": {"path": "movielens/ml-1m-first3k", "format": "movielens-1m", "epochs": 2},
     "synthetic": {"path": None, "format": None, "epochs": 4},
+    # A development set with large id tables trained on hundreds of thousands of rows (docs/supernet_ranking.md,
+    # "Why the development sets can no longer choose"): 9 fields, 9,075 embedding rows, 392,000 training rows.
+    "synthetic-large": {"path": None, "format": None, "epochs": 4, "rows": 490_000,
+                        "synthetic": {"num_sparse": 9, "vocab_sizes": (4000, 3000, 2000, 30, 20, 10, 7, 5, 3),
+                                      "zipf_exponent": 0.8}},
 }
-"""Name -> data under ``IHAS_DATA_DIR`` (``None``: the built-in synthetic generator) and stand-alone epochs."""
+"""Name -> data under ``IHAS_DATA_DIR`` (``None``: the built-in synthetic generator, with ``rows`` and
+``SyntheticConfig`` fields ``synthetic`` where given) and stand-alone epochs."""
 
 
 def datamodule(name: str, rows: int, batch_size: int) -> CTRDataModule:
     """The named data set, set up for fitting (default 80/10/10 split)."""
     spec = DATASETS[name]
     if spec["path"] is None:
-        dm = CTRDataModule("synthetic", rows=rows, batch_size=batch_size)
+        config = SyntheticConfig(**spec["synthetic"]) if "synthetic" in spec else None
+        dm = CTRDataModule("synthetic", rows=spec.get("rows", rows), batch_size=batch_size, synthetic_config=config)
     else:
         path = shared_data_dir() / spec["path"]
         if not path.is_dir():

@@ -1,7 +1,8 @@
 """Supernet rank correlation within bands of similar parameter share: does the supernet order the candidates a
 search actually compares the way stand-alone training does?
 
-Per data set (MovieLens-100K, MovieLens-1M-first3k, synthetic):
+Per data set (MovieLens-100K, MovieLens-1M-first3k, synthetic; ``synthetic-large``, a development set with large id
+tables and 392,000 training rows, by name):
 
 * candidates: a pool of 4000 draws of the search space's uniform sampler (dims {0,1,2,4,8,16} per field, DNN
   width shares {0.25,0.5,0.75,1} per layer), deduplicated; ``--per-band`` of them picked at random (seeded) in
@@ -33,6 +34,7 @@ Usage:
     python benchmarks/supernet_rank.py                      # all three data sets, variants sandwich and baseline
     python benchmarks/supernet_rank.py --datasets movielens-100k,synthetic --variants baseline,sandwich
     python benchmarks/supernet_rank.py --standalone-only                 # fill the stand-alone cache only
+    python benchmarks/supernet_rank.py --datasets synthetic-large --standalone-only --shard 0/2   # and 1/2 beside it
 """
 
 from __future__ import annotations
@@ -159,6 +161,9 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
     epochs = args.epochs or DATASETS[name]["epochs"]
 
     rows = []
+    if args.shard is not None:   # one of several processes filling the cache: every n-th candidate
+        shard, shards = args.shard
+        candidates = [c for i, c in enumerate(candidates) if i % shards == shard]
     for index, (band, sub) in enumerate(candidates):
         runs = [cache.standalone(name, dm, sub, 100 + s, epochs, model, args.patience) for s in range(args.seeds)]
         rows.append({"candidate": index, "band": band, "dims": dict(zip(sub.fields, sub.dims)),
@@ -255,6 +260,13 @@ def run_dataset(name: str, args: argparse.Namespace, cache: StandaloneCache) -> 
     return result
 
 
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"--shard must look like I/N with 0 <= I < N, got {text!r}")
+    return int(index), int(count)
+
+
 def _fmt(values: dict) -> str:
     return "{" + ", ".join(f"{k}: {v:.2f}" for k, v in values.items()) + "}"
 
@@ -296,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="each variant's supernet is trained once per seed (its tau varies with the seed)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--standalone-only", action="store_true", help="fill the stand-alone cache and stop")
+    parser.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                        help="with --standalone-only: train candidates I, I+N, I+2N, ... only (N processes fill the "
+                             "cache side by side)")
     parser.add_argument("--time-standalone", type=int, default=3,
                         help="stand-alone trainings timed again in the run (one per band) for the speed-ups")
     parser.add_argument("--cache", default=str(RESULTS_DIR / "supernet_rank_standalone.json"))
@@ -310,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.per_band < 3 or args.seeds < 1 or args.patience < 0 or args.refit_sweeps < 0 or args.refit_rows < 1:
         parser.error("--per-band must be >= 3, --seeds >= 1, --patience >= 0, --refit-sweeps >= 0 and "
                      "--refit-rows >= 1")
+    if args.shard is not None and not args.standalone_only:
+        parser.error("--shard fills the stand-alone cache: give it with --standalone-only")
     args.patience = args.patience or None
     if args.epochs is None and args.patience:
         args.epochs = MAX_EPOCHS

@@ -99,3 +99,22 @@ def test_a_newly_cached_standalone_result_records_its_commit_and_is_read_back(tm
     assert len(first["provenance"]["commit"]) == 40 and 0.0 < first["auc"] < 1.0
     monkeypatch.setattr("_rank_parts.train_standalone", lambda *a, **k: pytest.fail("a cache hit retrained"))
     assert cache.standalone("synthetic", dm, sub, seed=0, epochs=1, model=model) == first
+
+
+def test_a_synthetic_data_set_with_its_own_shape_reads_its_rows_and_fields(monkeypatch):
+    import _rank_parts
+    spec = {**_rank_parts.DATASETS["synthetic-large"], "rows": 2_000}      # the shape, at a test's size
+    monkeypatch.setitem(_rank_parts.DATASETS, "synthetic-large", spec)
+    dm = _rank_parts.datamodule("synthetic-large", rows=100_000, batch_size=256)   # the spec's rows win
+    assert len(dm.split("train")) == 1_600
+    assert [dm.vocab_sizes[f] - 2 for f in dm.schema.embedded_fields] == list(spec["synthetic"]["vocab_sizes"])
+
+
+def test_shards_split_the_candidates_and_refuse_a_bad_spec():
+    import argparse
+
+    import supernet_rank
+    assert supernet_rank._shard("1/3") == (1, 3)
+    for bad in ("3/3", "x/2", "1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="I/N"):
+            supernet_rank._shard(bad)
