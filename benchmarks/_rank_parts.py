@@ -22,8 +22,9 @@ from ihas_lightning import CTRDataModule, SubArchitecture, SupernetConfig, Super
 from ihas_lightning.data import SyntheticConfig
 from ihas_lightning.paths import shared_data_dir
 
-__all__ = ["DATASETS", "DIM_CHOICES", "WIDTH_CHOICES", "Band", "EarlyStopOnAUC", "EpochScores", "StandaloneCache",
-           "band_taus", "datamodule", "draw_candidates", "parse_bands", "tau", "train_standalone", "trainer"]
+__all__ = ["DATASETS", "DIM_CHOICES", "WIDTH_CHOICES", "Band", "BestEpochWeights", "EarlyStopOnAUC", "EpochScores",
+           "StandaloneCache", "band_taus", "datamodule", "draw_candidates", "parse_bands", "tau", "train_standalone",
+           "trainer"]
 
 DIM_CHOICES = (0, 1, 2, 4, 8, 16)  # 0 drops a field's embedding (its first-order term stays)
 WIDTH_CHOICES = (0.25, 0.5, 0.75, 1.0)
@@ -214,6 +215,27 @@ class EarlyStopOnAUC(pl.Callback):
             self.best_score = score
         if len(self.aucs) - 1 - int(np.argmax(self.aucs)) >= self.patience:
             trainer.should_stop = True
+
+
+class BestEpochWeights(EarlyStopOnAUC):
+    """:class:`EarlyStopOnAUC` that also keeps the weights of the best epoch and puts them back when training ends:
+    a supernet early-stopped on one sub-architecture's validation AUC (its full network's, say)."""
+
+    def __init__(self, dm: CTRDataModule, sub: SubArchitecture, patience: int) -> None:
+        super().__init__(dm, sub, patience)
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: SupernetModule) -> None:
+        best = self.best_score
+        super().on_train_epoch_end(trainer, module)
+        if self.best_score is not best:
+            self.best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, module: SupernetModule) -> None:
+        if self.best_state is not None:
+            module.load_state_dict(self.best_state)
 
 
 class EpochScores(pl.Callback):

@@ -52,8 +52,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, machine_info, now_iso  # noqa: E402
-from _rank_parts import (DATASETS, DIM_CHOICES, WIDTH_CHOICES, EpochScores, StandaloneCache,  # noqa: E402
-                         band_taus, datamodule, draw_candidates, parse_bands, train_standalone, trainer)
+from _rank_parts import (DATASETS, DIM_CHOICES, WIDTH_CHOICES, BestEpochWeights, EpochScores,  # noqa: E402
+                         StandaloneCache, band_taus, datamodule, draw_candidates, parse_bands, train_standalone,
+                         trainer)
 from _rank_report import variant_key, write_report  # noqa: E402
 
 from ihas_lightning import SupernetModule  # noqa: E402
@@ -105,6 +106,9 @@ VARIANTS: dict[str, dict] = {
     # one sub-architecture per sample (nested-dropout-like, against the shared rows overfitting; 2026-11-27)
     "per_sample": {"epochs": 4, "warmup_steps": 100, "per_sample": True},
     "per_sample_e8": {"epochs": 8, "warmup_steps": 100, "per_sample": True},
+    # Tried on 2026-11-27 with synthetic-large: the supernet early-stopped as each stand-alone candidate is (its full
+    # network's validation AUC after every epoch, patience 2, at most 10 epochs; the best epoch's weights scored).
+    "sandwich_early_stop": {"epochs": 10, "sandwich": 2, "early_stop": 2},
 }
 """Supernet variants: ``epochs``, SupernetModule's ``freeze_masked``, ``score`` (``"best_epoch"``: see
 :class:`EpochScores`; otherwise the trained supernet's) and SupernetSampler options. The first listed
@@ -139,12 +143,14 @@ def train_variant(name: str, dm, model: dict, spec: dict, epochs: int, seed: int
     supernet = SupernetModule(dm.schema, dm.vocab_sizes, seed=seed, freeze_masked=spec.get("freeze_masked", False),
                               **{**model, "l2_reg_embedding": spec.get("l2_reg_embedding", 0.0)})
     options = {k: v for k, v in spec.items()
-               if k not in ("epochs", "warmup_epochs", "freeze_masked", "score", "l2_reg_embedding")}
+               if k not in ("epochs", "warmup_epochs", "freeze_masked", "score", "l2_reg_embedding", "early_stop")}
     if "warmup_epochs" in spec:
         options["warmup_steps"] = spec["warmup_epochs"] * -(-len(dm.split("train")) // dm.batch_size)
     sampler = SupernetSampler(dim_choices=DIM_CHOICES, width_choices=WIDTH_CHOICES, seed=seed, **options)
     start, cpu = time.perf_counter(), time.process_time()
-    trainer(epochs, [sampler, *([epoch_scores] if epoch_scores else [])]).fit(supernet, dm)
+    # early stopping's per-epoch scoring is training cost, as the stand-alone trainings' is
+    stopper = [BestEpochWeights(dm, supernet.supernet_masks.full, spec["early_stop"])] if "early_stop" in spec else []
+    trainer(epochs, [sampler, *stopper, *([epoch_scores] if epoch_scores else [])]).fit(supernet, dm)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     if epoch_scores:
         wall, cpu = wall - epoch_scores.seconds, cpu - epoch_scores.cpu_seconds
