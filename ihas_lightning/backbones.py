@@ -70,10 +70,16 @@ def check_backbone_name(name: str, refusal: str = "is not supported") -> None:
         raise ValueError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}")
 
 
+_ATTENTION_HEADS = {"AutoInt": 2, "DIFM": 4}
+"""DeepCTR-Torch's default ``att_head_num`` of the backbones whose self-attention splits the embedding into heads."""
+
+
 def width_multiple(name: str, options: dict | None = None) -> int:
-    """The number a backbone's common embedding width must be a multiple of: AutoInt's attention splits it into
-    ``att_head_num`` heads (DeepCTR-Torch's default 2); every other backbone takes any width."""
-    return int((options or {}).get("att_head_num", 2)) if name == "AutoInt" else 1
+    """The number a backbone's common embedding width must be a multiple of: AutoInt's and DIFM's self-attention
+    split it into ``att_head_num`` heads (DeepCTR-Torch's defaults 2 and 4); every other backbone takes any width."""
+    if name not in _ATTENTION_HEADS:
+        return 1
+    return int((options or {}).get("att_head_num", _ATTENTION_HEADS[name]))
 
 
 def mean_pooled(table: nn.Embedding, ids: Tensor, dtype: torch.dtype) -> Tensor:
@@ -114,6 +120,13 @@ def build_backbone(name: str, schema: Schema, vocab_sizes: dict[str, int], dim: 
     check_backbone_name(name)
     if dim < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")
+    multiple = width_multiple(name, options)
+    if dim % multiple:
+        lower, upper = dim // multiple * multiple, (dim // multiple + 1) * multiple
+        choices = f"{lower} or {upper}" if lower else str(upper)
+        raise ValueError(f"{name} splits the embedding dimension into att_head_num={multiple} attention heads, so the "
+                         f"dimension must be a multiple of {multiple}, got {dim}: choose {choices}, or another "
+                         "att_head_num in the backbone's options")
     model_class = getattr(import_deepctr().models, name)
     columns = feature_columns(schema, vocab_sizes, dim)
     accepted = inspect.signature(model_class.__init__).parameters

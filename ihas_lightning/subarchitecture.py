@@ -175,6 +175,9 @@ class SubArchitecture:
             if not 0 <= chosen[name] <= dim:
                 raise ValueError(f"--dims entry '{item}': dimension must be in [0, {dim}], got {chosen[name]}")
         units = hidden_units
+        if widths and not hidden_units:
+            raise ValueError("--widths was given, but this supernet's backbone has no DNN whose widths it searches "
+                             "(AFM, IFM, DIFM and the like: embedding dims only); leave --widths out")
         if widths:
             parts = [p.strip() for p in widths.split(",") if p.strip()]
             if len(parts) == 1:

@@ -127,6 +127,9 @@ def test_subarchitecture_parse_dict_params_and_flops(dm) -> None:
         SubArchitecture.parse("Z=2", ("A", "B", "C"), DIM, HIDDEN)
     with pytest.raises(ValueError, match=r"must be in \[0, 8\], got 9"):
         SubArchitecture.parse("A=9", ("A", "B", "C"), DIM, HIDDEN)
+    with pytest.raises(ValueError, match="no DNN whose widths it searches .* leave --widths out"):
+        SubArchitecture.parse("A=2", ("A", "B", "C"), DIM, (), widths="0.5")
+    assert SubArchitecture.parse("A=2", ("A", "B", "C"), DIM, ()).widths == ()
     with pytest.raises(ValueError, match="dim_choices .* exceed"):
         SupernetMasks(_module(dm).backbone.__class__(_module(dm).backbone.model, SCHEMA), SupernetConfig((2, 16)))
     # DeepFM: FM = D*(3F+1), DNN = 2*(in*h1 + h1*h2), output 2*h2 + 1 (ModelSpec's counting)

@@ -199,3 +199,22 @@ def test_autoint_at_odd_field_widths_pads_to_its_heads(transferred: Path) -> Non
         assert module.hparams.dim == built and module.field_dims == dims
         batch = next(iter(dm.stream("val", shuffle=False)))
         assert torch.isfinite(module(batch)).all()
+
+
+
+def test_difm_pads_to_its_four_heads_and_a_bad_uniform_dim_is_refused_by_name(transferred: Path) -> None:
+    # DIFM's self-attention splits the width into 4 heads (DeepCTR-Torch's default): a matched model at widths 5/6
+    # builds at 8, and a uniform one at 6 is refused before DeepCTR-Torch says "not an integer multiple of head_num".
+    config = RunDirectory(transferred).load_config(quiet=True)
+    dm = datamodule_from_config(config.data)
+    difm = replace(config.model, backbone="DIFM")
+    dims = {f: (5, 6)[i % 2] for i, f in enumerate(dm.schema.embedded_fields)}
+    module = BackboneModule(dm.schema, dm.vocab_sizes, config=difm, field_dims=dims)
+    assert module.hparams.dim == 8 and module.field_dims == dims
+    assert torch.isfinite(module(next(iter(dm.stream("val", shuffle=False))))).all()
+    with pytest.raises(ValueError, match=r"DIFM splits .* att_head_num=4 .* multiple of 4, got 6: choose 4 or 8"):
+        BackboneModule(dm.schema, dm.vocab_sizes, config=replace(difm, dim=6))
+    with pytest.raises(ValueError, match=r"AutoInt .* att_head_num=2 .* got 3: choose 2 or 4"):
+        BackboneModule(dm.schema, dm.vocab_sizes, config=replace(difm, backbone="AutoInt", dim=3))
+    three_heads = BackboneModule(dm.schema, dm.vocab_sizes, config=replace(difm, dim=6, options={"att_head_num": 3}))
+    assert three_heads.hparams.dim == 6
