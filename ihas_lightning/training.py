@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
+from typing_extensions import override
 
 from .callbacks.throughput import ThroughputMeter
 from .checkpoint_io import AtomicCheckpointIO
@@ -26,7 +27,7 @@ from .modules import BackboneModule
 from .modules.config import BackboneConfig
 from .run_config import TrainerConfig
 
-__all__ = ["apply_threads", "checkpoint_start", "datamodule_from_config", "fit_and_test", "make_trainer",
+__all__ = ["LOG_EVERY_N_STEPS", "apply_threads", "checkpoint_start", "datamodule_from_config", "fit_and_test", "make_trainer",
            "train_backbone", "write_json"]
 
 
@@ -46,6 +47,22 @@ def datamodule_from_config(config: DataConfig, threads: int = 0) -> CTRDataModul
     return dm
 
 
+LOG_EVERY_N_STEPS = 10
+"""Steps between the logged training points (fewer where an epoch is shorter)."""
+
+
+class _LogWithinAnEpoch(Callback):
+    """Lowers the Trainer's logging interval to the steps of an epoch where an epoch is shorter (small data sets:
+    a curve point per epoch at least, and no Lightning warning about the interval on every stage)."""
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        dm = trainer.datamodule
+        if stage == "fit" and isinstance(dm, CTRDataModule):
+            steps = -(-len(dm.split("train")) // (dm.batch_size * trainer.world_size))
+            trainer.log_every_n_steps = max(1, min(trainer.log_every_n_steps, steps))
+
+
 def make_trainer(config: TrainerConfig, stage_dir: Path, callbacks: Sequence[Callback] = (),
                  monitor: str | None = "val_auc", max_epochs: int | None = None) -> pl.Trainer:
     """A Trainer that logs to TensorBoard under ``stage_dir`` and checkpoints ``last.ckpt`` (and the best)."""
@@ -57,7 +74,7 @@ def make_trainer(config: TrainerConfig, stage_dir: Path, callbacks: Sequence[Cal
                            save_top_k=1, enable_version_counter=False)
     best = [ModelCheckpoint(dirpath=stage_dir / "checkpoints", monitor=monitor, mode="max", save_top_k=1,
                             filename="best")] if monitor else []
-    all_callbacks = [*best, last, *callbacks]
+    all_callbacks = [*best, last, _LogWithinAnEpoch(), *callbacks]
     if not config.quiet:
         all_callbacks.append(TQDMProgressBar(refresh_rate=10))
     strategy = config.strategy
@@ -70,7 +87,7 @@ def make_trainer(config: TrainerConfig, stage_dir: Path, callbacks: Sequence[Cal
                       logger=TensorBoardLogger(str(stage_dir), name="tensorboard", version="",
                                                default_hp_metric=False),
                       callbacks=all_callbacks, enable_progress_bar=not config.quiet, enable_model_summary=False,
-                      deterministic=False, log_every_n_steps=10, plugins=[AtomicCheckpointIO()],
+                      deterministic=False, log_every_n_steps=LOG_EVERY_N_STEPS, plugins=[AtomicCheckpointIO()],
                       # no_grad, not inference mode, outside fit: tensors made by ``checkpoint_start``'s validate
                       # (the metrics' states) are updated in place again during the fit that follows
                       inference_mode=False)

@@ -129,3 +129,28 @@ def test_fit_and_test_with_an_empty_test_split_keeps_the_best_weights(retrain_dm
     assert "test_auc" not in scores and 0.0 < scores["val_auc"] < 1.0
     best = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)["state_dict"]
     assert all(torch.equal(v, best[k]) for k, v in module.state_dict().items())
+
+
+def test_the_logging_interval_fits_a_short_epoch_and_logs_every_epoch(criteo, tmp_path: Path) -> None:
+    # Criteo 10k at batches of 512: 8,000 training rows are 16 steps an epoch, more than the interval (10), which
+    # stays; at batches of 2048 an epoch is 4 steps, and the interval falls to 4: a TensorBoard point per epoch,
+    # and no Lightning warning about the interval.
+    import warnings
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ihas_lightning.training import LOG_EVERY_N_STEPS
+    for batch_size, interval in ((512, LOG_EVERY_N_STEPS), (2048, 4)):
+        dm = CTRDataModule(criteo.data, format="criteo", batch_size=batch_size, seed=0, cache_dir=criteo.cache_dir)
+        dm.prepare_data()
+        dm.setup("fit")
+        out = tmp_path / str(batch_size)
+        trainer = make_trainer(_args(), out, max_epochs=2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(_module(dm, 1e-3), dm)
+        assert trainer.log_every_n_steps == interval
+        assert not [w for w in caught if "log_every_n_steps" in str(w.message)]
+        events = EventAccumulator(str(out / "tensorboard")).Reload()
+        steps = [e.step for e in events.Scalars("train_loss")] if "train_loss" in events.Tags()["scalars"] else []
+        assert len(steps) == trainer.global_step // interval
