@@ -27,8 +27,8 @@ from .modules import BackboneModule
 from .modules.config import BackboneConfig
 from .run_config import TrainerConfig
 
-__all__ = ["LOG_EVERY_N_STEPS", "apply_threads", "checkpoint_start", "datamodule_from_config", "fit_and_test", "make_trainer",
-           "train_backbone", "write_json"]
+__all__ = ["LOG_EVERY_N_STEPS", "apply_threads", "checkpoint_start", "datamodule_from_config", "fit_and_test",
+           "make_trainer", "train_backbone", "write_json"]
 
 
 def apply_threads(threads: int) -> None:
