@@ -89,6 +89,32 @@ def test_resume_continues_numbering(run_dir, objective, tmp_path):
     assert first != second
 
 
+def test_a_study_continues_only_with_the_settings_its_trials_were_scored_with(run_dir, objective, tmp_path, capsys):
+    # Before: `ihas pim --mode budget` on a per-field study ran its trials and then died on Optuna's "The value of
+    # the parameter 'emb_budget' is not found" (FixedTrial), and another --max-auc-drop mixed constraints silently.
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    run_study(_settings(run_dir, storage, 2), objective)
+    for other, named in (({"mode": "budget"}, r"search_space.mode: 'per_field' -> 'budget'"),
+                         ({"max_auc_drop": 0.001}, r"max_auc_drop: None -> 0.001"),
+                         ({"finetune_steps": 0, "refit_sweeps": 0}, r"finetune_steps: 10 -> 0; refit_sweeps: 5 -> 0")):
+        settings = _settings(run_dir, storage, 2, **other)
+        with pytest.raises(ValueError, match=f"study 'pim' was run with other settings \\({named}\\).*--study-name"):
+            run_study(settings, build_objective(settings))
+    study = run_study(_settings(run_dir, storage, 1), objective)       # the same settings continue it
+    assert len(study.trials) == 3 and study.user_attrs["scoring"]["finetune_steps"] == 10
+    fresh = _settings(run_dir, storage, 1, mode="budget", study_name="pim_budget")
+    assert len(run_study(fresh, build_objective(fresh)).trials) == 1    # another study on the same storage
+    # through the command: a clear error, exit code 2, no trial added
+    assert main(["pim", "--run", str(run_dir), "--storage", storage, "--trials", "1", "--mode", "budget",
+                 "--quiet"]) == 2
+    assert "was run with other settings (search_space.mode" in capsys.readouterr().err
+    assert len(optuna.load_study(study_name="pim", storage=storage).trials) == 3
+    # a trial of another search space does not rebuild in this one, and says why
+    budget_trial = optuna.load_study(study_name="pim_budget", storage=storage).trials[0]
+    with pytest.raises(ValueError, match="do not fit this search space .*per_field.*--study-name"):
+        candidate_of(objective.space, budget_trial.params)
+
+
 def test_raising_trial_is_failed_and_the_study_goes_on(run_dir, objective, tmp_path, monkeypatch):
     evaluate = objective.evaluate
     calls = []

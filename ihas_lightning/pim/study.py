@@ -16,7 +16,8 @@ Storage: SQLite ``DIR/pim/study.db`` by default, any SQLAlchemy URL (``postgresq
 file (``journal:PATH`` or a path ending in .log/.journal) for workers on several machines. RDB storages get
 a heartbeat, and a trial whose worker died is failed and re-queued with the same parameters
 (:class:`optuna.storages.RetryHeartbeatStaleTrialCallback`). ``workers=K`` runs K processes on the one
-storage, sharing the trials. Running again continues the same study (``load_if_exists``). A trial that
+storage, sharing the trials. Running again continues the same study (``load_if_exists``), with the search space and
+scoring its trials had or not at all (:mod:`~ihas_lightning.pim.continuation`). A trial that
 raises is recorded as FAIL with its error in ``user_attrs["error"]``, and the study goes on.
 
 Precision is part of the accuracy too: fp16 and int8 (symmetric, per-row scale) trials are scored with the
@@ -44,6 +45,7 @@ from ..devices import resolve_device
 from ..modules.supernet_module import REFIT_PRIOR, REFIT_ROWS, REFIT_SWEEPS, first_batches
 from .config import get_preset
 from .cost_model import estimate
+from .continuation import check_continuation
 from .search_space import Candidate, SearchSpace, model_spec, suggest
 from .storage import SAMPLERS, make_sampler, make_storage
 
@@ -171,7 +173,12 @@ def quantized_tables(module: Any, precision: str) -> Iterator[None]:
 
 def candidate_of(space: SearchSpace, params: dict[str, Any]) -> Candidate:
     """Rebuild a trial's candidate from its stored parameters."""
-    return suggest(optuna.trial.FixedTrial(params), space)
+    try:
+        return suggest(optuna.trial.FixedTrial(params), space)
+    except ValueError as error:             # FixedTrial: "The value of the parameter 'x' is not found ..."
+        raise ValueError(f"a trial's parameters {sorted(params)} do not fit this search space (mode "
+                         f"{space.mode!r}): the study holds trials of another search; open it with the settings "
+                         f"it was run with, or start another study (--study-name). {error}") from None
 
 
 class PIMObjective:
@@ -322,8 +329,8 @@ def _optimize(settings: StudySettings, n_trials: int, worker: int, objective: PI
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(METRIC_NAMES))
+    check_continuation(study, objective)
     study.set_user_attr("baseline_auc", objective.baseline_auc)
-    study.set_user_attr("search_space", objective.space.to_dict())
     study.optimize(objective, n_trials=n_trials, catch=(Exception,), gc_after_trial=False,
                    show_progress_bar=settings.progress and worker == 0)
 
@@ -337,10 +344,12 @@ def run_study(settings: StudySettings, objective: PIMObjective | None = None) ->
     if settings.workers == 1 or settings.trials <= 1:
         _optimize(settings, settings.trials, 0, objective)
     else:
-        study = _study(settings, settings.seed)  # create it once, before the workers race to
-        _close(study)
         method = _start_method()
         inherited = (objective or build_objective(settings)) if method == "fork" else None
+        study = _study(settings, settings.seed)  # create it once, before the workers race to
+        if inherited is not None:                 # refuse other settings once, before the workers start
+            check_continuation(study, inherited)
+        _close(study)
         shares = [settings.trials // settings.workers + (i < settings.trials % settings.workers)
                   for i in range(settings.workers)]
         context = multiprocessing.get_context(method)
