@@ -44,14 +44,17 @@ from .modules.retrain_module import RetrainModule
 from .safe_load import load_torch_file
 
 __all__ = ["EXPORT_FORMATS", "EXPORTABLE_MODELS", "SERVING_FORMAT", "ExportedFiles", "ServingModel",
-           "encoders_path", "export_model", "export_run", "load_run_model", "serving_spec"]
+           "encoders_path", "export_model", "export_run", "load_run_model", "resolve_run_model", "serving_spec"]
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 """``torchscript``: ``torch.jit.load`` runs it; ``onnx``: onnxruntime runs it (opset 17)."""
 
-EXPORTABLE_MODELS = {"ihas": "retrain/ihas_model.pt", "baseline": "baseline/checkpoints/best.ckpt",
-                     "baseline_matched": "baseline_matched/checkpoints/best.ckpt"}
-"""The models of a run folder ``export_run`` exports, and the file each is read from."""
+EXPORTABLE_MODELS = {"ihas": "retrain/ihas_model.pt", "fieldwise": "fieldwise/ihas_model.pt",
+                     "baseline": "baseline/checkpoints/best.ckpt",
+                     "baseline_matched": "baseline_matched/checkpoints/best.ckpt",
+                     "baseline_mde": "baseline_mde/alpha_<kept_alpha>/checkpoints/best.ckpt"}
+"""The models of a run folder ``export_run`` exports, and the file each is read from; ``"kept"`` names the one the
+run kept on validation (``DIR/metrics.json``'s ``selection``: iHAS or a model of its footprint or less)."""
 
 SERVING_FORMAT = "ihas-serving/1"
 INPUT_NAMES = ("sparse", "dense", "multi")
@@ -219,18 +222,36 @@ def _example_inputs(encoder: FeatureEncoder) -> tuple[Tensor, Tensor, Tensor]:
             torch.zeros(rows, sum(m.max_len for m in schema.multivalued), dtype=torch.long))
 
 
-def load_run_model(run: str | Path, model: str = "ihas") -> tuple[CTRModule, FeatureEncoder]:
-    """The trained module ``model`` (a key of :data:`EXPORTABLE_MODELS`) of the run folder ``run``, with the
-    run's encoders; a ValueError says what is missing."""
-    if model not in EXPORTABLE_MODELS:
-        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(EXPORTABLE_MODELS)}")
+def resolve_run_model(run: str | Path, model: str = "kept") -> str:
+    """``model`` itself, or for ``"kept"`` the model the run kept on validation (``"ihas"`` for a run from before
+    the selection); a ValueError for an unknown name or a folder that is not a finished run."""
+    if model != "kept" and model not in EXPORTABLE_MODELS:
+        raise ValueError(f"unknown model {model!r}; choose kept or one of {', '.join(EXPORTABLE_MODELS)}")
     root = Path(run)
     if not (root / "run.json").is_file():
         raise ValueError(f"'{root}' is not a run folder (no run.json); give the --out folder of an 'ihas run'")
-    path = root / EXPORTABLE_MODELS[model]
+    if model != "kept":
+        return model
+    metrics = root / "metrics.json"
+    if not metrics.is_file():
+        raise ValueError(f"run '{root}' has not finished ('{metrics}' is missing), so it has kept no model yet")
+    kept = json.loads(metrics.read_text()).get("selection", {}).get("kept", "ihas")
+    if kept not in EXPORTABLE_MODELS:
+        raise ValueError(f"run '{root}' kept {kept!r}, which is not one of {', '.join(EXPORTABLE_MODELS)}")
+    return kept
+
+
+def load_run_model(run: str | Path, model: str = "kept") -> tuple[CTRModule, FeatureEncoder]:
+    """The trained module ``model`` (``"kept"``, the run's choice on validation, or a key of
+    :data:`EXPORTABLE_MODELS`) of the run folder ``run``, with the run's encoders; a ValueError says what is
+    missing."""
+    model = resolve_run_model(run, model)
+    root = Path(run)
+    path = _model_path(root, model)
     if not path.is_file():
-        raise ValueError(f"run '{root}' has no {model} model ('{path}' is missing): finish the run first")
-    if model == "ihas":
+        raise ValueError(f"run '{root}' has no {model} model ('{path}' is missing): finish the run first, or "
+                         "train it (ihas run trains fieldwise unless --no-fieldwise, baseline_mde with --mde-baseline)")
+    if path.name == "ihas_model.pt":
         loaded = IHASModel.load(path)
         if loaded.encoder is None:
             raise ValueError(f"'{path}' was saved without encoders; export it with export_model(encoder=...)")
@@ -243,12 +264,28 @@ def load_run_model(run: str | Path, model: str = "ihas") -> tuple[CTRModule, Fea
     return module, FeatureEncoder.from_dict(checkpoint["ihas_encoder"])
 
 
+def _model_path(root: Path, model: str) -> Path:
+    """Where ``model``'s file is; the mixed-dimension baseline's is the one of its validation-chosen alpha, in the
+    folder that alpha's widths were trained in (alphas that give the same widths share one)."""
+    if model != "baseline_mde":
+        return root / EXPORTABLE_MODELS[model]
+    metrics = root / "baseline_mde" / "metrics.json"
+    if not metrics.is_file():
+        return root / EXPORTABLE_MODELS[model]
+    summary = json.loads(metrics.read_text())
+    kept = [c for c in summary.get("candidates", []) if c.get("alpha") == summary.get("kept_alpha")]
+    if not kept or "trained_in" not in kept[0]:
+        raise ValueError(f"'{metrics}' names no folder for its kept alpha {summary.get('kept_alpha')!r}")
+    return root / kept[0]["trained_in"] / "checkpoints" / "best.ckpt"
+
+
 def export_run(run: str | Path, format: str = "torchscript", out: str | Path | None = None,
-               model: str = "ihas") -> ExportedFiles:
-    """Export the run's ``model`` (default: the iHAS model) to ``out`` (default ``RUN/export/<model>.pt`` or
-    ``.onnx``)."""
+               model: str = "kept") -> ExportedFiles:
+    """Export the run's ``model`` (default: the one it kept on validation, see :func:`resolve_run_model`) to
+    ``out`` (default ``RUN/export/<model>.pt`` or ``.onnx``, the model's own name)."""
     if format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    model = resolve_run_model(run, model)
     module, encoder = load_run_model(run, model)
     target = Path(out) if out is not None else Path(run) / "export" / f"{model}{_SUFFIXES[format]}"
     return export_model(module, target, format, encoder)

@@ -55,7 +55,7 @@ def _serve_hidden(model: Path, rows_flag: str, rows: Path, cwd: Path) -> np.ndar
 def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export_run")
     code = main(["run", "--rows", "3000", "--epochs", "2", "--retrain-epochs", "1", "--dnn", "16", "--dim", "8",
-                 "--batch-size", "256", "--quiet", "--no-fieldwise", "--out", str(out / "run"),
+                 "--batch-size", "256", "--quiet", "--mde-baseline", "--out", str(out / "run"),
                  "--cache-dir", str(out / "cache")])
     assert code == 0
     return out / "run"
@@ -202,6 +202,38 @@ def test_routing_survives_export(tmp_path, format, router, group_dense) -> None:
         groups = getattr(model.module, name)
         groups.copy_(groups[:1].clone().expand_as(groups))
     assert np.abs(model.predict_raw(raw) - expected).max() > 1e-2
+
+
+def test_export_defaults_to_the_model_the_run_kept_on_validation(run_dir, tmp_path, capsys) -> None:
+    # The run's summary says which model to ship (DIR/metrics.json's selection); `ihas export` without --model
+    # exports that one, whichever it is: iHAS, the field-wise model, or a baseline of iHAS's footprint.
+    import shutil
+    encoder = IHASModel.load(run_dir / "retrain" / "ihas_model.pt").encoder
+    batch = to_batch(encoder.transform(_raw_rows(encoder, rows=32, seed=3)))
+    arrays = {k: batch[k].numpy() for k in ("sparse", "dense", "multi")}
+    kept = json.loads((run_dir / "metrics.json").read_text())["selection"]["kept"]
+    predictions = {}
+    for model in ("ihas", "fieldwise", "baseline_matched", "baseline_mde"):
+        module, _ = load_run_model(run_dir, model)
+        with torch.no_grad():
+            predictions[model] = torch.sigmoid(module.eval()(batch)).numpy()
+    for forced in dict.fromkeys(("fieldwise", "baseline_mde", kept)):
+        run = tmp_path / f"run_{forced}"
+        shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("tensorboard", "export"))
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["selection"]["kept"] = forced
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        assert main(["export", "--run", str(run), "--format", "torchscript"]) == 0
+        assert f"exported: {forced} (the model the run kept on validation)" in capsys.readouterr().out
+        served = _serve_module().predict(run / "export" / f"{forced}.pt", arrays)
+        np.testing.assert_allclose(served, predictions[forced], atol=1e-5, rtol=0)
+    assert np.abs(predictions["baseline_mde"] - predictions["ihas"]).max() > 1e-4     # other models, other outputs
+    # the mixed-dimension baseline is read where its kept alpha's widths were trained (alphas may share a folder)
+    mde = json.loads((run_dir / "baseline_mde" / "metrics.json").read_text())
+    kept_at = next(c["trained_in"] for c in mde["candidates"] if c["alpha"] == mde["kept_alpha"])
+    module, _ = load_run_model(run_dir, "baseline_mde")
+    assert module.field_dims == {f: int(d) for f, d in mde["dims"].items()}
+    assert (run_dir / kept_at / "checkpoints" / "best.ckpt").is_file()
 
 
 @pytest.mark.parametrize(("argv", "message"), [

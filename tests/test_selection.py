@@ -25,6 +25,7 @@ def test_a_uniform_model_of_the_same_footprint_that_wins_on_validation_is_said_p
     assert selection["kept"] == "baseline_matched"
     message = selection_message(selection)
     assert "uniform, same footprint beats iHAS (0.7500)" in message and "not retrain/ihas_model.pt" in message
+    assert "which `ihas export` exports" in message
 
 
 def test_contenders_above_the_footprint_or_without_validation_figures_are_left_out() -> None:

@@ -19,15 +19,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub.add_argument("--out", default=None,
                      help="model file (default DIR/export/MODEL.pt or .onnx); the encoders go beside it as "
                           "<stem>.encoders.json")
-    sub.add_argument("--model", default="ihas",
-                     help=f"which of the run's models: {', '.join(EXPORTABLE_MODELS)} (default ihas)")
+    sub.add_argument("--model", default="kept",
+                     help=f"which of the run's models: kept (default: the one the run kept on validation, as its "
+                          f"summary said) or one of {', '.join(EXPORTABLE_MODELS)}")
     sub.set_defaults(handler=run_export)
 
 
 def run_export(args: argparse.Namespace) -> ExportedFiles:
-    from ..export import export_run
+    from ..export import export_run, resolve_run_model
 
-    files = export_run(args.run, args.format, args.out, args.model)
-    print(f"model: {files.model}\nencoders: {files.encoders}\n"
+    model = resolve_run_model(args.run, args.model)
+    files = export_run(args.run, args.format, args.out, model)
+    which = f"{model} (the model the run kept on validation)" if args.model == "kept" else model
+    print(f"exported: {which}\nmodel: {files.model}\nencoders: {files.encoders}\n"
           f"serve: python examples/serve.py {files.model} --csv ROWS.csv")
     return files

@@ -50,5 +50,6 @@ def selection_message(selection: dict[str, Any]) -> str:
     line = f"kept: {CONTENDERS[kept]} (validation AUC {scores[kept]:.4f}; compared with {others})"
     if kept != "ihas":
         line += (f". On validation, {CONTENDERS[kept]} beats iHAS ({scores['ihas']:.4f}) at the same or a smaller "
-                 f"footprint: ship that model (the run's {kept}/ folder), not retrain/ihas_model.pt")
+                 f"footprint: ship that model (the run's {kept}/ folder, which `ihas export` exports), not "
+                 "retrain/ihas_model.pt")
     return line
