@@ -109,6 +109,8 @@ VARIANTS: dict[str, dict] = {
     # Tried on 2026-11-27 with synthetic-large: the supernet early-stopped as each stand-alone candidate is (its full
     # network's validation AUC after every epoch, patience 2, at most 10 epochs; the best epoch's weights scored).
     "sandwich_early_stop": {"epochs": 10, "sandwich": 2, "early_stop": 2},
+    # `ihas supernet`'s default (and so the PIM study's) adds NASRec's one-epoch warm-up to the sandwich rule
+    "sandwich_warmup": {"epochs": 4, "sandwich": 2, "warmup_epochs": 1},
 }
 """Supernet variants: ``epochs``, SupernetModule's ``freeze_masked``, ``score`` (``"best_epoch"``: see
 :class:`EpochScores`; otherwise the trained supernet's) and SupernetSampler options. The first listed

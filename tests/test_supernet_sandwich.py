@@ -155,3 +155,21 @@ def test_cli_supernet_sandwich_options(tmp_path, capsys) -> None:
     assert sampler["sandwich"] == 1 and sampler["distill"] == 0.5 and sampler["sampling"] == "capped"
     metrics = json.loads((stage / "metrics.json").read_text())
     assert metrics["sampled_steps"] == 10 and 0.4 < metrics["val_auc"] <= 1.0   # ceil(2400 / 256) sandwich steps
+
+
+def test_the_default_warmup_is_one_epoch_alone_and_none_under_the_sandwich_rule(tmp_path) -> None:
+    # The sandwich rule trains the full network every step; `ihas supernet` used to add NASRec's one-epoch warm-up
+    # to it as well (its sampled sub-architectures mostly the full network for the first epoch), a supernet the
+    # ranking benchmark never chose: with it the development sets ranked lower (docs/supernet_ranking.md).
+    from ihas_lightning.cli import main
+    from ihas_lightning.pipeline.supernet import default_warmup
+
+    assert default_warmup(SupernetConfig(sandwich=2), 10) == 0 and default_warmup(SupernetConfig(), 10) == 10
+    common = ["supernet", "--data", "synthetic", "--rows", "3000", "--epochs", "1", "--dim", "8", "--dim-choices",
+              "2,4,8", "--dnn", "16,8", "--batch-size", "256", "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    warmups = {}
+    for sandwich in ("2", "0"):
+        out = tmp_path / f"sandwich{sandwich}"
+        assert main([*common, "--out", str(out), "--sandwich", sandwich]) == 0
+        warmups[sandwich] = json.loads((out / "supernet" / "supernet.json").read_text())["sampler"]["warmup_steps"]
+    assert warmups == {"2": 0, "0": 10}                                   # ceil(2400 / 256) steps an epoch

@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--dim-choices", default="2,4,8,16", help="candidate per-field dims (<= --dim)")
     group.add_argument("--width-choices", default="0.25,0.5,0.75,1.0", help="candidate shares of each DNN layer")
     group.add_argument("--warmup-steps", type=int, default=None,
-                       help="full-network probability decays from 1 to 0 over these steps (default: one epoch)")
+                       help="full-network probability decays from 1 to 0 over these steps (default: one epoch, "
+                            "none with --sandwich, which trains the full network every step)")
     group.add_argument("--per-sample", action="store_true", help="one sub-architecture per sample, not per batch")
     group.add_argument("--no-widths", action="store_true", help="keep DNN widths full; sample dims only")
     group.add_argument("--sandwich", type=int, default=2,

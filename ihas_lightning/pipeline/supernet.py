@@ -24,18 +24,25 @@ from ..run_config import RunConfig
 from ..subarchitecture import SupernetConfig
 from ..training import datamodule_from_config, make_trainer, write_json
 
-__all__ = ["DATA_OPTIONS", "score_subnet", "train_supernet"]
+__all__ = ["DATA_OPTIONS", "default_warmup", "score_subnet", "train_supernet"]
 
 DATA_OPTIONS = ("data", "format", "schema", "test", "rows", "min_count", "batch_size", "seed", "cache_dir")
 """The data options ``data.json`` keeps (``DataConfig`` fields)."""
+
+
+def default_warmup(space: SupernetConfig, steps_per_epoch: int) -> int:
+    """``train_supernet``'s warm-up when none is given: one epoch, or none under the sandwich rule."""
+    return 0 if space.sandwich else steps_per_epoch
 
 
 def train_supernet(out: str | Path, config: RunConfig, space: SupernetConfig,
                    warmup_steps: int | None = None, freeze_masked: bool = True) -> dict:
     """Train a supernet of ``config.model`` over ``space`` (resuming ``last.ckpt``); return its metrics.
 
-    ``warmup_steps`` (None: one epoch) overrides ``space.warmup_steps``: NASRec's warm-up, from the full network
-    to sampled sub-architectures. ``freeze_masked``: :class:`SupernetModule`'s (the optimiser leaves what a step
+    ``warmup_steps`` overrides ``space.warmup_steps``: NASRec's warm-up, from the full network to sampled
+    sub-architectures. None: one epoch with one sub-architecture a step, none with the sandwich rule, which trains
+    the full network every step anyway (with a one-epoch warm-up added it ranked the development sets lower,
+    docs/supernet_ranking.md). ``freeze_masked``: :class:`SupernetModule`'s (the optimiser leaves what a step
     masks where it is).
     """
     start = time.perf_counter()
@@ -48,7 +55,8 @@ def train_supernet(out: str | Path, config: RunConfig, space: SupernetConfig,
     steps_per_epoch = math.ceil(len(dm.split("train")) / dm.batch_size)
     sampler = SupernetSampler(dim_choices=space.dim_choices, width_choices=space.width_choices,
                               per_sample=space.per_sample,
-                              warmup_steps=steps_per_epoch if warmup_steps is None else warmup_steps,
+                              warmup_steps=default_warmup(space, steps_per_epoch) if warmup_steps is None
+                              else warmup_steps,
                               sample_widths=space.sample_widths, sandwich=space.sandwich, distill=space.distill,
                               sampling=space.sampling, seed=seed)
     model = config.model
