@@ -111,6 +111,8 @@ VARIANTS: dict[str, dict] = {
     "sandwich_early_stop": {"epochs": 10, "sandwich": 2, "early_stop": 2},
     # `ihas supernet`'s default (and so the PIM study's) adds NASRec's one-epoch warm-up to the sandwich rule
     "sandwich_warmup": {"epochs": 4, "sandwich": 2, "warmup_epochs": 1},
+    # the supernet at `ihas supernet`'s default learning rate (1e-3) instead of the stand-alone trainings' (--lr)
+    "sandwich_lr_1e-3": {"epochs": 4, "sandwich": 2, "lr": 1e-3},
 }
 """Supernet variants: ``epochs``, SupernetModule's ``freeze_masked``, ``score`` (``"best_epoch"``: see
 :class:`EpochScores`; otherwise the trained supernet's) and SupernetSampler options. The first listed
@@ -143,9 +145,10 @@ def train_variant(name: str, dm, model: dict, spec: dict, epochs: int, seed: int
     pl.seed_everything(seed, workers=True)
     # freeze_masked off unless a variant asks: the variants measured before it existed stay reproducible
     supernet = SupernetModule(dm.schema, dm.vocab_sizes, seed=seed, freeze_masked=spec.get("freeze_masked", False),
-                              **{**model, "l2_reg_embedding": spec.get("l2_reg_embedding", 0.0)})
-    options = {k: v for k, v in spec.items()
-               if k not in ("epochs", "warmup_epochs", "freeze_masked", "score", "l2_reg_embedding", "early_stop")}
+                              **{**model, "l2_reg_embedding": spec.get("l2_reg_embedding", 0.0),
+                                 "lr": spec.get("lr", model["lr"])})
+    module_keys = ("epochs", "warmup_epochs", "freeze_masked", "score", "l2_reg_embedding", "early_stop", "lr")
+    options = {k: v for k, v in spec.items() if k not in module_keys}
     if "warmup_epochs" in spec:
         options["warmup_steps"] = spec["warmup_epochs"] * -(-len(dm.split("train")) // dm.batch_size)
     sampler = SupernetSampler(dim_choices=DIM_CHOICES, width_choices=WIDTH_CHOICES, seed=seed, **options)

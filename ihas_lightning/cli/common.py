@@ -38,7 +38,7 @@ def add_trainer_arguments(parser: argparse.ArgumentParser, epochs: int = 3) -> N
     group.add_argument("--backbone", default="DeepFM", help="DeepCTR-Torch model (DeepFM, DCN, xDeepFM, ...)")
     group.add_argument("--dim", type=int, default=16, help="embedding dimension of every field")
     group.add_argument("--dnn", default="256,128", help="DNN hidden widths, comma-separated")
-    group.add_argument("--lr", type=float, default=1e-3)
+    group.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default %(default)s)")
     group.add_argument("--embedding-updates", choices=("rowwise", "dense"), default="rowwise",
                        help="rowwise (default): a step updates the table rows its batch looks up (lazy Adam, L2 as "
                             "weight decay on those rows); dense: every row of every table at every step")

@@ -17,7 +17,13 @@ from ..training import write_json
 from .common import (add_data_arguments, add_scoring_arguments, add_trainer_arguments, print_table,
                      run_config_from_args)
 
-__all__ = ["register", "run_supernet", "run_subnet"]
+__all__ = ["SUPERNET_LR", "register", "run_supernet", "run_subnet"]
+
+
+SUPERNET_LR = 1e-2
+"""``ihas supernet``'s default learning rate (the other commands': 1e-3): the rate the ranking benchmark trains its
+supernets at. At 1e-3, scored with a fine-tune at the same rate as ``ihas pim`` does, a sandwich-rule supernet ranked
+the development sets far worse (fine-tuned overall tau 0.22-0.42 against 0.65-0.87; docs/supernet_ranking.md)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "DNN widths (NASRec-style)", description=__doc__)
     add_data_arguments(parser)
     add_trainer_arguments(parser)
+    parser.set_defaults(lr=SUPERNET_LR)
     group = parser.add_argument_group("supernet")
     group.add_argument("--dim-choices", default="2,4,8,16", help="candidate per-field dims (<= --dim)")
     group.add_argument("--width-choices", default="0.25,0.5,0.75,1.0", help="candidate shares of each DNN layer")
