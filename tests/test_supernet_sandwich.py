@@ -184,3 +184,25 @@ def test_ihas_supernet_trains_at_the_ranking_benchmarks_learning_rate() -> None:
     assert SUPERNET_LR == 1e-2 and parse_run_config(["supernet"]).model.lr == SUPERNET_LR
     assert parse_run_config(["supernet", "--lr", "3e-3"]).model.lr == 3e-3
     assert parse_run_config(["run"]).model.lr == 1e-3 and parse_run_config(["train"]).model.lr == 1e-3
+
+
+def test_a_supernet_folder_resumes_only_with_its_settings(tmp_path, capsys) -> None:
+    # Before, `ihas supernet` on a folder trained with another --lr resumed it at the old rate (the optimiser's state)
+    # and other sampler settings failed inside Lightning; now what differs is named, and --restart starts over.
+    from ihas_lightning.cli import main
+
+    common = ["supernet", "--data", "synthetic", "--rows", "2000", "--dim", "8", "--dim-choices", "2,4,8", "--dnn",
+              "16,8", "--batch-size", "256", "--quiet", "--cache-dir", str(tmp_path / "cache"), "--out",
+              str(tmp_path / "run")]
+    assert main([*common, "--epochs", "1"]) == 0
+    assert main([*common, "--epochs", "2", "--cache-dir", str(tmp_path / "cache2")]) == 0       # resumes: more epochs
+    metrics = json.loads((tmp_path / "run" / "supernet" / "metrics.json").read_text())
+    assert metrics["sampled_steps"] == 14                                               # 2 x ceil(1600 / 256)
+    assert main([*common, "--epochs", "2", "--lr", "3e-3", "--dim-choices", "2,8"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a supernet trained with other settings (sampler.dim_choices: [2, 4, 8] -> [2, 8]; lr: 0.01 -> 0.003)" \
+        in err and "--restart" in err
+    assert json.loads((tmp_path / "run" / "supernet" / "supernet.json").read_text())["lr"] == 0.01    # untouched
+    assert main([*common, "--epochs", "1", "--lr", "3e-3", "--dim-choices", "2,8", "--restart"]) == 0
+    restarted = json.loads((tmp_path / "run" / "supernet" / "metrics.json").read_text())
+    assert restarted["sampled_steps"] == 7 and restarted["supernet"]["dim_choices"] == [2, 8]

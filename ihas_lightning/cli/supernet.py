@@ -49,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "--sandwich)")
     group.add_argument("--sampling", choices=SAMPLINGS, default="uniform",
                        help="capped: a dim cap per step, then each field's dim up to it (covers small budgets)")
+    parser.add_argument("--restart", action="store_true",
+                        help="clear OUT/supernet/ and start over (without it, a supernet trained there with other "
+                             "settings is refused; the same settings resume it)")
     group.add_argument("--no-freeze-masked", action="store_true",
                        help="let Adam move what a step's sub-architecture masks by its stale momentum (the "
                             "behaviour before the optimiser froze it)")
@@ -82,7 +85,7 @@ def run_supernet(args: argparse.Namespace) -> dict:
                            per_sample=args.per_sample, sample_widths=not args.no_widths, sandwich=args.sandwich,
                            distill=args.distill, sampling=args.sampling)
     metrics = train_supernet(args.out, run_config_from_args(args), space, warmup_steps=args.warmup_steps,
-                             freeze_masked=not args.no_freeze_masked)
+                             freeze_masked=not args.no_freeze_masked, restart=args.restart)
     print_table(f"ihas supernet: {args.backbone} dim {args.dim} on {args.data}", ["metric", "value"], [
         ["val AUC (full network)", metrics["val_auc"]], ["test AUC (full network)", metrics["test_auc"]],
         ["sampled steps", metrics["sampled_steps"]], ["embedding parameters", metrics["embedding_params"]],

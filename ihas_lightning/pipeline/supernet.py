@@ -7,7 +7,9 @@ search space and the sampler's seed).
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +21,7 @@ from ..callbacks.supernet_sampler import SupernetSampler
 from ..data.config import DataConfig
 from ..devices import resolve_device
 from ..json_files import read_json
+from ..safe_load import load_torch_file
 from ..modules.supernet_module import REFIT_PRIOR, REFIT_ROWS, FinetuneScope, SupernetModule
 from ..run_config import RunConfig
 from ..subarchitecture import SupernetConfig
@@ -28,6 +31,8 @@ __all__ = ["DATA_OPTIONS", "default_warmup", "score_subnet", "train_supernet"]
 
 DATA_OPTIONS = ("data", "format", "schema", "test", "rows", "min_count", "batch_size", "seed", "cache_dir")
 """The data options ``data.json`` keeps (``DataConfig`` fields)."""
+_EXECUTION_DATA_OPTIONS = frozenset({"cache_dir"})
+"""Data options a resumed supernet may change (the cache is keyed by the data's content)."""
 
 
 def default_warmup(space: SupernetConfig, steps_per_epoch: int) -> int:
@@ -36,8 +41,12 @@ def default_warmup(space: SupernetConfig, steps_per_epoch: int) -> int:
 
 
 def train_supernet(out: str | Path, config: RunConfig, space: SupernetConfig,
-                   warmup_steps: int | None = None, freeze_masked: bool = True) -> dict:
+                   warmup_steps: int | None = None, freeze_masked: bool = True, restart: bool = False) -> dict:
     """Train a supernet of ``config.model`` over ``space`` (resuming ``last.ckpt``); return its metrics.
+
+    A folder whose supernet was trained with other settings (data, model, learning rate, search space, sampler) is
+    refused, naming what differs, unless ``restart`` clears it first: resuming would mix the two (more epochs are
+    not a different setting).
 
     ``warmup_steps`` overrides ``space.warmup_steps``: NASRec's warm-up, from the full network to sampled
     sub-architectures. None: one epoch with one sub-architecture a step, none with the sandwich rule, which trains
@@ -64,12 +73,18 @@ def train_supernet(out: str | Path, config: RunConfig, space: SupernetConfig,
                             dnn_hidden_units=model.dnn_hidden_units, lr=model.lr, seed=seed,
                             embedding_updates=model.embedding_updates, freeze_masked=freeze_masked)
     data = asdict(config.data)
-    write_json(stage / "data.json", {k: data[k] for k in DATA_OPTIONS})
-    write_json(stage / "supernet.json", {"sampler": sampler.config.to_dict(), "seed": seed,
-                                         "backbone": model.backbone, "dim": model.dim,
-                                         "dnn": list(model.dnn_hidden_units), "freeze_masked": freeze_masked})
-    trainer = make_trainer(config.trainer, stage, callbacks=[sampler])
+    data_record = {k: data[k] for k in DATA_OPTIONS}
+    record = {"sampler": sampler.config.to_dict(), "seed": seed, "backbone": model.backbone, "dim": model.dim,
+              "dnn": list(model.dnn_hidden_units), "freeze_masked": freeze_masked, "lr": model.lr,
+              "embedding_updates": model.embedding_updates}
     last = stage / "checkpoints" / "last.ckpt"
+    if restart and stage.exists():
+        shutil.rmtree(stage)
+    elif last.exists():
+        _refuse_other_settings(stage, record, data_record)
+    write_json(stage / "data.json", data_record)
+    write_json(stage / "supernet.json", record)
+    trainer = make_trainer(config.trainer, stage, callbacks=[sampler])
     trainer.fit(module, dm, ckpt_path=str(last) if last.exists() else None)
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
     test = trainer.test(module, dm, verbose=False)[0]  # the supernet as trained (last weights), full network
@@ -85,6 +100,28 @@ def train_supernet(out: str | Path, config: RunConfig, space: SupernetConfig,
     }
     write_json(stage / "metrics.json", metrics)
     return metrics
+
+
+def _refuse_other_settings(stage: Path, record: dict, data_record: dict) -> None:
+    """A ValueError naming every setting of the supernet in ``stage`` that differs from this command's."""
+    saved = {**(read_json(stage / "supernet.json") if (stage / "supernet.json").exists() else {}),
+             **(read_json(stage / "data.json") if (stage / "data.json").exists() else {})}
+    if "lr" not in saved:             # written before the record kept it: the checkpoint's hyperparameters have it
+        hparams = load_torch_file(stage / "checkpoints" / "last.ckpt", "the supernet checkpoint")
+        saved["lr"] = hparams.get("hyper_parameters", {}).get("lr")
+    now = json.loads(json.dumps({**record, **data_record}))          # as a JSON file gives it back
+    differences = []
+    for key, value in now.items():
+        if key in _EXECUTION_DATA_OPTIONS or key not in saved or saved[key] == value:
+            continue
+        if isinstance(value, dict) and isinstance(saved[key], dict):  # the sampler's settings, one by one
+            differences += [f"{key}.{k}: {saved[key].get(k)!r} -> {v!r}" for k, v in value.items()
+                            if saved[key].get(k) != v]
+        else:
+            differences.append(f"{key}: {saved[key]!r} -> {value!r}")
+    if differences:
+        raise ValueError(f"'{stage.parent}' holds a supernet trained with other settings ({'; '.join(differences)}); "
+                         "resume it with those, or start over with --restart (or another --out)")
 
 
 def score_subnet(run: str | Path, dims: str = "", widths: str | None = None, finetune_steps: int = 0,
