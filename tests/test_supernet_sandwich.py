@@ -200,8 +200,8 @@ def test_a_supernet_folder_resumes_only_with_its_settings(tmp_path, capsys) -> N
     assert metrics["sampled_steps"] == 14                                               # 2 x ceil(1600 / 256)
     assert main([*common, "--epochs", "2", "--lr", "3e-3", "--dim-choices", "2,8"]) == 2
     err = capsys.readouterr().err
-    assert "holds a supernet trained with other settings (sampler.dim_choices: [2, 4, 8] -> [2, 8]; lr: 0.01 -> 0.003)" \
-        in err and "--restart" in err
+    named = "holds a supernet trained with other settings (sampler.dim_choices: [2, 4, 8] -> [2, 8]; lr: 0.01 -> 0.003)"
+    assert named in err and "--restart" in err
     assert json.loads((tmp_path / "run" / "supernet" / "supernet.json").read_text())["lr"] == 0.01    # untouched
     assert main([*common, "--epochs", "1", "--lr", "3e-3", "--dim-choices", "2,8", "--restart"]) == 0
     restarted = json.loads((tmp_path / "run" / "supernet" / "metrics.json").read_text())
