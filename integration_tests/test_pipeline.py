@@ -197,6 +197,11 @@ def test_run_writes_metrics_and_report(finished) -> None:
     for png in ("auc_vs_params.png", "dims_heatmap.png", "group_sizes.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png})" in report
     assert f"{ihas['test_auc']:.4f}" in report and f"{ihas['embedding_params']:,}" in report
+    # the whole served model (tables + router) and which model the run keeps on validation
+    row = next(line for line in report.splitlines() if line.startswith("| iHAS, 4 groups |"))
+    assert row.split(" | ")[5:7] == [f"{ihas['router_params']:,}", f"{ihas['footprint_params']:,}"]
+    assert ihas["router_params"] > 0 and ihas["footprint_params"] == ihas["embedding_params"] + ihas["router_params"]
+    assert "kept: " in report and metrics["selection"]["kept"] in {"ihas", "baseline_matched"}
 
 
 @torch.no_grad()

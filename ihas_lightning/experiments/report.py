@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..flops import format_flops
 from ..footprint_dims import width_label
+from ..pipeline.selection import selection_message
 
 __all__ = ["write_report"]
 
@@ -72,6 +73,17 @@ def _auc_vs_params(metrics: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def _row(name: str, m: dict) -> str:
+    def count(key: str) -> str:
+        return f"{int(m[key]):,}" if m.get(key) is not None else "-"
+
+    val = f"{m['val_auc']:.4f}" if m.get("val_auc") is not None else "-"
+    return (f"| {name} | {val} | {m['test_auc']:.4f} | {m['test_logloss']:.4f} | {count('embedding_params')} | "
+            f"{count('router_params') if 'router_params' in m else '0'} | "
+            f"{count('footprint_params') if 'footprint_params' in m else count('embedding_params')} | "
+            f"{format_flops(m['flops_per_sample'])} |")
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write ``DIR/report.md`` and its PNG plots from ``DIR/metrics.json``; returns the report's path."""
     root = Path(run_dir)
@@ -85,16 +97,20 @@ def write_report(run_dir: str | Path) -> Path:
     rows = [("uniform d=%d" % metrics["baseline"]["dim"], metrics["baseline"])]
     if "baseline_matched" in metrics:
         rows.append((width_label(metrics["baseline_matched"]) + " (footprint-matched)", metrics["baseline_matched"]))
+    if "baseline_mde" in metrics:
+        rows.append(("mixed dims by frequency (footprint-matched)", metrics["baseline_mde"]))
+    if "fieldwise" in metrics:
+        rows.append(("field-wise (one group)", metrics["fieldwise"]))
     rows.append((f"iHAS, {metrics['ihas']['groups']} groups", metrics["ihas"]))
-    table = "\n".join(f"| {name} | {m['test_auc']:.4f} | {m['test_logloss']:.4f} | {int(m['embedding_params']):,} | "
-                      f"{format_flops(m['flops_per_sample'])} |" for name, m in rows)
+    table = "\n".join(_row(name, m) for name, m in rows)
+    kept = f"\n{selection_message(metrics['selection'])}.\n" if "selection" in metrics else ""
     search = metrics["search"]
     text = f"""# iHAS run: {metrics['backbone']} on {metrics['dataset']}
 
-| model | test AUC | test logloss | embedding params | FLOPs/sample |
-|---|---|---|---|---|
+| model | val AUC | test AUC | test logloss | tables | router | footprint | FLOPs/sample |
+|---|---|---|---|---|---|---|---|
 {table}
-
+{kept}
 Search: validation AUC {search['val_auc']:.4f}, mean active dimensions {search['mean_active_dims']['overall']:.2f},
 {search['distinct_masks']} distinct masks on validation data.
 
@@ -106,8 +122,8 @@ Stage seconds: {', '.join(f'{k} {v:.0f}' for k, v in metrics['seconds'].items() 
 
 ![group sizes](group_sizes.png)
 
-FLOPs per sample count each group's compact model (its dimensions at the full DNN widths), weighted by the
-share of test samples routed to it.
+Footprint: the tables as stored plus everything routing needs (the model a user ships). FLOPs per sample: what
+executes, each group's compact model weighted by the share of test samples routed to it, plus the router.
 """
     report = root / "report.md"
     report.write_text(text)
