@@ -52,21 +52,33 @@ def _group_sizes(sizes: list[int], path: Path) -> None:
     plt.close(figure)
 
 
+def _footprint(m: dict) -> int:
+    return int(m.get("footprint_params") or m["embedding_params"])
+
+
 def _auc_vs_params(metrics: dict, path: Path) -> None:
+    """Test AUC against the footprint (tables + router) of every model the run trained."""
     plt = _plt()
     figure, axis = plt.subplots(figsize=(5, 3.5))
     uniform = [metrics["baseline"]] + ([metrics["baseline_matched"]] if "baseline_matched" in metrics else [])
-    uniform.sort(key=lambda m: m["embedding_params"])
-    axis.plot([m["embedding_params"] for m in uniform], [m["test_auc"] for m in uniform], "o--",
+    uniform.sort(key=_footprint)
+    axis.plot([_footprint(m) for m in uniform], [m["test_auc"] for m in uniform], "o--",
               color="tab:gray", label="uniform dimension")
     for m in uniform:
         axis.annotate(f"d={m['dim']}" if m.get("dim") is not None else width_label(m),
-                      (m["embedding_params"], m["test_auc"]), fontsize=7)
-    axis.plot([metrics["ihas"]["embedding_params"]], [metrics["ihas"]["test_auc"]], "*", markersize=12,
+                      (_footprint(m), m["test_auc"]), fontsize=7)
+    for key, marker, color, label in (("baseline_mde", "s", "tab:green", "mixed dims by frequency"),
+                                      ("fieldwise", "D", "tab:blue", "field-wise (one group)")):
+        if key in metrics:
+            axis.plot([_footprint(metrics[key])], [metrics[key]["test_auc"]], marker, color=color, label=label)
+    axis.plot([_footprint(metrics["ihas"])], [metrics["ihas"]["test_auc"]], "*", markersize=12,
               color="tab:red", label="iHAS")
-    axis.set_xlabel("embedding parameters")
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+    axis.xaxis.set_major_locator(MaxNLocator(5))
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    axis.set_xlabel("footprint (tables + router parameters)")
     axis.set_ylabel("test AUC")
-    axis.legend()
+    axis.legend(fontsize=7)
     axis.set_title(f"{metrics['backbone']} on {Path(str(metrics['dataset'])).name}")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -116,7 +128,7 @@ Search: validation AUC {search['val_auc']:.4f}, mean active dimensions {search['
 
 Stage seconds: {', '.join(f'{k} {v:.0f}' for k, v in metrics['seconds'].items() if v is not None)}.
 
-![AUC against embedding parameters](auc_vs_params.png)
+![test AUC against footprint](auc_vs_params.png)
 
 ![dimensions per group and field](dims_heatmap.png)
 
