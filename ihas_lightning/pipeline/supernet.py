@@ -21,9 +21,9 @@ from ..callbacks.supernet_sampler import SupernetSampler
 from ..data.config import DataConfig
 from ..devices import resolve_device
 from ..json_files import read_json
-from ..safe_load import load_torch_file
 from ..modules.supernet_module import REFIT_PRIOR, REFIT_ROWS, FinetuneScope, SupernetModule
 from ..run_config import RunConfig
+from ..safe_load import load_torch_file
 from ..subarchitecture import SupernetConfig
 from ..training import datamodule_from_config, make_trainer, write_json
 
