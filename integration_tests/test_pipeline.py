@@ -1,25 +1,16 @@
-"""``ihas run`` end to end on tiny synthetic data: the run directory's files, the report, no redone stages,
-resume after a crash in each stage, and retraining the groups on another backbone.
-
-Tiny settings (3200 training rows, batches of 256: 13 steps per epoch), one torch thread, fixed seeds.
-Crashes are simulated by wrapping the Trainer factory the stages use (``make_trainer``): the wrapper adds a
-callback that records the step each fit starts from and, in the stage to kill, one that raises after a
-chosen step, i.e. the process dies during the next one. The stages checkpoint ``last.ckpt`` at every epoch
-end; the retrain and baseline stages here last one epoch, so their killer first writes ``last.ckpt`` itself
-(as a ``ModelCheckpoint(every_n_train_steps=...)`` would).
+"""``ihas run`` end to end on tiny synthetic data (``_pipeline_run``): the run directory's files and the report, every
+stage training in train mode, the budget fit, no redone stages, and later commands on a finished run (retraining
+on another backbone or from a supernet, an older run.json). Killed and resumed stages: test_pipeline_resume.py.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from pytorch_lightning.callbacks import Callback
 
 import ihas_lightning.pipeline as pipeline
 import ihas_lightning.pipeline.cluster as cluster_stage
@@ -28,127 +19,8 @@ from ihas_lightning.cli import main
 from ihas_lightning.clustering import ClusterResult
 from ihas_lightning.model import IHASModel
 
-ROWS, BATCH = 4000, 256
-STEPS_PER_EPOCH = math.ceil(int(ROWS * 0.8) / BATCH)  # 13
-STAGES = ("search", "cluster", "retrain", "baseline", "baseline_matched")
-FIELDS = [f"C{i}" for i in range(1, 9)]
+from _pipeline_run import BATCH, FIELDS, ROWS, TRAIN_START_EVAL_MODULES, Harness, copy_until, stamps, tiny_run
 
-
-def _tiny(out: Path, cache: Path) -> list[str]:
-    return ["run", "--rows", str(ROWS), "--epochs", "2", "--warmup-epochs", "1", "--retrain-epochs", "1",
-            "--baseline-epochs", "1", "--dnn", "32,16", "--dim", "8", "--batch-size", str(BATCH), "--quiet",
-            "--cache-dir", str(cache), "--candidate-dims", "0,2,4,8", "--seed", "0", "--no-fieldwise",
-            "--out", str(out)]
-
-
-class Crash(RuntimeError):
-    """The simulated kill."""
-
-
-class _CrashAfter(Callback):
-    """Dies after step ``step``; with ``last``, checkpoints there first (a mid-epoch checkpoint)."""
-
-    def __init__(self, step: int, last: Path | None) -> None:
-        self.step, self.last = step, last
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            if self.last is not None:
-                trainer.save_checkpoint(self.last)
-            raise Crash(f"killed after step {self.step}")
-
-
-class _StartRecorder(Callback):
-    def __init__(self, starts: list, stage: str) -> None:
-        self.starts, self.stage = starts, stage
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.starts.append((self.stage, trainer.global_step))
-
-
-class Harness:
-    """Wraps ``make_trainer``: records (stage, start step) of every fit; crashes ``crash_stage`` once."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.starts: list[tuple[str, int]] = []
-        self.crash_stage: str | None = None
-        self.crash_step = 0
-        self.crash_saves = False
-        original = training.make_trainer
-
-        def make_trainer(config, stage_dir, callbacks=(), **kwargs):
-            stage = Path(stage_dir).name
-            extra: list[Callback] = [_StartRecorder(self.starts, stage)]
-            if stage == self.crash_stage:
-                last = Path(stage_dir) / "checkpoints" / "last.ckpt"
-                extra.append(_CrashAfter(self.crash_step, last if self.crash_saves else None))
-                self.crash_stage = None
-            return original(config, stage_dir, [*callbacks, *extra], **kwargs)
-
-        monkeypatch.setattr(training, "make_trainer", make_trainer)
-
-    def crash(self, stage: str, step: int, checkpoint_first: bool = False) -> None:
-        self.crash_stage, self.crash_step, self.crash_saves = stage, step, checkpoint_first
-
-
-def _global_step(path: Path) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
-
-
-def _stamps(run: Path) -> dict[str, int]:
-    """mtime (ns) of every stage's metrics and checkpoints."""
-    files = [p for s in STAGES for p in (run / s).rglob("*") if p.suffix in (".json", ".ckpt", ".pt")]
-    return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in files}
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-class _EvalModeRecorder(Callback):
-    """Records, per stage, the modules in eval mode when training starts (Lightning keeps the modes it finds)."""
-
-    def __init__(self, record: dict, stage: str) -> None:
-        self.record, self.stage = record, stage
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.record[self.stage] = [name for name, m in pl_module.named_modules() if not m.training]
-
-
-TRAIN_START_EVAL_MODULES: dict[str, list[str]] = {}
-"""Filled by the ``finished`` run: stage -> the modules in eval mode at the start of its training."""
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, cache) -> tuple[Path, float]:
-    """One complete tiny run (shared by the tests that only read it or copy it)."""
-    run = tmp_path_factory.mktemp("finished") / "run"
-    torch.set_num_threads(1)
-    original = training.make_trainer
-
-    def make_trainer(config, stage_dir, callbacks=(), **kwargs):
-        recorder = _EvalModeRecorder(TRAIN_START_EVAL_MODULES, Path(stage_dir).name)
-        return original(config, stage_dir, [*callbacks, recorder], **kwargs)
-
-    start = time.perf_counter()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(training, "make_trainer", make_trainer)
-        assert main(_tiny(run, cache)) == 0
-    return run, time.perf_counter() - start
-
-
-def _copy_until(finished: Path, tmp_path: Path, first_redone: str) -> Path:
-    """A copy of the finished run without ``first_redone`` and the stages after it."""
-    run = tmp_path / "run"
-    shutil.copytree(finished, run)
-    for stage in STAGES[STAGES.index(first_redone):]:
-        shutil.rmtree(run / stage)
-    (run / "metrics.json").unlink()
-    return run
-
-
-# -- end to end -------------------------------------------------------------------------------------------
 
 def test_run_writes_metrics_and_report(finished) -> None:
     run, _ = finished
@@ -256,7 +128,7 @@ def test_the_budget_fit_scores_dimensions_by_validation_logloss(finished) -> Non
 
 
 def test_an_unknown_budget_fit_is_refused_before_any_work(finished, tmp_path, capsys) -> None:
-    run = _copy_until(finished[0], tmp_path, "cluster")
+    run = copy_until(finished[0], tmp_path, "cluster")
     options = json.loads((run / "run.json").read_text())
     options["cluster"]["budget_fit"] = "entropy"
     (run / "run.json").write_text(json.dumps(options))
@@ -265,17 +137,17 @@ def test_an_unknown_budget_fit_is_refused_before_any_work(finished, tmp_path, ca
     assert not (run / "cluster").exists()
 
 
-def test_a_finished_run_is_not_redone(finished, cache, tmp_path, monkeypatch) -> None:
+def test_a_finished_run_is_not_redone(finished, run_cache, tmp_path, monkeypatch) -> None:
     source, first_seconds = finished
     run = tmp_path / "run"
     shutil.copytree(source, run)
     harness = Harness(monkeypatch)
-    before, metrics = _stamps(run), json.loads((run / "metrics.json").read_text())
+    before, metrics = stamps(run), json.loads((run / "metrics.json").read_text())
     start = time.perf_counter()
-    assert main(_tiny(run, cache)) == 0
+    assert main(tiny_run(run, run_cache)) == 0
     seconds = time.perf_counter() - start
     assert harness.starts == []                                   # no stage built a Trainer
-    assert _stamps(run) == before and len(before) == 15    # 5 stages: metrics, checkpoints (search: best, last), model
+    assert stamps(run) == before and len(before) == 15    # 5 stages: metrics, checkpoints (search: best, last), model
     assert json.loads((run / "metrics.json").read_text()) == metrics
     assert seconds < 0.3 * first_seconds, (seconds, first_seconds)
 
@@ -283,9 +155,9 @@ def test_a_finished_run_is_not_redone(finished, cache, tmp_path, monkeypatch) ->
 def test_retrain_on_another_backbone(finished, tmp_path) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished[0], run)
-    before = _stamps(run)
+    before = stamps(run)
     assert main(["retrain", "--run", str(run), "--backbone", "DCN"]) == 0
-    assert _stamps(run) == before                                  # the DeepFM stages are untouched
+    assert stamps(run) == before                                  # the DeepFM stages are untouched
     dcn = json.loads((run / "retrain_DCN" / "metrics.json").read_text())
     deepfm = json.loads((run / "retrain" / "metrics.json").read_text())
     assert dcn["backbone"] == "DCN" and dcn["dims"] == deepfm["dims"] and dcn["groups"] == deepfm["groups"]
@@ -299,85 +171,18 @@ def test_retrain_on_another_backbone(finished, tmp_path) -> None:
     assert main(["retrain", "--run", str(tmp_path / "missing")]) == 2             # not a run directory
 
 
-# -- resume after a kill in each stage ----------------------------------------------------------------------
-
-def test_resume_after_a_kill_in_search(cache, tmp_path, monkeypatch) -> None:
-    run = tmp_path / "run"
-    harness = Harness(monkeypatch)
-    harness.crash("search", STEPS_PER_EPOCH + 5)                   # after step 18, in the gated epoch
-    with pytest.raises(Crash):
-        main(_tiny(run, cache))
-    last = run / "search" / "checkpoints" / "last.ckpt"
-    assert _global_step(last) == STEPS_PER_EPOCH                   # the stage's own end-of-epoch checkpoint
-    assert not (run / "search" / "metrics.json").exists() and not (run / "cluster").exists()
-    harness.starts.clear()
-    assert main(_tiny(run, cache)) == 0
-    assert harness.starts == [("search", 13), ("retrain", 0), ("baseline", 0), ("baseline_matched", 0)]
-    assert _global_step(last) == 2 * STEPS_PER_EPOCH == 26
-    best = torch.load(run / "search" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
-    assert best["epoch"] == 1                                      # the one gated epoch, written after the resume
-    assert json.loads((run / "search" / "metrics.json").read_text())["checkpoint"] == "best.ckpt"
-    assert (run / "metrics.json").exists()
-
-
-def test_resume_after_a_kill_in_cluster(finished, cache, tmp_path, monkeypatch) -> None:
-    run = _copy_until(finished[0], tmp_path, "cluster")
-    search = _stamps(run)
-    harness = Harness(monkeypatch)
-    calls = []
-    original = cluster_stage.cluster
-
-    def cluster_once(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise Crash("killed in k-means")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(cluster_stage, "cluster", cluster_once)
-    with pytest.raises(Crash):
-        main(_tiny(run, cache))
-    assert not (run / "cluster" / "metrics.json").exists()
-    assert main(["cluster", "--run", str(run)]) == 0                   # `ihas cluster --run` finishes the stage
-    assert main(_tiny(run, cache)) == 0
-    assert len(calls) == 2 and harness.starts == [("retrain", 0), ("baseline", 0), ("baseline_matched", 0)]
-    assert {k: v for k, v in _stamps(run).items() if k.startswith("search")} == search   # search not redone
-    expected = json.loads((finished[0] / "cluster" / "metrics.json").read_text())
-    got = json.loads((run / "cluster" / "metrics.json").read_text())
-    assert got["dims"] == expected["dims"] and got["group_sizes"] == expected["group_sizes"]  # deterministic
-
-
-@pytest.mark.parametrize("stage", ["retrain", "baseline"])
-def test_resume_after_a_kill_in_training(stage, finished, cache, tmp_path, monkeypatch) -> None:
-    run = _copy_until(finished[0], tmp_path, stage)
-    kept = _stamps(run)
-    harness = Harness(monkeypatch)
-    harness.crash(stage, 7, checkpoint_first=True)                 # mid-epoch: the stage has one epoch
-    with pytest.raises(Crash):
-        main(_tiny(run, cache))
-    last = run / stage / "checkpoints" / "last.ckpt"
-    assert _global_step(last) == 7 and not (run / stage / "metrics.json").exists()
-    harness.starts.clear()
-    assert main(_tiny(run, cache)) == 0
-    redone = STAGES[STAGES.index(stage):]
-    assert harness.starts == [(stage, 7), *((s, 0) for s in redone[1:])]      # resumed, not restarted
-    assert _global_step(last) == STEPS_PER_EPOCH
-    assert {k: v for k, v in _stamps(run).items() if k.split("/")[0] not in redone} == kept
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert 0.3 < metrics["ihas"]["test_auc"] < 0.8 and 0.3 < metrics["baseline"]["test_auc"] < 0.8
-
-
-def test_retraining_from_a_supernet(finished, cache, tmp_path, monkeypatch) -> None:
+def test_retraining_from_a_supernet(finished, run_cache, tmp_path, monkeypatch) -> None:
     """``--retrain-init-from``: the retraining starts from the supernet's backbone (its tables cut to their
     widths), the router from the search; the search and clustering stay as they were."""
     from ihas_lightning.modules import RetrainModule
 
     supernet_dir = tmp_path / "supernet"
     assert main(["supernet", "--rows", str(ROWS), "--epochs", "1", "--dnn", "32,16", "--dim", "8",
-                 "--dim-choices", "2,4,8", "--batch-size", str(BATCH), "--quiet", "--cache-dir", str(cache),
+                 "--dim-choices", "2,4,8", "--batch-size", str(BATCH), "--quiet", "--cache-dir", str(run_cache),
                  "--seed", "0", "--out", str(supernet_dir)]) == 0
     checkpoint = supernet_dir / "supernet" / "checkpoints" / "last.ckpt"
     supernet = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    run = _copy_until(finished[0], tmp_path, "retrain")
+    run = copy_until(finished[0], tmp_path, "retrain")
     seen = {}
     original = RetrainModule.warm_start
 
@@ -386,9 +191,9 @@ def test_retraining_from_a_supernet(finished, cache, tmp_path, monkeypatch) -> N
         seen["state"] = {k: v.clone() for k, v in self.state_dict().items()}
 
     monkeypatch.setattr(RetrainModule, "warm_start", warm_start)
-    stamps = _stamps(run)
+    before = stamps(run)
     # the gate router: its weights are the search's, whatever starts the tables and dense layers
-    assert main(_tiny(run, cache) + ["--retrain-init-from", str(checkpoint), "--router", "gates"]) == 0
+    assert main(tiny_run(run, run_cache) + ["--retrain-init-from", str(checkpoint), "--router", "gates"]) == 0
     state = seen["state"]
     for key in ("backbone.model.dnn.linears.0.weight", "backbone.model.dnn_linear.weight"):
         assert torch.equal(state[key], supernet[key]), key
@@ -396,14 +201,14 @@ def test_retraining_from_a_supernet(finished, cache, tmp_path, monkeypatch) -> N
     assert torch.equal(state[table], supernet[table][:, :state[table].shape[1]])
     search = torch.load(run / "search" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     assert torch.equal(state["gates.out.weight"], search["state_dict"]["gates.out.weight"])
-    assert all(stamps[k] == v for k, v in _stamps(run).items() if k.startswith(("search/", "cluster/")))
+    assert all(before[k] == v for k, v in stamps(run).items() if k.startswith(("search/", "cluster/")))
     assert json.loads((run / "run.json").read_text())["retrain"]["init_from"] == str(checkpoint)
 
 
 def test_a_run_with_an_older_flat_run_json_resumes(finished, tmp_path) -> None:
     """A run directory whose run.json holds the flat options older code wrote (the keys of an `ihas run` made
     before RunConfig) still drives `ihas cluster --run` and `ihas retrain --run`, to the same numbers."""
-    run = _copy_until(finished[0], tmp_path, "cluster")
+    run = copy_until(finished[0], tmp_path, "cluster")
     config = json.loads((run / "run.json").read_text())
     model, data, gate = config["model"], config["data"], config["gate"]
     flat = {"command": "run", "data": data["data"], "format": data["format"], "schema": None, "test": None,
