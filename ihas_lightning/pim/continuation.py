@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from ..json_files import record_differences
+
 if TYPE_CHECKING:
     from .study import PIMObjective
 
@@ -35,23 +37,10 @@ def check_continuation(study: optuna.Study, objective: PIMObjective) -> None:
     saved = study.user_attrs.get("scoring")
     if saved is None and "search_space" in study.user_attrs and study.get_trials(deepcopy=False):
         saved = {"search_space": study.user_attrs["search_space"]}
-    differences = _differences(saved, record) if saved is not None else []
+    differences = record_differences(saved, record) if saved is not None else []
     if differences:
         raise ValueError(f"study {study.study_name!r} was run with other settings ({'; '.join(differences)}): its "
                          "trials would not compare with these. Continue it with the settings it was run with, or "
                          "start another study (--study-name NAME, or another --storage)")
     study.set_user_attr("scoring", record)
     study.set_user_attr("search_space", record["search_space"])
-
-
-def _differences(saved: dict[str, Any], record: dict[str, Any]) -> list[str]:
-    """``"key: saved -> now"`` for each setting that differs (the search space's, field by field)."""
-    out = []
-    for key, old in saved.items():
-        new = record.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            out += [f"{key}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
-                    if old.get(k) != new.get(k)]
-        elif old != new:
-            out.append(f"{key}: {old!r} -> {new!r}")
-    return out

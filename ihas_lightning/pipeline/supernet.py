@@ -20,7 +20,7 @@ import torch
 from ..callbacks.supernet_sampler import SupernetSampler
 from ..data.config import DataConfig
 from ..devices import resolve_device
-from ..json_files import read_json
+from ..json_files import read_json, record_differences
 from ..modules.supernet_module import REFIT_PRIOR, REFIT_ROWS, FinetuneScope, SupernetModule
 from ..run_config import RunConfig
 from ..safe_load import load_torch_file
@@ -110,15 +110,7 @@ def _refuse_other_settings(stage: Path, record: dict, data_record: dict) -> None
         hparams = load_torch_file(stage / "checkpoints" / "last.ckpt", "the supernet checkpoint")
         saved["lr"] = hparams.get("hyper_parameters", {}).get("lr")
     now = json.loads(json.dumps({**record, **data_record}))          # as a JSON file gives it back
-    differences = []
-    for key, value in now.items():
-        if key in _EXECUTION_DATA_OPTIONS or key not in saved or saved[key] == value:
-            continue
-        if isinstance(value, dict) and isinstance(saved[key], dict):  # the sampler's settings, one by one
-            differences += [f"{key}.{k}: {saved[key].get(k)!r} -> {v!r}" for k, v in value.items()
-                            if saved[key].get(k) != v]
-        else:
-            differences.append(f"{key}: {saved[key]!r} -> {value!r}")
+    differences = record_differences(saved, now, skip=_EXECUTION_DATA_OPTIONS)
     if differences:
         raise ValueError(f"'{stage.parent}' holds a supernet trained with other settings ({'; '.join(differences)}); "
                          "resume it with those, or start over with --restart (or another --out)")
