@@ -25,8 +25,9 @@ from ..json_files import read_json
 from ..modules import BackboneModule
 from ..pipeline.retrain import stage_baseline
 from ..pipeline.run_directory import RunDirectory
+from ..pipeline.supernet import trained_lr
 from ..run_config import RunConfig
-from ..safe_load import load_checkpoint_state, load_torch_file
+from ..safe_load import load_checkpoint_state
 from ..subarchitecture import SubArchitecture
 from ..training import datamodule_from_config, write_json
 from .study import quantized_tables
@@ -55,12 +56,9 @@ def standalone_config(run_dir: str | Path, widths: tuple[int, ...] | None = None
 
 
 def _supernet_lr(stage: Path) -> float:
-    """The supernet's learning rate, from its checkpoint's hyperparameters (weights are not read)."""
-    checkpoint = stage / "checkpoints" / "last.ckpt"
-    if not checkpoint.exists():
-        return RunConfig.from_options({}).model.lr
-    hparams = load_torch_file(checkpoint, "the supernet checkpoint").get("hyper_parameters", {})
-    return float(hparams.get("lr", RunConfig.from_options({}).model.lr))
+    """The supernet's learning rate (its checkpoint's), or the commands' default where it has none."""
+    lr = trained_lr(stage)
+    return RunConfig.from_options({}).model.lr if lr is None else lr
 
 
 def train_standalone(run_dir: str | Path, subarch: SubArchitecture | None = None, stage: str = "pim_baseline",

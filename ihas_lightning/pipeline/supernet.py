@@ -27,7 +27,7 @@ from ..safe_load import load_torch_file
 from ..subarchitecture import SupernetConfig
 from ..training import datamodule_from_config, make_trainer, write_json
 
-__all__ = ["DATA_OPTIONS", "default_warmup", "score_subnet", "train_supernet"]
+__all__ = ["DATA_OPTIONS", "default_warmup", "score_subnet", "train_supernet", "trained_lr"]
 
 DATA_OPTIONS = ("data", "format", "schema", "test", "rows", "min_count", "batch_size", "seed", "cache_dir")
 """The data options ``data.json`` keeps (``DataConfig`` fields)."""
@@ -102,13 +102,22 @@ def train_supernet(out: str | Path, config: RunConfig, space: SupernetConfig,
     return metrics
 
 
+def trained_lr(stage: Path) -> float | None:
+    """The learning rate the supernet in ``stage`` (``DIR/supernet``) trained at, from its checkpoint's
+    hyperparameters; None without a checkpoint or the value."""
+    checkpoint = stage / "checkpoints" / "last.ckpt"
+    if not checkpoint.exists():
+        return None
+    lr = load_torch_file(checkpoint, "the supernet checkpoint").get("hyper_parameters", {}).get("lr")
+    return None if lr is None else float(lr)
+
+
 def _refuse_other_settings(stage: Path, record: dict, data_record: dict) -> None:
     """A ValueError naming every setting of the supernet in ``stage`` that differs from this command's."""
     saved = {**(read_json(stage / "supernet.json") if (stage / "supernet.json").exists() else {}),
              **(read_json(stage / "data.json") if (stage / "data.json").exists() else {})}
     if "lr" not in saved:             # written before the record kept it: the checkpoint's hyperparameters have it
-        hparams = load_torch_file(stage / "checkpoints" / "last.ckpt", "the supernet checkpoint")
-        saved["lr"] = hparams.get("hyper_parameters", {}).get("lr")
+        saved["lr"] = trained_lr(stage)
     now = json.loads(json.dumps({**record, **data_record}))          # as a JSON file gives it back
     differences = record_differences(saved, now, skip=_EXECUTION_DATA_OPTIONS)
     if differences:
