@@ -39,7 +39,7 @@ from .compact import compact_or_none
 from .data.encoders import MISSING_ID, OOV_ID, FeatureEncoder
 from .model import IHASModel
 from .modules.backbone_module import BackboneModule
-from .modules.base import CTRModule
+from .modules.base import CTRModule, eval_mode
 from .modules.retrain_module import RetrainModule
 from .safe_load import load_torch_file
 
@@ -181,23 +181,20 @@ def export_model(model: IHASModel | CTRModule, out: str | Path, format: str = "t
     encoder = encoder or model.encoder
     if encoder is None:
         raise ValueError("the model has no encoders; pass encoder= (the FeatureEncoder it was trained with)")
-    serving = ServingModel(module, compact=compact)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     example = _example_inputs(encoder)
-    was_training = module.training
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # The backbone's input checks (finite dense values, ids within the tables) branch on values; the
-            # encoder guarantees them, so the traced graph keeps the valid path only.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            if format == "torchscript":
-                torch.jit.save(torch.jit.trace(serving, example, check_trace=False), str(out))
-            else:
-                _export_onnx(serving, example, out)
-    finally:
-        module.train(was_training)
+    # the module's own modes come back afterwards (ServingModel puts it in eval mode, so they are taken before)
+    with eval_mode(module), torch.no_grad(), warnings.catch_warnings():
+        serving = ServingModel(module, compact=compact)
+        # The backbone's input checks (finite dense values, ids within the tables) branch on values; the
+        # encoder guarantees them, so the traced graph keeps the valid path only.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if format == "torchscript":
+            torch.jit.save(torch.jit.trace(serving, example, check_trace=False), str(out))
+        else:
+            _export_onnx(serving, example, out)
     encoders = encoders_path(out)             # the same for either format: serve.py goes by the model's suffix
     encoders.write_text(json.dumps(serving_spec(encoder)))
     return ExportedFiles(out, encoders)

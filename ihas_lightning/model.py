@@ -21,7 +21,7 @@ from .data.encoders import FeatureEncoder
 from .data.loader import Batch
 from .data.schema import RawColumns
 from .flops import ModelCounts
-from .modules.base import predict_encoded
+from .modules.base import eval_mode, predict_encoded
 from .modules.retrain_module import RetrainModule
 from .safe_load import load_torch_file
 
@@ -68,11 +68,8 @@ class IHASModel(nn.Module):
         """(B,) click probabilities of encoded rows, each group at its own widths (:meth:`compact`)."""
         compact = self.compact()
         if compact is None:
-            was_training = self.module.training
-            try:
-                return torch.sigmoid(self.module.eval()(batch))
-            finally:
-                self.module.train(was_training)
+            with eval_mode(self.module):
+                return torch.sigmoid(self.module(batch))
         return torch.sigmoid(compact(batch))
 
     @torch.no_grad()

@@ -192,7 +192,9 @@ def test_routing_survives_export(tmp_path, format, router, group_dense) -> None:
     groups = model.predict_groups(encoded)
     assert len(groups.unique()) == 3                                     # every group serves some rows
     expected = model.predict_raw(raw)
+    model.module.train()
     files = export_model(model, tmp_path / ("m.pt" if format == "torchscript" else "m.onnx"), format)
+    assert model.module.training                                          # exporting leaves its modes as they were
     served = _serve_module().predict(files.model, {k: encoded[k].numpy() for k in ("sparse", "dense", "multi")})
     np.testing.assert_allclose(served, expected, atol=1e-5, rtol=0)
     one_row = _serve_module().predict(files.model, {k: encoded[k][-1:].numpy() for k in ("sparse", "dense", "multi")})

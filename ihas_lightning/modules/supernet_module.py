@@ -21,7 +21,7 @@ from ..flops import backbone_flops, flops_or_none
 from ..subarchitecture import SandwichPlan, SubArchitecture
 from ..supernet import SupernetMasks
 from .backbone_module import BackboneModule
-from .base import NonFiniteLossError, check_labels
+from .base import NonFiniteLossError, check_labels, eval_mode
 from .config import BackboneConfig
 from .first_order_refit import FirstOrderRefit
 from .rowwise import RowwiseAdam
@@ -300,29 +300,28 @@ class SupernetModule(BackboneModule):
         start = time.perf_counter()
         val_batches, train_batches = self._evaluation_data(data, finetune_data, finetune_steps,
                                                            refit_rows if refit_sweeps else 0)
-        masks, was_training, previous = self.supernet_masks, self.training, self.supernet_masks.active
+        masks, previous = self.supernet_masks, self.supernet_masks.active
         undo, refit, first_order = _FinetuneUndo(), None, None
-        self.eval()
-        try:
-            if not narrow:
-                masks.apply(subarch)
-            with masks.narrowed(subarch) if narrow else contextlib.nullcontext():
-                if refit_sweeps:
-                    refit = self._refit_on(first_batches(train_batches, rows=refit_rows))
-                    fitted = refit.fit(refit_sweeps, refit_prior, _refit_scales(subarch, masks.dim, refit_fields))
-                    if fitted is not None:
-                        first_order = refit.read()
-                        refit.write(fitted)
-                if finetune_steps:
-                    self._finetune(train_batches, finetune_steps, finetune_lr, finetune_scope, undo)
-                with score_context() if score_context is not None else contextlib.nullcontext():
-                    auc, logloss = self._score(val_batches)
-        finally:
-            undo.restore()                                    # the fine-tune's saves hold the refit weights
-            if first_order is not None:
-                refit.write(first_order)
-            masks.apply(previous) if previous is not None else masks.clear()
-            self.train(was_training)
+        with eval_mode(self):
+            try:
+                if not narrow:
+                    masks.apply(subarch)
+                with masks.narrowed(subarch) if narrow else contextlib.nullcontext():
+                    if refit_sweeps:
+                        refit = self._refit_on(first_batches(train_batches, rows=refit_rows))
+                        fitted = refit.fit(refit_sweeps, refit_prior, _refit_scales(subarch, masks.dim, refit_fields))
+                        if fitted is not None:
+                            first_order = refit.read()
+                            refit.write(fitted)
+                    if finetune_steps:
+                        self._finetune(train_batches, finetune_steps, finetune_lr, finetune_scope, undo)
+                    with score_context() if score_context is not None else contextlib.nullcontext():
+                        auc, logloss = self._score(val_batches)
+            finally:
+                undo.restore()                                    # the fine-tune's saves hold the refit weights
+                if first_order is not None:
+                    refit.write(first_order)
+                masks.apply(previous) if previous is not None else masks.clear()
         vocab = {f: self.backbone.model.embedding_dict[f].num_embeddings for f in masks.fields}
         params = subarch.embedding_params(vocab)
         flops = flops_or_none(lambda: backbone_flops(self.backbone, subarch.dims, subarch.widths))
