@@ -86,13 +86,13 @@ def _auc_vs_params(metrics: dict, path: Path) -> None:
 
 
 def _row(name: str, m: dict) -> str:
-    def count(key: str) -> str:
-        return f"{int(m[key]):,}" if m.get(key) is not None else "-"
+    """A table row; a run from before the router was counted has no router and a footprint of its tables."""
+    def count(value: int | None) -> str:
+        return "-" if value is None else f"{int(value):,}"
 
-    val = f"{m['val_auc']:.4f}" if m.get("val_auc") is not None else "-"
-    return (f"| {name} | {val} | {m['test_auc']:.4f} | {m['test_logloss']:.4f} | {count('embedding_params')} | "
-            f"{count('router_params') if 'router_params' in m else '0'} | "
-            f"{count('footprint_params') if 'footprint_params' in m else count('embedding_params')} | "
+    val = "-" if m.get("val_auc") is None else f"{m['val_auc']:.4f}"
+    return (f"| {name} | {val} | {m['test_auc']:.4f} | {m['test_logloss']:.4f} | {count(m['embedding_params'])} | "
+            f"{count(m.get('router_params', 0))} | {count(m.get('footprint_params', m['embedding_params']))} | "
             f"{format_flops(m['flops_per_sample'])} |")
 
 
